@@ -1,0 +1,33 @@
+//! `dcish`, the DCI distributed shell.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use dci::shell::{repl, run, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dcish: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match &cli.command {
+            Some(command) => match run(&cli, command).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("dcish: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            None if repl(&cli).await => ExitCode::SUCCESS,
+            None => ExitCode::FAILURE,
+        }
+    })
+}

@@ -1,0 +1,537 @@
+//! Agent configuration: an optional TOML file, overridden flag by flag by the command line.
+//!
+//! Everything is validated here, before the agent touches the disk or the network, so that a bad
+//! setting ends in one line on stderr naming the field, and nothing is written to the data dir.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use libp2p::{multiaddr::Protocol, pnet::PreSharedKey, Multiaddr};
+use serde::Deserialize;
+
+use crate::membership::{MembershipConfig, Role};
+
+/// The port the agent listens on when no `--listen` is given.
+pub const DEFAULT_PORT: u16 = 7946;
+
+/// A configuration that is unusable, with the field and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML, or a field has the wrong type or an unknown name.
+    #[error("invalid config file {path}: {reason}")]
+    Parse {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// Where and why, on one line.
+        reason: String,
+    },
+    /// One setting has a value the agent cannot use.
+    #[error("invalid {field} '{value}': {reason}")]
+    Invalid {
+        /// The setting, as spelled on the command line or in the file.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The cluster key file is missing, unreadable or malformed.
+    #[error("cluster key {path}: {reason}")]
+    ClusterKey {
+        /// The file named by `--cluster-key`.
+        path: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `[membership]` table of the config file; every timing of the membership protocol.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipFile {
+    /// How often this node gossips its member table.
+    pub gossip_interval_ms: Option<u64>,
+    /// How many peers it gossips to each interval.
+    pub gossip_fanout: Option<usize>,
+    /// Silence after which a member is suspected.
+    pub suspect_after_ms: Option<u64>,
+    /// Silence after which a member is declared dead.
+    pub dead_after_ms: Option<u64>,
+}
+
+/// The config file, as written by the operator. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Blade name.
+    pub name: Option<String>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Listen addresses.
+    pub listen: Option<Vec<String>>,
+    /// Seed peers.
+    pub join: Option<Vec<String>>,
+    /// `active` or `spare`.
+    pub role: Option<Role>,
+    /// Zone name.
+    pub zone: Option<String>,
+    /// Cluster key file.
+    pub cluster_key: Option<PathBuf>,
+    /// Local-subnet discovery.
+    pub mdns: Option<bool>,
+    /// `text` or `json`.
+    pub log_format: Option<LogFormat>,
+    /// Membership timings.
+    #[serde(default)]
+    pub membership: MembershipFile,
+}
+
+/// What the command line says; `None` means "not given, use the file or the default".
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--config FILE`.
+    pub config: Option<PathBuf>,
+    /// `--name`.
+    pub name: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen` (repeatable; replaces the file's list when given).
+    pub listen: Vec<String>,
+    /// `--join` (repeatable; replaces the file's list when given).
+    pub join: Vec<String>,
+    /// `--role`.
+    pub role: Option<Role>,
+    /// `--zone`.
+    pub zone: Option<String>,
+    /// `--cluster-key`.
+    pub cluster_key: Option<PathBuf>,
+    /// `--no-mdns`.
+    pub no_mdns: bool,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+}
+
+/// A complete, validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This blade's name.
+    pub name: String,
+    /// Where identity, database and control socket live.
+    pub data_dir: PathBuf,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Seed peers to dial at start and whenever the mesh is lost.
+    pub join: Vec<Multiaddr>,
+    /// Active blade or spare.
+    pub role: Role,
+    /// Zone, for placement across failure domains.
+    pub zone: String,
+    /// The private-network key; `None` runs an open mesh.
+    pub cluster_key: Option<PreSharedKey>,
+    /// Whether to discover peers on the local subnet with mDNS.
+    pub mdns: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Membership protocol settings.
+    pub membership: MembershipConfig,
+}
+
+impl Config {
+    /// Reads the file named in `cli` (if any), applies the command line over it, and validates.
+    pub fn load(cli: &Overrides) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Config::merge(file, cli)
+    }
+
+    fn merge(file: FileConfig, cli: &Overrides) -> Result<Config, ConfigError> {
+        let name = match cli.name.clone().or(file.name) {
+            Some(name) => name,
+            None => host_name().ok_or_else(|| ConfigError::Invalid {
+                field: "name",
+                value: String::new(),
+                reason: "the host name cannot be read; give --name".into(),
+            })?,
+        };
+        validate_name("name", &name)?;
+        let zone = cli
+            .zone
+            .clone()
+            .or(file.zone)
+            .unwrap_or_else(|| "default".into());
+        validate_name("zone", &zone)?;
+
+        let listen_src = if cli.listen.is_empty() {
+            file.listen
+                .unwrap_or_else(|| vec![format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}")])
+        } else {
+            cli.listen.clone()
+        };
+        let listen = listen_src
+            .iter()
+            .map(|a| parse_listen_addr(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        if listen.is_empty() {
+            return Err(invalid(
+                "listen",
+                "",
+                "at least one listen address is needed",
+            ));
+        }
+        let join_src = if cli.join.is_empty() {
+            file.join.unwrap_or_default()
+        } else {
+            cli.join.clone()
+        };
+        let join = join_src
+            .iter()
+            .map(|a| parse_peer_addr(a))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let cluster_key = match cli.cluster_key.clone().or(file.cluster_key) {
+            Some(path) => Some(read_cluster_key(&path)?),
+            None => None,
+        };
+
+        let defaults = MembershipConfig::default();
+        let m = &file.membership;
+        let ms =
+            |field: &'static str, v: Option<u64>, d: Duration| -> Result<Duration, ConfigError> {
+                match v {
+                    None => Ok(d),
+                    Some(0) => Err(invalid(field, "0", "must be greater than zero")),
+                    Some(v) => Ok(Duration::from_millis(v)),
+                }
+            };
+        let membership = MembershipConfig {
+            gossip_interval: ms(
+                "membership.gossip_interval_ms",
+                m.gossip_interval_ms,
+                defaults.gossip_interval,
+            )?,
+            gossip_fanout: match m.gossip_fanout {
+                Some(0) => {
+                    return Err(invalid(
+                        "membership.gossip_fanout",
+                        "0",
+                        "must be at least 1",
+                    ))
+                }
+                Some(n) => n,
+                None => defaults.gossip_fanout,
+            },
+            suspect_after: ms(
+                "membership.suspect_after_ms",
+                m.suspect_after_ms,
+                defaults.suspect_after,
+            )?,
+            dead_after: ms(
+                "membership.dead_after_ms",
+                m.dead_after_ms,
+                defaults.dead_after,
+            )?,
+        };
+        if membership.dead_after <= membership.suspect_after {
+            return Err(invalid(
+                "membership.dead_after_ms",
+                &membership.dead_after.as_millis().to_string(),
+                "must be longer than suspect_after_ms",
+            ));
+        }
+        if membership.suspect_after <= membership.gossip_interval * 2 {
+            return Err(invalid(
+                "membership.suspect_after_ms",
+                &membership.suspect_after.as_millis().to_string(),
+                "must be more than twice gossip_interval_ms",
+            ));
+        }
+
+        Ok(Config {
+            name,
+            data_dir: cli
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./dci-data")),
+            listen,
+            join,
+            role: cli.role.or(file.role).unwrap_or(Role::Active),
+            zone,
+            cluster_key,
+            mdns: !cli.no_mdns && file.mdns.unwrap_or(true),
+            log_format: cli
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            membership,
+        })
+    }
+}
+
+fn invalid(field: &'static str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        // toml's message may not name the key (e.g. a type error); the line it points at does.
+        let at = e
+            .span()
+            .map(|span| {
+                let start = span.start.min(text.len());
+                let line_no = text[..start].matches('\n').count() + 1;
+                let line = text.lines().nth(line_no - 1).unwrap_or("");
+                match line.split_once('=') {
+                    Some((key, _)) => format!("line {line_no} ({}): ", key.trim()),
+                    None => format!("line {line_no}: "),
+                }
+            })
+            .unwrap_or_default();
+        ConfigError::Parse {
+            path: path.into(),
+            reason: format!("{at}{}", one_line(e.message())),
+        }
+    })
+}
+
+/// Folds a possibly multi-line message onto one line.
+pub fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn host_name() -> Option<String> {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = raw.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// Blade and zone names: 1 to 63 of `[A-Za-z0-9._-]`, starting with a letter or digit.
+pub fn validate_name(field: &'static str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            name,
+            "use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        ))
+    }
+}
+
+/// A listen address: a multiaddr `/ip4|ip6/ADDR/tcp/PORT`, or `HOST:PORT` with an IP or `localhost`.
+pub fn parse_listen_addr(s: &str) -> Result<Multiaddr, ConfigError> {
+    let addr = parse_any_addr("listen", s)?;
+    let mut parts = addr.iter();
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Protocol::Ip4(_) | Protocol::Ip6(_)), Some(Protocol::Tcp(_)), None) => Ok(addr),
+        _ => Err(invalid(
+            "listen",
+            s,
+            "expected /ip4/ADDR/tcp/PORT, /ip6/ADDR/tcp/PORT or IP:PORT",
+        )),
+    }
+}
+
+/// A peer address: `/ip4|ip6|dns|dns4|dns6/HOST/tcp/PORT[/p2p/ID]`, or `HOST:PORT`.
+pub fn parse_peer_addr(s: &str) -> Result<Multiaddr, ConfigError> {
+    let addr = parse_any_addr("join", s)?;
+    let mut parts = addr.iter();
+    let host_ok = matches!(
+        parts.next(),
+        Some(
+            Protocol::Ip4(_)
+                | Protocol::Ip6(_)
+                | Protocol::Dns(_)
+                | Protocol::Dns4(_)
+                | Protocol::Dns6(_)
+        )
+    );
+    let tcp_ok = matches!(parts.next(), Some(Protocol::Tcp(_)));
+    let rest_ok = matches!(parts.next(), None | Some(Protocol::P2p(_))) && parts.next().is_none();
+    if host_ok && tcp_ok && rest_ok {
+        Ok(addr)
+    } else {
+        Err(invalid(
+            "join",
+            s,
+            "expected HOST:PORT or /ip4|ip6|dns/HOST/tcp/PORT[/p2p/PEER-ID]",
+        ))
+    }
+}
+
+fn parse_any_addr(field: &'static str, s: &str) -> Result<Multiaddr, ConfigError> {
+    if s.starts_with('/') {
+        return s
+            .parse::<Multiaddr>()
+            .map_err(|e| invalid(field, s, &one_line(&e.to_string())));
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| invalid(field, s, "expected HOST:PORT or a multiaddr"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| invalid(field, s, "the port must be a number from 0 to 65535"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let mut addr = Multiaddr::empty();
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => addr.push(Protocol::Ip4(ip)),
+        Ok(IpAddr::V6(ip)) => addr.push(Protocol::Ip6(ip)),
+        Err(_) if host == "localhost" => addr.push(Protocol::Ip4([127, 0, 0, 1].into())),
+        Err(_) if is_dns_name(host) => addr.push(Protocol::Dns(host.to_string().into())),
+        Err(_) => {
+            return Err(invalid(
+                field,
+                s,
+                "the host is neither an IP address nor a DNS name",
+            ))
+        }
+    }
+    addr.push(Protocol::Tcp(port));
+    Ok(addr)
+}
+
+fn is_dns_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// Reads a cluster key in the libp2p private-network key format (`dcid keygen` writes one).
+pub fn read_cluster_key(path: &Path) -> Result<PreSharedKey, ConfigError> {
+    let err = |reason: String| ConfigError::ClusterKey {
+        path: path.into(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    text.trim().parse::<PreSharedKey>().map_err(|e| {
+        err(format!(
+            "malformed ({}); expected the '/key/swarm/psk/1.0.0/' format, make one with `dcid keygen FILE`",
+            one_line(&e.to_string())
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli() -> Overrides {
+        Overrides {
+            name: Some("blade-01".into()),
+            ..Overrides::default()
+        }
+    }
+
+    #[test]
+    fn plain_host_port_becomes_a_multiaddr() {
+        assert_eq!(
+            parse_listen_addr("127.0.0.1:7000").unwrap().to_string(),
+            "/ip4/127.0.0.1/tcp/7000"
+        );
+        assert_eq!(
+            parse_peer_addr("blade-02:7946").unwrap().to_string(),
+            "/dns/blade-02/tcp/7946"
+        );
+        assert_eq!(
+            parse_peer_addr("[::1]:7946").unwrap().to_string(),
+            "/ip6/::1/tcp/7946"
+        );
+    }
+
+    #[test]
+    fn listen_refuses_names_and_missing_ports() {
+        for bad in [
+            "blade-02:7946",
+            "127.0.0.1",
+            "/ip4/1.2.3.4",
+            "1.2.3.4:99999",
+            "/dns/x/tcp/1",
+            "::",
+        ] {
+            assert!(parse_listen_addr(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn command_line_overrides_the_file() {
+        let file: FileConfig = toml::from_str(
+            "name = 'from-file'\nzone = 'z1'\nlisten = ['127.0.0.1:1']\n[membership]\ndead_after_ms = 9000\n",
+        )
+        .unwrap();
+        let mut o = cli();
+        o.listen = vec!["127.0.0.1:2".into()];
+        let c = Config::merge(file, &o).unwrap();
+        assert_eq!(c.name, "blade-01");
+        assert_eq!(c.zone, "z1");
+        assert_eq!(c.listen[0].to_string(), "/ip4/127.0.0.1/tcp/2");
+        assert_eq!(c.membership.dead_after, Duration::from_millis(9000));
+    }
+
+    #[test]
+    fn unknown_fields_in_the_file_are_refused_by_name() {
+        let err = toml::from_str::<FileConfig>("nmae = 'x'").unwrap_err();
+        assert!(err.message().contains("nmae"), "{}", err.message());
+    }
+
+    #[test]
+    fn dead_timeout_must_exceed_suspect_timeout() {
+        let file: FileConfig =
+            toml::from_str("[membership]\nsuspect_after_ms = 5000\ndead_after_ms = 4000\n")
+                .unwrap();
+        let err = Config::merge(file, &cli()).unwrap_err().to_string();
+        assert!(err.contains("dead_after_ms"), "{err}");
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        for bad in ["", "-x", "a b", "é", &"x".repeat(64)] {
+            assert!(validate_name("name", bad).is_err(), "{bad:?} was accepted");
+        }
+        validate_name("name", "blade-01.rack_2").unwrap();
+    }
+}

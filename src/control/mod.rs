@@ -1,0 +1,174 @@
+//! The local control socket `<data-dir>/dcid.sock`: the only way `dcish` talks to an agent.
+//!
+//! It carries the same XML envelopes as the mesh, framed as in `proto/README.md`, so that every
+//! operator action is an envelope that can later be logged and replayed. The socket is mode 0600 in
+//! a 0700 directory, and each connection's peer credentials must be this agent's user or root.
+//! Each connection is served by its own task; it asks the agent's event loop for state through
+//! [`Query`] messages, never by touching the agent's state itself.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dci_proto::control::{error_payload, members_to_payload, ControlRequest, MemberInfo};
+use dci_proto::{frame, Envelope, Kind, Limits, Sender};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+/// Largest request accepted on the control socket.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+/// How long a connection may sit between requests before it is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A question from a control connection to the agent's event loop.
+#[derive(Debug)]
+pub enum Query {
+    /// The member table, as shown by `dcish nodes`.
+    Members(oneshot::Sender<Vec<MemberInfo>>),
+}
+
+/// Why the control socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The path is too long for a Unix socket (the kernel limit is 107 bytes).
+    #[error("control socket path {0} is too long for a Unix socket; use a shorter --data-dir")]
+    PathTooLong(PathBuf),
+    /// Binding failed.
+    #[error("cannot open control socket {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+}
+
+/// Binds the socket at `path` (replacing a stale one: the caller holds the data dir lock).
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    if path.as_os_str().as_bytes().len() > 107 {
+        return Err(ControlError::PathTooLong(path.into()));
+    }
+    let bind_err = |source| ControlError::Bind {
+        path: path.into(),
+        source,
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bind_err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// Accepts control connections until the agent stops.
+pub async fn serve(listener: UnixListener, node_id: String, queries: mpsc::Sender<Query>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let node_id = node_id.clone();
+                let queries = queries.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_connection(stream, &node_id, &queries).await {
+                        tracing::debug!("control connection ended: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("control socket accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn authorized(stream: &UnixStream) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    stream
+        .peer_cred()
+        .map(|c| c.uid() == me || c.uid() == 0)
+        .unwrap_or(false)
+}
+
+async fn serve_connection(
+    mut stream: UnixStream,
+    node_id: &str,
+    queries: &mpsc::Sender<Query>,
+) -> Result<(), String> {
+    let me = Sender {
+        node: node_id.to_string(),
+        blade: None,
+        app: "control".into(),
+        instance: None,
+    };
+    if !authorized(&stream) {
+        tracing::warn!("refused a control connection from another user");
+        return Err("unauthorized peer".into());
+    }
+    let limits = Limits::default();
+    loop {
+        let bytes = match tokio::time::timeout(
+            IDLE_TIMEOUT,
+            frame::read_frame(&mut stream, MAX_REQUEST_BYTES),
+        )
+        .await
+        {
+            Err(_) => return Err("idle timeout".into()),
+            Ok(Ok(Some(bytes))) => bytes,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => {
+                // The framing is lost; say why once and hang up.
+                let reply = error_envelope(&me, "bad-frame", &e.to_string());
+                let _ = frame::write_frame(&mut stream, reply.to_xml().as_bytes()).await;
+                return Err(e.to_string());
+            }
+        };
+        let reply = match Envelope::from_xml(&bytes, &limits) {
+            Err(e) => error_envelope(&me, "bad-envelope", &e.to_string()),
+            Ok(request) => answer(&me, &request, queries).await,
+        };
+        frame::write_frame(&mut stream, reply.to_xml().as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+}
+
+fn error_envelope(me: &Sender, code: &str, message: &str) -> Envelope {
+    let mut env = Envelope::request(
+        me.clone(),
+        dci_proto::Target {
+            to: dci_proto::Destination::Node(me.node.clone()),
+            app: Some("control".into()),
+            instance: None,
+        },
+        error_payload(code, message),
+    );
+    env.kind = Kind::Error;
+    env
+}
+
+async fn answer(me: &Sender, request: &Envelope, queries: &mpsc::Sender<Query>) -> Envelope {
+    let fail =
+        |code: &str, msg: &str| request.reply_to(me.clone(), Kind::Error, error_payload(code, msg));
+    let command = match ControlRequest::from_payload(&request.payload) {
+        Ok(c) => c,
+        Err(e) => return fail("unknown-command", &e.to_string()),
+    };
+    match command {
+        ControlRequest::Nodes => {
+            let (tx, rx) = oneshot::channel();
+            if queries.send(Query::Members(tx)).await.is_err() {
+                return fail("stopping", "the agent is shutting down");
+            }
+            match rx.await {
+                Ok(members) => {
+                    request.reply_to(me.clone(), Kind::Reply, members_to_payload(&members))
+                }
+                Err(_) => fail("stopping", "the agent is shutting down"),
+            }
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! DCI: the agent (`dcid`) that runs on every blade of a cluster, and its shell (`dcish`).
+//!
+//! Layers, each depending only on those above it in this list:
+//! - [`config`], [`datadir`]: operator input and the on-disk home of a node, validated before use.
+//! - [`membership`]: the sans-IO membership core (signed heartbeat gossip, liveness, events).
+//! - [`net`]: the libp2p shell (transport, admission by cluster key, discovery, framing).
+//! - [`control`]: the local control socket that carries XML envelopes from `dcish`.
+//! - [`agent`]: the one event loop that owns the swarm and drives the cores.
+//! - [`shell`]: `dcish`, the operator's client.
+#![deny(missing_docs)]
+
+pub mod agent;
+pub mod config;
+pub mod control;
+pub mod datadir;
+pub mod membership;
+pub mod net;
+pub mod shell;

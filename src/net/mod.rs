@@ -1,0 +1,157 @@
+//! The libp2p shell: transport, discovery and the mesh protocols.
+//!
+//! Only the agent's event loop owns the [`Swarm`]. Every connection is TCP, then (with a cluster key)
+//! the libp2p private-network handshake, then noise (authenticated to a `PeerId`) and yamux. The
+//! private-network layer encrypts everything under the cluster key, so a node without the key fails
+//! the noise handshake and never reaches any protocol: it is neither connected nor seen. QUIC is left
+//! out on purpose, because the private-network layer cannot wrap it and it would bypass admission.
+
+pub mod backoff;
+pub mod codec;
+
+use std::time::Duration;
+
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, Transport};
+use libp2p::core::upgrade::Version;
+use libp2p::identity::Keypair;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{identify, mdns, noise, tcp, yamux, PeerId, StreamProtocol, Swarm};
+
+use crate::membership::record::MAX_MESSAGE_BYTES;
+use codec::FrameCodec;
+
+/// Identify's protocol version; a peer announcing another one is disconnected.
+pub const PROTOCOL_VERSION: &str = "/dci/1";
+/// The membership gossip protocol.
+pub const MEMBERSHIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/membership/1");
+/// How long a connection upgrade (private network, noise, yamux) may take.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a membership request waits for its answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections without traffic are closed after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub use behaviour::{Behaviour, BehaviourEvent};
+
+/// The behaviour lives in its own module because its derive generates an undocumented event enum.
+#[allow(missing_docs)]
+mod behaviour {
+    use libp2p::request_response;
+    use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour};
+    use libp2p::{identify, mdns};
+
+    use super::codec::FrameCodec;
+
+    /// One field per protocol; see the module docs.
+    #[derive(NetworkBehaviour)]
+    pub struct Behaviour {
+        /// Exchanges agent version and listen addresses on connect.
+        pub identify: identify::Behaviour,
+        /// Local-subnet discovery, off with `--no-mdns`.
+        pub mdns: Toggle<mdns::tokio::Behaviour>,
+        /// Membership gossip, length-prefixed frames capped at the membership message limit.
+        pub membership: request_response::Behaviour<FrameCodec>,
+    }
+}
+
+/// Why the network could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The noise configuration could not be made from the identity.
+    #[error("noise setup failed: {0}")]
+    Noise(#[from] noise::Error),
+    /// mDNS could not start (e.g. no usable interface).
+    #[error("mDNS could not start: {0}")]
+    Mdns(std::io::Error),
+}
+
+fn transport(
+    key: &Keypair,
+    psk: Option<PreSharedKey>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let noise = noise::Config::new(key)?;
+    let yamux = yamux::Config::default();
+    let boxed = match psk {
+        Some(psk) => tcp
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1)
+            .authenticate(noise)
+            .multiplex(yamux)
+            .timeout(UPGRADE_TIMEOUT)
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+        None => tcp
+            .upgrade(Version::V1)
+            .authenticate(noise)
+            .multiplex(yamux)
+            .timeout(UPGRADE_TIMEOUT)
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+    };
+    Ok(boxed)
+}
+
+/// DNS settings from `/etc/resolv.conf` and `/etc/hosts`; with none, only the hosts file and IPs work.
+fn resolver() -> (libp2p::dns::ResolverConfig, libp2p::dns::ResolverOpts) {
+    hickory_resolver::system_conf::read_system_conf().unwrap_or_else(|e| {
+        tracing::warn!("no DNS configuration ({e}); peer names resolve through /etc/hosts only");
+        (
+            libp2p::dns::ResolverConfig::from_name_servers(Vec::new()),
+            libp2p::dns::ResolverOpts::default(),
+        )
+    })
+}
+
+/// Builds the swarm for `key`, admitting only holders of `psk` when one is given.
+pub fn build_swarm(
+    key: Keypair,
+    psk: Option<PreSharedKey>,
+    enable_mdns: bool,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let local_peer = key.public().to_peer_id();
+    let mdns = if enable_mdns {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), local_peer)
+                .map_err(NetError::Mdns)?,
+        )
+    } else {
+        None
+    };
+    let (dns_config, dns_opts) = resolver();
+    let transport = transport(&key, psk)?;
+    let Ok(builder) = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_other_transport(|_| transport);
+    let Ok(builder) = builder
+        .with_dns_config(dns_config, dns_opts)
+        .with_behaviour(|key| Behaviour {
+            identify: identify::Behaviour::new(
+                identify::Config::new(PROTOCOL_VERSION.into(), key.public())
+                    .with_agent_version(format!("dcid/{}", env!("CARGO_PKG_VERSION"))),
+            ),
+            mdns: Toggle::from(mdns),
+            membership: request_response::Behaviour::with_codec(
+                FrameCodec {
+                    max_bytes: MAX_MESSAGE_BYTES,
+                },
+                [(MEMBERSHIP_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(64),
+            ),
+        });
+    Ok(builder
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .build())
+}
+
+/// A fresh random cluster key, in the file format `--cluster-key` reads.
+pub fn generate_cluster_key() -> String {
+    let mut bytes = [0u8; 32];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut bytes);
+    PreSharedKey::new(bytes).to_key_file()
+}

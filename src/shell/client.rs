@@ -1,0 +1,119 @@
+//! The control-socket client: one request envelope out, one reply envelope back.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dci_proto::{frame, Destination, Envelope, Kind, Limits, Payload, Sender, Target};
+use tokio::net::UnixStream;
+
+/// Largest reply accepted from the agent.
+pub const MAX_REPLY_BYTES: usize = 64 << 20;
+/// How long a request may take before the shell gives up.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why a request to the agent failed; each renders as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached.
+    #[error(
+        "cannot reach the agent at {path}: {reason} (is dcid running? use --agent or DCI_AGENT)"
+    )]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The connection broke or the reply was not a valid envelope.
+    #[error("agent at {path}: {reason}")]
+    Protocol {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The agent did not answer in time.
+    #[error("agent at {0} did not answer within {1:?}")]
+    Timeout(PathBuf, Duration),
+    /// The agent answered with an error envelope.
+    #[error("{code}: {message}")]
+    Refused {
+        /// The error code.
+        code: String,
+        /// The agent's message.
+        message: String,
+    },
+}
+
+/// A connection to one agent's control socket.
+pub struct Client {
+    path: PathBuf,
+    stream: UnixStream,
+}
+
+impl Client {
+    /// Connects to the socket at `path`.
+    pub async fn connect(path: &Path) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| ClientError::Connect {
+                path: path.into(),
+                reason: e.to_string(),
+            })?;
+        Ok(Client {
+            path: path.into(),
+            stream,
+        })
+    }
+
+    /// Sends `payload` to the agent's control app and returns the reply's payload.
+    pub async fn request(&mut self, payload: Payload) -> Result<Payload, ClientError> {
+        let sender = Sender {
+            node: "dcish".into(),
+            blade: None,
+            app: "control".into(),
+            instance: None,
+        };
+        let target = Target {
+            to: Destination::Node("local".into()),
+            app: Some("control".into()),
+            instance: None,
+        };
+        let request = Envelope::request(sender, target, payload);
+        let path = self.path.clone();
+        let proto = |reason: String| ClientError::Protocol {
+            path: path.clone(),
+            reason,
+        };
+        let exchange = async {
+            frame::write_frame(&mut self.stream, request.to_xml().as_bytes())
+                .await
+                .map_err(|e| proto(e.to_string()))?;
+            frame::read_frame(&mut self.stream, MAX_REPLY_BYTES)
+                .await
+                .map_err(|e| proto(e.to_string()))?
+                .ok_or_else(|| proto("the agent closed the connection".into()))
+        };
+        let bytes = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout(self.path.clone(), REQUEST_TIMEOUT))??;
+        let limits = Limits {
+            max_envelope_bytes: MAX_REPLY_BYTES,
+            max_payload_bytes: MAX_REPLY_BYTES,
+            ..Limits::default()
+        };
+        let reply = Envelope::from_xml(&bytes, &limits).map_err(|e| proto(e.to_string()))?;
+        match reply.kind {
+            Kind::Reply => Ok(reply.payload),
+            Kind::Error => {
+                let (code, message) = dci_proto::control::error_from_payload(&reply.payload)
+                    .unwrap_or_else(|| ("error".into(), "the agent refused the request".into()));
+                Err(ClientError::Refused { code, message })
+            }
+            Kind::Request | Kind::Event => Err(proto(format!(
+                "unexpected {} envelope in reply",
+                reply.kind
+            ))),
+        }
+    }
+}
