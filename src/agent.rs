@@ -252,12 +252,10 @@ impl Agent {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
             } => {
-                if num_established == 0 {
-                    self.connected.remove(&peer_id);
-                }
+                self.connected.remove(&peer_id);
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
@@ -281,11 +279,9 @@ impl Agent {
                 peer_id,
                 info,
                 ..
-            })) => {
-                if info.protocol_version != PROTOCOL_VERSION {
-                    tracing::warn!(peer = %peer_id, version = %info.protocol_version, "incompatible protocol version; disconnecting");
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
-                }
+            })) if info.protocol_version != PROTOCOL_VERSION => {
+                tracing::warn!(peer = %peer_id, version = %info.protocol_version, "incompatible protocol version; disconnecting");
+                let _ = self.swarm.disconnect_peer_id(peer_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
@@ -431,14 +427,15 @@ impl Agent {
             tokio::select! {
                 _ = &mut deadline => break,
                 event = self.swarm.select_next_some() => {
-                    if let SwarmEvent::Behaviour(BehaviourEvent::Membership(e)) = event {
-                        match e {
-                            request_response::Event::Message { message: request_response::Message::Response { request_id, .. }, .. }
-                            | request_response::Event::OutboundFailure { request_id, .. } => {
-                                pending.remove(&request_id);
-                            }
-                            _ => {}
+                    if let SwarmEvent::Behaviour(BehaviourEvent::Membership(
+                        request_response::Event::Message {
+                            message: request_response::Message::Response { request_id, .. },
+                            ..
                         }
+                        | request_response::Event::OutboundFailure { request_id, .. },
+                    )) = event
+                    {
+                        pending.remove(&request_id);
                     }
                 }
             }
