@@ -344,7 +344,7 @@ impl Agent {
     }
 
     fn advertise_listeners(&mut self) {
-        let addrs = self.swarm.listeners().map(|a| a.to_string()).collect();
+        let addrs = advertised(self.swarm.listeners());
         let now = self.now();
         self.membership.set_local_addrs(addrs, now);
     }
@@ -448,6 +448,29 @@ impl Agent {
     }
 }
 
+/// The addresses to tell peers: loopback ones only when there is nothing else, since a peer on
+/// another host that dials our 127.0.0.1 reaches itself.
+fn advertised<'a>(listeners: impl Iterator<Item = &'a Multiaddr>) -> Vec<String> {
+    let is_loopback = |a: &Multiaddr| {
+        a.iter().any(|p| match p {
+            libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_loopback(),
+            libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_loopback(),
+            _ => false,
+        })
+    };
+    let all: Vec<&Multiaddr> = listeners.collect();
+    let routable: Vec<String> = all
+        .iter()
+        .filter(|a| !is_loopback(a))
+        .map(|a| a.to_string())
+        .collect();
+    if routable.is_empty() {
+        all.iter().map(|a| a.to_string()).collect()
+    } else {
+        routable
+    }
+}
+
 fn listen_reason(e: &libp2p::TransportError<std::io::Error>) -> String {
     match e {
         libp2p::TransportError::MultiaddrNotSupported(_) => "address not supported".into(),
@@ -467,4 +490,17 @@ fn next_incarnation(db: &sled::Db) -> Result<u64, sled::Error> {
     meta.insert("incarnation", &next.to_be_bytes())?;
     meta.flush()?;
     Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses_are_advertised_only_when_nothing_else_listens() {
+        let lo: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        let lan: Multiaddr = "/ip4/10.1.2.3/tcp/1".parse().unwrap();
+        assert_eq!(advertised([&lo, &lan].into_iter()), vec![lan.to_string()]);
+        assert_eq!(advertised([&lo].into_iter()), vec![lo.to_string()]);
+    }
 }
