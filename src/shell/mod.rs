@@ -195,6 +195,9 @@ pub async fn repl(cli: &Cli) -> bool {
             Ok(Cli { command: None, .. }) => {}
             Err(e) => {
                 let _ = e.print();
+                if e.use_stderr() {
+                    ok = false;
+                }
             }
         }
     }
