@@ -4,7 +4,7 @@
 //! Start-up is ordered so that a refusal writes nothing: every check that can fail on operator input
 //! (config, cluster key, data dir lock, listen ports) runs before the first byte goes to the data dir.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{identify, mdns, Multiaddr, PeerId, Swarm};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -72,6 +72,10 @@ pub struct Agent {
     connected: HashSet<PeerId>,
     peer_backoff: Backoff<PeerId>,
     seed_backoff: Backoff<Multiaddr>,
+    /// Seeds a dial has reached; the others are retried until they are (or the mesh is lost).
+    seeds_reached: HashSet<Multiaddr>,
+    /// Seed dials in flight, by connection.
+    seed_dials: HashMap<ConnectionId, Multiaddr>,
 }
 
 impl Agent {
@@ -135,6 +139,8 @@ impl Agent {
         );
         Ok(Agent {
             seed_backoff: Backoff::default(),
+            seeds_reached: HashSet::new(),
+            seed_dials: HashMap::new(),
             peer_backoff: Backoff::default(),
             connected: HashSet::new(),
             rng: StdRng::from_entropy(),
@@ -189,7 +195,9 @@ impl Agent {
         self.redial(now);
     }
 
-    /// Dials members we should be connected to, and the seeds while no peer is connected.
+    /// Dials members we should be connected to, and every seed not reached yet. Seeds are retried
+    /// even while other peers are connected: a seed that started late would otherwise leave two
+    /// islands that never meet.
     fn redial(&mut self, now: Duration) {
         let local = self.local_id();
         let wanted: Vec<(PeerId, Vec<Multiaddr>)> = self
@@ -216,13 +224,24 @@ impl Agent {
             }
         }
         if self.connected.is_empty() {
-            for seed in self.config.join.clone() {
-                if self.seed_backoff.try_now(&seed, now) {
-                    tracing::debug!(%seed, "dialing seed");
-                    if let Err(e) = self.swarm.dial(seed.clone()) {
-                        tracing::warn!(%seed, "cannot dial seed: {}", one_line(&e.to_string()));
-                    }
+            self.seeds_reached.clear();
+        }
+        for seed in self.config.join.clone() {
+            let dialing = self.seed_dials.values().any(|s| *s == seed);
+            if self.seeds_reached.contains(&seed)
+                || dialing
+                || !self.seed_backoff.try_now(&seed, now)
+            {
+                continue;
+            }
+            tracing::debug!(%seed, "dialing seed");
+            let opts = DialOpts::unknown_peer_id().address(seed.clone()).build();
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    self.seed_dials.insert(id, seed);
                 }
+                Err(e) => tracing::warn!(%seed, "cannot dial seed: {}", one_line(&e.to_string())),
             }
         }
     }
@@ -235,14 +254,19 @@ impl Agent {
             }
             SwarmEvent::ExpiredListenAddr { .. } => self.advertise_listeners(),
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
                 if self.connected.insert(peer_id) {
                     tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
                 }
                 self.peer_backoff.reset(&peer_id);
-                // In the mesh again: should it be lost later, seeds are retried promptly.
-                self.seed_backoff = Backoff::default();
+                if let Some(seed) = self.seed_dials.remove(&connection_id) {
+                    self.seed_backoff.reset(&seed);
+                    self.seeds_reached.insert(seed);
+                }
                 // Exchange tables at once instead of waiting for the next tick.
                 let gossip = self.membership.gossip(self.now()).encode();
                 self.swarm
@@ -268,7 +292,12 @@ impl Agent {
                     one_line(&error.to_string())
                 );
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                error,
+                connection_id,
+            } => {
+                self.seed_dials.remove(&connection_id);
                 let peer = peer_id
                     .map(|p| p.to_string())
                     .unwrap_or_else(|| "seed".into());

@@ -97,6 +97,31 @@ fn three_agents_find_each_other_a_stranger_is_refused_and_a_leaver_shows_left() 
     }
 }
 
+/// Regression: a node whose seed was not up yet stopped retrying it once any other peer connected,
+/// leaving two islands that never met (seen in compose: blade-3 started before blade-1).
+#[test]
+fn a_seed_that_starts_late_is_still_joined() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let b = Node::start(tmp.path(), "late-b", pb, &[pa], &[]);
+    let c = Node::start(tmp.path(), "late-c", pc, &[pb], &[]);
+    assert!(wait_until(Duration::from_secs(20), || all_alive(
+        &b,
+        &["late-b", "late-c"]
+    ))
+    .is_some());
+    let a = Node::start(tmp.path(), "late-a", pa, &[], &[]);
+    let names = ["late-a", "late-b", "late-c"];
+    let took = wait_until(Duration::from_secs(60), || {
+        [&a, &b, &c].iter().all(|n| all_alive(n, &names))
+    });
+    assert!(
+        took.is_some(),
+        "islands never merged: a sees {:?}",
+        a.members()
+    );
+}
+
 #[test]
 fn an_agent_keeps_its_identity_across_restarts() {
     let tmp = tempfile::tempdir().unwrap();
