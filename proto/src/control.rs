@@ -1,255 +1,355 @@
-//! Typed payloads of the control socket (namespace `urn:dci:control:1`), shared by the agent and
-//! `dcish` so that both sides agree on every command. Each command is one element; a new command is
-//! a new [`ControlRequest`] variant, its element in `proto/control.xsd`, and its reply type here.
+//! Typed payloads of the control socket (namespace [`CONTROL_NAMESPACE`]), shared by the agent and
+//! `dcish` so that both sides agree on every command.
+//!
+//! The control socket carries ordinary envelopes (see the crate docs and `proto/README.md`) whose
+//! sender and target application is [`CONTROL_APP`]. A request's payload is one command element;
+//! the answer is a reply whose payload is the command's result, or an error envelope whose payload
+//! is [`error_payload`].
+//!
+//! Parsing is as strict as the envelope header: the payload must be exactly one element in the
+//! control namespace, with the attributes and children `proto/control.xsd` defines and no others.
+//!
+//! Adding a command: a [`ControlRequest`] variant, its element in `proto/control.xsd`, its name in
+//! [`ControlRequest::element`] and [`ControlRequest::from_payload`], and, if its reply is not an
+//! existing one, a reply type with `*_to_payload`/`*_from_payload` here. The compiler then points
+//! at every `match` on `ControlRequest` in the agent.
 
-use quick_xml::escape::escape;
-use quick_xml::events::{BytesStart, Event};
-use quick_xml::Reader;
+use std::rc::Rc;
 
-use crate::{Payload, ProtoError};
+use crate::error::shown;
+use crate::xml::{self, Child, Node};
+use crate::{Limits, Payload, ProtoError, NAMESPACE};
 
-/// The control payload namespace.
+/// The namespace of control payloads; the version is part of it.
 pub const CONTROL_NAMESPACE: &str = "urn:dci:control:1";
+
+/// The application name of the control socket's sender and target.
+pub const CONTROL_APP: &str = "control";
 
 /// Member states as spelled on the wire.
 pub const STATES: [&str; 4] = ["alive", "suspect", "dead", "left"];
+
 /// Member roles as spelled on the wire.
 pub const ROLES: [&str; 2] = ["active", "spare"];
 
 /// A command sent by `dcish` to its local agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlRequest {
-    /// The member table: `<nodes/>`.
+    /// The member table, `<nodes/>`; answered by [`members_to_payload`].
     Nodes,
 }
 
 impl ControlRequest {
+    /// The command's element name in the control namespace.
+    pub fn element(&self) -> &'static str {
+        match self {
+            ControlRequest::Nodes => "nodes",
+        }
+    }
+
     /// The request payload.
     pub fn to_payload(&self) -> Payload {
         match self {
-            ControlRequest::Nodes => {
-                Payload::trusted(format!("<nodes xmlns=\"{CONTROL_NAMESPACE}\"/>"))
-            }
+            ControlRequest::Nodes => Payload::trusted(format!(
+                "<{} xmlns=\"{CONTROL_NAMESPACE}\"/>",
+                self.element()
+            )),
         }
     }
 
-    /// Reads a request payload.
+    /// Reads a request payload: exactly one command element in the control namespace. An unknown
+    /// command is `InvalidField { field: "command", .. }`.
     pub fn from_payload(payload: &Payload) -> Result<ControlRequest, ProtoError> {
-        let mut reader = Reader::from_str(payload.as_str());
-        loop {
-            match reader.read_event()? {
-                Event::Start(e) | Event::Empty(e) => {
-                    check_ns(&e)?;
-                    return match e.local_name().as_ref() {
-                        b"nodes" => Ok(ControlRequest::Nodes),
-                        other => Err(ProtoError::invalid(
-                            "command",
-                            format!("unknown command <{}>", String::from_utf8_lossy(other)),
-                        )),
-                    };
-                }
-                Event::Eof => return Err(ProtoError::MissingField("command")),
-                Event::Text(_)
-                | Event::End(_)
-                | Event::CData(_)
-                | Event::Comment(_)
-                | Event::Decl(_)
-                | Event::PI(_)
-                | Event::DocType(_) => {}
+        let root = only_element(payload, "command")?;
+        let request = match root.local.as_str() {
+            "nodes" => ControlRequest::Nodes,
+            other => {
+                return Err(ProtoError::invalid(
+                    "command",
+                    format!("unknown command <{}>", shown(other)),
+                ))
+            }
+        };
+        match request {
+            ControlRequest::Nodes => {
+                let [] = attributes(&root, "nodes", [])?;
+                no_content(&root, "nodes")?;
             }
         }
+        Ok(request)
     }
 }
 
-/// One row of `dcish nodes`.
+/// One row of the member table (`dcish nodes`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberInfo {
-    /// Node id.
+    /// The member's node id (libp2p peer id).
     pub id: String,
-    /// Blade name.
+    /// The member's name (its blade name, or its configured node name).
     pub name: String,
-    /// One of [`STATES`].
+    /// The membership state, one of [`STATES`].
     pub state: String,
-    /// One of [`ROLES`].
+    /// The role, one of [`ROLES`].
     pub role: String,
-    /// Zone.
+    /// The zone it runs in.
     pub zone: String,
-    /// The member's incarnation (bumped at each start).
+    /// The member's SWIM incarnation.
     pub incarnation: u64,
-    /// Milliseconds since the member was last heard from; 0 for the answering node itself.
+    /// Milliseconds since the answering agent last heard from it; 0 for the agent itself.
     pub last_heard_ms: u64,
-    /// Agent version.
+    /// The member's agent version.
     pub version: String,
-    /// Listen addresses.
+    /// Its listen addresses (multiaddrs), in the order the member gave them.
     pub addrs: Vec<String>,
 }
 
-/// The reply payload of [`ControlRequest::Nodes`].
+/// The reply payload of [`ControlRequest::Nodes`]. Values are escaped; characters XML cannot
+/// carry become U+FFFD. `state` and `role` are written as given: a value outside [`STATES`] or
+/// [`ROLES`] makes the payload one that [`members_from_payload`] refuses.
 pub fn members_to_payload(members: &[MemberInfo]) -> Payload {
     let mut s = format!("<members xmlns=\"{CONTROL_NAMESPACE}\">");
     for m in members {
-        s.push_str(&format!(
-            "<member id=\"{}\" name=\"{}\" state=\"{}\" role=\"{}\" zone=\"{}\" incarnation=\"{}\" last-heard-ms=\"{}\" version=\"{}\"",
-            escape(m.id.as_str()),
-            escape(m.name.as_str()),
-            escape(m.state.as_str()),
-            escape(m.role.as_str()),
-            escape(m.zone.as_str()),
-            m.incarnation,
-            m.last_heard_ms,
-            escape(m.version.as_str()),
-        ));
+        s.push_str("<member");
+        for (name, value) in [
+            ("id", m.id.as_str()),
+            ("name", m.name.as_str()),
+            ("state", m.state.as_str()),
+            ("role", m.role.as_str()),
+            ("zone", m.zone.as_str()),
+            ("incarnation", m.incarnation.to_string().as_str()),
+            ("last-heard-ms", m.last_heard_ms.to_string().as_str()),
+            ("version", m.version.as_str()),
+        ] {
+            s.push(' ');
+            s.push_str(name);
+            s.push_str("=\"");
+            xml::escape_attribute(&mut s, value);
+            s.push('"');
+        }
         if m.addrs.is_empty() {
             s.push_str("/>");
-        } else {
-            s.push('>');
-            for a in &m.addrs {
-                s.push_str(&format!("<addr>{}</addr>", escape(a.as_str())));
-            }
-            s.push_str("</member>");
+            continue;
         }
+        s.push('>');
+        for a in &m.addrs {
+            s.push_str("<addr>");
+            xml::escape_text(&mut s, a);
+            s.push_str("</addr>");
+        }
+        s.push_str("</member>");
     }
     s.push_str("</members>");
     Payload::trusted(s)
 }
 
-fn attr(e: &BytesStart<'_>, name: &'static str) -> Result<String, ProtoError> {
-    for a in e.attributes().with_checks(true) {
-        let a = a?;
-        if a.key.as_ref() == name.as_bytes() {
-            return Ok(a.unescape_value()?.into_owned());
-        }
-    }
-    Err(ProtoError::MissingField(name))
-}
-
-fn check_ns(e: &BytesStart<'_>) -> Result<(), ProtoError> {
-    match attr(e, "xmlns") {
-        Ok(ns) if ns == CONTROL_NAMESPACE => Ok(()),
-        Ok(_) | Err(_) => Err(ProtoError::invalid(
+/// Reads the reply payload of [`ControlRequest::Nodes`]. Refuses a state or role outside
+/// [`STATES`]/[`ROLES`], a missing or unknown attribute, and any element the schema does not
+/// define.
+pub fn members_from_payload(payload: &Payload) -> Result<Vec<MemberInfo>, ProtoError> {
+    let root = only_element(payload, "members")?;
+    if root.local != "members" {
+        return Err(ProtoError::invalid(
             "payload",
-            format!("expected namespace {CONTROL_NAMESPACE}"),
-        )),
+            format!("expected <members>, found <{}>", shown(&root.local)),
+        ));
     }
+    let [] = attributes(&root, "members", [])?;
+    elements(&root, "members", "member")?
+        .into_iter()
+        .map(member)
+        .collect()
 }
 
-fn member_from(e: &BytesStart<'_>) -> Result<MemberInfo, ProtoError> {
-    let num = |name: &'static str| -> Result<u64, ProtoError> {
-        let v = attr(e, name)?;
-        v.parse().map_err(|_| {
-            ProtoError::invalid(format!("member/@{name}"), format!("'{v}' is not a number"))
-        })
-    };
-    let state = attr(e, "state")?;
-    if !STATES.contains(&state.as_str()) {
+fn member(e: &Node) -> Result<MemberInfo, ProtoError> {
+    let [id, name, state, role, zone, incarnation, last_heard, version] = attributes(
+        e,
+        "member",
+        [
+            "id",
+            "name",
+            "state",
+            "role",
+            "zone",
+            "incarnation",
+            "last-heard-ms",
+            "version",
+        ],
+    )?;
+    let state = required("member/@state", state)?;
+    if !STATES.contains(&state) {
         return Err(ProtoError::invalid(
             "member/@state",
-            format!("unknown state '{state}'"),
+            format!("{} is not one of {}", shown(state), STATES.join(", ")),
         ));
     }
-    let role = attr(e, "role")?;
-    if !ROLES.contains(&role.as_str()) {
+    let role = required("member/@role", role)?;
+    if !ROLES.contains(&role) {
         return Err(ProtoError::invalid(
             "member/@role",
-            format!("unknown role '{role}'"),
+            format!("{} is not one of {}", shown(role), ROLES.join(", ")),
         ));
     }
+    let addrs = elements(e, "member", "addr")?
+        .into_iter()
+        .map(|a| {
+            let [] = attributes(a, "addr", [])?;
+            text_content(a, "member/addr")
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(MemberInfo {
-        id: attr(e, "id")?,
-        name: attr(e, "name")?,
-        state,
-        role,
-        zone: attr(e, "zone")?,
-        incarnation: num("incarnation")?,
-        last_heard_ms: num("last-heard-ms")?,
-        version: attr(e, "version")?,
-        addrs: Vec::new(),
+        id: required("member/@id", id)?.to_owned(),
+        name: required("member/@name", name)?.to_owned(),
+        state: state.to_owned(),
+        role: role.to_owned(),
+        zone: required("member/@zone", zone)?.to_owned(),
+        incarnation: number("member/@incarnation", incarnation)?,
+        last_heard_ms: number("member/@last-heard-ms", last_heard)?,
+        version: required("member/@version", version)?.to_owned(),
+        addrs,
     })
 }
 
-/// Reads the reply payload of [`ControlRequest::Nodes`].
-pub fn members_from_payload(payload: &Payload) -> Result<Vec<MemberInfo>, ProtoError> {
-    let mut reader = Reader::from_str(payload.as_str());
-    let mut members = Vec::new();
-    let mut in_addr = false;
-    let mut seen_root = false;
-    loop {
-        match reader.read_event()? {
-            Event::Start(e) | Event::Empty(e) if !seen_root => {
-                if e.local_name().as_ref() != b"members" {
-                    return Err(ProtoError::MissingField("members"));
-                }
-                check_ns(&e)?;
-                seen_root = true;
-            }
-            Event::Start(e) if e.local_name().as_ref() == b"member" => {
-                members.push(member_from(&e)?)
-            }
-            Event::Empty(e) if e.local_name().as_ref() == b"member" => {
-                members.push(member_from(&e)?)
-            }
-            Event::Start(e) if e.local_name().as_ref() == b"addr" => in_addr = true,
-            Event::End(e) if e.local_name().as_ref() == b"addr" => in_addr = false,
-            Event::Text(t) if in_addr => {
-                let m = members
-                    .last_mut()
-                    .ok_or_else(|| ProtoError::Malformed("<addr> outside <member>".into()))?;
-                m.addrs.push(t.unescape()?.into_owned());
-            }
-            Event::Eof => break,
-            Event::Start(_)
-            | Event::Empty(_)
-            | Event::End(_)
-            | Event::Text(_)
-            | Event::CData(_)
-            | Event::Comment(_)
-            | Event::Decl(_)
-            | Event::PI(_)
-            | Event::DocType(_) => {}
-        }
-    }
-    if !seen_root {
-        return Err(ProtoError::MissingField("members"));
-    }
-    Ok(members)
-}
-
-/// An error payload: a machine-readable code and a one-line message.
+/// An error payload: a machine-readable code (e.g. `unknown-command`, `bad-envelope`) and a
+/// message for people, kept to one line (line breaks become spaces).
 pub fn error_payload(code: &str, message: &str) -> Payload {
-    let message = message.replace('\n', " ");
-    Payload::trusted(format!(
-        "<error xmlns=\"{CONTROL_NAMESPACE}\" code=\"{}\">{}</error>",
-        escape(code),
-        escape(message.as_str())
-    ))
+    let message: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut s = format!("<error xmlns=\"{CONTROL_NAMESPACE}\" code=\"");
+    xml::escape_attribute(&mut s, code);
+    s.push_str("\">");
+    xml::escape_text(&mut s, &message);
+    s.push_str("</error>");
+    Payload::trusted(s)
 }
 
-/// Reads an error payload: `(code, message)`, or `None` if the payload is not one.
+/// Reads an error payload as `(code, message)`; `None` if the payload is not one.
 pub fn error_from_payload(payload: &Payload) -> Option<(String, String)> {
-    let mut reader = Reader::from_str(payload.as_str());
-    let mut code = None;
-    let mut message = String::new();
-    loop {
-        match reader.read_event().ok()? {
-            Event::Start(e) | Event::Empty(e) if code.is_none() => {
-                if e.local_name().as_ref() != b"error" || check_ns(&e).is_err() {
-                    return None;
-                }
-                code = Some(attr(&e, "code").ok()?);
+    let root = only_element(payload, "error").ok()?;
+    if root.local != "error" {
+        return None;
+    }
+    let [code] = attributes(&root, "error", ["code"]).ok()?;
+    let message = text_content(&root, "error").ok()?;
+    Some((code?.to_owned(), message))
+}
+
+/// The one element a control payload consists of, in the control namespace; whitespace,
+/// comments and processing instructions may surround it.
+fn only_element(payload: &Payload, field: &'static str) -> Result<Node, ProtoError> {
+    let tree = xml::parse_tree(payload.as_str(), NAMESPACE, Limits::default().max_depth)?;
+    let mut root = None;
+    for child in tree {
+        match child {
+            Child::Text(t) if t.bytes().all(xml::is_space) => {}
+            Child::Text(_) => {
+                return Err(ProtoError::invalid(
+                    "payload",
+                    "text around the control element",
+                ))
             }
-            Event::Text(t) => message.push_str(&t.unescape().ok()?),
-            Event::Eof => break,
-            Event::Start(_)
-            | Event::Empty(_)
-            | Event::End(_)
-            | Event::CData(_)
-            | Event::Comment(_)
-            | Event::Decl(_)
-            | Event::PI(_)
-            | Event::DocType(_) => {}
+            Child::Element(_) if root.is_some() => {
+                return Err(ProtoError::invalid(field, "more than one element"))
+            }
+            Child::Element(e) => root = Some(e),
         }
     }
-    Some((code?, message))
+    let root = root.ok_or(ProtoError::MissingField(field))?;
+    if root.namespace.as_deref() != Some(CONTROL_NAMESPACE) {
+        return Err(ProtoError::invalid(
+            "payload",
+            format!(
+                "<{}> is in namespace {}, not {CONTROL_NAMESPACE}",
+                shown(&root.local),
+                shown(root.namespace.as_deref().unwrap_or(""))
+            ),
+        ));
+    }
+    Ok(root)
+}
+
+/// The values of `allowed` attributes, in that order; any other attribute is refused.
+fn attributes<'n, const N: usize>(
+    e: &'n Node,
+    element: &str,
+    allowed: [&str; N],
+) -> Result<[Option<&'n str>; N], ProtoError> {
+    let mut values = [None; N];
+    for (name, value) in &e.attributes {
+        match allowed.iter().position(|a| a == name) {
+            Some(i) => values[i] = Some(value.as_str()),
+            None => {
+                return Err(ProtoError::invalid(
+                    format!("{element}/@{}", shown(name)),
+                    "unknown attribute",
+                ))
+            }
+        }
+    }
+    Ok(values)
+}
+
+/// The children of `e`, which must all be `name` elements in the control namespace (whitespace
+/// between them aside).
+fn elements<'n>(e: &'n Node, element: &str, name: &str) -> Result<Vec<&'n Node>, ProtoError> {
+    let mut out = Vec::new();
+    for child in &e.children {
+        match child {
+            Child::Text(t) if t.bytes().all(xml::is_space) => {}
+            Child::Text(_) => return Err(ProtoError::invalid(element, "text is not allowed here")),
+            Child::Element(c) if c.local == name && in_control(c) => out.push(c),
+            Child::Element(c) => {
+                return Err(ProtoError::invalid(
+                    element,
+                    format!("unexpected <{}>", shown(&c.local)),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn in_control(e: &Node) -> bool {
+    e.namespace.as_ref().map(Rc::as_ref) == Some(CONTROL_NAMESPACE)
+}
+
+/// The text of an element that may hold only text.
+fn text_content(e: &Node, field: &str) -> Result<String, ProtoError> {
+    let mut out = String::new();
+    for child in &e.children {
+        match child {
+            Child::Text(t) => out.push_str(t),
+            Child::Element(_) => return Err(ProtoError::invalid(field, "may hold only text")),
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses any content in an element the schema declares empty.
+fn no_content(e: &Node, field: &str) -> Result<(), ProtoError> {
+    if e.children.is_empty() {
+        Ok(())
+    } else {
+        Err(ProtoError::invalid(field, "must be empty"))
+    }
+}
+
+fn required<'v>(field: &'static str, value: Option<&'v str>) -> Result<&'v str, ProtoError> {
+    value.ok_or(ProtoError::MissingField(field))
+}
+
+fn number(field: &'static str, value: Option<&str>) -> Result<u64, ProtoError> {
+    let value = required(field, value)?;
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ProtoError::invalid(
+            field,
+            format!("{} is not an unsigned decimal number", shown(value)),
+        ));
+    }
+    value
+        .parse()
+        .map_err(|_| ProtoError::invalid(field, format!("{} is out of range", shown(value))))
 }
 
 #[cfg(test)]
@@ -259,16 +359,17 @@ mod tests {
     fn member() -> MemberInfo {
         MemberInfo {
             id: "12D3KooWx".into(),
-            name: "blade-01".into(),
+            name: "blade-01 \"<&>\"".into(),
             state: "alive".into(),
             role: "spare".into(),
-            zone: "z&1".into(),
+            zone: "z&1\tz".into(),
             incarnation: 3,
             last_heard_ms: 120,
             version: "0.1.0".into(),
             addrs: vec![
                 "/ip4/127.0.0.1/tcp/7946".into(),
-                "/ip4/10.0.0.1/tcp/7946".into(),
+                String::new(),
+                " /dns4/a&b\r\n ".into(),
             ],
         }
     }
@@ -281,13 +382,40 @@ mod tests {
         let payload = members_to_payload(&rows);
         Payload::new(payload.as_str()).unwrap();
         assert_eq!(members_from_payload(&payload).unwrap(), rows);
+        assert_eq!(members_from_payload(&members_to_payload(&[])).unwrap(), []);
     }
 
     #[test]
-    fn an_unknown_state_is_refused() {
+    fn a_state_or_role_outside_the_allowed_sets_is_refused() {
         let mut m = member();
         m.state = "zombie".into();
+        let err = members_from_payload(&members_to_payload(&[m])).unwrap_err();
+        assert!(err.to_string().contains("member/@state"), "{err}");
+        let mut m = member();
+        m.role = "primary".into();
         assert!(members_from_payload(&members_to_payload(&[m])).is_err());
+    }
+
+    #[test]
+    fn member_tables_with_extra_or_missing_parts_are_refused() {
+        let ns = CONTROL_NAMESPACE;
+        let full = "id=\"a\" name=\"b\" state=\"alive\" role=\"active\" zone=\"z\" incarnation=\"1\" last-heard-ms=\"0\" version=\"v\"";
+        for bad in [
+            format!("<members xmlns=\"{ns}\"><member {full} extra=\"1\"/></members>"),
+            format!("<members xmlns=\"{ns}\"><member id=\"a\"/></members>"),
+            format!("<members xmlns=\"{ns}\"><member {full}><port/></member></members>"),
+            format!("<members xmlns=\"{ns}\"><member {full}><addr><b xmlns=\"urn:b\"/></addr></member></members>"),
+            format!("<members xmlns=\"{ns}\">text<member {full}/></members>"),
+            format!("<members xmlns=\"urn:other\"><member {full}/></members>"),
+            format!("<members xmlns=\"{ns}\"/><members xmlns=\"{ns}\"/>"),
+            format!("<members xmlns=\"{ns}\"><member {}/></members>", full.replace("\"1\"", "\"-1\"")),
+        ] {
+            let payload = Payload::new(bad.as_str()).unwrap();
+            assert!(members_from_payload(&payload).is_err(), "accepted {bad}");
+        }
+        let prefixed = format!("<c:members xmlns:c=\"{ns}\"><c:member {full}/></c:members>");
+        let rows = members_from_payload(&Payload::new(prefixed).unwrap()).unwrap();
+        assert_eq!(rows.len(), 1);
     }
 
     #[test]
@@ -297,20 +425,43 @@ mod tests {
             ControlRequest::from_payload(&p).unwrap(),
             ControlRequest::Nodes
         );
-        let e = error_payload("unknown-command", "no <such> command\nreally");
+        let e = error_payload("unknown-command", "no <such> command\nreally & \u{1}truly");
+        Payload::new(e.as_str()).unwrap();
         assert_eq!(
             error_from_payload(&e).unwrap(),
-            ("unknown-command".into(), "no <such> command really".into())
+            (
+                "unknown-command".into(),
+                "no <such> command really &  truly".into()
+            )
         );
         assert!(error_from_payload(&p).is_none());
+        assert!(error_from_payload(&Payload::empty()).is_none());
     }
 
     #[test]
-    fn unknown_commands_and_foreign_namespaces_are_refused() {
-        let unknown = Payload::new(format!("<reboot xmlns=\"{CONTROL_NAMESPACE}\"/>")).unwrap();
-        assert!(ControlRequest::from_payload(&unknown).is_err());
-        let foreign = Payload::new("<nodes xmlns=\"urn:other\"/>").unwrap();
-        assert!(ControlRequest::from_payload(&foreign).is_err());
-        assert!(ControlRequest::from_payload(&Payload::empty()).is_err());
+    fn unknown_commands_foreign_namespaces_and_arguments_are_refused() {
+        let ns = CONTROL_NAMESPACE;
+        for bad in [
+            format!("<reboot xmlns=\"{ns}\"/>"),
+            "<nodes xmlns=\"urn:other\"/>".to_owned(),
+            format!("<nodes xmlns=\"{ns}\" all=\"yes\"/>"),
+            format!("<nodes xmlns=\"{ns}\">all</nodes>"),
+            format!("<nodes xmlns=\"{ns}\"/><nodes xmlns=\"{ns}\"/>"),
+            String::new(),
+        ] {
+            let payload = Payload::new(bad.as_str()).unwrap();
+            assert!(
+                ControlRequest::from_payload(&payload).is_err(),
+                "accepted {bad}"
+            );
+        }
+        let err = ControlRequest::from_payload(
+            &Payload::new(format!("<reboot xmlns=\"{ns}\"/>")).unwrap(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, ProtoError::InvalidField { field, .. } if field == "command"),
+            "{err:?}"
+        );
     }
 }

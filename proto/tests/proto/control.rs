@@ -1,0 +1,133 @@
+//! Control payloads inside envelopes, as the agent and dcish exchange them.
+
+use dci_proto::control::{
+    error_from_payload, error_payload, members_from_payload, members_to_payload, ControlRequest,
+    MemberInfo, CONTROL_APP, ROLES, STATES,
+};
+use dci_proto::{Destination, Envelope, Kind, Sender, Target};
+use proptest::prelude::*;
+
+use crate::strategies::name;
+use crate::support::{parse, xmllint};
+
+fn shell() -> Sender {
+    Sender {
+        node: "dcish".into(),
+        blade: None,
+        app: CONTROL_APP.into(),
+        instance: None,
+    }
+}
+
+fn agent() -> Sender {
+    Sender {
+        node: "12D3KooWAgent".into(),
+        blade: None,
+        app: CONTROL_APP.into(),
+        instance: None,
+    }
+}
+
+fn member() -> impl Strategy<Value = MemberInfo> {
+    (
+        (
+            name(),
+            name(),
+            prop::sample::select(&STATES[..]),
+            prop::sample::select(&ROLES[..]),
+        ),
+        (name(), any::<u64>(), any::<u64>(), name()),
+        prop::collection::vec(name(), 0..3),
+    )
+        .prop_map(
+            |((id, name, state, role), (zone, incarnation, last_heard_ms, version), addrs)| {
+                MemberInfo {
+                    id,
+                    name,
+                    state: state.into(),
+                    role: role.into(),
+                    zone,
+                    incarnation,
+                    last_heard_ms,
+                    version,
+                    addrs,
+                }
+            },
+        )
+}
+
+fn nodes_request() -> Envelope {
+    Envelope::request(
+        shell(),
+        Target {
+            to: Destination::Node("local".into()),
+            app: Some(CONTROL_APP.into()),
+            instance: None,
+        },
+        ControlRequest::Nodes.to_payload(),
+    )
+}
+
+#[test]
+fn a_nodes_exchange_travels_in_envelopes_that_validate() {
+    let request = nodes_request();
+    let wire = request.to_xml();
+    let received = parse(&wire).unwrap();
+    assert_eq!(
+        ControlRequest::from_payload(&received.payload).unwrap(),
+        ControlRequest::Nodes
+    );
+    let rows = vec![MemberInfo {
+        id: "12D3KooWAgent".into(),
+        name: "blade-01".into(),
+        state: "alive".into(),
+        role: "active".into(),
+        zone: "default".into(),
+        incarnation: 3,
+        last_heard_ms: 0,
+        version: "0.1.0".into(),
+        addrs: vec!["/ip4/127.0.0.1/tcp/7946".into()],
+    }];
+    let reply = received.reply_to(agent(), Kind::Reply, members_to_payload(&rows));
+    assert_eq!(reply.correlation, Some(request.id));
+    assert_eq!(reply.target.to, Destination::Node("dcish".into()));
+    let reply_wire = reply.to_xml();
+    assert_eq!(
+        members_from_payload(&parse(&reply_wire).unwrap().payload).unwrap(),
+        rows
+    );
+
+    let refusal = received.reply_to(
+        agent(),
+        Kind::Error,
+        error_payload("unknown-command", "unknown command <reboot>"),
+    );
+    let refusal_wire = refusal.to_xml();
+    assert_eq!(
+        error_from_payload(&parse(&refusal_wire).unwrap().payload),
+        Some(("unknown-command".into(), "unknown command <reboot>".into()))
+    );
+    for xml in [wire, reply_wire, refusal_wire] {
+        if let Some(verdict) = xmllint(xml.as_bytes()) {
+            verdict.unwrap_or_else(|e| panic!("{xml} fails the schema: {e}"));
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn any_member_table_round_trips_through_an_envelope(rows in prop::collection::vec(member(), 0..4)) {
+        let reply = nodes_request().reply_to(agent(), Kind::Reply, members_to_payload(&rows));
+        let received = parse(&reply.to_xml()).unwrap();
+        prop_assert_eq!(members_from_payload(&received.payload).unwrap(), rows);
+    }
+
+    #[test]
+    fn any_error_round_trips_as_one_line(code in name(), message in name()) {
+        let payload = error_payload(&code, &message);
+        let (c, m) = error_from_payload(&payload).unwrap();
+        prop_assert_eq!(c, code);
+        prop_assert!(!m.contains(['\n', '\r']));
+        prop_assert_eq!(m.chars().count(), message.chars().count());
+    }
+}
