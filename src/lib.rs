@@ -7,6 +7,7 @@
 //! - [`control`]: the local control socket that carries XML envelopes from `dcish`.
 //! - [`agent`]: the one event loop that owns the swarm and drives the cores.
 //! - [`shell`]: `dcish`, the operator's client.
+//! - [`sim`]: the deterministic simulator that runs the protocol cores at scale.
 #![deny(missing_docs)]
 
 pub mod agent;
@@ -16,3 +17,4 @@ pub mod datadir;
 pub mod membership;
 pub mod net;
 pub mod shell;
+pub mod sim;

@@ -13,6 +13,7 @@
 //! chosen by the driver (time since the agent started, or virtual time in a simulator).
 
 pub mod record;
+pub mod swim;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,0 +1,1484 @@
+//! SWIM with the Lifeguard extensions, as a sans-IO state machine.
+//!
+//! Each protocol period a node probes one member (round-robin over a shuffled list): a direct ping,
+//! then, if no ack arrives within the probe timeout, ping-requests through `indirect_checks` other
+//! members. A member that answers none is *suspected*; the suspicion spreads by gossip and becomes a
+//! *dead* declaration when its timer runs out, unless the member refutes it by announcing a higher
+//! incarnation. Lifeguard adds three things that keep a slow node from hurting others:
+//! - **dynamic suspicion**: the timeout starts long and shrinks towards its minimum as independent
+//!   members confirm the suspicion;
+//! - **local health**: a node that misses acks or nacks, or has to refute suspicion of itself, raises
+//!   its own health multiplier and stretches its probe timeouts and intervals instead of accusing others;
+//! - **nacks**: an intermediary that cannot reach the target says so, so the prober can tell a dead
+//!   target from its own slowness.
+//!
+//! Membership changes ride on probe traffic and on a gossip tick, each retransmitted a bounded number of
+//! times (`retransmit_mult · log10(n+1)`); a periodic push-pull exchange of the whole table with one
+//! random member repairs whatever gossip missed.
+//!
+//! Liveness has two channels, after the seeds' "heartbeat over two independent paths": the probes, and
+//! the member's own incarnation announcements relayed by third parties. A member whose probes fail but
+//! who has announced itself through others within the suspicion window is `UnreachableLink`, not
+//! suspect: no failover starts for a broken link.
+//!
+//! Call order: feed [`Swim::handle_packet`] and [`Swim::handle_timer`] with `now`; after each call take
+//! [`Swim::drain_outputs`]. Timers are values carrying what they are about; a stale one is a no-op.
+//! Nothing here reads a clock, touches a socket or uses unseeded randomness.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+/// Proves that an alive or leave announcement was made by its subject (a signature in the agent;
+/// trivially true in the simulator, whose nodes cannot lie).
+pub trait Authority<Id, M> {
+    /// The proof carried with an announcement.
+    type Proof: Clone + Debug + PartialEq;
+    /// Signs this node's own announcement.
+    fn prove(&self, inc: u64, meta: &M, left: bool) -> Self::Proof;
+    /// Checks an announcement attributed to `subject`.
+    fn verify(&self, subject: &Id, inc: u64, meta: &M, left: bool, proof: &Self::Proof) -> bool;
+}
+
+/// An authority for nodes that cannot lie (the simulator).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Trusting;
+
+impl<Id, M> Authority<Id, M> for Trusting {
+    type Proof = ();
+    fn prove(&self, _: u64, _: &M, _: bool) {}
+    fn verify(&self, _: &Id, _: u64, _: &M, _: bool, _: &()) -> bool {
+        true
+    }
+}
+
+/// Settings. Defaults suit a LAN; every timing is configurable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwimConfig {
+    /// Time between probes, before the local-health multiplier.
+    pub probe_interval: Duration,
+    /// How long to wait for a direct ack, before the local-health multiplier.
+    pub probe_timeout: Duration,
+    /// Members asked to probe indirectly.
+    pub indirect_checks: usize,
+    /// How long the indirect probes get, before the local-health multiplier.
+    pub indirect_timeout: Duration,
+    /// Time between gossip rounds.
+    pub gossip_interval: Duration,
+    /// Members gossiped to per round.
+    pub gossip_fanout: usize,
+    /// Transmissions per update: `retransmit_mult · ceil(log10(n+1))`.
+    pub retransmit_mult: u32,
+    /// Minimum suspicion timeout: `suspicion_mult · max(1, log10 n) · probe_interval`.
+    pub suspicion_mult: u32,
+    /// The suspicion timeout starts at `suspicion_max_mult` times the minimum.
+    pub suspicion_max_mult: u32,
+    /// Independent confirmations that bring the suspicion timeout down to its minimum.
+    pub expected_confirmations: u32,
+    /// Highest local-health multiplier.
+    pub max_local_health: u32,
+    /// Period of the full-state exchange with one random member (scaled up for large meshes).
+    pub push_pull_interval: Duration,
+    /// Most updates piggybacked on one packet.
+    pub max_piggyback: usize,
+}
+
+impl Default for SwimConfig {
+    fn default() -> Self {
+        SwimConfig {
+            probe_interval: Duration::from_millis(150),
+            probe_timeout: Duration::from_millis(100),
+            indirect_checks: 3,
+            indirect_timeout: Duration::from_millis(250),
+            gossip_interval: Duration::from_millis(100),
+            gossip_fanout: 3,
+            retransmit_mult: 6,
+            suspicion_mult: 3,
+            suspicion_max_mult: 6,
+            expected_confirmations: 3,
+            max_local_health: 8,
+            push_pull_interval: Duration::from_secs(15),
+            max_piggyback: 24,
+        }
+    }
+}
+
+/// Liveness of a member as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Liveness {
+    /// Answering probes.
+    Alive,
+    /// Probes fail but it announced itself through others recently: a broken link, not a failure.
+    UnreachableLink,
+    /// Probes fail; dead when the suspicion timer runs out unless it refutes.
+    Suspect,
+    /// Declared dead.
+    Dead,
+    /// Left gracefully.
+    Left,
+}
+
+/// A membership change, as disseminated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update<Id, M, P> {
+    /// The subject is alive at this incarnation, with this metadata (signed by the subject).
+    Alive {
+        /// Subject.
+        id: Id,
+        /// Its incarnation.
+        inc: u64,
+        /// Its metadata.
+        meta: M,
+        /// The subject's proof.
+        proof: P,
+    },
+    /// `from` suspects the subject at this incarnation.
+    Suspect {
+        /// Subject.
+        id: Id,
+        /// Incarnation suspected.
+        inc: u64,
+        /// Accuser.
+        from: Id,
+    },
+    /// `from` declares the subject dead at this incarnation.
+    Dead {
+        /// Subject.
+        id: Id,
+        /// Incarnation declared dead.
+        inc: u64,
+        /// Declarer.
+        from: Id,
+    },
+    /// The subject leaves (signed by the subject).
+    Left {
+        /// Subject.
+        id: Id,
+        /// Its incarnation.
+        inc: u64,
+        /// Its metadata.
+        meta: M,
+        /// The subject's proof.
+        proof: P,
+    },
+}
+
+impl<Id: Copy, M, P> Update<Id, M, P> {
+    /// The member the update is about.
+    pub fn subject(&self) -> Id {
+        match self {
+            Update::Alive { id, .. }
+            | Update::Suspect { id, .. }
+            | Update::Dead { id, .. }
+            | Update::Left { id, .. } => *id,
+        }
+    }
+}
+
+/// The protocol messages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message<Id, M, P> {
+    /// Are you alive? Answer with `Ack { seq }`.
+    Ping {
+        /// Probe sequence number.
+        seq: u32,
+    },
+    /// Yes.
+    Ack {
+        /// The ping's sequence number.
+        seq: u32,
+    },
+    /// Please ping `target` for me and tell me with `Ack { seq }` or `Nack { seq }`.
+    PingReq {
+        /// The requester's sequence number.
+        seq: u32,
+        /// Who to probe.
+        target: Id,
+    },
+    /// I could not reach the target of your ping request.
+    Nack {
+        /// The request's sequence number.
+        seq: u32,
+    },
+    /// Only piggybacked updates.
+    Gossip,
+    /// The sender's whole table; answer with your own when `reply` is set.
+    PushPull {
+        /// Every member the sender knows, itself included.
+        state: Vec<Update<Id, M, P>>,
+        /// Whether the receiver should answer with its own table.
+        reply: bool,
+    },
+}
+
+/// A message with its piggybacked updates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packet<Id, M, P> {
+    /// The message.
+    pub message: Message<Id, M, P>,
+    /// Updates riding along.
+    pub updates: Vec<Update<Id, M, P>>,
+}
+
+/// Timers; each carries what it is about, so a stale one does nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Timer<Id> {
+    /// Time for the next probe.
+    ProbeTick,
+    /// The direct ping of probe `seq` had its chance.
+    ProbeTimeout {
+        /// Probe sequence number.
+        seq: u32,
+    },
+    /// The indirect probes of probe `seq` had their chance.
+    IndirectTimeout {
+        /// Probe sequence number.
+        seq: u32,
+    },
+    /// A ping made on someone's behalf had its chance.
+    RelayTimeout {
+        /// Our sequence number for the relayed ping.
+        seq: u32,
+    },
+    /// Time to gossip.
+    GossipTick,
+    /// Time for a push-pull exchange.
+    PushPullTick,
+    /// The suspicion of `id` at incarnation `inc` may have run out.
+    Suspicion {
+        /// Subject.
+        id: Id,
+        /// Incarnation suspected.
+        inc: u64,
+    },
+}
+
+/// What the core asks its driver to do, or tells it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output<Id, M, P> {
+    /// Send this packet to this member.
+    Send(Id, Packet<Id, M, P>),
+    /// Call `handle_timer(timer)` at this time.
+    SetTimer(Duration, Timer<Id>),
+    /// A member's liveness changed (or it joined, with `Alive`).
+    Changed(Id, Liveness),
+    /// A member's metadata changed.
+    MetaChanged(Id),
+}
+
+/// Counters of refused input.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rejected {
+    /// Alive or leave announcements whose proof did not verify.
+    pub bad_proof: u64,
+}
+
+/// What this node knows of one member.
+#[derive(Debug, Clone)]
+pub struct Member<M, P> {
+    /// Incarnation last known.
+    pub inc: u64,
+    /// Metadata last announced.
+    pub meta: M,
+    /// The proof of that announcement, to relay in push-pull.
+    pub proof: P,
+    /// Current liveness.
+    pub liveness: Liveness,
+    /// When `liveness` last changed.
+    pub since: Duration,
+    /// When a probe of it last succeeded.
+    pub last_ack: Option<Duration>,
+    /// When it last announced itself (an alive at a new incarnation) through anyone.
+    pub last_announce: Option<Duration>,
+    suspicion: Option<Suspicion>,
+}
+
+#[derive(Debug, Clone)]
+struct Suspicion {
+    start: Duration,
+    confirmers: u32,
+    deadline: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct Probe<Id> {
+    target: Id,
+    nacks: u32,
+    expected_nacks: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Relay<Id> {
+    requester: Id,
+    requester_seq: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Broadcast<Id, M, P> {
+    update: Update<Id, M, P>,
+    transmits: u32,
+}
+
+/// The SWIM + Lifeguard state machine of one node.
+pub struct Swim<Id, M, A: Authority<Id, M>> {
+    me: Id,
+    inc: u64,
+    meta: M,
+    leaving: bool,
+    auth: A,
+    config: SwimConfig,
+    rng: StdRng,
+    members: HashMap<Id, Member<M, A::Proof>>,
+    /// Every member ever known, in arrival order: deterministic iteration and O(1) random picks.
+    all: Vec<Id>,
+    /// Members to contact again while this node knows no live member.
+    seeds: Vec<Id>,
+    probe_order: Vec<Id>,
+    probe_next: usize,
+    /// Open probes by sequence number (they may overlap: the indirect phase outlasts a period).
+    probes: HashMap<u32, Probe<Id>>,
+    relays: HashMap<u32, Relay<Id>>,
+    suspicion_confirmers: HashMap<Id, HashSet<Id>>,
+    seq: u32,
+    health: u32,
+    queue: Vec<Broadcast<Id, M, A::Proof>>,
+    out: Vec<Output<Id, M, A::Proof>>,
+    rejected: Rejected,
+}
+
+type Out<Id, M, A> = Output<Id, M, <A as Authority<Id, M>>::Proof>;
+type Upd<Id, M, A> = Update<Id, M, <A as Authority<Id, M>>::Proof>;
+type Pkt<Id, M, A> = Packet<Id, M, <A as Authority<Id, M>>::Proof>;
+
+impl<Id, M, A> Swim<Id, M, A>
+where
+    Id: Copy + Eq + Hash + Ord + Debug,
+    M: Clone + PartialEq + Debug,
+    A: Authority<Id, M>,
+{
+    /// A node that knows only itself. `inc` must exceed every incarnation of earlier runs of this
+    /// identity. Arms the probe, gossip and push-pull timers.
+    pub fn new(
+        me: Id,
+        inc: u64,
+        meta: M,
+        auth: A,
+        config: SwimConfig,
+        seed: u64,
+        now: Duration,
+    ) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        // Spread the periodic timers so that a mesh started at once does not tick in lockstep.
+        let jitter = |rng: &mut StdRng, d: Duration| d.mul_f64(rng.gen::<f64>());
+        let probe_at = now + jitter(&mut rng, config.probe_interval);
+        let gossip_at = now + jitter(&mut rng, config.gossip_interval);
+        let push_pull_at = now + jitter(&mut rng, config.push_pull_interval);
+        let mut swim = Swim {
+            me,
+            inc,
+            meta,
+            leaving: false,
+            auth,
+            config,
+            rng,
+            members: HashMap::new(),
+            all: Vec::new(),
+            seeds: Vec::new(),
+            probe_order: Vec::new(),
+            probe_next: 0,
+            probes: HashMap::new(),
+            relays: HashMap::new(),
+            suspicion_confirmers: HashMap::new(),
+            seq: 0,
+            health: 0,
+            queue: Vec::new(),
+            out: Vec::new(),
+            rejected: Rejected::default(),
+        };
+        swim.out.push(Output::SetTimer(probe_at, Timer::ProbeTick));
+        swim.out
+            .push(Output::SetTimer(gossip_at, Timer::GossipTick));
+        swim.out
+            .push(Output::SetTimer(push_pull_at, Timer::PushPullTick));
+        let alive = swim.self_alive();
+        swim.enqueue(alive);
+        swim
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> Id {
+        self.me
+    }
+
+    /// This node's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.inc
+    }
+
+    /// The local-health multiplier (0 = healthy).
+    pub fn local_health(&self) -> u32 {
+        self.health
+    }
+
+    /// Every other member this node knows.
+    pub fn members(&self) -> impl Iterator<Item = (&Id, &Member<M, A::Proof>)> {
+        self.members.iter()
+    }
+
+    /// One member.
+    pub fn member(&self, id: &Id) -> Option<&Member<M, A::Proof>> {
+        self.members.get(id)
+    }
+
+    /// What was refused so far.
+    pub fn rejected(&self) -> &Rejected {
+        &self.rejected
+    }
+
+    /// Takes what the driver must do.
+    pub fn drain_outputs(&mut self) -> std::vec::Drain<'_, Out<Id, M, A>> {
+        self.out.drain(..)
+    }
+
+    /// Members that count for the protocol: not dead, not left.
+    fn live_count(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| !matches!(m.liveness, Liveness::Dead | Liveness::Left))
+            .count()
+    }
+
+    fn self_alive(&self) -> Upd<Id, M, A> {
+        Update::Alive {
+            id: self.me,
+            inc: self.inc,
+            meta: self.meta.clone(),
+            proof: self.auth.prove(self.inc, &self.meta, false),
+        }
+    }
+
+    /// Starts from a converged table (simulators and tests): `id` is known alive at `inc`, and
+    /// nothing is gossiped about it.
+    pub fn assume_alive(&mut self, id: Id, inc: u64, meta: M, proof: A::Proof, now: Duration) {
+        if id == self.me || self.members.contains_key(&id) {
+            return;
+        }
+        self.members.insert(
+            id,
+            Member {
+                inc,
+                meta,
+                proof,
+                liveness: Liveness::Alive,
+                since: now,
+                last_ack: None,
+                last_announce: None,
+                suspicion: None,
+            },
+        );
+        self.all.push(id);
+    }
+
+    /// Contacts a seed: sends it this node's whole table and asks for its own. The seed is
+    /// contacted again at every probe period while this node knows no live member.
+    pub fn join(&mut self, seed: Id) {
+        if !self.seeds.contains(&seed) {
+            self.seeds.push(seed);
+        }
+        let state = self.full_state();
+        self.send(seed, Message::PushPull { state, reply: true });
+    }
+
+    /// Changes this node's metadata and announces it.
+    pub fn set_meta(&mut self, meta: M) {
+        if meta != self.meta {
+            self.meta = meta;
+            self.inc += 1;
+            let alive = self.self_alive();
+            self.enqueue(alive);
+        }
+    }
+
+    /// Announces that this node leaves; the driver should flush the returned packets before exiting.
+    pub fn leave(&mut self) -> Vec<(Id, Pkt<Id, M, A>)> {
+        self.leaving = true;
+        self.inc += 1;
+        let left = Update::Left {
+            id: self.me,
+            inc: self.inc,
+            meta: self.meta.clone(),
+            proof: self.auth.prove(self.inc, &self.meta, true),
+        };
+        let targets: Vec<Id> = self
+            .all
+            .iter()
+            .filter(|id| {
+                self.members
+                    .get(id)
+                    .is_some_and(|m| !matches!(m.liveness, Liveness::Dead | Liveness::Left))
+            })
+            .copied()
+            .collect();
+        targets
+            .into_iter()
+            .map(|id| {
+                (
+                    id,
+                    Packet {
+                        message: Message::Gossip,
+                        updates: vec![left.clone()],
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Handles a timer set earlier.
+    pub fn handle_timer(&mut self, timer: Timer<Id>, now: Duration) {
+        match timer {
+            Timer::ProbeTick => self.probe_tick(now),
+            Timer::ProbeTimeout { seq } => self.probe_timeout(seq, now),
+            Timer::IndirectTimeout { seq } => self.indirect_timeout(seq, now),
+            Timer::RelayTimeout { seq } => {
+                if let Some(relay) = self.relays.remove(&seq) {
+                    self.send(
+                        relay.requester,
+                        Message::Nack {
+                            seq: relay.requester_seq,
+                        },
+                    );
+                }
+            }
+            Timer::GossipTick => self.gossip_tick(now),
+            Timer::PushPullTick => self.push_pull_tick(now),
+            Timer::Suspicion { id, inc } => self.suspicion_expired(id, inc, now),
+        }
+    }
+
+    /// Handles a packet from `from` (authenticated by the transport).
+    pub fn handle_packet(&mut self, from: Id, packet: Pkt<Id, M, A>, now: Duration) {
+        for update in packet.updates {
+            self.apply(update, now);
+        }
+        match packet.message {
+            Message::Ping { seq } => self.send(from, Message::Ack { seq }),
+            Message::Ack { seq } => self.handle_ack(from, seq, now),
+            Message::PingReq { seq, target } => {
+                self.seq = self.seq.wrapping_add(1);
+                let relay_seq = self.seq;
+                self.relays.insert(
+                    relay_seq,
+                    Relay {
+                        requester: from,
+                        requester_seq: seq,
+                    },
+                );
+                self.send(target, Message::Ping { seq: relay_seq });
+                // Answer (with a nack) before the requester's indirect window closes.
+                let wait = self.scaled(self.config.indirect_timeout).mul_f64(0.8);
+                self.out.push(Output::SetTimer(
+                    now + wait,
+                    Timer::RelayTimeout { seq: relay_seq },
+                ));
+            }
+            Message::Nack { seq } => {
+                if let Some(p) = self.probes.get_mut(&seq) {
+                    p.nacks += 1;
+                }
+            }
+            Message::Gossip => {}
+            Message::PushPull { state, reply } => {
+                for update in state {
+                    self.apply(update, now);
+                }
+                if reply {
+                    let state = self.full_state();
+                    self.send(
+                        from,
+                        Message::PushPull {
+                            state,
+                            reply: false,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn handle_ack(&mut self, from: Id, seq: u32, now: Duration) {
+        if let Some(relay) = self.relays.remove(&seq) {
+            self.send(
+                relay.requester,
+                Message::Ack {
+                    seq: relay.requester_seq,
+                },
+            );
+            return;
+        }
+        let Some(p) = self.probes.remove(&seq) else {
+            return;
+        };
+        let target = p.target;
+        self.health = self.health.saturating_sub(1);
+        if let Some(m) = self.members.get_mut(&target) {
+            m.last_ack = Some(now);
+            if m.liveness == Liveness::UnreachableLink {
+                self.set_liveness(target, Liveness::Alive, now);
+            }
+        }
+        let _ = from;
+    }
+
+    fn probe_tick(&mut self, now: Duration) {
+        let next = now + self.scaled(self.config.probe_interval);
+        self.out.push(Output::SetTimer(next, Timer::ProbeTick));
+        if self.leaving {
+            return;
+        }
+        let Some(target) = self.next_probe_target() else {
+            // Alone: the join was lost, or everyone else is gone. Knock again.
+            for seed in self.seeds.clone() {
+                let state = self.full_state();
+                self.send(seed, Message::PushPull { state, reply: true });
+            }
+            return;
+        };
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        self.probes.insert(
+            seq,
+            Probe {
+                target,
+                nacks: 0,
+                expected_nacks: 0,
+            },
+        );
+        self.send(target, Message::Ping { seq });
+        let wait = self.scaled(self.config.probe_timeout);
+        self.out
+            .push(Output::SetTimer(now + wait, Timer::ProbeTimeout { seq }));
+    }
+
+    fn next_probe_target(&mut self) -> Option<Id> {
+        for _ in 0..2 {
+            while self.probe_next < self.probe_order.len() {
+                let id = self.probe_order[self.probe_next];
+                self.probe_next += 1;
+                if self
+                    .members
+                    .get(&id)
+                    .is_some_and(|m| !matches!(m.liveness, Liveness::Dead | Liveness::Left))
+                {
+                    return Some(id);
+                }
+            }
+            // A new round: reshuffle over the members that count.
+            let members = &self.members;
+            self.probe_order = self
+                .all
+                .iter()
+                .filter(|id| {
+                    members
+                        .get(id)
+                        .is_some_and(|m| !matches!(m.liveness, Liveness::Dead | Liveness::Left))
+                })
+                .copied()
+                .collect();
+            self.probe_order.shuffle(&mut self.rng);
+            self.probe_next = 0;
+        }
+        None
+    }
+
+    fn probe_timeout(&mut self, seq: u32, now: Duration) {
+        let Some(target) = self.probes.get(&seq).map(|p| p.target) else {
+            return;
+        };
+        let helpers = self.random_members(self.config.indirect_checks, |id, m| {
+            *id != target && matches!(m.liveness, Liveness::Alive)
+        });
+        for h in &helpers {
+            self.send(*h, Message::PingReq { seq, target });
+        }
+        if let Some(p) = self.probes.get_mut(&seq) {
+            p.expected_nacks = helpers.len() as u32;
+        }
+        // The indirect path is three hops, not one: it gets its own, longer window.
+        let wait = self.scaled(self.config.indirect_timeout);
+        self.out
+            .push(Output::SetTimer(now + wait, Timer::IndirectTimeout { seq }));
+    }
+
+    fn indirect_timeout(&mut self, seq: u32, now: Duration) {
+        // An acked probe was removed already; this timer is then stale.
+        let Some(p) = self.probes.remove(&seq) else {
+            return;
+        };
+        // Lifeguard: helpers that neither acked nor nacked suggest the fault is ours.
+        if p.nacks < p.expected_nacks {
+            self.health = (self.health + 1).min(self.config.max_local_health);
+        }
+        let Some(m) = self.members.get(&p.target) else {
+            return;
+        };
+        if matches!(m.liveness, Liveness::Dead | Liveness::Left) {
+            return;
+        }
+        let inc = m.inc;
+        // Our own failed probe of a member already suspected is an independent confirmation.
+        if m.liveness == Liveness::Suspect {
+            let confirm = Update::Suspect {
+                id: p.target,
+                inc,
+                from: self.me,
+            };
+            return self.apply(confirm, now);
+        }
+        // Second channel: it announced itself through others since our last good probe.
+        let window = self.suspicion_min();
+        let announced = m
+            .last_announce
+            .is_some_and(|t| now.saturating_sub(t) < window && m.last_ack.is_none_or(|a| t > a));
+        if announced {
+            if m.liveness != Liveness::UnreachableLink {
+                self.set_liveness(p.target, Liveness::UnreachableLink, now);
+            }
+            return;
+        }
+        let suspect = Update::Suspect {
+            id: p.target,
+            inc,
+            from: self.me,
+        };
+        self.apply(suspect, now);
+    }
+
+    fn gossip_tick(&mut self, now: Duration) {
+        self.out.push(Output::SetTimer(
+            now + self.config.gossip_interval,
+            Timer::GossipTick,
+        ));
+        if self.queue.is_empty() {
+            return;
+        }
+        // Recently dead members are included, so that a wrongly declared one hears it and refutes.
+        let targets = self.random_members(self.config.gossip_fanout, |_, m| {
+            !matches!(m.liveness, Liveness::Left)
+                && (m.liveness != Liveness::Dead
+                    || now.saturating_sub(m.since) < Duration::from_secs(30))
+        });
+        for t in targets {
+            self.send(t, Message::Gossip);
+        }
+    }
+
+    fn push_pull_tick(&mut self, now: Duration) {
+        // A full table grows with the mesh, so exchange it proportionally less often: the repair
+        // traffic per node stays flat (memberlist's log scaling lets it grow with n / log n).
+        let n = self.members.len() + 1;
+        let scale = (n as f64 / 32.0).max(1.0);
+        let next = now + self.config.push_pull_interval.mul_f64(scale);
+        self.out.push(Output::SetTimer(next, Timer::PushPullTick));
+        if let Some(peer) = self
+            .random_members(1, |_, m| matches!(m.liveness, Liveness::Alive))
+            .first()
+        {
+            let state = self.full_state();
+            self.send(*peer, Message::PushPull { state, reply: true });
+        }
+    }
+
+    fn full_state(&self) -> Vec<Upd<Id, M, A>> {
+        let mut state = vec![self.self_alive()];
+        for id in &self.all {
+            let Some(m) = self.members.get(id) else {
+                continue;
+            };
+            state.push(match m.liveness {
+                Liveness::Alive | Liveness::UnreachableLink => Update::Alive {
+                    id: *id,
+                    inc: m.inc,
+                    meta: m.meta.clone(),
+                    proof: m.proof.clone(),
+                },
+                Liveness::Suspect => Update::Suspect {
+                    id: *id,
+                    inc: m.inc,
+                    from: self.me,
+                },
+                Liveness::Dead => Update::Dead {
+                    id: *id,
+                    inc: m.inc,
+                    from: self.me,
+                },
+                Liveness::Left => Update::Left {
+                    id: *id,
+                    inc: m.inc,
+                    meta: m.meta.clone(),
+                    proof: m.proof.clone(),
+                },
+            });
+        }
+        state
+    }
+
+    fn suspicion_min(&self) -> Duration {
+        let n = (self.members.len() + 1) as f64;
+        self.config
+            .probe_interval
+            .mul_f64(self.config.suspicion_mult as f64 * n.log10().max(1.0))
+    }
+
+    /// Lifeguard's timeout: from `max` down to `min` as confirmations reach the expected number.
+    fn suspicion_timeout(&self, confirmers: u32) -> Duration {
+        let min = self.suspicion_min();
+        let max = min * self.config.suspicion_max_mult;
+        let k = self.config.expected_confirmations as f64;
+        let frac = ((confirmers as f64 + 1.0).ln() / (k + 1.0).ln()).min(1.0);
+        max.saturating_sub((max - min).mul_f64(frac)).max(min)
+    }
+
+    fn suspicion_expired(&mut self, id: Id, inc: u64, now: Duration) {
+        let Some(m) = self.members.get(&id) else {
+            return;
+        };
+        let Some(s) = &m.suspicion else { return };
+        if m.inc != inc || m.liveness != Liveness::Suspect {
+            return;
+        }
+        if now < s.deadline {
+            // The deadline moved (it can only shrink, but a timer may be early after a change).
+            let at = s.deadline;
+            self.out
+                .push(Output::SetTimer(at, Timer::Suspicion { id, inc }));
+            return;
+        }
+        let dead = Update::Dead {
+            id,
+            inc,
+            from: self.me,
+        };
+        self.apply(dead, now);
+    }
+
+    /// Applies one update, disseminating it further if it was news.
+    fn apply(&mut self, update: Upd<Id, M, A>, now: Duration) {
+        let subject = update.subject();
+        if subject == self.me {
+            return self.about_me(update);
+        }
+        let news = match &update {
+            Update::Alive {
+                id,
+                inc,
+                meta,
+                proof,
+            } => {
+                let newer = self.members.get(id).is_none_or(|m| *inc > m.inc);
+                if !newer {
+                    false
+                } else if !self.auth.verify(id, *inc, meta, false, proof) {
+                    self.rejected.bad_proof += 1;
+                    false
+                } else {
+                    match self.members.get_mut(id) {
+                        None => {
+                            self.members.insert(
+                                *id,
+                                Member {
+                                    inc: *inc,
+                                    meta: meta.clone(),
+                                    proof: proof.clone(),
+                                    liveness: Liveness::Alive,
+                                    since: now,
+                                    last_ack: None,
+                                    last_announce: Some(now),
+                                    suspicion: None,
+                                },
+                            );
+                            self.all.push(*id);
+                            self.probe_order.push(*id);
+                            self.out.push(Output::Changed(*id, Liveness::Alive));
+                        }
+                        Some(m) => {
+                            let meta_changed = m.meta != *meta;
+                            m.inc = *inc;
+                            m.meta = meta.clone();
+                            m.proof = proof.clone();
+                            m.suspicion = None;
+                            m.last_announce = Some(now);
+                            if meta_changed {
+                                self.out.push(Output::MetaChanged(*id));
+                            }
+                        }
+                    }
+                    self.suspicion_confirmers.remove(id);
+                    self.set_liveness(*id, Liveness::Alive, now);
+                    true
+                }
+            }
+            Update::Left {
+                id,
+                inc,
+                meta,
+                proof,
+            } => {
+                let newer = self
+                    .members
+                    .get(id)
+                    .is_none_or(|m| *inc >= m.inc && m.liveness != Liveness::Left);
+                if !newer {
+                    false
+                } else if !self.auth.verify(id, *inc, meta, true, proof) {
+                    self.rejected.bad_proof += 1;
+                    false
+                } else {
+                    if !self.members.contains_key(id) {
+                        self.all.push(*id);
+                    }
+                    let m = self.members.entry(*id).or_insert_with(|| Member {
+                        inc: *inc,
+                        meta: meta.clone(),
+                        proof: proof.clone(),
+                        liveness: Liveness::Left,
+                        since: now,
+                        last_ack: None,
+                        last_announce: None,
+                        suspicion: None,
+                    });
+                    m.inc = *inc;
+                    m.proof = proof.clone();
+                    m.suspicion = None;
+                    self.set_liveness(*id, Liveness::Left, now);
+                    true
+                }
+            }
+            Update::Suspect { id, inc, from } => self.apply_suspect(*id, *inc, *from, now),
+            Update::Dead { id, inc, .. } => {
+                let applies = self.members.get(id).is_some_and(|m| {
+                    *inc >= m.inc && !matches!(m.liveness, Liveness::Dead | Liveness::Left)
+                });
+                if applies {
+                    if let Some(m) = self.members.get_mut(id) {
+                        m.inc = *inc;
+                        m.suspicion = None;
+                    }
+                    self.suspicion_confirmers.remove(id);
+                    self.set_liveness(*id, Liveness::Dead, now);
+                }
+                applies
+            }
+        };
+        if news {
+            // An accusation we make is also sent to the accused, so that it can refute at once.
+            if let Update::Suspect { from, .. } | Update::Dead { from, .. } = &update {
+                if *from == self.me {
+                    self.notify(subject, update.clone());
+                }
+            }
+            self.enqueue(update);
+        }
+    }
+
+    /// Sends one update straight to one member, outside the gossip rotation.
+    fn notify(&mut self, to: Id, update: Upd<Id, M, A>) {
+        self.out.push(Output::Send(
+            to,
+            Packet {
+                message: Message::Gossip,
+                updates: vec![update],
+            },
+        ));
+    }
+
+    fn apply_suspect(&mut self, id: Id, inc: u64, from: Id, now: Duration) -> bool {
+        let Some(m) = self.members.get(&id) else {
+            return false;
+        };
+        if inc < m.inc || matches!(m.liveness, Liveness::Dead | Liveness::Left) {
+            return false;
+        }
+        if m.liveness == Liveness::Suspect && inc == m.inc {
+            // A confirmation: shrink the timeout if it comes from someone new.
+            let confirmers = self.suspicion_confirmers.entry(id).or_default();
+            if !confirmers.insert(from) {
+                return false;
+            }
+            let n = confirmers.len().saturating_sub(1) as u32;
+            let timeout = self.suspicion_timeout(n);
+            let Some(m) = self.members.get_mut(&id) else {
+                return false;
+            };
+            let Some(s) = m.suspicion.as_mut() else {
+                return false;
+            };
+            s.confirmers = n;
+            let deadline = s.start + timeout;
+            if deadline < s.deadline {
+                s.deadline = deadline;
+                self.out.push(Output::SetTimer(
+                    deadline.max(now),
+                    Timer::Suspicion { id, inc },
+                ));
+            }
+            // Confirmations past the expected number add nothing for others.
+            return n <= self.config.expected_confirmations;
+        }
+        let timeout = self.suspicion_timeout(0);
+        let Some(m) = self.members.get_mut(&id) else {
+            return false;
+        };
+        m.inc = inc;
+        m.suspicion = Some(Suspicion {
+            start: now,
+            confirmers: 0,
+            deadline: now + timeout,
+        });
+        self.suspicion_confirmers.insert(id, HashSet::from([from]));
+        self.out.push(Output::SetTimer(
+            now + timeout,
+            Timer::Suspicion { id, inc },
+        ));
+        self.set_liveness(id, Liveness::Suspect, now);
+        true
+    }
+
+    /// Someone says something about this node: refute suspicion and death with a higher incarnation.
+    fn about_me(&mut self, update: Upd<Id, M, A>) {
+        match update {
+            Update::Suspect { inc, from, .. } | Update::Dead { inc, from, .. } => {
+                if self.leaving || inc < self.inc {
+                    return;
+                }
+                self.inc = inc + 1;
+                // Lifeguard: being suspected hints that we are the slow one.
+                self.health = (self.health + 1).min(self.config.max_local_health);
+                let alive = self.self_alive();
+                // The accuser hears the refutation at once; everyone else through gossip.
+                self.notify(from, alive.clone());
+                self.enqueue(alive);
+            }
+            Update::Alive { inc, .. } | Update::Left { inc, .. } => {
+                // An announcement of ours from an earlier run: move past it. (Equal is our own,
+                // relayed back to us.)
+                if inc > self.inc && !self.leaving {
+                    self.inc = inc + 1;
+                    let alive = self.self_alive();
+                    self.enqueue(alive);
+                }
+            }
+        }
+    }
+
+    fn set_liveness(&mut self, id: Id, liveness: Liveness, now: Duration) {
+        if let Some(m) = self.members.get_mut(&id) {
+            if m.liveness != liveness {
+                m.liveness = liveness;
+                m.since = now;
+                self.out.push(Output::Changed(id, liveness));
+            }
+        }
+    }
+
+    fn enqueue(&mut self, update: Upd<Id, M, A>) {
+        let subject = update.subject();
+        self.queue.retain(|b| b.update.subject() != subject);
+        self.queue.push(Broadcast {
+            update,
+            transmits: 0,
+        });
+    }
+
+    fn retransmit_limit(&self) -> u32 {
+        let n = (self.members.len() + 1) as f64;
+        self.config.retransmit_mult * ((n + 1.0).log10().ceil() as u32).max(1)
+    }
+
+    /// Takes up to `max_piggyback` updates, least transmitted first, and retires the exhausted ones.
+    fn piggyback(&mut self) -> Vec<Upd<Id, M, A>> {
+        if self.queue.is_empty() {
+            return Vec::new();
+        }
+        self.queue.sort_by_key(|b| b.transmits);
+        let limit = self.retransmit_limit();
+        let take = self.queue.len().min(self.config.max_piggyback);
+        let mut updates = Vec::with_capacity(take);
+        for b in self.queue.iter_mut().take(take) {
+            b.transmits += 1;
+            updates.push(b.update.clone());
+        }
+        self.queue.retain(|b| b.transmits < limit);
+        updates
+    }
+
+    fn send(&mut self, to: Id, message: Message<Id, M, A::Proof>) {
+        let updates = self.piggyback();
+        self.out.push(Output::Send(to, Packet { message, updates }));
+    }
+
+    fn random_members(
+        &mut self,
+        k: usize,
+        keep: impl Fn(&Id, &Member<M, A::Proof>) -> bool,
+    ) -> Vec<Id> {
+        let mut picked: Vec<Id> = Vec::with_capacity(k);
+        let n = self.all.len();
+        if n == 0 || k == 0 {
+            return picked;
+        }
+        // Random draws first (cheap in a large mesh), then a scan from a random offset so that a
+        // small or mostly dead mesh still yields every eligible member.
+        for _ in 0..(4 * k + 8) {
+            let id = self.all[self.rng.gen_range(0..n)];
+            if !picked.contains(&id) && self.members.get(&id).is_some_and(|m| keep(&id, m)) {
+                picked.push(id);
+                if picked.len() == k {
+                    return picked;
+                }
+            }
+        }
+        let offset = self.rng.gen_range(0..n);
+        for i in 0..n {
+            let id = self.all[(offset + i) % n];
+            if !picked.contains(&id) && self.members.get(&id).is_some_and(|m| keep(&id, m)) {
+                picked.push(id);
+                if picked.len() == k {
+                    break;
+                }
+            }
+        }
+        picked
+    }
+
+    fn scaled(&self, d: Duration) -> Duration {
+        d * (self.health + 1)
+    }
+
+    /// The number of live members besides this node.
+    pub fn live_members(&self) -> usize {
+        self.live_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Core = Swim<u32, u8, Trusting>;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn node(id: u32, peers: &[u32]) -> Core {
+        let mut n = Swim::new(
+            id,
+            1,
+            0u8,
+            Trusting,
+            SwimConfig::default(),
+            id as u64,
+            ms(0),
+        );
+        for p in peers {
+            n.assume_alive(*p, 1, 0, (), ms(0));
+        }
+        n.drain_outputs().for_each(drop);
+        n
+    }
+
+    fn sends(n: &mut Core) -> Vec<(u32, Packet<u32, u8, ()>)> {
+        n.drain_outputs()
+            .filter_map(|o| match o {
+                Output::Send(to, p) => Some((to, p)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_probe_that_is_acked_keeps_the_target_alive_and_health_good() {
+        let mut a = node(1, &[2]);
+        let mut b = node(2, &[1]);
+        a.handle_timer(Timer::ProbeTick, ms(200));
+        let (to, ping) = sends(&mut a).remove(0);
+        assert_eq!(to, 2);
+        b.handle_packet(1, ping, ms(201));
+        let (to, ack) = sends(&mut b).remove(0);
+        assert_eq!(to, 1);
+        a.handle_packet(2, ack, ms(202));
+        a.handle_timer(Timer::ProbeTimeout { seq: 1 }, ms(300));
+        assert!(
+            sends(&mut a).is_empty(),
+            "an acked probe must not go indirect"
+        );
+        assert_eq!(a.member(&2).unwrap().liveness, Liveness::Alive);
+        assert_eq!(a.local_health(), 0);
+    }
+
+    #[test]
+    fn an_unanswered_probe_goes_indirect_then_suspects_then_declares_dead() {
+        let mut a = node(1, &[2, 3, 4, 5]);
+        // Probe until the target is node 2.
+        let mut t = 0;
+        let seq = loop {
+            t += 200;
+            a.handle_timer(Timer::ProbeTick, ms(t));
+            let out = sends(&mut a);
+            if let Some((
+                2,
+                Packet {
+                    message: Message::Ping { seq },
+                    ..
+                },
+            )) = out.first().cloned()
+            {
+                break seq;
+            }
+            a.handle_timer(Timer::IndirectTimeout { seq: 999 }, ms(t));
+        };
+        a.handle_timer(Timer::ProbeTimeout { seq }, ms(t + 100));
+        let reqs: Vec<_> = sends(&mut a)
+            .into_iter()
+            .filter(|(_, p)| matches!(p.message, Message::PingReq { target: 2, .. }))
+            .collect();
+        assert_eq!(reqs.len(), 3, "ping-req goes to indirect_checks members");
+        for (helper, _) in &reqs {
+            a.handle_packet(
+                *helper,
+                Packet {
+                    message: Message::Nack { seq },
+                    updates: vec![],
+                },
+                ms(t + 150),
+            );
+        }
+        a.handle_timer(Timer::IndirectTimeout { seq }, ms(t + 200));
+        assert_eq!(a.member(&2).unwrap().liveness, Liveness::Suspect);
+        assert_eq!(a.local_health(), 0, "nacks arrived: the fault is not ours");
+        // The suspicion runs out.
+        a.handle_timer(Timer::Suspicion { id: 2, inc: 1 }, ms(t + 200 + 60_000));
+        assert_eq!(a.member(&2).unwrap().liveness, Liveness::Dead);
+    }
+
+    #[test]
+    fn a_suspected_node_refutes_with_a_higher_incarnation_which_clears_the_suspicion() {
+        let mut a = node(1, &[2, 3]);
+        let mut b = node(2, &[1, 3]);
+        let suspect = Update::Suspect {
+            id: 2,
+            inc: 1,
+            from: 3,
+        };
+        a.handle_packet(
+            3,
+            Packet {
+                message: Message::Gossip,
+                updates: vec![suspect.clone()],
+            },
+            ms(10),
+        );
+        assert_eq!(a.member(&2).unwrap().liveness, Liveness::Suspect);
+        b.handle_packet(
+            3,
+            Packet {
+                message: Message::Gossip,
+                updates: vec![suspect],
+            },
+            ms(10),
+        );
+        assert_eq!(b.incarnation(), 2);
+        assert_eq!(
+            b.local_health(),
+            1,
+            "being suspected raises our own health multiplier"
+        );
+        b.handle_timer(Timer::GossipTick, ms(20));
+        let refutation = sends(&mut b)
+            .into_iter()
+            .flat_map(|(_, p)| p.updates)
+            .find(|u| matches!(u, Update::Alive { id: 2, inc: 2, .. }))
+            .expect("the refutation is gossiped");
+        a.handle_packet(
+            2,
+            Packet {
+                message: Message::Gossip,
+                updates: vec![refutation],
+            },
+            ms(30),
+        );
+        assert_eq!(a.member(&2).unwrap().liveness, Liveness::Alive);
+        // The stale suspicion timer is a no-op.
+        a.handle_timer(Timer::Suspicion { id: 2, inc: 1 }, ms(60_000));
+        assert_eq!(a.member(&2).unwrap().liveness, Liveness::Alive);
+    }
+
+    #[test]
+    fn confirmations_shrink_the_suspicion_timeout_to_its_minimum() {
+        let a = node(1, &(2..=100).collect::<Vec<_>>());
+        let min = a.suspicion_min();
+        // Table: confirmations -> timeout.
+        let max = min * SwimConfig::default().suspicion_max_mult;
+        assert_eq!(a.suspicion_timeout(0), max);
+        assert!(a.suspicion_timeout(1) < max && a.suspicion_timeout(1) > min);
+        assert!(a.suspicion_timeout(2) < a.suspicion_timeout(1));
+        assert_eq!(a.suspicion_timeout(3), min);
+        assert_eq!(a.suspicion_timeout(10), min);
+        // 100 members: suspicion_mult · log10(100) · probe_interval.
+        let cfg = SwimConfig::default();
+        assert_eq!(min, cfg.probe_interval * cfg.suspicion_mult * 2);
+    }
+
+    /// Accepts only proofs equal to the subject's id: a stand-in for signatures.
+    struct ById;
+    impl Authority<u32, u8> for ById {
+        type Proof = u32;
+        fn prove(&self, _: u64, _: &u8, _: bool) -> u32 {
+            0
+        }
+        fn verify(&self, subject: &u32, _: u64, _: &u8, _: bool, proof: &u32) -> bool {
+            proof == subject
+        }
+    }
+
+    #[test]
+    fn forged_alive_and_leave_announcements_change_nothing_and_are_counted() {
+        let mut a: Swim<u32, u8, ById> = Swim::new(1, 1, 0, ById, SwimConfig::default(), 1, ms(0));
+        a.assume_alive(2, 1, 0, 2, ms(0));
+        let forged_leave = Update::Left {
+            id: 2,
+            inc: 5,
+            meta: 0,
+            proof: 9,
+        };
+        let forged_alive = Update::Alive {
+            id: 3,
+            inc: 1,
+            meta: 0,
+            proof: 9,
+        };
+        a.handle_packet(
+            9,
+            Packet {
+                message: Message::Gossip,
+                updates: vec![forged_leave, forged_alive],
+            },
+            ms(5),
+        );
+        assert_eq!(a.member(&2).unwrap().liveness, Liveness::Alive);
+        assert!(a.member(&3).is_none());
+        assert_eq!(a.rejected().bad_proof, 2);
+        let genuine = Update::Left {
+            id: 2,
+            inc: 2,
+            meta: 0,
+            proof: 2,
+        };
+        a.handle_packet(
+            2,
+            Packet {
+                message: Message::Gossip,
+                updates: vec![genuine],
+            },
+            ms(6),
+        );
+        assert_eq!(a.member(&2).unwrap().liveness, Liveness::Left);
+    }
+
+    #[test]
+    fn a_member_that_announces_itself_through_others_is_an_unreachable_link_not_a_suspect() {
+        let mut a = node(1, &[2]);
+        a.handle_timer(Timer::ProbeTick, ms(200));
+        let seq = match sends(&mut a).remove(0).1.message {
+            Message::Ping { seq } => seq,
+            other => panic!("expected a ping, got {other:?}"),
+        };
+        // Node 2 announces a new incarnation through a third party while our probes fail.
+        let relayed = Update::Alive {
+            id: 2,
+            inc: 2,
+            meta: 0,
+            proof: (),
+        };
+        a.handle_packet(
+            3,
+            Packet {
+                message: Message::Gossip,
+                updates: vec![relayed],
+            },
+            ms(250),
+        );
+        a.handle_timer(Timer::ProbeTimeout { seq }, ms(300));
+        a.handle_timer(Timer::IndirectTimeout { seq }, ms(400));
+        assert_eq!(a.member(&2).unwrap().liveness, Liveness::UnreachableLink);
+    }
+
+    #[test]
+    fn missing_nacks_raise_local_health_and_stretch_the_probe_interval() {
+        let mut a = node(1, &[2, 3, 4, 5]);
+        a.handle_timer(Timer::ProbeTick, ms(200));
+        let seq = match sends(&mut a).remove(0).1.message {
+            Message::Ping { seq } => seq,
+            other => panic!("expected a ping, got {other:?}"),
+        };
+        a.handle_timer(Timer::ProbeTimeout { seq }, ms(300));
+        a.handle_timer(Timer::IndirectTimeout { seq }, ms(400));
+        assert_eq!(a.local_health(), 1);
+        a.handle_timer(Timer::ProbeTick, ms(400));
+        let next = a
+            .drain_outputs()
+            .find_map(|o| match o {
+                Output::SetTimer(at, Timer::ProbeTick) => Some(at),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(next, ms(400) + SwimConfig::default().probe_interval * 2);
+    }
+
+    /// Regression: a join is one packet; when it was lost the joiner stayed alone for good.
+    #[test]
+    fn a_lost_join_is_retried_until_a_member_answers() {
+        let mut joiner: Core = Swim::new(9, 1, 0, Trusting, SwimConfig::default(), 9, ms(0));
+        joiner.join(1);
+        let first = sends(&mut joiner);
+        assert!(matches!(
+            first[0],
+            (
+                1,
+                Packet {
+                    message: Message::PushPull { reply: true, .. },
+                    ..
+                }
+            )
+        ));
+        // The packet is lost; at the next probe period the joiner knocks again.
+        joiner.handle_timer(Timer::ProbeTick, ms(150));
+        let again = sends(&mut joiner);
+        assert!(again
+            .iter()
+            .any(|(to, p)| *to == 1 && matches!(p.message, Message::PushPull { reply: true, .. })));
+        // Once it knows a live member, it probes instead.
+        joiner.handle_packet(
+            1,
+            Packet {
+                message: Message::Gossip,
+                updates: vec![Update::Alive {
+                    id: 1,
+                    inc: 1,
+                    meta: 0,
+                    proof: (),
+                }],
+            },
+            ms(200),
+        );
+        joiner.handle_timer(Timer::ProbeTick, ms(300));
+        assert!(sends(&mut joiner)
+            .iter()
+            .all(|(_, p)| matches!(p.message, Message::Ping { .. })));
+    }
+}

@@ -1,0 +1,442 @@
+//! The membership simulator: many instances of the real SWIM core over a simulated network.
+//!
+//! Virtual time only: events (packet deliveries and timers) sit in one priority queue ordered by
+//! time, then by insertion, so a run is a pure function of its [`SimConfig`] and seed. Links lose each
+//! packet with probability `loss` and delay it by `latency` plus uniform jitter. Nodes can crash, stall
+//! (stop processing for a while, then handle everything queued meanwhile) or be CPU-starved (handle
+//! every packet `slow_by` late).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::membership::swim::{
+    Liveness, Message, Output, Packet, Swim, SwimConfig, Timer, Trusting, Update,
+};
+
+type Node = Swim<u32, (), Trusting>;
+type SimPacket = Packet<u32, (), ()>;
+
+/// Bytes of a libp2p peer id on the wire.
+const ID_BYTES: usize = 38;
+/// An ed25519 signature.
+const SIG_BYTES: usize = 64;
+/// Member metadata (name, role, zone, version, addresses, resource figures), typical size.
+const META_BYTES: usize = 96;
+/// Per-packet overhead: length prefix, yamux frame, noise tag, stream negotiation.
+const PACKET_OVERHEAD: usize = 64;
+
+/// The size a packet has on the wire in the agent's encoding (postcard with the fields above).
+pub fn wire_size(p: &SimPacket) -> usize {
+    let message = match &p.message {
+        Message::Ping { .. } | Message::Ack { .. } | Message::Nack { .. } => 5,
+        Message::PingReq { .. } => 5 + ID_BYTES,
+        Message::Gossip => 1,
+        Message::PushPull { state, .. } => 3 + state.iter().map(update_size).sum::<usize>(),
+    };
+    PACKET_OVERHEAD + message + p.updates.iter().map(update_size).sum::<usize>()
+}
+
+fn update_size(u: &Update<u32, (), ()>) -> usize {
+    match u {
+        Update::Alive { .. } | Update::Left { .. } => 1 + ID_BYTES + 8 + META_BYTES + SIG_BYTES,
+        Update::Suspect { .. } | Update::Dead { .. } => 1 + ID_BYTES + 8 + ID_BYTES,
+    }
+}
+
+/// One simulation.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Nodes at the start (all knowing each other).
+    pub nodes: u32,
+    /// The seed of everything random.
+    pub seed: u64,
+    /// Probability that a packet is lost.
+    pub loss: f64,
+    /// One-way latency.
+    pub latency: Duration,
+    /// Extra one-way delay, uniform in `[0, jitter]`.
+    pub jitter: Duration,
+    /// Simulated duration.
+    pub duration: Duration,
+    /// Nodes crashed during the run, at evenly spread times in its middle half.
+    pub kills: u32,
+    /// Nodes that join during the run (contacting one random member).
+    pub joins: u32,
+    /// Stall node 1 for this long once per minute (it processes nothing meanwhile).
+    pub stall: Option<Duration>,
+    /// Node 2 handles every packet this much late (CPU-starved).
+    pub slow_by: Option<Duration>,
+    /// Protocol settings.
+    pub swim: SwimConfig,
+}
+
+impl SimConfig {
+    /// LAN defaults for `nodes` and `seed`: 0.25 ms latency, no loss, 10 simulated minutes.
+    pub fn new(nodes: u32, seed: u64) -> SimConfig {
+        SimConfig {
+            nodes,
+            seed,
+            loss: 0.0,
+            latency: Duration::from_micros(250),
+            jitter: Duration::ZERO,
+            duration: Duration::from_secs(600),
+            kills: 0,
+            joins: 0,
+            stall: None,
+            slow_by: None,
+            swim: SwimConfig::default(),
+        }
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Nodes at the start.
+    pub nodes: u32,
+    /// The seed (replay with the same config and seed).
+    pub seed: u64,
+    /// Packet loss.
+    pub loss: f64,
+    /// Simulated minutes.
+    pub minutes: f64,
+    /// Crashes injected.
+    pub kills: u32,
+    /// Crashed nodes that every survivor declared dead.
+    pub detected: u32,
+    /// From a crash until every survivor declared it dead: median, milliseconds.
+    pub detect_p50_ms: f64,
+    /// Same, 99th percentile.
+    pub detect_p99_ms: f64,
+    /// Live nodes that anyone declared dead.
+    pub false_dead: u32,
+    /// From the first declaration of a death (or the start of a join) until 99.99% of live nodes
+    /// know it, worst case, milliseconds.
+    pub disseminate_p9999_ms: f64,
+    /// Joins injected and how many reached 99.99% of nodes.
+    pub joins_disseminated: u32,
+    /// Bytes sent per node per simulated second (estimated wire sizes).
+    pub bytes_per_node_per_s: f64,
+    /// Events processed.
+    pub events: u64,
+    /// Wall-clock seconds the run took.
+    pub real_seconds: f64,
+}
+
+enum Kind {
+    Deliver { from: u32, packet: SimPacket },
+    Timer(Timer<u32>),
+    Crash,
+    Join,
+}
+
+struct Event {
+    at: Duration,
+    seq: u64,
+    node: u32,
+    kind: Kind,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Event {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// Per-subject tracking of who declared what when.
+#[derive(Default)]
+struct Spread {
+    /// Observers that hold the subject dead (or, for joins, know it), with when they first did.
+    reached: HashMap<u32, Duration>,
+    first: Option<Duration>,
+    p9999_at: Option<Duration>,
+}
+
+struct World {
+    cfg: SimConfig,
+    rng: StdRng,
+    queue: BinaryHeap<Reverse<Event>>,
+    seq: u64,
+    nodes: Vec<Option<Node>>,
+    crashed_at: Vec<Option<Duration>>,
+    live: usize,
+    bytes: u64,
+    events: u64,
+    deaths: HashMap<u32, Spread>,
+    joins: HashMap<u32, (Duration, Spread)>,
+    falsely_dead: std::collections::HashSet<u32>,
+}
+
+impl World {
+    fn push(&mut self, at: Duration, node: u32, kind: Kind) {
+        self.seq += 1;
+        self.queue.push(Reverse(Event {
+            at,
+            seq: self.seq,
+            node,
+            kind,
+        }));
+    }
+
+    fn drain(&mut self, node: u32, now: Duration) {
+        let outputs: Vec<_> = match self.nodes[node as usize].as_mut() {
+            Some(n) => n.drain_outputs().collect(),
+            None => return,
+        };
+        for out in outputs {
+            match out {
+                Output::Send(to, packet) => {
+                    self.bytes += wire_size(&packet) as u64;
+                    if self.rng.gen::<f64>() < self.cfg.loss {
+                        continue;
+                    }
+                    let jitter = self.cfg.jitter.mul_f64(self.rng.gen::<f64>());
+                    let mut at = now + self.cfg.latency + jitter;
+                    if to == 2 {
+                        if let Some(slow) = self.cfg.slow_by {
+                            at += slow;
+                        }
+                    }
+                    self.push(at, to, Kind::Deliver { from: node, packet });
+                }
+                Output::SetTimer(at, timer) => self.push(at, node, Kind::Timer(timer)),
+                Output::Changed(subject, liveness) => self.observe(node, subject, liveness, now),
+                Output::MetaChanged(_) => {}
+            }
+        }
+    }
+
+    fn observe(&mut self, observer: u32, subject: u32, liveness: Liveness, now: Duration) {
+        match liveness {
+            Liveness::Dead => {
+                if self.crashed_at[subject as usize].is_none() {
+                    if std::env::var_os("DCI_SIM_DEBUG").is_some() {
+                        eprintln!("dci-sim: {now:?}: {observer} declared live node {subject} dead");
+                    }
+                    self.falsely_dead.insert(subject);
+                    return;
+                }
+                let spread = self.deaths.entry(subject).or_default();
+                spread.first.get_or_insert(now);
+                spread.reached.entry(observer).or_insert(now);
+            }
+            Liveness::Alive => {
+                if let Some((_, spread)) = self.joins.get_mut(&subject) {
+                    spread.reached.entry(observer).or_insert(now);
+                }
+            }
+            Liveness::Suspect | Liveness::UnreachableLink | Liveness::Left => {}
+        }
+    }
+
+    fn run(mut self) -> Summary {
+        let started = std::time::Instant::now();
+        let n = self.cfg.nodes;
+        let now = Duration::ZERO;
+        for i in 0..n {
+            let seed = self.rng.gen();
+            let mut node = Swim::new(i, 1, (), Trusting, self.cfg.swim.clone(), seed, now);
+            for j in 0..n {
+                if j != i {
+                    node.assume_alive(j, 1, (), (), now);
+                }
+            }
+            self.nodes.push(Some(node));
+            self.crashed_at.push(None);
+        }
+        self.live = n as usize;
+        for i in 0..n {
+            self.drain(i, now);
+        }
+        let d = self.cfg.duration;
+        for k in 0..self.cfg.kills {
+            // Crash in the middle half, leaving time to detect; node 0..3 are the special ones.
+            let at = d / 4 + (d / 2).mul_f64((k as f64 + 0.5) / self.cfg.kills as f64);
+            let victim = 3 + (k * 7919) % n.saturating_sub(3).max(1);
+            self.push(at, victim, Kind::Crash);
+        }
+        for j in 0..self.cfg.joins {
+            let at = d / 4 + (d / 2).mul_f64((j as f64 + 0.5) / self.cfg.joins as f64);
+            self.push(at, n + j, Kind::Join);
+        }
+        while let Some(Reverse(ev)) = self.queue.pop() {
+            if ev.at > d {
+                break;
+            }
+            self.events += 1;
+            let i = ev.node as usize;
+            if let Kind::Join = ev.kind {
+                // Contact a live member, as an agent retrying its seeds eventually does.
+                let live: Vec<u32> = (0..self.nodes.len() as u32)
+                    .filter(|o| {
+                        self.nodes[*o as usize].is_some() && self.crashed_at[*o as usize].is_none()
+                    })
+                    .collect();
+                let seed = live[self.rng.gen_range(0..live.len())];
+                let s = self.rng.gen();
+                let mut node = Swim::new(ev.node, 1, (), Trusting, self.cfg.swim.clone(), s, ev.at);
+                node.join(seed);
+                while self.nodes.len() <= i {
+                    self.nodes.push(None);
+                    self.crashed_at.push(None);
+                }
+                self.nodes[i] = Some(node);
+                self.live += 1;
+                self.joins.insert(ev.node, (ev.at, Spread::default()));
+                self.drain(ev.node, ev.at);
+                continue;
+            }
+            if self.crashed_at[i].is_some() || self.nodes[i].is_none() {
+                continue;
+            }
+            if let Kind::Crash = ev.kind {
+                self.crashed_at[i] = Some(ev.at);
+                self.live -= 1;
+                continue;
+            }
+            // A stalled node handles nothing until it resumes, then everything queued.
+            if self.cfg.stall.is_some() && ev.node == 1 {
+                let stall = self.cfg.stall.unwrap_or_default();
+                let minute = Duration::from_secs(60);
+                let into = Duration::from_nanos((ev.at.as_nanos() % minute.as_nanos()) as u64);
+                let begins = Duration::from_secs(30);
+                if into >= begins && into < begins + stall {
+                    let resume = ev.at - into + begins + stall;
+                    self.push(resume, ev.node, ev.kind);
+                    continue;
+                }
+            }
+            let now = ev.at;
+            match ev.kind {
+                Kind::Deliver { from, packet } => {
+                    if let Some(node) = self.nodes[i].as_mut() {
+                        node.handle_packet(from, packet, now);
+                    }
+                }
+                Kind::Timer(t) => {
+                    if let Some(node) = self.nodes[i].as_mut() {
+                        node.handle_timer(t, now);
+                    }
+                }
+                Kind::Crash | Kind::Join => {}
+            }
+            self.drain(ev.node, now);
+            self.track_p9999(now);
+        }
+        self.summarize(started.elapsed().as_secs_f64())
+    }
+
+    /// Marks the moment each death or join reached 99.99% of the live nodes.
+    fn track_p9999(&mut self, now: Duration) {
+        let need = ((self.live as f64) * 0.9999).ceil() as usize;
+        for spread in self.deaths.values_mut() {
+            if spread.p9999_at.is_none() && spread.reached.len() >= need {
+                spread.p9999_at = Some(now);
+            }
+        }
+        // A joiner does not count itself.
+        for (_, spread) in self.joins.values_mut() {
+            if spread.p9999_at.is_none() && spread.reached.len() >= need.saturating_sub(1) {
+                spread.p9999_at = Some(now);
+            }
+        }
+    }
+
+    fn summarize(&self, real_seconds: f64) -> Summary {
+        let mut detect: Vec<f64> = Vec::new();
+        let mut spread_ms: Vec<f64> = Vec::new();
+        for (subject, crashed) in self.crashed_at.iter().enumerate() {
+            let Some(crashed) = crashed else { continue };
+            // Survivors that were members when it crashed: a later joiner never knew it.
+            let survivors: Vec<u32> = (0..self.nodes.len() as u32)
+                .filter(|o| {
+                    self.nodes[*o as usize].is_some()
+                        && self.crashed_at[*o as usize].is_none()
+                        && self.joins.get(o).is_none_or(|(joined, _)| joined < crashed)
+                })
+                .collect();
+            let Some(spread) = self.deaths.get(&(subject as u32)) else {
+                continue;
+            };
+            let all = survivors
+                .iter()
+                .map(|o| spread.reached.get(o).copied())
+                .collect::<Option<Vec<_>>>();
+            if let Some(times) = all {
+                if let Some(last) = times.iter().max() {
+                    detect.push(last.saturating_sub(*crashed).as_secs_f64() * 1000.0);
+                }
+            }
+            if let (Some(first), Some(at)) = (spread.first, spread.p9999_at) {
+                spread_ms.push(at.saturating_sub(first).as_secs_f64() * 1000.0);
+            }
+        }
+        let mut joined = 0;
+        for (start, spread) in self.joins.values() {
+            if let Some(at) = spread.p9999_at {
+                joined += 1;
+                spread_ms.push(at.saturating_sub(*start).as_secs_f64() * 1000.0);
+            }
+        }
+        detect.sort_by(f64::total_cmp);
+        let pct = |v: &[f64], p: f64| -> f64 {
+            if v.is_empty() {
+                return 0.0;
+            }
+            let idx = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+            v[idx]
+        };
+        let secs = self.cfg.duration.as_secs_f64();
+        Summary {
+            nodes: self.cfg.nodes,
+            seed: self.cfg.seed,
+            loss: self.cfg.loss,
+            minutes: secs / 60.0,
+            kills: self.cfg.kills,
+            detected: detect.len() as u32,
+            detect_p50_ms: pct(&detect, 0.50),
+            detect_p99_ms: pct(&detect, 0.99),
+            false_dead: self.falsely_dead.len() as u32,
+            disseminate_p9999_ms: spread_ms.iter().copied().fold(0.0, f64::max),
+            joins_disseminated: joined,
+            bytes_per_node_per_s: self.bytes as f64 / self.cfg.nodes.max(1) as f64 / secs,
+            events: self.events,
+            real_seconds,
+        }
+    }
+}
+
+/// Runs one simulation.
+pub fn run(cfg: SimConfig) -> Summary {
+    let world = World {
+        rng: StdRng::seed_from_u64(cfg.seed),
+        queue: BinaryHeap::new(),
+        seq: 0,
+        nodes: Vec::with_capacity((cfg.nodes + cfg.joins) as usize),
+        crashed_at: Vec::new(),
+        live: 0,
+        bytes: 0,
+        events: 0,
+        deaths: HashMap::new(),
+        joins: HashMap::new(),
+        falsely_dead: Default::default(),
+        cfg,
+    };
+    world.run()
+}
