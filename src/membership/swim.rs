@@ -289,13 +289,45 @@ pub struct Member<M, P> {
     pub proof: P,
     /// Current liveness.
     pub liveness: Liveness,
+    // Times are stored as nanoseconds, and the rare suspicion is boxed: every node keeps one of
+    // these per member, so its size bounds how large a mesh the simulator can hold.
+    since: Stamp,
+    last_ack: Stamp,
+    last_announce: Stamp,
+    suspicion: Option<Box<Suspicion>>,
+}
+
+impl<M, P> Member<M, P> {
     /// When `liveness` last changed.
-    pub since: Duration,
+    pub fn since(&self) -> Duration {
+        self.since.get().unwrap_or_default()
+    }
+
     /// When a probe of it last succeeded.
-    pub last_ack: Option<Duration>,
+    pub fn last_ack(&self) -> Option<Duration> {
+        self.last_ack.get()
+    }
+
     /// When it last announced itself (an alive at a new incarnation) through anyone.
-    pub last_announce: Option<Duration>,
-    suspicion: Option<Suspicion>,
+    pub fn last_announce(&self) -> Option<Duration> {
+        self.last_announce.get()
+    }
+}
+
+/// A point in driver time in 8 bytes (nanoseconds; `u64::MAX` for never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp(u64);
+
+impl Stamp {
+    const NEVER: Stamp = Stamp(u64::MAX);
+
+    fn at(t: Duration) -> Stamp {
+        Stamp(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX - 1))
+    }
+
+    fn get(self) -> Option<Duration> {
+        (self != Stamp::NEVER).then(|| Duration::from_nanos(self.0))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -462,6 +494,12 @@ where
         }
     }
 
+    /// Makes room for `n` more members at once (a simulator building large tables).
+    pub fn reserve(&mut self, n: usize) {
+        self.members.reserve(n);
+        self.all.reserve(n);
+    }
+
     /// Starts from a converged table (simulators and tests): `id` is known alive at `inc`, and
     /// nothing is gossiped about it.
     pub fn assume_alive(&mut self, id: Id, inc: u64, meta: M, proof: A::Proof, now: Duration) {
@@ -475,9 +513,9 @@ where
                 meta,
                 proof,
                 liveness: Liveness::Alive,
-                since: now,
-                last_ack: None,
-                last_announce: None,
+                since: Stamp::at(now),
+                last_ack: Stamp::NEVER,
+                last_announce: Stamp::NEVER,
                 suspicion: None,
             },
         );
@@ -626,7 +664,7 @@ where
         let target = p.target;
         self.health = self.health.saturating_sub(1);
         if let Some(m) = self.members.get_mut(&target) {
-            m.last_ack = Some(now);
+            m.last_ack = Stamp::at(now);
             if m.liveness == Liveness::UnreachableLink {
                 self.set_liveness(target, Liveness::Alive, now);
             }
@@ -742,8 +780,8 @@ where
         // Second channel: it announced itself through others since our last good probe.
         let window = self.suspicion_min();
         let announced = m
-            .last_announce
-            .is_some_and(|t| now.saturating_sub(t) < window && m.last_ack.is_none_or(|a| t > a));
+            .last_announce()
+            .is_some_and(|t| now.saturating_sub(t) < window && m.last_ack().is_none_or(|a| t > a));
         if announced {
             if m.liveness != Liveness::UnreachableLink {
                 self.set_liveness(p.target, Liveness::UnreachableLink, now);
@@ -770,7 +808,7 @@ where
         let targets = self.random_members(self.config.gossip_fanout, |_, m| {
             !matches!(m.liveness, Liveness::Left)
                 && (m.liveness != Liveness::Dead
-                    || now.saturating_sub(m.since) < Duration::from_secs(30))
+                    || now.saturating_sub(m.since()) < Duration::from_secs(30))
         });
         for t in targets {
             self.send(t, Message::Gossip);
@@ -895,9 +933,9 @@ where
                                     meta: meta.clone(),
                                     proof: proof.clone(),
                                     liveness: Liveness::Alive,
-                                    since: now,
-                                    last_ack: None,
-                                    last_announce: Some(now),
+                                    since: Stamp::at(now),
+                                    last_ack: Stamp::NEVER,
+                                    last_announce: Stamp::at(now),
                                     suspicion: None,
                                 },
                             );
@@ -911,7 +949,7 @@ where
                             m.meta = meta.clone();
                             m.proof = proof.clone();
                             m.suspicion = None;
-                            m.last_announce = Some(now);
+                            m.last_announce = Stamp::at(now);
                             if meta_changed {
                                 self.out.push(Output::MetaChanged(*id));
                             }
@@ -946,9 +984,9 @@ where
                         meta: meta.clone(),
                         proof: proof.clone(),
                         liveness: Liveness::Left,
-                        since: now,
-                        last_ack: None,
-                        last_announce: None,
+                        since: Stamp::at(now),
+                        last_ack: Stamp::NEVER,
+                        last_announce: Stamp::NEVER,
                         suspicion: None,
                     });
                     m.inc = *inc;
@@ -1034,11 +1072,11 @@ where
             return false;
         };
         m.inc = inc;
-        m.suspicion = Some(Suspicion {
+        m.suspicion = Some(Box::new(Suspicion {
             start: now,
             confirmers: 0,
             deadline: now + timeout,
-        });
+        }));
         self.suspicion_confirmers.insert(id, HashSet::from([from]));
         self.out.push(Output::SetTimer(
             now + timeout,
@@ -1079,7 +1117,7 @@ where
         if let Some(m) = self.members.get_mut(&id) {
             if m.liveness != liveness {
                 m.liveness = liveness;
-                m.since = now;
+                m.since = Stamp::at(now);
                 self.out.push(Output::Changed(id, liveness));
             }
         }

@@ -252,6 +252,7 @@ impl World {
         for i in 0..n {
             let seed = self.rng.gen();
             let mut node = Swim::new(i, 1, (), Trusting, self.cfg.swim.clone(), seed, now);
+            node.reserve(n as usize);
             for j in 0..n {
                 if j != i {
                     node.assume_alive(j, 1, (), (), now);
