@@ -11,6 +11,8 @@ pub mod codec;
 
 use std::time::Duration;
 
+use futures::future::Either;
+
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, Transport};
 use libp2p::core::upgrade::Version;
@@ -75,24 +77,23 @@ fn transport(
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
     let noise = noise::Config::new(key)?;
     let yamux = yamux::Config::default();
-    let boxed = match psk {
-        Some(psk) => tcp
-            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
-            .upgrade(Version::V1)
-            .authenticate(noise)
-            .multiplex(yamux)
-            .timeout(UPGRADE_TIMEOUT)
-            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-            .boxed(),
-        None => tcp
-            .upgrade(Version::V1)
-            .authenticate(noise)
-            .multiplex(yamux)
-            .timeout(UPGRADE_TIMEOUT)
-            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-            .boxed(),
-    };
-    Ok(boxed)
+    // With a key, every byte after the TCP handshake is encrypted under it before noise starts.
+    let admitted = tcp.and_then(move |socket, _| async move {
+        match psk {
+            Some(psk) => PnetConfig::new(psk)
+                .handshake(socket)
+                .await
+                .map(Either::Left),
+            None => Ok(Either::Right(socket)),
+        }
+    });
+    Ok(admitted
+        .upgrade(Version::V1)
+        .authenticate(noise)
+        .multiplex(yamux)
+        .timeout(UPGRADE_TIMEOUT)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed())
 }
 
 /// DNS settings from `/etc/resolv.conf` and `/etc/hosts`; with none, only the hosts file and IPs work.
