@@ -477,14 +477,6 @@ where
         self.out.drain(..)
     }
 
-    /// Members that count for the protocol: not dead, not left.
-    fn live_count(&self) -> usize {
-        self.members
-            .values()
-            .filter(|m| !matches!(m.liveness, Liveness::Dead | Liveness::Left))
-            .count()
-    }
-
     fn self_alive(&self) -> Upd<Id, M, A> {
         Update::Alive {
             id: self.me,
@@ -605,7 +597,7 @@ where
         }
         match packet.message {
             Message::Ping { seq } => self.send(from, Message::Ack { seq }),
-            Message::Ack { seq } => self.handle_ack(from, seq, now),
+            Message::Ack { seq } => self.handle_ack(seq, now),
             Message::PingReq { seq, target } => {
                 self.seq = self.seq.wrapping_add(1);
                 let relay_seq = self.seq;
@@ -648,7 +640,7 @@ where
         }
     }
 
-    fn handle_ack(&mut self, from: Id, seq: u32, now: Duration) {
+    fn handle_ack(&mut self, seq: u32, now: Duration) {
         if let Some(relay) = self.relays.remove(&seq) {
             self.send(
                 relay.requester,
@@ -669,7 +661,6 @@ where
                 self.set_liveness(target, Liveness::Alive, now);
             }
         }
-        let _ = from;
     }
 
     fn probe_tick(&mut self, now: Duration) {
@@ -1195,11 +1186,6 @@ where
 
     fn scaled(&self, d: Duration) -> Duration {
         d * (self.health + 1)
-    }
-
-    /// The number of live members besides this node.
-    pub fn live_members(&self) -> usize {
-        self.live_count()
     }
 }
 
