@@ -4,7 +4,8 @@
 //! Start-up is ordered so that a refusal writes nothing: every check that can fail on operator input
 //! (config, cluster key, data dir lock, listen ports) runs before the first byte goes to the data dir.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -15,14 +16,13 @@ use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{identify, mdns, Multiaddr, PeerId, Swarm};
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use tokio::sync::mpsc;
 
 use crate::config::{one_line, Config};
 use crate::control::{self, Query};
 use crate::datadir::{DataDir, DataDirError};
-use crate::membership::{Event, MemberRecord, Membership, MembershipMessage, State, Status};
+use crate::membership::mesh::{self, MemberMeta, MeshPacket, MeshSwim, Signer};
+use crate::membership::swim::{Liveness, Output, Timer};
 use crate::net::backoff::Backoff;
 use crate::net::{self, Behaviour, BehaviourEvent, NetError, PROTOCOL_VERSION};
 
@@ -59,18 +59,44 @@ pub enum StartError {
     Control(#[from] control::ControlError),
 }
 
+/// A timer of the membership core, ordered by due time, then by when it was set.
+struct Due {
+    at: Duration,
+    seq: u64,
+    timer: Timer<PeerId>,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
 /// A started agent, ready to [`Agent::run`].
 pub struct Agent {
     config: Config,
+    local_id: PeerId,
     swarm: Swarm<Behaviour>,
-    membership: Membership,
+    swim: MeshSwim,
+    /// The core's timers; a stale one is a no-op when it fires, so none is ever cancelled.
+    timers: BinaryHeap<Reverse<Due>>,
+    timer_seq: u64,
     db: sled::Db,
     data_dir: DataDir,
     queries: mpsc::Receiver<Query>,
     started: Instant,
-    rng: StdRng,
     connected: HashSet<PeerId>,
-    peer_backoff: Backoff<PeerId>,
     seed_backoff: Backoff<Multiaddr>,
     /// Seeds a dial has reached; the others are retried until they are (or the mesh is lost).
     seeds_reached: HashSet<Multiaddr>,
@@ -113,17 +139,23 @@ impl Agent {
         let (query_tx, queries) = mpsc::channel(64);
         tokio::spawn(control::serve(listener, local_id.to_string(), query_tx));
 
-        let record = MemberRecord {
+        let meta = MemberMeta {
             name: config.name.clone(),
             role: config.role,
             zone: config.zone.clone(),
             addrs: Vec::new(),
-            incarnation,
-            heartbeat: 0,
-            status: Status::Alive,
             version: env!("CARGO_PKG_VERSION").into(),
         };
-        let membership = Membership::new(key, record, config.membership.clone(), Duration::ZERO);
+        let seed = rand::random();
+        let swim = MeshSwim::new(
+            local_id,
+            incarnation,
+            meta,
+            Signer::new(key),
+            config.membership.clone(),
+            seed,
+            Duration::ZERO,
+        );
         if config.cluster_key.is_none() {
             tracing::warn!(
                 "no --cluster-key: this agent admits any peer that reaches it; give every node the same key file to close the mesh"
@@ -137,26 +169,29 @@ impl Agent {
             data_dir = %data_dir.path().display(),
             "dcid started"
         );
-        Ok(Agent {
+        let mut agent = Agent {
             seed_backoff: Backoff::default(),
             seeds_reached: HashSet::new(),
             seed_dials: HashMap::new(),
-            peer_backoff: Backoff::default(),
             connected: HashSet::new(),
-            rng: StdRng::from_entropy(),
             started: Instant::now(),
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            local_id,
             config,
             swarm,
-            membership,
+            swim,
             db,
             data_dir,
             queries,
-        })
+        };
+        agent.apply_outputs();
+        Ok(agent)
     }
 
     /// This node's id.
     pub fn local_id(&self) -> PeerId {
-        self.membership.local_id()
+        self.local_id
     }
 
     fn now(&self) -> Duration {
@@ -165,13 +200,20 @@ impl Agent {
 
     /// Runs until `shutdown` resolves, then leaves the mesh gracefully.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
-        let mut tick = tokio::time::interval(self.config.membership.gossip_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Seeds are (re)dialled on their own, slower rhythm.
+        let mut redial = tokio::time::interval(Duration::from_millis(500));
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
+            let next = self
+                .timers
+                .peek()
+                .map(|Reverse(d)| self.started + d.at)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = tick.tick() => self.on_tick(),
+                _ = tokio::time::sleep_until(next.into()) => self.fire_timers(),
+                _ = redial.tick() => self.redial_seeds(),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(query) = self.queries.recv() => self.on_query(query),
             }
@@ -179,50 +221,54 @@ impl Agent {
         self.leave().await;
     }
 
-    fn on_tick(&mut self) {
+    fn fire_timers(&mut self) {
         let now = self.now();
-        let targets = self.membership.handle_tick(now, &mut self.rng);
-        self.log_events();
-        let gossip = self.membership.gossip(now).encode();
-        for peer in targets {
-            if self.connected.contains(&peer) {
-                self.swarm
-                    .behaviour_mut()
-                    .membership
-                    .send_request(&peer, gossip.clone());
+        while self.timers.peek().is_some_and(|Reverse(d)| d.at <= now) {
+            if let Some(Reverse(due)) = self.timers.pop() {
+                self.swim.handle_timer(due.timer, now);
             }
         }
-        self.redial(now);
+        self.apply_outputs();
     }
 
-    /// Dials members we should be connected to, and every seed not reached yet. Seeds are retried
-    /// even while other peers are connected: a seed that started late would otherwise leave two
-    /// islands that never meet.
-    fn redial(&mut self, now: Duration) {
-        let local = self.local_id();
-        let wanted: Vec<(PeerId, Vec<Multiaddr>)> = self
-            .membership
-            .members()
-            .filter(|m| m.id != local && m.state != State::Left && !self.connected.contains(&m.id))
-            .map(|m| {
-                (
-                    m.id,
-                    m.record
-                        .addrs
-                        .iter()
-                        .filter_map(|a| a.parse().ok())
-                        .collect(),
-                )
-            })
-            .collect();
-        for (peer, addrs) in wanted {
-            if !addrs.is_empty() && self.peer_backoff.try_now(&peer, now) {
-                let opts = DialOpts::peer_id(peer).addresses(addrs).build();
-                if let Err(e) = self.swarm.dial(opts) {
-                    tracing::debug!(%peer, "dial failed: {e}");
+    /// Carries out what the membership core asked for.
+    fn apply_outputs(&mut self) {
+        let outputs: Vec<_> = self.swim.drain_outputs().collect();
+        for output in outputs {
+            match output {
+                Output::Send(to, packet) => self.send_packet(to, &packet),
+                Output::SetTimer(at, timer) => {
+                    self.timer_seq += 1;
+                    self.timers.push(Reverse(Due {
+                        at,
+                        seq: self.timer_seq,
+                        timer,
+                    }));
+                }
+                Output::Changed(id, liveness) => self.log_change(id, liveness),
+                Output::MetaChanged(id) => {
+                    tracing::debug!(member = %self.member_name(&id), "member metadata changed");
                 }
             }
         }
+    }
+
+    fn send_packet(&mut self, to: PeerId, packet: &MeshPacket) {
+        let addrs: Vec<Multiaddr> = self
+            .swim
+            .member(&to)
+            .map(|m| m.meta.addrs.iter().filter_map(|a| a.parse().ok()).collect())
+            .unwrap_or_default();
+        self.swarm
+            .behaviour_mut()
+            .membership
+            .send_request_with_addresses(&to, mesh::encode(packet), addrs);
+    }
+
+    /// Dials every seed not reached yet. Seeds are retried even while other peers are connected:
+    /// a seed that started late would otherwise leave two islands that never meet.
+    fn redial_seeds(&mut self) {
+        let now = self.now();
         if self.connected.is_empty() {
             self.seeds_reached.clear();
         }
@@ -262,17 +308,15 @@ impl Agent {
                 if self.connected.insert(peer_id) {
                     tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
                 }
-                self.peer_backoff.reset(&peer_id);
                 if let Some(seed) = self.seed_dials.remove(&connection_id) {
                     self.seed_backoff.reset(&seed);
                     self.seeds_reached.insert(seed);
                 }
-                // Exchange tables at once instead of waiting for the next tick.
-                let gossip = self.membership.gossip(self.now()).encode();
-                self.swarm
-                    .behaviour_mut()
-                    .membership
-                    .send_request(&peer_id, gossip);
+                // A peer we do not know yet: exchange whole tables with it (a join).
+                if self.swim.member(&peer_id).is_none() {
+                    self.swim.join(peer_id);
+                    self.apply_outputs();
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -297,11 +341,13 @@ impl Agent {
                 error,
                 connection_id,
             } => {
-                self.seed_dials.remove(&connection_id);
-                let peer = peer_id
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "seed".into());
-                tracing::warn!(%peer, "cannot connect: {}", one_line(&error.to_string()));
+                let was_seed = self.seed_dials.remove(&connection_id).is_some();
+                // Failed dials to members are the prober's business; seeds are worth a warning.
+                if was_seed {
+                    tracing::warn!("cannot reach seed: {}", one_line(&error.to_string()));
+                } else {
+                    tracing::debug!(peer = ?peer_id, "cannot connect: {}", one_line(&error.to_string()));
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Membership(event)) => self.on_membership(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -314,7 +360,7 @@ impl Agent {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
-                    if peer != self.local_id() && !self.connected.contains(&peer) {
+                    if peer != self.local_id && !self.connected.contains(&peer) {
                         tracing::debug!(%peer, %addr, "discovered by mDNS");
                         let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
                         let _ = self.swarm.dial(opts);
@@ -326,56 +372,62 @@ impl Agent {
     }
 
     fn on_membership(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
-        let now = self.now();
         match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => match MembershipMessage::decode(&request) {
-                    Ok(msg) => {
-                        if let Some(answer) = self.membership.handle_message(peer, msg, now) {
-                            let _ = self
-                                .swarm
-                                .behaviour_mut()
-                                .membership
-                                .send_response(channel, answer.encode());
-                        }
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                // The answer is only the stream's acknowledgement: SWIM's own acks are packets.
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .membership
+                    .send_response(channel, Vec::new());
+                match mesh::decode(&request) {
+                    Ok(packet) => {
+                        let now = self.now();
+                        self.swim.handle_packet(peer, packet, now);
+                        self.apply_outputs();
                     }
-                    Err(e) => self.refuse_peer(peer, &e.to_string()),
-                },
-                request_response::Message::Response { response, .. } => {
-                    match MembershipMessage::decode(&response) {
-                        Ok(msg) => {
-                            self.membership.handle_message(peer, msg, now);
-                        }
-                        Err(e) => self.refuse_peer(peer, &e.to_string()),
+                    Err(e) => {
+                        tracing::warn!(%peer, "{e}; disconnecting");
+                        let _ = self.swarm.disconnect_peer_id(peer);
                     }
                 }
-            },
+            }
+            request_response::Event::Message {
+                message: request_response::Message::Response { .. },
+                ..
+            }
+            | request_response::Event::ResponseSent { .. } => {}
             request_response::Event::InboundFailure { peer, error, .. } => {
                 if let request_response::InboundFailure::Io(e) = &error {
-                    self.refuse_peer(peer, &e.to_string());
+                    tracing::warn!(%peer, "bad membership stream ({}); disconnecting", one_line(&e.to_string()));
+                    let _ = self.swarm.disconnect_peer_id(peer);
                 }
             }
             request_response::Event::OutboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, "membership request failed: {error}");
+                tracing::trace!(%peer, "membership packet not delivered: {error}");
             }
-            request_response::Event::ResponseSent { .. } => {}
         }
-        self.log_events();
-    }
-
-    /// A peer sent bytes that are not a membership message: count, log, disconnect.
-    fn refuse_peer(&mut self, peer: PeerId, reason: &str) {
-        self.membership.handle_malformed();
-        tracing::warn!(%peer, "malformed membership message ({}); disconnecting", one_line(reason));
-        let _ = self.swarm.disconnect_peer_id(peer);
     }
 
     fn advertise_listeners(&mut self) {
         let addrs = advertised(self.swarm.listeners());
-        let now = self.now();
-        self.membership.set_local_addrs(addrs, now);
+        let mut meta = self.swim_meta();
+        if meta.addrs != addrs {
+            meta.addrs = addrs;
+            self.swim.set_meta(meta);
+            self.apply_outputs();
+        }
+    }
+
+    fn swim_meta(&self) -> MemberMeta {
+        self.swim.meta().clone()
     }
 
     fn on_query(&mut self, query: Query) {
@@ -388,66 +440,70 @@ impl Agent {
 
     fn member_infos(&self) -> Vec<MemberInfo> {
         let now = self.now();
-        let local = self.local_id();
-        let mut rows: Vec<MemberInfo> = self
-            .membership
-            .members()
-            .map(|m| MemberInfo {
-                id: m.id.to_string(),
-                name: m.record.name.clone(),
-                state: m.state.as_str().into(),
-                role: m.record.role.as_str().into(),
-                zone: m.record.zone.clone(),
-                incarnation: m.record.incarnation,
-                last_heard_ms: if m.id == local {
-                    0
-                } else {
-                    now.saturating_sub(m.last_heard).as_millis() as u64
-                },
-                version: m.record.version.clone(),
-                addrs: m.record.addrs.clone(),
-            })
-            .collect();
+        let me = self.swim.meta();
+        let mut rows = vec![MemberInfo {
+            id: self.local_id.to_string(),
+            name: me.name.clone(),
+            state: "alive".into(),
+            role: me.role.as_str().into(),
+            zone: me.zone.clone(),
+            incarnation: self.swim.incarnation(),
+            last_heard_ms: 0,
+            version: me.version.clone(),
+            addrs: me.addrs.clone(),
+        }];
+        for (id, m) in self.swim.members() {
+            let heard = [m.last_ack(), m.last_announce()]
+                .into_iter()
+                .flatten()
+                .max();
+            rows.push(MemberInfo {
+                id: id.to_string(),
+                name: m.meta.name.clone(),
+                state: liveness_name(m.liveness).into(),
+                role: m.meta.role.as_str().into(),
+                zone: m.meta.zone.clone(),
+                incarnation: m.inc,
+                last_heard_ms: heard
+                    .map(|t| now.saturating_sub(t).as_millis() as u64)
+                    .unwrap_or(u64::MAX),
+                version: m.meta.version.clone(),
+                addrs: m.meta.addrs.clone(),
+            });
+        }
         rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         rows
     }
 
-    fn log_events(&mut self) {
-        for event in self.membership.drain_events() {
-            let (id, what) = match event {
-                Event::Joined(id) => (id, "joined"),
-                Event::Alive(id) => (id, "alive"),
-                Event::Suspect(id) => (id, "suspect"),
-                Event::Dead(id) => (id, "dead"),
-                Event::Left(id) => (id, "left"),
-                Event::MetadataChanged(id) => (id, "metadata changed"),
-            };
-            let name = self
-                .membership
-                .member(&id)
-                .map(|m| m.record.name.clone())
-                .unwrap_or_default();
-            match event {
-                Event::Dead(_) | Event::Suspect(_) => {
-                    tracing::warn!(member = %name, id = %id, "member {what}")
-                }
-                Event::Joined(_) | Event::Alive(_) | Event::Left(_) | Event::MetadataChanged(_) => {
-                    tracing::info!(member = %name, id = %id, "member {what}")
-                }
+    fn member_name(&self, id: &PeerId) -> String {
+        self.swim
+            .member(id)
+            .map(|m| m.meta.name.clone())
+            .unwrap_or_default()
+    }
+
+    fn log_change(&self, id: PeerId, liveness: Liveness) {
+        let name = self.member_name(&id);
+        let what = liveness_name(liveness);
+        match liveness {
+            Liveness::Dead | Liveness::Suspect | Liveness::UnreachableLink => {
+                tracing::warn!(member = %name, id = %id, "member {what}")
+            }
+            Liveness::Alive | Liveness::Left => {
+                tracing::info!(member = %name, id = %id, "member {what}")
             }
         }
     }
 
-    /// Tells every connected peer that this node leaves, and waits briefly for their acks.
+    /// Tells every live member that this node leaves, and waits briefly for the packets to go.
     async fn leave(mut self) {
-        let leave = self.membership.leave(self.now()).encode();
         let mut pending: HashSet<OutboundRequestId> = HashSet::new();
-        for peer in self.connected.clone() {
+        for (to, packet) in self.swim.leave() {
             pending.insert(
                 self.swarm
                     .behaviour_mut()
                     .membership
-                    .send_request(&peer, leave.clone()),
+                    .send_request(&to, mesh::encode(&packet)),
             );
         }
         let deadline = tokio::time::sleep(LEAVE_GRACE);
@@ -474,6 +530,17 @@ impl Agent {
             tracing::warn!("database flush failed: {e}");
         }
         tracing::info!("dcid stopped; peers were told it left");
+    }
+}
+
+/// The spelling of a liveness in logs and in `dcish nodes`.
+fn liveness_name(l: Liveness) -> &'static str {
+    match l {
+        Liveness::Alive => "alive",
+        Liveness::UnreachableLink => "unreachable-link",
+        Liveness::Suspect => "suspect",
+        Liveness::Dead => "dead",
+        Liveness::Left => "left",
     }
 }
 

@@ -12,7 +12,8 @@ use std::{
 use libp2p::{multiaddr::Protocol, pnet::PreSharedKey, Multiaddr};
 use serde::Deserialize;
 
-use crate::membership::{MembershipConfig, Role};
+use crate::membership::swim::SwimConfig;
+use crate::membership::Role;
 
 /// The port the agent listens on when no `--listen` is given.
 pub const DEFAULT_PORT: u16 = 7946;
@@ -70,14 +71,18 @@ pub enum LogFormat {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MembershipFile {
-    /// How often this node gossips its member table.
+    /// Time between probes.
+    pub probe_interval_ms: Option<u64>,
+    /// How long a direct probe waits for its ack.
+    pub probe_timeout_ms: Option<u64>,
+    /// How long the indirect probes get.
+    pub indirect_timeout_ms: Option<u64>,
+    /// Time between gossip rounds.
     pub gossip_interval_ms: Option<u64>,
-    /// How many peers it gossips to each interval.
+    /// Members gossiped to per round.
     pub gossip_fanout: Option<usize>,
-    /// Silence after which a member is suspected.
-    pub suspect_after_ms: Option<u64>,
-    /// Silence after which a member is declared dead.
-    pub dead_after_ms: Option<u64>,
+    /// Minimum suspicion timeout, in probe intervals per log10 of the mesh size.
+    pub suspicion_mult: Option<u32>,
 }
 
 /// The config file, as written by the operator. Every field is optional.
@@ -154,7 +159,7 @@ pub struct Config {
     /// Log format.
     pub log_format: LogFormat,
     /// Membership protocol settings.
-    pub membership: MembershipConfig,
+    pub membership: SwimConfig,
 }
 
 impl Config {
@@ -216,7 +221,7 @@ impl Config {
             None => None,
         };
 
-        let defaults = MembershipConfig::default();
+        let defaults = SwimConfig::default();
         let m = &file.membership;
         let ms =
             |field: &'static str, v: Option<u64>, d: Duration| -> Result<Duration, ConfigError> {
@@ -226,46 +231,51 @@ impl Config {
                     Some(v) => Ok(Duration::from_millis(v)),
                 }
             };
-        let membership = MembershipConfig {
+        let positive = |field: &'static str, v: Option<u64>, d: u64| -> Result<u64, ConfigError> {
+            match v {
+                Some(0) => Err(invalid(field, "0", "must be at least 1")),
+                Some(n) => Ok(n),
+                None => Ok(d),
+            }
+        };
+        let membership = SwimConfig {
+            probe_interval: ms(
+                "membership.probe_interval_ms",
+                m.probe_interval_ms,
+                defaults.probe_interval,
+            )?,
+            probe_timeout: ms(
+                "membership.probe_timeout_ms",
+                m.probe_timeout_ms,
+                defaults.probe_timeout,
+            )?,
+            indirect_timeout: ms(
+                "membership.indirect_timeout_ms",
+                m.indirect_timeout_ms,
+                defaults.indirect_timeout,
+            )?,
             gossip_interval: ms(
                 "membership.gossip_interval_ms",
                 m.gossip_interval_ms,
                 defaults.gossip_interval,
             )?,
-            gossip_fanout: match m.gossip_fanout {
-                Some(0) => {
-                    return Err(invalid(
-                        "membership.gossip_fanout",
-                        "0",
-                        "must be at least 1",
-                    ))
-                }
-                Some(n) => n,
-                None => defaults.gossip_fanout,
-            },
-            suspect_after: ms(
-                "membership.suspect_after_ms",
-                m.suspect_after_ms,
-                defaults.suspect_after,
-            )?,
-            dead_after: ms(
-                "membership.dead_after_ms",
-                m.dead_after_ms,
-                defaults.dead_after,
-            )?,
+            gossip_fanout: positive(
+                "membership.gossip_fanout",
+                m.gossip_fanout.map(|n| n as u64),
+                defaults.gossip_fanout as u64,
+            )? as usize,
+            suspicion_mult: positive(
+                "membership.suspicion_mult",
+                m.suspicion_mult.map(u64::from),
+                u64::from(defaults.suspicion_mult),
+            )? as u32,
+            ..defaults
         };
-        if membership.dead_after <= membership.suspect_after {
+        if membership.probe_timeout >= membership.probe_interval {
             return Err(invalid(
-                "membership.dead_after_ms",
-                &membership.dead_after.as_millis().to_string(),
-                "must be longer than suspect_after_ms",
-            ));
-        }
-        if membership.suspect_after <= membership.gossip_interval * 2 {
-            return Err(invalid(
-                "membership.suspect_after_ms",
-                &membership.suspect_after.as_millis().to_string(),
-                "must be more than twice gossip_interval_ms",
+                "membership.probe_timeout_ms",
+                &membership.probe_timeout.as_millis().to_string(),
+                "must be shorter than probe_interval_ms",
             ));
         }
 
@@ -500,7 +510,7 @@ mod tests {
     #[test]
     fn command_line_overrides_the_file() {
         let file: FileConfig = toml::from_str(
-            "name = 'from-file'\nzone = 'z1'\nlisten = ['127.0.0.1:1']\n[membership]\ndead_after_ms = 9000\n",
+            "name = 'from-file'\nzone = 'z1'\nlisten = ['127.0.0.1:1']\n[membership]\nprobe_interval_ms = 900\n",
         )
         .unwrap();
         let mut o = cli();
@@ -509,7 +519,7 @@ mod tests {
         assert_eq!(c.name, "blade-01");
         assert_eq!(c.zone, "z1");
         assert_eq!(c.listen[0].to_string(), "/ip4/127.0.0.1/tcp/2");
-        assert_eq!(c.membership.dead_after, Duration::from_millis(9000));
+        assert_eq!(c.membership.probe_interval, Duration::from_millis(900));
     }
 
     #[test]
@@ -519,12 +529,12 @@ mod tests {
     }
 
     #[test]
-    fn dead_timeout_must_exceed_suspect_timeout() {
+    fn the_probe_timeout_must_be_shorter_than_the_probe_interval() {
         let file: FileConfig =
-            toml::from_str("[membership]\nsuspect_after_ms = 5000\ndead_after_ms = 4000\n")
+            toml::from_str("[membership]\nprobe_interval_ms = 100\nprobe_timeout_ms = 100\n")
                 .unwrap();
         let err = Config::merge(file, &cli()).unwrap_err().to_string();
-        assert!(err.contains("dead_after_ms"), "{err}");
+        assert!(err.contains("probe_timeout_ms"), "{err}");
     }
 
     #[test]

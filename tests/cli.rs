@@ -85,8 +85,8 @@ fn a_bad_config_file_names_the_field_and_the_reason() {
         ("listen = 7\n", "listen"),
         ("listen = ['nowhere']\n", "listen"),
         (
-            "[membership]\nsuspect_after_ms = 5000\ndead_after_ms = 10\n",
-            "dead_after_ms",
+            "[membership]\nprobe_interval_ms = 100\nprobe_timeout_ms = 500\n",
+            "probe_timeout_ms",
         ),
         ("role = 'leader'\n", "role"),
         ("name = \n", "line 1"),

@@ -148,3 +148,75 @@ fn an_agent_without_a_key_says_so_and_still_forms_a_mesh() {
     });
     assert!(took.is_some(), "open mesh did not form:\n{}", b.log_text());
 }
+
+/// Five agents: a crash is seen as `dead` by everyone; a 500 ms freeze is not; a SIGTERM is `left`.
+#[test]
+fn five_agents_tell_a_crash_from_a_pause_and_from_a_leave() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let names: Vec<String> = (1..=5).map(|i| format!("f{i}")).collect();
+    let nodes: Vec<Node> = (0..5)
+        .map(|i| {
+            let seeds: Vec<u16> = if i == 0 { vec![] } else { vec![ports[0]] };
+            Node::start(tmp.path(), &names[i], ports[i], &seeds, &[])
+        })
+        .collect();
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    let took = wait_until(Duration::from_secs(30), || {
+        nodes.iter().all(|n| all_alive(n, &all))
+    });
+    assert!(
+        took.is_some(),
+        "5 agents did not converge: {:?}",
+        nodes[0].members()
+    );
+
+    // A 500 ms freeze (SIGSTOP, then SIGCONT): suspected perhaps, never dead.
+    nodes[2].signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(500));
+    nodes[2].signal(libc::SIGCONT);
+    let watch = std::time::Instant::now();
+    while watch.elapsed() < Duration::from_secs(5) {
+        for n in nodes.iter().filter(|n| n.name != "f3") {
+            let state = n.state_of("f3");
+            assert_ne!(
+                state.as_deref(),
+                Some("dead"),
+                "{} declared the paused f3 dead",
+                n.name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // kill -9: every other agent shows it dead.
+    nodes[4].signal(libc::SIGKILL);
+    let others = &nodes[..4];
+    let took = wait_until(Duration::from_secs(20), || {
+        others
+            .iter()
+            .all(|n| n.state_of("f5").as_deref() == Some("dead"))
+    });
+    let took = took.unwrap_or_else(|| {
+        panic!(
+            "f5 not dead everywhere: {:?}",
+            others.iter().map(|n| n.state_of("f5")).collect::<Vec<_>>()
+        )
+    });
+    eprintln!("kill -9 of f5 seen as dead by all 4 others after {took:?}");
+
+    // SIGTERM: left, not dead.
+    let mut nodes = nodes;
+    let leaver = nodes.remove(3);
+    assert!(leaver.terminate().success());
+    let took = wait_until(Duration::from_secs(10), || {
+        nodes[..3]
+            .iter()
+            .all(|n| n.state_of("f4").as_deref() == Some("left"))
+    });
+    assert!(
+        took.is_some(),
+        "f4 not shown left: {:?}",
+        nodes[0].members()
+    );
+}

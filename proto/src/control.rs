@@ -27,7 +27,7 @@ pub const CONTROL_NAMESPACE: &str = "urn:dci:control:1";
 pub const CONTROL_APP: &str = "control";
 
 /// Member states as spelled on the wire.
-pub const STATES: [&str; 4] = ["alive", "suspect", "dead", "left"];
+pub const STATES: [&str; 5] = ["alive", "unreachable-link", "suspect", "dead", "left"];
 
 /// Member roles as spelled on the wire.
 pub const ROLES: [&str; 2] = ["active", "spare"];

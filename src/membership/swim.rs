@@ -33,6 +33,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 
 /// Proves that an alive or leave announcement was made by its subject (a signature in the agent;
 /// trivially true in the simulator, whose nodes cannot lie).
@@ -124,7 +125,7 @@ pub enum Liveness {
 }
 
 /// A membership change, as disseminated.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Update<Id, M, P> {
     /// The subject is alive at this incarnation, with this metadata (signed by the subject).
     Alive {
@@ -181,7 +182,7 @@ impl<Id: Copy, M, P> Update<Id, M, P> {
 }
 
 /// The protocol messages.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message<Id, M, P> {
     /// Are you alive? Answer with `Ack { seq }`.
     Ping {
@@ -217,7 +218,7 @@ pub enum Message<Id, M, P> {
 }
 
 /// A message with its piggybacked updates.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Packet<Id, M, P> {
     /// The message.
     pub message: Message<Id, M, P>,
@@ -445,6 +446,11 @@ where
     /// This node's id.
     pub fn id(&self) -> Id {
         self.me
+    }
+
+    /// This node's metadata.
+    pub fn meta(&self) -> &M {
+        &self.meta
     }
 
     /// This node's incarnation.

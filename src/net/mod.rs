@@ -22,7 +22,7 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{identify, mdns, noise, tcp, yamux, PeerId, StreamProtocol, Swarm};
 
-use crate::membership::record::MAX_MESSAGE_BYTES;
+use crate::membership::mesh::MAX_PACKET_BYTES;
 use codec::FrameCodec;
 
 /// Identify's protocol version; a peer announcing another one is disconnected.
@@ -137,7 +137,7 @@ pub fn build_swarm(
             mdns: Toggle::from(mdns),
             membership: request_response::Behaviour::with_codec(
                 FrameCodec {
-                    max_bytes: MAX_MESSAGE_BYTES,
+                    max_bytes: MAX_PACKET_BYTES,
                 },
                 [(MEMBERSHIP_PROTOCOL, ProtocolSupport::Full)],
                 request_response::Config::default()
