@@ -4,8 +4,7 @@
 //! Start-up is ordered so that a refusal writes nothing: every check that can fail on operator input
 //! (config, cluster key, data dir lock, listen ports) runs before the first byte goes to the data dir.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,7 @@ use crate::membership::mesh::{self, MemberMeta, MeshPacket, MeshSwim, Signer};
 use crate::membership::swim::{Liveness, Output, Timer};
 use crate::net::backoff::Backoff;
 use crate::net::{self, Behaviour, BehaviourEvent, NetError, PROTOCOL_VERSION};
+use crate::timers::TimerQueue;
 
 /// How long a leaving agent waits for its peers to acknowledge.
 const LEAVE_GRACE: Duration = Duration::from_millis(800);
@@ -59,30 +59,6 @@ pub enum StartError {
     Control(#[from] control::ControlError),
 }
 
-/// A timer of the membership core, ordered by due time, then by when it was set.
-struct Due {
-    at: Duration,
-    seq: u64,
-    timer: Timer<PeerId>,
-}
-
-impl PartialEq for Due {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Due {}
-impl PartialOrd for Due {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Due {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
 /// A started agent, ready to [`Agent::run`].
 pub struct Agent {
     config: Config,
@@ -90,8 +66,7 @@ pub struct Agent {
     swarm: Swarm<Behaviour>,
     swim: MeshSwim,
     /// The core's timers; a stale one is a no-op when it fires, so none is ever cancelled.
-    timers: BinaryHeap<Reverse<Due>>,
-    timer_seq: u64,
+    timers: TimerQueue<Timer<PeerId>>,
     db: sled::Db,
     data_dir: DataDir,
     queries: mpsc::Receiver<Query>,
@@ -175,8 +150,7 @@ impl Agent {
             seed_dials: HashMap::new(),
             connected: HashSet::new(),
             started: Instant::now(),
-            timers: BinaryHeap::new(),
-            timer_seq: 0,
+            timers: TimerQueue::default(),
             local_id,
             config,
             swarm,
@@ -207,8 +181,8 @@ impl Agent {
         loop {
             let next = self
                 .timers
-                .peek()
-                .map(|Reverse(d)| self.started + d.at)
+                .next_due()
+                .map(|at| self.started + at)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -223,10 +197,8 @@ impl Agent {
 
     fn fire_timers(&mut self) {
         let now = self.now();
-        while self.timers.peek().is_some_and(|Reverse(d)| d.at <= now) {
-            if let Some(Reverse(due)) = self.timers.pop() {
-                self.swim.handle_timer(due.timer, now);
-            }
+        while let Some(timer) = self.timers.pop_due(now) {
+            self.swim.handle_timer(timer, now);
         }
         self.apply_outputs();
     }
@@ -237,14 +209,7 @@ impl Agent {
         for output in outputs {
             match output {
                 Output::Send(to, packet) => self.send_packet(to, &packet),
-                Output::SetTimer(at, timer) => {
-                    self.timer_seq += 1;
-                    self.timers.push(Reverse(Due {
-                        at,
-                        seq: self.timer_seq,
-                        timer,
-                    }));
-                }
+                Output::SetTimer(at, timer) => self.timers.push(at, timer),
                 Output::Changed(id, liveness) => self.log_change(id, liveness),
                 Output::MetaChanged(id) => {
                     tracing::debug!(member = %self.member_name(&id), "member metadata changed");

@@ -2,7 +2,8 @@
 //!
 //! Layers, each depending only on those above it in this list:
 //! - [`config`], [`datadir`]: operator input and the on-disk home of a node, validated before use.
-//! - [`membership`]: the sans-IO membership core (signed heartbeat gossip, liveness, events).
+//! - [`timers`]: the timer queue that drives the cores, in the agent and in the simulator.
+//! - [`membership`]: the sans-IO SWIM + Lifeguard core and the agent's signed instance of it.
 //! - [`net`]: the libp2p shell (transport, admission by cluster key, discovery, framing).
 //! - [`control`]: the local control socket that carries XML envelopes from `dcish`.
 //! - [`agent`]: the one event loop that owns the swarm and drives the cores.
@@ -18,3 +19,4 @@ pub mod membership;
 pub mod net;
 pub mod shell;
 pub mod sim;
+pub mod timers;

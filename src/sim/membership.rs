@@ -6,8 +6,7 @@
 //! (stop processing for a while, then handle everything queued meanwhile) or be CPU-starved (handle
 //! every packet `slow_by` late).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -17,6 +16,7 @@ use serde::Serialize;
 use crate::membership::swim::{
     Liveness, Message, Output, Packet, Swim, SwimConfig, Timer, Trusting, Update,
 };
+use crate::timers::TimerQueue;
 
 type Node = Swim<u32, (), Trusting>;
 type SimPacket = Packet<u32, (), ()>;
@@ -135,28 +135,11 @@ enum Kind {
     Join,
 }
 
+/// One event as the loop handles it.
 struct Event {
     at: Duration,
-    seq: u64,
     node: u32,
     kind: Kind,
-}
-
-impl PartialEq for Event {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Event {}
-impl PartialOrd for Event {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Event {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
 }
 
 /// Per-subject tracking of who declared what when.
@@ -171,8 +154,7 @@ struct Spread {
 struct World {
     cfg: SimConfig,
     rng: StdRng,
-    queue: BinaryHeap<Reverse<Event>>,
-    seq: u64,
+    queue: TimerQueue<(u32, Kind)>,
     nodes: Vec<Option<Node>>,
     crashed_at: Vec<Option<Duration>>,
     live: usize,
@@ -185,13 +167,7 @@ struct World {
 
 impl World {
     fn push(&mut self, at: Duration, node: u32, kind: Kind) {
-        self.seq += 1;
-        self.queue.push(Reverse(Event {
-            at,
-            seq: self.seq,
-            node,
-            kind,
-        }));
+        self.queue.push(at, (node, kind));
     }
 
     fn drain(&mut self, node: u32, now: Duration) {
@@ -276,10 +252,11 @@ impl World {
             let at = d / 4 + (d / 2).mul_f64((j as f64 + 0.5) / self.cfg.joins as f64);
             self.push(at, n + j, Kind::Join);
         }
-        while let Some(Reverse(ev)) = self.queue.pop() {
-            if ev.at > d {
+        while let Some((at, (node, kind))) = self.queue.pop() {
+            if at > d {
                 break;
             }
+            let ev = Event { at, node, kind };
             self.events += 1;
             let i = ev.node as usize;
             if let Kind::Join = ev.kind {
@@ -427,8 +404,7 @@ impl World {
 pub fn run(cfg: SimConfig) -> Summary {
     let world = World {
         rng: StdRng::seed_from_u64(cfg.seed),
-        queue: BinaryHeap::new(),
-        seq: 0,
+        queue: TimerQueue::default(),
         nodes: Vec::with_capacity((cfg.nodes + cfg.joins) as usize),
         crashed_at: Vec::new(),
         live: 0,
