@@ -383,16 +383,12 @@ impl Agent {
 
     fn advertise_listeners(&mut self) {
         let addrs = advertised(self.swarm.listeners());
-        let mut meta = self.swim_meta();
+        let mut meta = self.swim.meta().clone();
         if meta.addrs != addrs {
             meta.addrs = addrs;
             self.swim.set_meta(meta);
             self.apply_outputs();
         }
-    }
-
-    fn swim_meta(&self) -> MemberMeta {
-        self.swim.meta().clone()
     }
 
     fn on_query(&mut self, query: Query) {
@@ -418,10 +414,12 @@ impl Agent {
             addrs: me.addrs.clone(),
         }];
         for (id, m) in self.swim.members() {
+            // Last sign of life: an ack, an announcement, or else when its state last changed.
             let heard = [m.last_ack(), m.last_announce()]
                 .into_iter()
                 .flatten()
-                .max();
+                .max()
+                .unwrap_or(m.since());
             rows.push(MemberInfo {
                 id: id.to_string(),
                 name: m.meta.name.clone(),
@@ -429,9 +427,7 @@ impl Agent {
                 role: m.meta.role.as_str().into(),
                 zone: m.meta.zone.clone(),
                 incarnation: m.inc,
-                last_heard_ms: heard
-                    .map(|t| now.saturating_sub(t).as_millis() as u64)
-                    .unwrap_or(u64::MAX),
+                last_heard_ms: now.saturating_sub(heard).as_millis() as u64,
                 version: m.meta.version.clone(),
                 addrs: m.meta.addrs.clone(),
             });
