@@ -334,7 +334,6 @@ impl Stamp {
 #[derive(Debug, Clone)]
 struct Suspicion {
     start: Duration,
-    confirmers: u32,
     deadline: Duration,
 }
 
@@ -1052,7 +1051,6 @@ where
             let Some(s) = m.suspicion.as_mut() else {
                 return false;
             };
-            s.confirmers = n;
             let deadline = s.start + timeout;
             if deadline < s.deadline {
                 s.deadline = deadline;
@@ -1071,7 +1069,6 @@ where
         m.inc = inc;
         m.suspicion = Some(Box::new(Suspicion {
             start: now,
-            confirmers: 0,
             deadline: now + timeout,
         }));
         self.suspicion_confirmers.insert(id, HashSet::from([from]));
