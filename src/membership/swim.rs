@@ -988,6 +988,7 @@ where
                     m.inc = *inc;
                     m.proof = proof.clone();
                     m.suspicion = None;
+                    self.suspicion_confirmers.remove(id);
                     self.set_liveness(*id, Liveness::Left, now);
                     true
                 }
