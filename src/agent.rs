@@ -8,7 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use dci_proto::control::MemberInfo;
+use dci_proto::control::{ChannelInfo, EventInfo, MemberInfo};
+use dci_proto::notice::{FailureNotice, Level, Part, NOTICE_APP};
+use dci_proto::{Envelope, Limits};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId};
@@ -20,10 +22,14 @@ use tokio::sync::mpsc;
 use crate::config::{one_line, Config};
 use crate::control::{self, Query};
 use crate::datadir::{DataDir, DataDirError};
+use crate::degradation::{Detector, Transition};
+use crate::events::{Event, EventHub, EventKind};
 use crate::membership::mesh::{self, MemberMeta, MeshPacket, MeshSwim, Signer};
 use crate::membership::swim::{Liveness, Output, Timer};
 use crate::net::backoff::Backoff;
 use crate::net::{self, Behaviour, BehaviourEvent, NetError, PROTOCOL_VERSION};
+use crate::notice::{self, Dedup};
+use crate::resources::{Resources, Sampler};
 use crate::timers::TimerQueue;
 
 /// How long a leaving agent waits for its peers to acknowledge.
@@ -77,7 +83,16 @@ pub struct Agent {
     seeds_reached: HashSet<Multiaddr>,
     /// Seed dials in flight, by connection.
     seed_dials: HashMap<ConnectionId, Multiaddr>,
+    events: EventHub,
+    notices_seen: Dedup,
+    sampler: Sampler,
+    detector: Detector,
+    /// Members whose metadata says they are degraded, to publish the change once.
+    degraded_members: HashSet<PeerId>,
 }
+
+/// Resource figures are re-announced when one moves by this many points.
+const RESOURCE_ANNOUNCE_POINTS: u8 = 5;
 
 impl Agent {
     /// Checks everything, binds the ports, then creates the data dir, identity, database and
@@ -114,12 +129,15 @@ impl Agent {
         let (query_tx, queries) = mpsc::channel(64);
         tokio::spawn(control::serve(listener, local_id.to_string(), query_tx));
 
+        let mut sampler = Sampler::new(data_dir.path());
         let meta = MemberMeta {
             name: config.name.clone(),
             role: config.role,
             zone: config.zone.clone(),
             addrs: Vec::new(),
             version: env!("CARGO_PKG_VERSION").into(),
+            resources: sampler.sample(),
+            degraded: false,
         };
         let seed = rand::random();
         let swim = MeshSwim::new(
@@ -145,6 +163,11 @@ impl Agent {
             "dcid started"
         );
         let mut agent = Agent {
+            events: EventHub::default(),
+            notices_seen: Dedup::default(),
+            sampler,
+            detector: Detector::new(config.degradation.clone()),
+            degraded_members: HashSet::new(),
             seed_backoff: Backoff::default(),
             seeds_reached: HashSet::new(),
             seed_dials: HashMap::new(),
@@ -172,11 +195,19 @@ impl Agent {
         self.started.elapsed()
     }
 
+    /// Subscribes to membership events (joined, alive, suspect, dead, left, metadata-changed,
+    /// link-unreachable, degraded, recovered), for failover and replication.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
     /// Runs until `shutdown` resolves, then leaves the mesh gracefully.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         // Seeds are (re)dialled on their own, slower rhythm.
         let mut redial = tokio::time::interval(Duration::from_millis(500));
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sample = tokio::time::interval(self.config.degradation.sample_interval);
+        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             let next = self
@@ -188,6 +219,7 @@ impl Agent {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep_until(next.into()) => self.fire_timers(),
                 _ = redial.tick() => self.redial_seeds(),
+                _ = sample.tick() => self.sample_resources(),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(query) = self.queries.recv() => self.on_query(query),
             }
@@ -210,11 +242,186 @@ impl Agent {
             match output {
                 Output::Send(to, packet) => self.send_packet(to, &packet),
                 Output::SetTimer(at, timer) => self.timers.push(at, timer),
-                Output::Changed(id, liveness) => self.log_change(id, liveness),
-                Output::MetaChanged(id) => {
-                    tracing::debug!(member = %self.member_name(&id), "member metadata changed");
+                Output::Joined(id) => {
+                    self.log_change(id, Liveness::Alive);
+                    self.publish(id, EventKind::Joined, String::new());
                 }
+                Output::Changed(id, liveness) => {
+                    self.log_change(id, liveness);
+                    let kind = match liveness {
+                        Liveness::Alive => EventKind::Alive,
+                        Liveness::UnreachableLink => EventKind::LinkUnreachable,
+                        Liveness::Suspect => EventKind::Suspect,
+                        Liveness::Dead => EventKind::Dead,
+                        Liveness::Left => EventKind::Left,
+                    };
+                    self.publish(id, kind, String::new());
+                }
+                Output::MetaChanged(id) => self.on_meta_changed(id),
+                Output::DeclaredDead(id) => self.declare_dead(id),
             }
+        }
+    }
+
+    fn publish(&mut self, id: PeerId, kind: EventKind, detail: String) {
+        let name = if id == self.local_id {
+            self.config.name.clone()
+        } else {
+            self.member_name(&id)
+        };
+        self.events.publish(Event {
+            id,
+            name,
+            kind,
+            at: std::time::SystemTime::now(),
+            detail,
+        });
+    }
+
+    fn on_meta_changed(&mut self, id: PeerId) {
+        tracing::debug!(member = %self.member_name(&id), "member metadata changed");
+        self.publish(id, EventKind::MetaChanged, String::new());
+        let degraded = self.swim.member(&id).is_some_and(|m| m.meta.degraded);
+        let was = self.degraded_members.contains(&id);
+        if degraded && !was {
+            self.degraded_members.insert(id);
+            self.publish(id, EventKind::Degraded, String::new());
+        } else if !degraded && was {
+            self.degraded_members.remove(&id);
+            self.publish(id, EventKind::Recovered, String::new());
+        }
+    }
+
+    /// Our own suspicion of `id` ran out: tell every member, at the highest level.
+    fn declare_dead(&mut self, id: PeerId) {
+        let (name, address, silent_ms) = match self.swim.member(&id) {
+            Some(m) => {
+                let heard = [m.last_ack(), m.last_announce()]
+                    .into_iter()
+                    .flatten()
+                    .max();
+                (
+                    Some(m.meta.name.clone()),
+                    m.meta.addrs.first().cloned(),
+                    heard.map(|t| self.now().saturating_sub(t).as_millis()),
+                )
+            }
+            None => (None, None, None),
+        };
+        let detail = match silent_ms {
+            Some(ms) => {
+                format!("no probe answered and no relayed announcement; last heard {ms} ms ago")
+            }
+            None => "no probe answered and no relayed announcement".into(),
+        };
+        self.broadcast_notice(FailureNotice {
+            level: Level::SystemDown,
+            part: Part::Node,
+            id: id.to_string(),
+            name,
+            address,
+            at_ms: unix_ms(),
+            detail,
+        });
+    }
+
+    /// Logs and pages a notice of ours, and sends it to every live member.
+    fn broadcast_notice(&mut self, notice: FailureNotice) {
+        let me = self.local_id.to_string();
+        self.receive_notice(&notice, &me);
+        let sender = dci_proto::Sender {
+            node: me,
+            blade: Some(self.config.name.clone()),
+            app: NOTICE_APP.into(),
+            instance: None,
+        };
+        let bytes = notice::envelope(sender, &notice).to_xml().into_bytes();
+        let targets: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .swim
+            .members()
+            .filter(|(_, m)| {
+                matches!(
+                    m.liveness,
+                    Liveness::Alive | Liveness::UnreachableLink | Liveness::Suspect
+                )
+            })
+            .map(|(id, m)| {
+                (
+                    *id,
+                    m.meta.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+                )
+            })
+            .collect();
+        for (to, addrs) in targets {
+            self.swarm
+                .behaviour_mut()
+                .envelopes
+                .send_request_with_addresses(&to, bytes.clone(), addrs);
+        }
+    }
+
+    /// Logs a notice once, and pages for the two worst levels.
+    fn receive_notice(&mut self, notice: &FailureNotice, from: &str) {
+        if self.notices_seen.is_new(notice, Instant::now()) {
+            notice::log(notice, from);
+            notice::page(&self.config.page, notice, from);
+        }
+    }
+
+    /// Reads this host's figures, runs the degradation detector, and re-announces the figures
+    /// when they moved.
+    fn sample_resources(&mut self) {
+        let reading = self.sampler.sample();
+        let transitions = self.detector.observe(&reading, self.now());
+        for t in &transitions {
+            let cfg = &self.config.degradation;
+            let (kind, metric, detail) = match *t {
+                Transition::Degraded(m, v) => (
+                    EventKind::Degraded,
+                    m,
+                    format!(
+                        "{} at {v}%, above {}% for {} s",
+                        m.as_str(),
+                        cfg.high,
+                        cfg.raise_after.as_secs()
+                    ),
+                ),
+                Transition::Recovered(m, v) => (
+                    EventKind::Recovered,
+                    m,
+                    format!(
+                        "{} at {v}%, below {}% for {} s",
+                        m.as_str(),
+                        cfg.low,
+                        cfg.clear_after.as_secs()
+                    ),
+                ),
+            };
+            tracing::warn!(metric = metric.as_str(), "{}: {detail}", kind.as_str());
+            self.publish(self.local_id, kind, detail.clone());
+            if kind == EventKind::Degraded {
+                self.broadcast_notice(FailureNotice {
+                    level: Level::Moderate,
+                    part: Part::Resource,
+                    id: format!("{}/{}", self.local_id, metric.as_str()),
+                    name: Some(self.config.name.clone()),
+                    address: self.swim.meta().addrs.first().cloned(),
+                    at_ms: unix_ms(),
+                    detail,
+                });
+            }
+        }
+        let mut meta = self.swim.meta().clone();
+        let degraded = self.detector.degraded();
+        if degraded != meta.degraded || meta.resources.differs(&reading, RESOURCE_ANNOUNCE_POINTS) {
+            meta.degraded = degraded;
+            meta.resources = Resources {
+                // The first reading has no CPU figure yet; keep the last known one.
+                cpu: reading.cpu.or(meta.resources.cpu),
+                ..reading
+            };
+            self.swim.set_meta(meta);
+            self.apply_outputs();
         }
     }
 
@@ -315,6 +522,7 @@ impl Agent {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Membership(event)) => self.on_membership(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Envelopes(event)) => self.on_envelope(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -381,6 +589,43 @@ impl Agent {
         }
     }
 
+    fn on_envelope(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        let request_response::Event::Message {
+            peer,
+            message:
+                request_response::Message::Request {
+                    request, channel, ..
+                },
+            ..
+        } = event
+        else {
+            if let request_response::Event::OutboundFailure { peer, error, .. } = event {
+                tracing::debug!(%peer, "envelope not delivered: {error}");
+            }
+            return;
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .envelopes
+            .send_response(channel, Vec::new());
+        let env = match Envelope::from_xml(&request, &Limits::default()) {
+            Ok(env) => env,
+            Err(e) => return tracing::warn!(%peer, "refused envelope: {e}"),
+        };
+        // The transport authenticated the peer; an envelope may not claim another sender.
+        if env.sender.node != peer.to_string() {
+            return tracing::warn!(%peer, claimed = %env.sender.node, "refused envelope: sender is not the connected peer");
+        }
+        match notice::from_envelope(&env) {
+            Some(Ok(n)) => self.receive_notice(&n, &env.sender.node),
+            Some(Err(e)) => tracing::warn!(%peer, "refused failure notice: {e}"),
+            None => {
+                tracing::warn!(%peer, app = ?env.target.app, "dropped envelope: no application here handles it")
+            }
+        }
+    }
+
     fn advertise_listeners(&mut self) {
         let addrs = advertised(self.swarm.listeners());
         let mut meta = self.swim.meta().clone();
@@ -395,6 +640,23 @@ impl Agent {
         match query {
             Query::Members(reply) => {
                 let _ = reply.send(self.member_infos());
+            }
+            Query::Events(reply) => {
+                let events = self
+                    .events
+                    .recent()
+                    .map(|e| EventInfo {
+                        id: e.id.to_string(),
+                        name: e.name.clone(),
+                        kind: e.kind.as_str().into(),
+                        at_ms: e
+                            .at
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64),
+                        detail: e.detail.clone(),
+                    })
+                    .collect();
+                let _ = reply.send(events);
             }
         }
     }
@@ -412,6 +674,9 @@ impl Agent {
             last_heard_ms: 0,
             version: me.version.clone(),
             addrs: me.addrs.clone(),
+            degraded: me.degraded,
+            resources: resource_row(&me.resources),
+            channels: Vec::new(),
         }];
         for (id, m) in self.swim.members() {
             // Last sign of life: an ack, an announcement, or else when its state last changed.
@@ -430,10 +695,57 @@ impl Agent {
                 last_heard_ms: now.saturating_sub(heard).as_millis() as u64,
                 version: m.meta.version.clone(),
                 addrs: m.meta.addrs.clone(),
+                degraded: m.meta.degraded,
+                resources: resource_row(&m.meta.resources),
+                channels: self.channels(m, now),
             });
         }
         rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         rows
+    }
+
+    /// The heartbeat status table for one member: the probe channel (our direct and indirect
+    /// probes; serial = the sequence number of the last that succeeded) and the relay channel
+    /// (its signed announcements through any member; serial = its incarnation).
+    fn channels(
+        &self,
+        m: &crate::membership::swim::Member<MemberMeta, Vec<u8>>,
+        now: Duration,
+    ) -> Vec<ChannelInfo> {
+        let ago = |t: Option<Duration>| t.map(|t| now.saturating_sub(t).as_millis() as u64);
+        let probe_state = match m.liveness {
+            Liveness::Left => "disabled",
+            Liveness::Alive if m.last_ack().is_none() => "idle",
+            Liveness::Alive => "ok",
+            Liveness::UnreachableLink | Liveness::Suspect | Liveness::Dead => "failed",
+        };
+        let relay_enabled = self.config.membership.relay_channel;
+        let relay_state = match m.liveness {
+            _ if !relay_enabled => "disabled",
+            Liveness::Left => "disabled",
+            Liveness::Dead => "failed",
+            // Announcements are solicited by suspicion: one that answered it keeps the member up.
+            Liveness::UnreachableLink => "ok",
+            Liveness::Suspect => "failed",
+            Liveness::Alive if m.last_announce().is_none() => "idle",
+            Liveness::Alive => "ok",
+        };
+        vec![
+            ChannelInfo {
+                name: "probe".into(),
+                enabled: m.liveness != Liveness::Left,
+                serial: u64::from(m.last_ack_seq()),
+                last_ms: ago(m.last_ack()),
+                state: probe_state.into(),
+            },
+            ChannelInfo {
+                name: "relay".into(),
+                enabled: relay_enabled,
+                serial: m.inc,
+                last_ms: ago(m.last_announce()),
+                state: relay_state.into(),
+            },
+        ]
     }
 
     fn member_name(&self, id: &PeerId) -> String {
@@ -492,6 +804,16 @@ impl Agent {
         }
         tracing::info!("dcid stopped; peers were told it left");
     }
+}
+
+fn resource_row(r: &Resources) -> [Option<u8>; 4] {
+    [r.cpu, r.memory, r.disk, r.load]
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The spelling of a liveness in logs and in `dcish nodes`.

@@ -12,8 +12,11 @@ use std::{
 use libp2p::{multiaddr::Protocol, pnet::PreSharedKey, Multiaddr};
 use serde::Deserialize;
 
+use crate::degradation::DegradationConfig;
 use crate::membership::swim::SwimConfig;
 use crate::membership::Role;
+use crate::notice::PageConfig;
+use crate::resources::Metric;
 
 /// The port the agent listens on when no `--listen` is given.
 pub const DEFAULT_PORT: u16 = 7946;
@@ -83,6 +86,37 @@ pub struct MembershipFile {
     pub gossip_fanout: Option<usize>,
     /// Minimum suspicion timeout, in probe intervals per log10 of the mesh size.
     pub suspicion_mult: Option<u32>,
+    /// Whether announcements relayed by others keep a member whose probes fail at
+    /// `unreachable-link` (the second liveness channel).
+    pub relay_channel: Option<bool>,
+}
+
+/// The `[notices]` table: what to do with failure notices.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoticesFile {
+    /// Program and arguments run for `system-down` and `serious` notices.
+    pub page_command: Option<Vec<String>>,
+    /// How long the paging command may run.
+    pub page_timeout_ms: Option<u64>,
+}
+
+/// The `[degradation]` table: the sustained-degradation detector.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DegradationFile {
+    /// Figures watched: `cpu`, `memory`, `disk`, `load`.
+    pub metrics: Option<Vec<Metric>>,
+    /// High mark, percent.
+    pub high_pct: Option<u8>,
+    /// Low mark, percent.
+    pub low_pct: Option<u8>,
+    /// How long above the high mark raises `degraded`.
+    pub raise_after_s: Option<u64>,
+    /// How long below the low mark raises `recovered`.
+    pub clear_after_s: Option<u64>,
+    /// Time between readings.
+    pub sample_interval_ms: Option<u64>,
 }
 
 /// The config file, as written by the operator. Every field is optional.
@@ -110,6 +144,12 @@ pub struct FileConfig {
     /// Membership timings.
     #[serde(default)]
     pub membership: MembershipFile,
+    /// Failure notices.
+    #[serde(default)]
+    pub notices: NoticesFile,
+    /// Sustained degradation.
+    #[serde(default)]
+    pub degradation: DegradationFile,
 }
 
 /// What the command line says; `None` means "not given, use the file or the default".
@@ -160,6 +200,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Membership protocol settings.
     pub membership: SwimConfig,
+    /// The operator's paging command for the worst failure notices.
+    pub page: PageConfig,
+    /// The sustained-degradation detector.
+    pub degradation: DegradationConfig,
 }
 
 impl Config {
@@ -269,6 +313,7 @@ impl Config {
                 m.suspicion_mult.map(u64::from),
                 u64::from(defaults.suspicion_mult),
             )? as u32,
+            relay_channel: m.relay_channel.unwrap_or(defaults.relay_channel),
             ..defaults
         };
         if membership.probe_timeout >= membership.probe_interval {
@@ -278,6 +323,23 @@ impl Config {
                 "must be shorter than probe_interval_ms",
             ));
         }
+
+        let page = PageConfig {
+            command: file.notices.page_command.unwrap_or_default(),
+            timeout: ms(
+                "notices.page_timeout_ms",
+                file.notices.page_timeout_ms,
+                Duration::from_secs(30),
+            )?,
+        };
+        if page.command.first().is_some_and(|p| p.is_empty()) {
+            return Err(invalid(
+                "notices.page_command",
+                "",
+                "the program name is empty",
+            ));
+        }
+        let degradation = degradation_config(&file.degradation, &ms)?;
 
         Ok(Config {
             name,
@@ -297,8 +359,51 @@ impl Config {
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
             membership,
+            page,
+            degradation,
         })
     }
+}
+
+fn degradation_config(
+    d: &DegradationFile,
+    ms: &dyn Fn(&'static str, Option<u64>, Duration) -> Result<Duration, ConfigError>,
+) -> Result<DegradationConfig, ConfigError> {
+    let defaults = DegradationConfig::default();
+    let secs = |v: Option<u64>| v.map(|s| s.saturating_mul(1000));
+    let pct = |field: &'static str, v: Option<u8>, d: u8| match v {
+        Some(p) if p > 100 => Err(invalid(field, &p.to_string(), "must be at most 100")),
+        Some(p) => Ok(p),
+        None => Ok(d),
+    };
+    let config = DegradationConfig {
+        metrics: d.metrics.clone().unwrap_or(defaults.metrics),
+        high: pct("degradation.high_pct", d.high_pct, defaults.high)?,
+        low: pct("degradation.low_pct", d.low_pct, defaults.low)?,
+        raise_after: ms(
+            "degradation.raise_after_s",
+            secs(d.raise_after_s),
+            defaults.raise_after,
+        )?,
+        clear_after: ms(
+            "degradation.clear_after_s",
+            secs(d.clear_after_s),
+            defaults.clear_after,
+        )?,
+        sample_interval: ms(
+            "degradation.sample_interval_ms",
+            d.sample_interval_ms,
+            defaults.sample_interval,
+        )?,
+    };
+    if config.low > config.high {
+        return Err(invalid(
+            "degradation.low_pct",
+            &config.low.to_string(),
+            "must not exceed high_pct",
+        ));
+    }
+    Ok(config)
 }
 
 fn invalid(field: &'static str, value: &str, reason: &str) -> ConfigError {

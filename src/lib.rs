@@ -3,7 +3,10 @@
 //! Layers, each depending only on those above it in this list:
 //! - [`config`], [`datadir`]: operator input and the on-disk home of a node, validated before use.
 //! - [`timers`]: the timer queue that drives the cores, in the agent and in the simulator.
+//! - [`resources`], [`degradation`]: this host's resource figures and the sans-IO detector of
+//!   sustained degradation.
 //! - [`membership`]: the sans-IO SWIM + Lifeguard core and the agent's signed instance of it.
+//! - [`events`], [`notice`]: membership events for subscribers, and failure notices.
 //! - [`net`]: the libp2p shell (transport, admission by cluster key, discovery, framing).
 //! - [`control`]: the local control socket that carries XML envelopes from `dcish`.
 //! - [`agent`]: the one event loop that owns the swarm and drives the cores.
@@ -15,8 +18,12 @@ pub mod agent;
 pub mod config;
 pub mod control;
 pub mod datadir;
+pub mod degradation;
+pub mod events;
 pub mod membership;
 pub mod net;
+pub mod notice;
+pub mod resources;
 pub mod shell;
 pub mod sim;
 pub mod timers;

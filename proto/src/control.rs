@@ -32,11 +32,34 @@ pub const STATES: [&str; 5] = ["alive", "unreachable-link", "suspect", "dead", "
 /// Member roles as spelled on the wire.
 pub const ROLES: [&str; 2] = ["active", "spare"];
 
+/// Liveness channels as spelled on the wire: direct and indirect probes, and the member's own
+/// announcements relayed by third parties.
+pub const CHANNELS: [&str; 2] = ["probe", "relay"];
+
+/// Heartbeat channel states: `ok` (a valid heartbeat within the window), `failed`, `idle`
+/// (nothing expected yet), `disabled`.
+pub const CHANNEL_STATES: [&str; 4] = ["ok", "failed", "idle", "disabled"];
+
+/// Event kinds as spelled on the wire.
+pub const EVENT_KINDS: [&str; 9] = [
+    "joined",
+    "alive",
+    "suspect",
+    "dead",
+    "left",
+    "metadata-changed",
+    "link-unreachable",
+    "degraded",
+    "recovered",
+];
+
 /// A command sent by `dcish` to its local agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlRequest {
     /// The member table, `<nodes/>`; answered by [`members_to_payload`].
     Nodes,
+    /// The recent membership events, `<events/>`; answered by [`events_to_payload`].
+    Events,
 }
 
 impl ControlRequest {
@@ -44,25 +67,25 @@ impl ControlRequest {
     pub fn element(&self) -> &'static str {
         match self {
             ControlRequest::Nodes => "nodes",
+            ControlRequest::Events => "events",
         }
     }
 
     /// The request payload.
     pub fn to_payload(&self) -> Payload {
-        match self {
-            ControlRequest::Nodes => Payload::trusted(format!(
-                "<{} xmlns=\"{CONTROL_NAMESPACE}\"/>",
-                self.element()
-            )),
-        }
+        Payload::trusted(format!(
+            "<{} xmlns=\"{CONTROL_NAMESPACE}\"/>",
+            self.element()
+        ))
     }
 
     /// Reads a request payload: exactly one command element in the control namespace. An unknown
     /// command is `InvalidField { field: "command", .. }`.
     pub fn from_payload(payload: &Payload) -> Result<ControlRequest, ProtoError> {
-        let root = only_element(payload, "command")?;
+        let root = only_element(payload, "command", CONTROL_NAMESPACE)?;
         let request = match root.local.as_str() {
             "nodes" => ControlRequest::Nodes,
+            "events" => ControlRequest::Events,
             other => {
                 return Err(ProtoError::invalid(
                     "command",
@@ -70,12 +93,9 @@ impl ControlRequest {
                 ))
             }
         };
-        match request {
-            ControlRequest::Nodes => {
-                let [] = attributes(&root, "nodes", [])?;
-                no_content(&root, "nodes")?;
-            }
-        }
+        // Every command so far takes no arguments.
+        let [] = attributes(&root, request.element(), [])?;
+        no_content(&root, request.element())?;
         Ok(request)
     }
 }
@@ -101,6 +121,45 @@ pub struct MemberInfo {
     pub version: String,
     /// Its listen addresses (multiaddrs), in the order the member gave them.
     pub addrs: Vec<String>,
+    /// Whether it reports sustained degradation.
+    pub degraded: bool,
+    /// Its resource figures in percent: CPU, memory, disk, load per core (absent when unknown).
+    pub resources: [Option<u8>; 4],
+    /// This agent's heartbeat status table for it (empty for the agent itself).
+    pub channels: Vec<ChannelInfo>,
+}
+
+/// One row of the heartbeat status table: how one liveness channel sees one member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelInfo {
+    /// The channel, one of [`CHANNELS`].
+    pub name: String,
+    /// Whether the channel is in use.
+    pub enabled: bool,
+    /// The last valid heartbeat's serial (probe sequence, or announced incarnation); 0 if none.
+    pub serial: u64,
+    /// Milliseconds since the last valid heartbeat; absent if none yet.
+    pub last_ms: Option<u64>,
+    /// One of [`CHANNEL_STATES`].
+    pub state: String,
+}
+
+/// The resource attributes, in [`MemberInfo::resources`] order.
+const RESOURCE_ATTRS: [&str; 4] = ["cpu", "memory", "disk", "load"];
+
+/// One entry of the recent-events list (`dcish events`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventInfo {
+    /// The member's node id.
+    pub id: String,
+    /// The member's name.
+    pub name: String,
+    /// One of [`EVENT_KINDS`].
+    pub kind: String,
+    /// When the answering agent saw it, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// More, for people.
+    pub detail: String,
 }
 
 /// The reply payload of [`ControlRequest::Nodes`]. Values are escaped; characters XML cannot
@@ -119,14 +178,16 @@ pub fn members_to_payload(members: &[MemberInfo]) -> Payload {
             ("incarnation", m.incarnation.to_string().as_str()),
             ("last-heard-ms", m.last_heard_ms.to_string().as_str()),
             ("version", m.version.as_str()),
+            ("degraded", if m.degraded { "true" } else { "false" }),
         ] {
-            s.push(' ');
-            s.push_str(name);
-            s.push_str("=\"");
-            xml::escape_attribute(&mut s, value);
-            s.push('"');
+            push_attribute(&mut s, name, value);
         }
-        if m.addrs.is_empty() {
+        for (name, value) in RESOURCE_ATTRS.iter().zip(m.resources) {
+            if let Some(v) = value {
+                push_attribute(&mut s, name, &v.to_string());
+            }
+        }
+        if m.addrs.is_empty() && m.channels.is_empty() {
             s.push_str("/>");
             continue;
         }
@@ -136,17 +197,116 @@ pub fn members_to_payload(members: &[MemberInfo]) -> Payload {
             xml::escape_text(&mut s, a);
             s.push_str("</addr>");
         }
+        for c in &m.channels {
+            s.push_str("<channel");
+            push_attribute(&mut s, "name", &c.name);
+            push_attribute(&mut s, "enabled", if c.enabled { "true" } else { "false" });
+            push_attribute(&mut s, "serial", &c.serial.to_string());
+            if let Some(ms) = c.last_ms {
+                push_attribute(&mut s, "last-ms", &ms.to_string());
+            }
+            push_attribute(&mut s, "state", &c.state);
+            s.push_str("/>");
+        }
         s.push_str("</member>");
     }
     s.push_str("</members>");
     Payload::trusted(s)
 }
 
+fn push_attribute(s: &mut String, name: &str, value: &str) {
+    s.push(' ');
+    s.push_str(name);
+    s.push_str("=\"");
+    xml::escape_attribute(s, value);
+    s.push('"');
+}
+
+/// The reply payload of [`ControlRequest::Events`].
+pub fn events_to_payload(events: &[EventInfo]) -> Payload {
+    let mut s = format!("<events xmlns=\"{CONTROL_NAMESPACE}\">");
+    for e in events {
+        s.push_str("<event");
+        push_attribute(&mut s, "id", &e.id);
+        push_attribute(&mut s, "name", &e.name);
+        push_attribute(&mut s, "kind", &e.kind);
+        push_attribute(&mut s, "at", &e.at_ms.to_string());
+        s.push('>');
+        xml::escape_text(&mut s, &e.detail);
+        s.push_str("</event>");
+    }
+    s.push_str("</events>");
+    Payload::trusted(s)
+}
+
+/// Reads the reply payload of [`ControlRequest::Events`]; refuses a kind outside
+/// [`EVENT_KINDS`].
+pub fn events_from_payload(payload: &Payload) -> Result<Vec<EventInfo>, ProtoError> {
+    let root = only_element(payload, "events", CONTROL_NAMESPACE)?;
+    if root.local != "events" {
+        return Err(ProtoError::invalid(
+            "payload",
+            format!("expected <events>, found <{}>", shown(&root.local)),
+        ));
+    }
+    let [] = attributes(&root, "events", [])?;
+    elements(&root, "events", &["event"])?
+        .into_iter()
+        .map(|e| {
+            let [id, name, kind, at] = attributes(e, "event", ["id", "name", "kind", "at"])?;
+            let kind = one_of("event/@kind", required("event/@kind", kind)?, &EVENT_KINDS)?;
+            Ok(EventInfo {
+                id: required("event/@id", id)?.to_owned(),
+                name: required("event/@name", name)?.to_owned(),
+                kind: kind.to_owned(),
+                at_ms: number("event/@at", at)?,
+                detail: text_content(e, "event")?,
+            })
+        })
+        .collect()
+}
+
+fn one_of<'v>(
+    field: &'static str,
+    value: &'v str,
+    allowed: &[&str],
+) -> Result<&'v str, ProtoError> {
+    if allowed.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ProtoError::invalid(
+            field,
+            format!("{} is not one of {}", shown(value), allowed.join(", ")),
+        ))
+    }
+}
+
+fn boolean(field: &'static str, value: Option<&str>) -> Result<bool, ProtoError> {
+    match required(field, value)? {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(ProtoError::invalid(
+            field,
+            format!("{} is not true or false", shown(other)),
+        )),
+    }
+}
+
+fn percent(field: &'static str, value: Option<&str>) -> Result<Option<u8>, ProtoError> {
+    value
+        .map(|v| {
+            let n = number(field, Some(v))?;
+            u8::try_from(n)
+                .map_err(|_| ProtoError::invalid(field, format!("{} is out of range", shown(v))))
+        })
+        .transpose()
+}
+
 /// Reads the reply payload of [`ControlRequest::Nodes`]. Refuses a state or role outside
 /// [`STATES`]/[`ROLES`], a missing or unknown attribute, and any element the schema does not
 /// define.
 pub fn members_from_payload(payload: &Payload) -> Result<Vec<MemberInfo>, ProtoError> {
-    let root = only_element(payload, "members")?;
+    let root = only_element(payload, "members", CONTROL_NAMESPACE)?;
     if root.local != "members" {
         return Err(ProtoError::invalid(
             "payload",
@@ -154,27 +314,33 @@ pub fn members_from_payload(payload: &Payload) -> Result<Vec<MemberInfo>, ProtoE
         ));
     }
     let [] = attributes(&root, "members", [])?;
-    elements(&root, "members", "member")?
+    elements(&root, "members", &["member"])?
         .into_iter()
         .map(member)
         .collect()
 }
 
 fn member(e: &Node) -> Result<MemberInfo, ProtoError> {
-    let [id, name, state, role, zone, incarnation, last_heard, version] = attributes(
-        e,
-        "member",
-        [
-            "id",
-            "name",
-            "state",
-            "role",
-            "zone",
-            "incarnation",
-            "last-heard-ms",
-            "version",
-        ],
-    )?;
+    let [id, name, state, role, zone, incarnation, last_heard, version, degraded, cpu, memory, disk, load] =
+        attributes(
+            e,
+            "member",
+            [
+                "id",
+                "name",
+                "state",
+                "role",
+                "zone",
+                "incarnation",
+                "last-heard-ms",
+                "version",
+                "degraded",
+                "cpu",
+                "memory",
+                "disk",
+                "load",
+            ],
+        )?;
     let state = required("member/@state", state)?;
     if !STATES.contains(&state) {
         return Err(ProtoError::invalid(
@@ -189,13 +355,46 @@ fn member(e: &Node) -> Result<MemberInfo, ProtoError> {
             format!("{} is not one of {}", shown(role), ROLES.join(", ")),
         ));
     }
-    let addrs = elements(e, "member", "addr")?
-        .into_iter()
-        .map(|a| {
-            let [] = attributes(a, "addr", [])?;
-            text_content(a, "member/addr")
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let children = elements(e, "member", &["addr", "channel"])?;
+    // The schema's order: every address, then every channel.
+    if let Some(w) = children
+        .windows(2)
+        .find(|w| w[0].local == "channel" && w[1].local == "addr")
+    {
+        return Err(ProtoError::invalid(
+            "member",
+            format!("<{}> after <channel>", w[1].local),
+        ));
+    }
+    let mut addrs = Vec::new();
+    let mut channels = Vec::new();
+    for c in children {
+        if c.local == "addr" {
+            let [] = attributes(c, "addr", [])?;
+            addrs.push(text_content(c, "member/addr")?);
+            continue;
+        }
+        let [name, enabled, serial, last_ms, state] = attributes(
+            c,
+            "channel",
+            ["name", "enabled", "serial", "last-ms", "state"],
+        )?;
+        no_content(c, "channel")?;
+        channels.push(ChannelInfo {
+            name: one_of("channel/@name", required("channel/@name", name)?, &CHANNELS)?.to_owned(),
+            enabled: boolean("channel/@enabled", enabled)?,
+            serial: number("channel/@serial", serial)?,
+            last_ms: last_ms
+                .map(|v| number("channel/@last-ms", Some(v)))
+                .transpose()?,
+            state: one_of(
+                "channel/@state",
+                required("channel/@state", state)?,
+                &CHANNEL_STATES,
+            )?
+            .to_owned(),
+        });
+    }
     Ok(MemberInfo {
         id: required("member/@id", id)?.to_owned(),
         name: required("member/@name", name)?.to_owned(),
@@ -206,6 +405,14 @@ fn member(e: &Node) -> Result<MemberInfo, ProtoError> {
         last_heard_ms: number("member/@last-heard-ms", last_heard)?,
         version: required("member/@version", version)?.to_owned(),
         addrs,
+        degraded: boolean("member/@degraded", degraded)?,
+        resources: [
+            percent("member/@cpu", cpu)?,
+            percent("member/@memory", memory)?,
+            percent("member/@disk", disk)?,
+            percent("member/@load", load)?,
+        ],
+        channels,
     })
 }
 
@@ -226,7 +433,7 @@ pub fn error_payload(code: &str, message: &str) -> Payload {
 
 /// Reads an error payload as `(code, message)`; `None` if the payload is not one.
 pub fn error_from_payload(payload: &Payload) -> Option<(String, String)> {
-    let root = only_element(payload, "error").ok()?;
+    let root = only_element(payload, "error", CONTROL_NAMESPACE).ok()?;
     if root.local != "error" {
         return None;
     }
@@ -235,9 +442,13 @@ pub fn error_from_payload(payload: &Payload) -> Option<(String, String)> {
     Some((code?.to_owned(), message))
 }
 
-/// The one element a control payload consists of, in the control namespace; whitespace,
-/// comments and processing instructions may surround it.
-fn only_element(payload: &Payload, field: &'static str) -> Result<Node, ProtoError> {
+/// The one element a typed payload consists of, in `namespace`; whitespace, comments and
+/// processing instructions may surround it.
+pub(crate) fn only_element(
+    payload: &Payload,
+    field: &'static str,
+    namespace: &str,
+) -> Result<Node, ProtoError> {
     let tree = xml::parse_tree(payload.as_str(), NAMESPACE, Limits::default().max_depth)?;
     let mut root = None;
     for child in tree {
@@ -256,11 +467,11 @@ fn only_element(payload: &Payload, field: &'static str) -> Result<Node, ProtoErr
         }
     }
     let root = root.ok_or(ProtoError::MissingField(field))?;
-    if root.namespace.as_deref() != Some(CONTROL_NAMESPACE) {
+    if root.namespace.as_deref() != Some(namespace) {
         return Err(ProtoError::invalid(
             "payload",
             format!(
-                "<{}> is in namespace {}, not {CONTROL_NAMESPACE}",
+                "<{}> is in namespace {}, not {namespace}",
                 shown(&root.local),
                 shown(root.namespace.as_deref().unwrap_or(""))
             ),
@@ -270,7 +481,7 @@ fn only_element(payload: &Payload, field: &'static str) -> Result<Node, ProtoErr
 }
 
 /// The values of `allowed` attributes, in that order; any other attribute is refused.
-fn attributes<'n, const N: usize>(
+pub(crate) fn attributes<'n, const N: usize>(
     e: &'n Node,
     element: &str,
     allowed: [&str; N],
@@ -290,15 +501,15 @@ fn attributes<'n, const N: usize>(
     Ok(values)
 }
 
-/// The children of `e`, which must all be `name` elements in the control namespace (whitespace
-/// between them aside).
-fn elements<'n>(e: &'n Node, element: &str, name: &str) -> Result<Vec<&'n Node>, ProtoError> {
+/// The children of `e`, which must all be elements named in `names`, in the control namespace
+/// (whitespace between them aside).
+fn elements<'n>(e: &'n Node, element: &str, names: &[&str]) -> Result<Vec<&'n Node>, ProtoError> {
     let mut out = Vec::new();
     for child in &e.children {
         match child {
             Child::Text(t) if t.bytes().all(xml::is_space) => {}
             Child::Text(_) => return Err(ProtoError::invalid(element, "text is not allowed here")),
-            Child::Element(c) if c.local == name && in_control(c) => out.push(c),
+            Child::Element(c) if names.contains(&c.local.as_str()) && in_control(c) => out.push(c),
             Child::Element(c) => {
                 return Err(ProtoError::invalid(
                     element,
@@ -315,7 +526,7 @@ fn in_control(e: &Node) -> bool {
 }
 
 /// The text of an element that may hold only text.
-fn text_content(e: &Node, field: &str) -> Result<String, ProtoError> {
+pub(crate) fn text_content(e: &Node, field: &str) -> Result<String, ProtoError> {
     let mut out = String::new();
     for child in &e.children {
         match child {
@@ -327,7 +538,7 @@ fn text_content(e: &Node, field: &str) -> Result<String, ProtoError> {
 }
 
 /// Refuses any content in an element the schema declares empty.
-fn no_content(e: &Node, field: &str) -> Result<(), ProtoError> {
+pub(crate) fn no_content(e: &Node, field: &str) -> Result<(), ProtoError> {
     if e.children.is_empty() {
         Ok(())
     } else {
@@ -335,11 +546,14 @@ fn no_content(e: &Node, field: &str) -> Result<(), ProtoError> {
     }
 }
 
-fn required<'v>(field: &'static str, value: Option<&'v str>) -> Result<&'v str, ProtoError> {
+pub(crate) fn required<'v>(
+    field: &'static str,
+    value: Option<&'v str>,
+) -> Result<&'v str, ProtoError> {
     value.ok_or(ProtoError::MissingField(field))
 }
 
-fn number(field: &'static str, value: Option<&str>) -> Result<u64, ProtoError> {
+pub(crate) fn number(field: &'static str, value: Option<&str>) -> Result<u64, ProtoError> {
     let value = required(field, value)?;
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ProtoError::invalid(
@@ -371,6 +585,24 @@ mod tests {
                 String::new(),
                 " /dns4/a&b\r\n ".into(),
             ],
+            degraded: true,
+            resources: [Some(12), None, Some(100), Some(255)],
+            channels: vec![
+                ChannelInfo {
+                    name: "probe".into(),
+                    enabled: true,
+                    serial: 41,
+                    last_ms: Some(150),
+                    state: "ok".into(),
+                },
+                ChannelInfo {
+                    name: "relay".into(),
+                    enabled: false,
+                    serial: 0,
+                    last_ms: None,
+                    state: "disabled".into(),
+                },
+            ],
         }
     }
 
@@ -378,6 +610,8 @@ mod tests {
     fn the_member_table_round_trips() {
         let mut bare = member();
         bare.addrs.clear();
+        bare.channels.clear();
+        bare.resources = [None; 4];
         let rows = vec![member(), bare];
         let payload = members_to_payload(&rows);
         Payload::new(payload.as_str()).unwrap();
@@ -399,7 +633,8 @@ mod tests {
     #[test]
     fn member_tables_with_extra_or_missing_parts_are_refused() {
         let ns = CONTROL_NAMESPACE;
-        let full = "id=\"a\" name=\"b\" state=\"alive\" role=\"active\" zone=\"z\" incarnation=\"1\" last-heard-ms=\"0\" version=\"v\"";
+        let full = "id=\"a\" name=\"b\" state=\"alive\" role=\"active\" zone=\"z\" incarnation=\"1\" last-heard-ms=\"0\" version=\"v\" degraded=\"false\"";
+        let ch = "<channel name=\"probe\" enabled=\"true\" serial=\"1\" state=\"ok\"/>";
         for bad in [
             format!("<members xmlns=\"{ns}\"><member {full} extra=\"1\"/></members>"),
             format!("<members xmlns=\"{ns}\"><member id=\"a\"/></members>"),
@@ -409,6 +644,12 @@ mod tests {
             format!("<members xmlns=\"urn:other\"><member {full}/></members>"),
             format!("<members xmlns=\"{ns}\"/><members xmlns=\"{ns}\"/>"),
             format!("<members xmlns=\"{ns}\"><member {}/></members>", full.replace("\"1\"", "\"-1\"")),
+            format!("<members xmlns=\"{ns}\"><member {} cpu=\"256\"/></members>", full),
+            format!("<members xmlns=\"{ns}\"><member {}/></members>", full.replace("false", "no")),
+            format!("<members xmlns=\"{ns}\"><member {full}>{ch}<addr>x</addr></member></members>"),
+            format!("<members xmlns=\"{ns}\"><member {full}>{}</member></members>", ch.replace("probe", "smoke")),
+            format!("<members xmlns=\"{ns}\"><member {full}>{}</member></members>", ch.replace("ok", "fine")),
+            format!("<members xmlns=\"{ns}\"><member {full}>{}</member></members>", ch.replace("/>", ">x</channel>")),
         ] {
             let payload = Payload::new(bad.as_str()).unwrap();
             assert!(members_from_payload(&payload).is_err(), "accepted {bad}");
@@ -416,6 +657,27 @@ mod tests {
         let prefixed = format!("<c:members xmlns:c=\"{ns}\"><c:member {full}/></c:members>");
         let rows = members_from_payload(&Payload::new(prefixed).unwrap()).unwrap();
         assert_eq!(rows.len(), 1);
+    }
+
+    #[test]
+    fn the_event_list_round_trips_and_refuses_unknown_kinds() {
+        let events = vec![EventInfo {
+            id: "12D3KooWx".into(),
+            name: "blade-<1>".into(),
+            kind: "link-unreachable".into(),
+            at_ms: 1_795_305_600_900,
+            detail: "probes fail & relay ok".into(),
+        }];
+        let payload = events_to_payload(&events);
+        Payload::new(payload.as_str()).unwrap();
+        assert_eq!(events_from_payload(&payload).unwrap(), events);
+        let mut bad = events.clone();
+        bad[0].kind = "exploded".into();
+        assert!(events_from_payload(&events_to_payload(&bad)).is_err());
+        assert_eq!(
+            ControlRequest::from_payload(&ControlRequest::Events.to_payload()).unwrap(),
+            ControlRequest::Events
+        );
     }
 
     #[test]

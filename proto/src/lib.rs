@@ -31,6 +31,7 @@ pub mod control;
 mod envelope;
 mod error;
 pub mod frame;
+pub mod notice;
 mod xml;
 
 pub use envelope::{Destination, Envelope, Kind, Payload, Sender, Target};

@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dci_proto::control::{error_payload, members_to_payload, ControlRequest, MemberInfo};
+use dci_proto::control::{
+    error_payload, events_to_payload, members_to_payload, ControlRequest, EventInfo, MemberInfo,
+};
 use dci_proto::{frame, Envelope, Kind, Limits, Sender};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
@@ -24,6 +26,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub enum Query {
     /// The member table, as shown by `dcish nodes`.
     Members(oneshot::Sender<Vec<MemberInfo>>),
+    /// The recent membership events, as shown by `dcish events`.
+    Events(oneshot::Sender<Vec<EventInfo>>),
 }
 
 /// Why the control socket could not be opened.
@@ -157,18 +161,26 @@ async fn answer(me: &Sender, request: &Envelope, queries: &mpsc::Sender<Query>) 
         Ok(c) => c,
         Err(e) => return fail("unknown-command", &e.to_string()),
     };
-    match command {
-        ControlRequest::Nodes => {
-            let (tx, rx) = oneshot::channel();
-            if queries.send(Query::Members(tx)).await.is_err() {
-                return fail("stopping", "the agent is shutting down");
-            }
-            match rx.await {
-                Ok(members) => {
-                    request.reply_to(me.clone(), Kind::Reply, members_to_payload(&members))
-                }
-                Err(_) => fail("stopping", "the agent is shutting down"),
-            }
-        }
+    let payload = match command {
+        ControlRequest::Nodes => ask(queries, Query::Members)
+            .await
+            .map(|m| members_to_payload(&m)),
+        ControlRequest::Events => ask(queries, Query::Events)
+            .await
+            .map(|e| events_to_payload(&e)),
+    };
+    match payload {
+        Some(p) => request.reply_to(me.clone(), Kind::Reply, p),
+        None => fail("stopping", "the agent is shutting down"),
     }
+}
+
+/// Asks the event loop; `None` when it has stopped.
+async fn ask<T>(
+    queries: &mpsc::Sender<Query>,
+    query: impl FnOnce(oneshot::Sender<T>) -> Query,
+) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    queries.send(query(tx)).await.ok()?;
+    rx.await.ok()
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::swim::Update;
 use super::swim::{Authority, Message, Packet, Swim};
 use super::Role;
+use crate::resources::Resources;
 
 /// Largest membership packet accepted, checked before decoding.
 pub const MAX_PACKET_BYTES: usize = 4 << 20;
@@ -36,6 +37,10 @@ pub struct MemberMeta {
     pub addrs: Vec<String>,
     /// Agent version.
     pub version: String,
+    /// Resource figures, re-announced when one moves by 5 points or more.
+    pub resources: Resources,
+    /// Whether a watched figure is in sustained degradation.
+    pub degraded: bool,
 }
 
 impl MemberMeta {
@@ -144,6 +149,8 @@ mod tests {
             zone: "default".into(),
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
             version: "0.1.0".into(),
+            resources: Resources::default(),
+            degraded: false,
         }
     }
 

@@ -87,6 +87,9 @@ pub struct SwimConfig {
     pub push_pull_interval: Duration,
     /// Most updates piggybacked on one packet.
     pub max_piggyback: usize,
+    /// Whether the second liveness channel (announcements relayed by others) can hold a member
+    /// whose probes fail at `UnreachableLink` instead of suspecting it.
+    pub relay_channel: bool,
 }
 
 impl Default for SwimConfig {
@@ -105,6 +108,7 @@ impl Default for SwimConfig {
             max_local_health: 8,
             push_pull_interval: Duration::from_secs(15),
             max_piggyback: 24,
+            relay_channel: true,
         }
     }
 }
@@ -266,8 +270,13 @@ pub enum Output<Id, M, P> {
     Send(Id, Packet<Id, M, P>),
     /// Call `handle_timer(timer)` at this time.
     SetTimer(Duration, Timer<Id>),
-    /// A member's liveness changed (or it joined, with `Alive`).
+    /// A member was heard of for the first time (it is `Alive`).
+    Joined(Id),
+    /// A known member's liveness changed.
     Changed(Id, Liveness),
+    /// This node's own suspicion of a member ran out: it declared the member dead (a
+    /// `Changed(id, Dead)` precedes this). Others learn the death from it by gossip.
+    DeclaredDead(Id),
     /// A member's metadata changed.
     MetaChanged(Id),
 }
@@ -295,6 +304,7 @@ pub struct Member<M, P> {
     since: Stamp,
     last_ack: Stamp,
     last_announce: Stamp,
+    last_ack_seq: u32,
     suspicion: Option<Box<Suspicion>>,
 }
 
@@ -307,6 +317,11 @@ impl<M, P> Member<M, P> {
     /// When a probe of it last succeeded.
     pub fn last_ack(&self) -> Option<Duration> {
         self.last_ack.get()
+    }
+
+    /// The sequence number of the last probe of it that succeeded (0 before any).
+    pub fn last_ack_seq(&self) -> u32 {
+        self.last_ack_seq
     }
 
     /// When it last announced itself (an alive at a new incarnation) through anyone.
@@ -513,6 +528,7 @@ where
                 since: Stamp::at(now),
                 last_ack: Stamp::NEVER,
                 last_announce: Stamp::NEVER,
+                last_ack_seq: 0,
                 suspicion: None,
             },
         );
@@ -662,6 +678,7 @@ where
         self.health = self.health.saturating_sub(1);
         if let Some(m) = self.members.get_mut(&target) {
             m.last_ack = Stamp::at(now);
+            m.last_ack_seq = seq;
             if m.liveness == Liveness::UnreachableLink {
                 self.set_liveness(target, Liveness::Alive, now);
             }
@@ -778,7 +795,7 @@ where
         let announced = m
             .last_announce()
             .is_some_and(|t| now.saturating_sub(t) < window && m.last_ack().is_none_or(|a| t > a));
-        if announced {
+        if announced && self.config.relay_channel {
             if m.liveness != Liveness::UnreachableLink {
                 self.set_liveness(p.target, Liveness::UnreachableLink, now);
             }
@@ -898,6 +915,7 @@ where
             from: self.me,
         };
         self.apply(dead, now);
+        self.out.push(Output::DeclaredDead(id));
     }
 
     /// Applies one update, disseminating it further if it was news.
@@ -932,12 +950,13 @@ where
                                     since: Stamp::at(now),
                                     last_ack: Stamp::NEVER,
                                     last_announce: Stamp::at(now),
+                                    last_ack_seq: 0,
                                     suspicion: None,
                                 },
                             );
                             self.all.push(*id);
                             self.probe_order.push(*id);
-                            self.out.push(Output::Changed(*id, Liveness::Alive));
+                            self.out.push(Output::Joined(*id));
                         }
                         Some(m) => {
                             let meta_changed = m.meta != *meta;
@@ -983,6 +1002,7 @@ where
                         since: Stamp::at(now),
                         last_ack: Stamp::NEVER,
                         last_announce: Stamp::NEVER,
+                        last_ack_seq: 0,
                         suspicion: None,
                     });
                     m.inc = *inc;

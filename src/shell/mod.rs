@@ -9,7 +9,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use dci_proto::control::{members_from_payload, ControlRequest, MemberInfo};
+use dci_proto::control::{
+    events_from_payload, members_from_payload, ControlRequest, EventInfo, MemberInfo,
+};
 
 use client::{Client, ClientError};
 
@@ -37,7 +39,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List the members of the mesh: name, id, state, role, zone, addresses, last heard.
-    Nodes,
+    Nodes {
+        /// Also show resource figures and the heartbeat status table (each liveness channel).
+        #[arg(long)]
+        detail: bool,
+    },
+    /// This agent at a glance: members by state, its resources, and the heartbeat status table.
+    Status,
+    /// The recent membership events seen by this agent, oldest first.
+    Events,
 }
 
 /// A command's failure: one line for the user.
@@ -46,27 +56,63 @@ pub type ShellError = ClientError;
 /// Runs one command and prints its output.
 pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
     let mut client = Client::connect(&cli.agent).await?;
-    match command {
-        Command::Nodes => {
+    let protocol = |e: dci_proto::ProtoError| ClientError::Protocol {
+        path: cli.agent.clone(),
+        reason: e.to_string(),
+    };
+    let color = color_enabled();
+    let text = match command {
+        Command::Nodes { .. } | Command::Status => {
             let payload = client.request(ControlRequest::Nodes.to_payload()).await?;
-            let members = members_from_payload(&payload).map_err(|e| ClientError::Protocol {
-                path: cli.agent.clone(),
-                reason: e.to_string(),
-            })?;
-            let mut out = std::io::stdout().lock();
-            let text = if cli.json {
-                nodes_json(&members)
-            } else {
-                nodes_table(&members, color_enabled())
-            };
-            let _ = writeln!(out, "{text}");
+            let members = members_from_payload(&payload).map_err(protocol)?;
+            match (command, cli.json) {
+                (Command::Status, true) => status_json(&members),
+                (Command::Status, false) => status_text(&members, color),
+                (_, true) => nodes_json(&members),
+                (Command::Nodes { detail: true }, false) => format!(
+                    "{}\n\n{}",
+                    nodes_table(&members, color, true),
+                    channels_table(&members, color)
+                ),
+                (_, false) => nodes_table(&members, color, false),
+            }
         }
-    }
+        Command::Events => {
+            let payload = client.request(ControlRequest::Events.to_payload()).await?;
+            let events = events_from_payload(&payload).map_err(protocol)?;
+            if cli.json {
+                events_json(&events)
+            } else {
+                events_table(&events, color)
+            }
+        }
+    };
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
     Ok(())
 }
 
 fn color_enabled() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+fn resources_json(m: &MemberInfo) -> serde_json::Value {
+    let [cpu, memory, disk, load] = m.resources;
+    serde_json::json!({ "cpu": cpu, "memory": memory, "disk": disk, "load": load })
+}
+
+fn channels_json(m: &MemberInfo) -> serde_json::Value {
+    m.channels
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "channel": c.name,
+                "enabled": c.enabled,
+                "serial": c.serial,
+                "last_ms": c.last_ms,
+                "state": c.state,
+            })
+        })
+        .collect()
 }
 
 /// The `nodes --json` document.
@@ -84,49 +130,31 @@ pub fn nodes_json(members: &[MemberInfo]) -> String {
                 "last_heard_ms": m.last_heard_ms,
                 "incarnation": m.incarnation,
                 "version": m.version,
+                "degraded": m.degraded,
+                "resources": resources_json(m),
+                "channels": channels_json(m),
             })
         })
         .collect();
     serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".into())
 }
 
-/// The `nodes` table, aligned, with states coloured when `color`.
-pub fn nodes_table(members: &[MemberInfo], color: bool) -> String {
-    let header = [
-        "NAME",
-        "ID",
-        "STATE",
-        "ROLE",
-        "ZONE",
-        "ADDRESSES",
-        "LAST HEARD",
-    ];
-    let rows: Vec<[String; 7]> = members
-        .iter()
-        .map(|m| {
-            [
-                m.name.clone(),
-                m.id.clone(),
-                m.state.clone(),
-                m.role.clone(),
-                m.zone.clone(),
-                m.addrs.join(","),
-                format_age(m.last_heard_ms),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
+/// Aligned columns; the cell in column `colored` is coloured by [`state_color`] when `color`.
+fn table(header: &[&str], rows: &[Vec<String>], colored: Option<usize>, color: bool) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    let line = |cells: &[String], out: &mut String, state_color: Option<&str>| {
+    let mut line = |cells: &[String], paint: bool| {
         for (i, cell) in cells.iter().enumerate() {
             let pad = widths[i].saturating_sub(cell.chars().count());
-            match (i, state_color) {
-                (2, Some(code)) => out.push_str(&format!("\x1b[{code}m{cell}\x1b[0m")),
+            match state_color(cell) {
+                Some(code) if paint && color && colored == Some(i) => {
+                    out.push_str(&format!("\x1b[{code}m{cell}\x1b[0m"))
+                }
                 _ => out.push_str(cell),
             }
             if i + 1 < cells.len() {
@@ -135,19 +163,195 @@ pub fn nodes_table(members: &[MemberInfo], color: bool) -> String {
         }
         out.push('\n');
     };
-    line(&header.map(String::from), &mut out, None);
-    for row in &rows {
-        let code = color.then(|| match row[2].as_str() {
-            "alive" => "32",
-            "suspect" => "33",
-            "dead" => "31",
-            _ => "2",
-        });
-        line(row, &mut out, code);
+    line(
+        &header.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+        false,
+    );
+    for row in rows {
+        line(row, true);
     }
+    out
+}
+
+fn state_color(state: &str) -> Option<&'static str> {
+    match state {
+        "alive" | "ok" | "joined" | "recovered" => Some("32"),
+        "suspect" | "unreachable-link" | "link-unreachable" | "degraded" | "idle" => Some("33"),
+        "dead" | "failed" => Some("31"),
+        "left" | "disabled" => Some("2"),
+        _ => None,
+    }
+}
+
+fn percent(v: Option<u8>) -> String {
+    v.map_or("-".into(), |v| format!("{v}%"))
+}
+
+/// The `nodes` table, aligned, with states coloured when `color`; `detail` adds the resource
+/// figures.
+pub fn nodes_table(members: &[MemberInfo], color: bool, detail: bool) -> String {
+    let mut header = vec![
+        "NAME",
+        "ID",
+        "STATE",
+        "ROLE",
+        "ZONE",
+        "ADDRESSES",
+        "LAST HEARD",
+    ];
+    if detail {
+        header.extend(["CPU", "MEM", "DISK", "LOAD", "DEGRADED"]);
+    }
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            let mut row = vec![
+                m.name.clone(),
+                m.id.clone(),
+                m.state.clone(),
+                m.role.clone(),
+                m.zone.clone(),
+                m.addrs.join(","),
+                format_age(m.last_heard_ms),
+            ];
+            if detail {
+                row.extend(m.resources.map(percent));
+                row.push(if m.degraded { "yes" } else { "no" }.into());
+            }
+            row
+        })
+        .collect();
+    let mut out = table(&header, &rows, Some(2), color);
     let alive = members.iter().filter(|m| m.state == "alive").count();
     out.push_str(&format!("{} members, {alive} alive", members.len()));
     out
+}
+
+/// The heartbeat status table: one row per member and liveness channel.
+pub fn channels_table(members: &[MemberInfo], color: bool) -> String {
+    let header = [
+        "MEMBER",
+        "CHANNEL",
+        "ENABLED",
+        "SERIAL",
+        "LAST VALID",
+        "STATE",
+    ];
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .flat_map(|m| {
+            m.channels.iter().map(|c| {
+                vec![
+                    m.name.clone(),
+                    c.name.clone(),
+                    if c.enabled { "yes" } else { "no" }.into(),
+                    c.serial.to_string(),
+                    c.last_ms.map_or("never".into(), format_age),
+                    c.state.clone(),
+                ]
+            })
+        })
+        .collect();
+    let mut out = String::from("Heartbeat status\n");
+    out.push_str(&table(&header, &rows, Some(5), color));
+    out.truncate(out.trim_end().len());
+    out
+}
+
+fn count_states(members: &[MemberInfo]) -> Vec<(&'static str, usize)> {
+    dci_proto::control::STATES
+        .iter()
+        .map(|s| (*s, members.iter().filter(|m| m.state == *s).count()))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// `status --json`: this agent, the counts by state, and the heartbeat status table.
+pub fn status_json(members: &[MemberInfo]) -> String {
+    let me = members.iter().find(|m| m.channels.is_empty());
+    let counts: serde_json::Map<String, serde_json::Value> = count_states(members)
+        .into_iter()
+        .map(|(s, n)| (s.to_string(), n.into()))
+        .collect();
+    let heartbeats: Vec<serde_json::Value> = members
+        .iter()
+        .filter(|m| !m.channels.is_empty())
+        .map(|m| serde_json::json!({ "name": m.name, "id": m.id, "state": m.state, "channels": channels_json(m) }))
+        .collect();
+    let v = serde_json::json!({
+        "name": me.map(|m| m.name.clone()),
+        "id": me.map(|m| m.id.clone()),
+        "degraded": me.map(|m| m.degraded),
+        "resources": me.map(resources_json),
+        "members": counts,
+        "heartbeats": heartbeats,
+    });
+    serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into())
+}
+
+/// `status` for people.
+pub fn status_text(members: &[MemberInfo], color: bool) -> String {
+    let mut out = String::new();
+    if let Some(me) = members.iter().find(|m| m.channels.is_empty()) {
+        let [cpu, mem, disk, load] = me.resources.map(percent);
+        out.push_str(&format!(
+            "{} ({}) {} in zone {}: cpu {cpu}, memory {mem}, disk {disk}, load {load}{}\n",
+            me.name,
+            me.id,
+            me.role,
+            me.zone,
+            if me.degraded { ", DEGRADED" } else { "" }
+        ));
+    }
+    let counts: Vec<String> = count_states(members)
+        .into_iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect();
+    out.push_str(&format!("members: {}\n\n", counts.join(", ")));
+    out.push_str(&channels_table(members, color));
+    out
+}
+
+fn events_json(events: &[EventInfo]) -> String {
+    let rows: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| serde_json::json!({ "at_ms": e.at_ms, "name": e.name, "id": e.id, "event": e.kind, "detail": e.detail }))
+        .collect();
+    serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".into())
+}
+
+fn events_table(events: &[EventInfo], color: bool) -> String {
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                format_clock(e.at_ms),
+                e.name.clone(),
+                e.kind.clone(),
+                e.detail.clone(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["TIME (UTC)", "MEMBER", "EVENT", "DETAIL"],
+        &rows,
+        Some(2),
+        color,
+    );
+    out.push_str(&format!("{} events", events.len()));
+    out
+}
+
+/// `HH:MM:SS.mmm` of a Unix time in milliseconds.
+fn format_clock(ms: u64) -> String {
+    let day_ms = ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_ms / 3_600_000,
+        (day_ms / 60_000) % 60,
+        (day_ms / 1000) % 60,
+        day_ms % 1000
+    )
 }
 
 fn format_age(ms: u64) -> String {
@@ -219,12 +423,25 @@ mod tests {
             last_heard_ms: 1500,
             version: "0.1.0".into(),
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            degraded: false,
+            resources: [Some(5), Some(40), None, Some(120)],
+            channels: vec![dci_proto::control::ChannelInfo {
+                name: "probe".into(),
+                enabled: true,
+                serial: 9,
+                last_ms: Some(300),
+                state: "ok".into(),
+            }],
         }
     }
 
     #[test]
     fn the_table_aligns_columns_and_counts_the_living() {
-        let t = nodes_table(&[member("a", "alive"), member("blade-02", "dead")], false);
+        let t = nodes_table(
+            &[member("a", "alive"), member("blade-02", "dead")],
+            false,
+            false,
+        );
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4);
         let col = lines[0].find("ID").unwrap();
@@ -251,5 +468,24 @@ mod tests {
             assert!(row.get(field).is_some(), "missing {field}");
         }
         assert_eq!(row["state"], "left");
+        assert_eq!(row["resources"]["load"], 120);
+        assert_eq!(row["channels"][0]["serial"], 9);
+    }
+
+    #[test]
+    fn detail_adds_resources_and_the_heartbeat_status_table() {
+        let members = [member("a", "alive")];
+        let t = nodes_table(&members, false, true);
+        assert!(t.lines().next().unwrap().ends_with("DEGRADED"));
+        assert!(t.lines().nth(1).unwrap().contains("5%  "));
+        let h = channels_table(&members, true);
+        let row = h.lines().nth(2).unwrap();
+        assert!(row.starts_with("a ") && row.contains("probe") && row.contains("0.3s ago"));
+        assert!(row.contains("\x1b[32mok"), "{row:?}");
+    }
+
+    #[test]
+    fn clock_times_are_utc_of_day() {
+        assert_eq!(format_clock(86_400_000 + 3_723_004), "01:02:03.004");
     }
 }

@@ -192,8 +192,9 @@ impl World {
                     self.push(at, to, Kind::Deliver { from: node, packet });
                 }
                 Output::SetTimer(at, timer) => self.push(at, node, Kind::Timer(timer)),
+                Output::Joined(subject) => self.observe(node, subject, Liveness::Alive, now),
                 Output::Changed(subject, liveness) => self.observe(node, subject, liveness, now),
-                Output::MetaChanged(_) => {}
+                Output::MetaChanged(_) | Output::DeclaredDead(_) => {}
             }
         }
     }

@@ -1,8 +1,9 @@
 //! Control payloads inside envelopes, as the agent and dcish exchange them.
 
 use dci_proto::control::{
-    error_from_payload, error_payload, members_from_payload, members_to_payload, ControlRequest,
-    MemberInfo, CONTROL_APP, ROLES, STATES,
+    error_from_payload, error_payload, events_from_payload, events_to_payload,
+    members_from_payload, members_to_payload, ChannelInfo, ControlRequest, EventInfo, MemberInfo,
+    CHANNELS, CHANNEL_STATES, CONTROL_APP, EVENT_KINDS, ROLES, STATES,
 };
 use dci_proto::{Destination, Envelope, Kind, Sender, Target};
 use proptest::prelude::*;
@@ -28,6 +29,23 @@ fn agent() -> Sender {
     }
 }
 
+fn channel() -> impl Strategy<Value = ChannelInfo> {
+    (
+        prop::sample::select(&CHANNELS[..]),
+        any::<bool>(),
+        any::<u64>(),
+        any::<Option<u64>>(),
+        prop::sample::select(&CHANNEL_STATES[..]),
+    )
+        .prop_map(|(name, enabled, serial, last_ms, state)| ChannelInfo {
+            name: name.into(),
+            enabled,
+            serial,
+            last_ms,
+            state: state.into(),
+        })
+}
+
 fn member() -> impl Strategy<Value = MemberInfo> {
     (
         (
@@ -38,9 +56,19 @@ fn member() -> impl Strategy<Value = MemberInfo> {
         ),
         (name(), any::<u64>(), any::<u64>(), name()),
         prop::collection::vec(name(), 0..3),
+        (
+            any::<bool>(),
+            any::<[Option<u8>; 4]>(),
+            prop::collection::vec(channel(), 0..3),
+        ),
     )
         .prop_map(
-            |((id, name, state, role), (zone, incarnation, last_heard_ms, version), addrs)| {
+            |(
+                (id, name, state, role),
+                (zone, incarnation, last_heard_ms, version),
+                addrs,
+                (degraded, resources, channels),
+            )| {
                 MemberInfo {
                     id,
                     name,
@@ -51,6 +79,9 @@ fn member() -> impl Strategy<Value = MemberInfo> {
                     last_heard_ms,
                     version,
                     addrs,
+                    degraded,
+                    resources,
+                    channels,
                 }
             },
         )
@@ -87,6 +118,15 @@ fn a_nodes_exchange_travels_in_envelopes_that_validate() {
         last_heard_ms: 0,
         version: "0.1.0".into(),
         addrs: vec!["/ip4/127.0.0.1/tcp/7946".into()],
+        degraded: false,
+        resources: [Some(3), Some(41), None, Some(120)],
+        channels: vec![ChannelInfo {
+            name: "relay".into(),
+            enabled: true,
+            serial: 7,
+            last_ms: Some(1200),
+            state: "ok".into(),
+        }],
     }];
     let reply = received.reply_to(agent(), Kind::Reply, members_to_payload(&rows));
     assert_eq!(reply.correlation, Some(request.id));
@@ -95,6 +135,21 @@ fn a_nodes_exchange_travels_in_envelopes_that_validate() {
     assert_eq!(
         members_from_payload(&parse(&reply_wire).unwrap().payload).unwrap(),
         rows
+    );
+
+    let events = vec![EventInfo {
+        id: "12D3KooWAgent".into(),
+        name: "blade-01".into(),
+        kind: EVENT_KINDS[6].into(),
+        at_ms: 1,
+        detail: "probes fail".into(),
+    }];
+    let events_wire = received
+        .reply_to(agent(), Kind::Reply, events_to_payload(&events))
+        .to_xml();
+    assert_eq!(
+        events_from_payload(&parse(&events_wire).unwrap().payload).unwrap(),
+        events
     );
 
     let refusal = received.reply_to(
@@ -107,7 +162,7 @@ fn a_nodes_exchange_travels_in_envelopes_that_validate() {
         error_from_payload(&parse(&refusal_wire).unwrap().payload),
         Some(("unknown-command".into(), "unknown command <reboot>".into()))
     );
-    for xml in [wire, reply_wire, refusal_wire] {
+    for xml in [wire, reply_wire, events_wire, refusal_wire] {
         if let Some(verdict) = xmllint(xml.as_bytes()) {
             verdict.unwrap_or_else(|e| panic!("{xml} fails the schema: {e}"));
         }
