@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dci::sim::membership::{run, SimConfig, Summary};
+use dci::sim::membership::{run, Partition, SimConfig, Summary};
 
 fn small_mesh(seed: u64) -> SimConfig {
     let mut cfg = SimConfig::new(30, seed);
@@ -35,6 +35,7 @@ fn no_live_reachable_node_stays_declared_dead_and_joins_reach_everyone() {
     for seed in 1..=20 {
         let s = run(small_mesh(seed));
         assert_eq!(s.false_dead, 0, "{}", explain(&s));
+        assert_eq!(s.stuck_dead, 0, "{}", explain(&s));
         assert_eq!(s.joins_disseminated, 2, "{}", explain(&s));
     }
 }
@@ -51,6 +52,38 @@ fn loss_jitter_a_stalling_node_and_a_starved_node_get_no_live_node_declared_dead
         cfg.duration = Duration::from_secs(300);
         let s = run(cfg);
         assert_eq!(s.false_dead, 0, "{}", explain(&s));
+    }
+}
+
+#[test]
+fn a_healed_partition_converges_and_no_death_crosses_to_the_same_side() {
+    for seed in 1..=8 {
+        let mut cfg = SimConfig::new(30, seed);
+        cfg.loss = 0.01;
+        cfg.duration = Duration::from_secs(240);
+        cfg.partition = Some(Partition {
+            size: 10,
+            at: Duration::from_secs(30),
+            lasting: Duration::from_secs(40),
+        });
+        let s = run(cfg);
+        // Deaths across the cut are expected; a death of a same-side node is not.
+        assert_eq!(s.false_dead, 0, "{}", explain(&s));
+        assert_eq!(s.stuck_dead, 0, "{}", explain(&s));
+        assert!(s.heal_ms.is_some(), "{}", explain(&s));
+    }
+}
+
+#[test]
+fn crashed_nodes_that_restart_are_declared_dead_then_rejoin_everywhere() {
+    for seed in 1..=8 {
+        let mut cfg = small_mesh(seed);
+        cfg.joins = 0;
+        cfg.restart_after = Some(Duration::from_secs(20));
+        let s = run(cfg);
+        assert_eq!((s.detected, s.restarts), (3, 3), "{}", explain(&s));
+        assert_eq!(s.false_dead, 0, "{}", explain(&s));
+        assert_eq!(s.stuck_dead, 0, "{}", explain(&s));
     }
 }
 

@@ -1,13 +1,15 @@
 //! `dci-sim`: the deterministic simulator, from the command line.
 //!
 //! `dci-sim membership --nodes N --seed S --loss P --minutes M [--kill K]` runs the real membership
-//! core on N simulated nodes and prints a JSON summary. The same arguments give the same run.
+//! core on N simulated nodes and prints a JSON summary. Faults: `--stall-ms`, `--slow-ms`,
+//! `--restart-after-s`, `--partition N --partition-at-s S --partition-for-s S`. The same arguments
+//! give the same run.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use dci::sim::membership::{run, SimConfig};
+use dci::sim::membership::{run, Partition, SimConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "dci-sim", version, about = "The DCI deterministic simulator")]
@@ -50,6 +52,18 @@ enum Command {
         /// Node 2 handles every packet this late, milliseconds.
         #[arg(long)]
         slow_ms: Option<u64>,
+        /// Crashed nodes restart this many seconds after their crash, and join again.
+        #[arg(long)]
+        restart_after_s: Option<f64>,
+        /// Cut this many nodes (the last ones) off from the others...
+        #[arg(long)]
+        partition: Option<u32>,
+        /// ...starting this many seconds into the run...
+        #[arg(long, default_value_t = 60.0)]
+        partition_at_s: f64,
+        /// ...for this many seconds, then heal.
+        #[arg(long, default_value_t = 60.0)]
+        partition_for_s: f64,
         /// Gossip interval, milliseconds.
         #[arg(long)]
         gossip_interval_ms: Option<u64>,
@@ -73,6 +87,10 @@ fn main() -> ExitCode {
         slow_ms,
         gossip_interval_ms,
         gossip_fanout,
+        restart_after_s,
+        partition,
+        partition_at_s,
+        partition_for_s,
     } = Cli::parse().command;
     let bad = |what: &str| {
         eprintln!("dci-sim: {what}");
@@ -90,7 +108,23 @@ fn main() -> ExitCode {
     if kill >= nodes.saturating_sub(3) && kill > 0 {
         return bad("--kill must leave at least 3 nodes alive");
     }
+    if partition.is_some_and(|p| p == 0 || p >= nodes) {
+        return bad("--partition must cut off at least 1 node and leave at least 1");
+    }
+    let seconds_ok = |s: f64| s >= 0.0 && s.is_finite();
+    if !seconds_ok(partition_at_s)
+        || !seconds_ok(partition_for_s)
+        || !restart_after_s.is_none_or(seconds_ok)
+    {
+        return bad("partition and restart times must be finite and not negative");
+    }
     let mut cfg = SimConfig::new(nodes, seed);
+    cfg.restart_after = restart_after_s.map(Duration::from_secs_f64);
+    cfg.partition = partition.map(|size| Partition {
+        size,
+        at: Duration::from_secs_f64(partition_at_s),
+        lasting: Duration::from_secs_f64(partition_for_s),
+    });
     cfg.loss = loss;
     cfg.duration = Duration::from_secs_f64(minutes * 60.0);
     cfg.kills = kill;

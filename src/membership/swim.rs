@@ -87,6 +87,9 @@ pub struct SwimConfig {
     pub push_pull_interval: Duration,
     /// Most updates piggybacked on one packet.
     pub max_piggyback: usize,
+    /// How often (scaled up for large meshes like push-pull) a node offers its table to one
+    /// member it holds dead, so that the two sides of a healed partition find each other again.
+    pub reconnect_interval: Duration,
     /// Whether the second liveness channel (announcements relayed by others) can hold a member
     /// whose probes fail at `UnreachableLink` instead of suspecting it.
     pub relay_channel: bool,
@@ -108,6 +111,7 @@ impl Default for SwimConfig {
             max_local_health: 8,
             push_pull_interval: Duration::from_secs(15),
             max_piggyback: 24,
+            reconnect_interval: Duration::from_secs(10),
             relay_channel: true,
         }
     }
@@ -254,6 +258,8 @@ pub enum Timer<Id> {
     GossipTick,
     /// Time for a push-pull exchange.
     PushPullTick,
+    /// Time to offer our table to a member held dead.
+    ReconnectTick,
     /// The suspicion of `id` at incarnation `inc` may have run out.
     Suspicion {
         /// Subject.
@@ -425,6 +431,7 @@ where
         let probe_at = now + jitter(&mut rng, config.probe_interval);
         let gossip_at = now + jitter(&mut rng, config.gossip_interval);
         let push_pull_at = now + jitter(&mut rng, config.push_pull_interval);
+        let reconnect_at = now + jitter(&mut rng, config.reconnect_interval);
         let mut swim = Swim {
             me,
             inc,
@@ -452,6 +459,8 @@ where
             .push(Output::SetTimer(gossip_at, Timer::GossipTick));
         swim.out
             .push(Output::SetTimer(push_pull_at, Timer::PushPullTick));
+        swim.out
+            .push(Output::SetTimer(reconnect_at, Timer::ReconnectTick));
         let alive = swim.self_alive();
         swim.enqueue(alive);
         swim
@@ -607,6 +616,7 @@ where
             }
             Timer::GossipTick => self.gossip_tick(now),
             Timer::PushPullTick => self.push_pull_tick(now),
+            Timer::ReconnectTick => self.reconnect_tick(now),
             Timer::Suspicion { id, inc } => self.suspicion_expired(id, inc, now),
         }
     }
@@ -645,6 +655,12 @@ where
             Message::Gossip => {}
             Message::PushPull { state, reply } => {
                 for update in state {
+                    // A table may be old news from across a healed partition: a death in it is
+                    // only a suspicion here, which a live member refutes in time.
+                    let update = match update {
+                        Update::Dead { id, inc, from } => Update::Suspect { id, inc, from },
+                        other => other,
+                    };
                     self.apply(update, now);
                 }
                 if reply {
@@ -841,6 +857,35 @@ where
         {
             let state = self.full_state();
             self.send(*peer, Message::PushPull { state, reply: true });
+        }
+    }
+
+    /// A member declared dead may be alive behind a partition that has healed: tell it (one
+    /// small packet). If it is alive it refutes with a higher incarnation, which reaches us and
+    /// then everyone; it does the same for us from its side.
+    fn reconnect_tick(&mut self, now: Duration) {
+        let n = self.members.len() + 1;
+        let scale = (n as f64 / 32.0).max(1.0);
+        let next = now + self.config.reconnect_interval.mul_f64(scale);
+        self.out.push(Output::SetTimer(next, Timer::ReconnectTick));
+        if self.leaving {
+            return;
+        }
+        let picked = self.random_members(1, |_, m| {
+            // After a day it is gone for good; an operator can re-join it.
+            m.liveness == Liveness::Dead
+                && now.saturating_sub(m.since()) < Duration::from_secs(24 * 3600)
+        });
+        if let Some((id, inc)) = picked
+            .first()
+            .and_then(|id| self.members.get(id).map(|m| (*id, m.inc)))
+        {
+            let dead = Update::Dead {
+                id,
+                inc,
+                from: self.me,
+            };
+            self.notify(id, dead);
         }
     }
 
@@ -1312,6 +1357,90 @@ mod tests {
         // The suspicion runs out.
         a.handle_timer(Timer::Suspicion { id: 2, inc: 1 }, ms(t + 200 + 60_000));
         assert_eq!(a.member(&2).unwrap().liveness, Liveness::Dead);
+    }
+
+    fn gossip(updates: Vec<Update<u32, u8, ()>>) -> Packet<u32, u8, ()> {
+        Packet {
+            message: Message::Gossip,
+            updates,
+        }
+    }
+
+    #[test]
+    fn two_sides_that_declared_each_other_dead_reconnect_after_the_partition_heals() {
+        let mut a = node(1, &[2]);
+        let mut b = node(2, &[1]);
+        a.handle_packet(
+            3,
+            gossip(vec![Update::Dead {
+                id: 2,
+                inc: 1,
+                from: 3,
+            }]),
+            ms(10),
+        );
+        b.handle_packet(
+            3,
+            gossip(vec![Update::Dead {
+                id: 1,
+                inc: 1,
+                from: 3,
+            }]),
+            ms(10),
+        );
+        assert_eq!(a.member(&2).unwrap().liveness, Liveness::Dead);
+        a.drain_outputs().for_each(drop);
+        b.drain_outputs().for_each(drop);
+        // a's reconnect tick tells b; b refutes to a; b's tick does the same the other way.
+        a.handle_timer(Timer::ReconnectTick, ms(20_000));
+        for (to, p) in sends(&mut a) {
+            assert_eq!(to, 2);
+            b.handle_packet(1, p, ms(20_001));
+        }
+        for (_, p) in sends(&mut b).into_iter().filter(|(to, _)| *to == 1) {
+            a.handle_packet(2, p, ms(20_002));
+        }
+        assert_eq!(a.member(&2).unwrap().liveness, Liveness::Alive);
+        b.handle_timer(Timer::ReconnectTick, ms(20_003));
+        for (_, p) in sends(&mut b).into_iter().filter(|(to, _)| *to == 1) {
+            a.handle_packet(2, p, ms(20_004));
+        }
+        for (_, p) in sends(&mut a).into_iter().filter(|(to, _)| *to == 2) {
+            b.handle_packet(1, p, ms(20_005));
+        }
+        assert_eq!(b.member(&1).unwrap().liveness, Liveness::Alive);
+    }
+
+    #[test]
+    fn a_death_in_a_pushed_table_is_only_a_suspicion_here() {
+        let mut a = node(1, &[2, 3]);
+        let table = Packet {
+            message: Message::PushPull {
+                state: vec![Update::Dead {
+                    id: 2,
+                    inc: 1,
+                    from: 3,
+                }],
+                reply: false,
+            },
+            updates: vec![],
+        };
+        a.handle_packet(3, table, ms(10));
+        assert_eq!(a.member(&2).unwrap().liveness, Liveness::Suspect);
+        a.handle_packet(
+            3,
+            gossip(vec![Update::Dead {
+                id: 2,
+                inc: 1,
+                from: 3,
+            }]),
+            ms(20),
+        );
+        assert_eq!(
+            a.member(&2).unwrap().liveness,
+            Liveness::Dead,
+            "gossiped deaths apply"
+        );
     }
 
     #[test]

@@ -3,8 +3,12 @@
 //! Virtual time only: events (packet deliveries and timers) sit in one priority queue ordered by
 //! time, then by insertion, so a run is a pure function of its [`SimConfig`] and seed. Links lose each
 //! packet with probability `loss` and delay it by `latency` plus uniform jitter. Nodes can crash, stall
-//! (stop processing for a while, then handle everything queued meanwhile) or be CPU-starved (handle
-//! every packet `slow_by` late).
+//! (stop processing for a while, then handle everything queued meanwhile), be CPU-starved (handle
+//! every packet `slow_by` late), or restart (come back after a crash with a higher incarnation and
+//! join again). A partition cuts the last nodes off from the others for a while, then heals.
+//!
+//! At the end the run checks convergence: every pair of live nodes that can reach each other must
+//! know each other and not hold each other dead (`stuck_dead`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -71,6 +75,10 @@ pub struct SimConfig {
     pub stall: Option<Duration>,
     /// Node 2 handles every packet this much late (CPU-starved).
     pub slow_by: Option<Duration>,
+    /// Crashed nodes that come back, this long after their crash, with a higher incarnation.
+    pub restart_after: Option<Duration>,
+    /// Cut the last `size` nodes off from the rest, both ways, from `at` for `lasting`.
+    pub partition: Option<Partition>,
     /// Protocol settings.
     pub swim: SwimConfig,
 }
@@ -89,9 +97,22 @@ impl SimConfig {
             joins: 0,
             stall: None,
             slow_by: None,
+            restart_after: None,
+            partition: None,
             swim: SwimConfig::default(),
         }
     }
+}
+
+/// A partition of the simulated network.
+#[derive(Debug, Clone, Copy)]
+pub struct Partition {
+    /// Nodes on the minority side: the last `size` of the initial nodes.
+    pub size: u32,
+    /// When it starts.
+    pub at: Duration,
+    /// How long it lasts.
+    pub lasting: Duration,
 }
 
 /// What a run measured.
@@ -113,8 +134,18 @@ pub struct Summary {
     pub detect_p50_ms: f64,
     /// Same, 99th percentile.
     pub detect_p99_ms: f64,
-    /// Live nodes that anyone declared dead.
+    /// Live nodes that anyone declared dead (deaths across a partition's cut are not counted:
+    /// the two sides cannot reach each other).
     pub false_dead: u32,
+    /// At the end, ordered pairs of live nodes where the first holds the second dead or does not
+    /// know it: a mesh that did not converge. Must be 0 when the run leaves time to heal.
+    pub stuck_dead: u32,
+    /// Crashed nodes that restarted.
+    pub restarts: u32,
+    /// From a partition's healing until every live node again holds every other alive
+    /// (checked each simulated second), milliseconds; `null` without a partition or if it never
+    /// converged.
+    pub heal_ms: Option<f64>,
     /// From the first declaration of a death (or the start of a join) until 99.99% of live nodes
     /// know it, worst case, milliseconds.
     pub disseminate_p9999_ms: f64,
@@ -129,10 +160,16 @@ pub struct Summary {
 }
 
 enum Kind {
-    Deliver { from: u32, packet: SimPacket },
+    Deliver {
+        from: u32,
+        packet: SimPacket,
+    },
     Timer(Timer<u32>),
     Crash,
     Join,
+    Restart,
+    /// After a partition heals: has the mesh converged yet?
+    Check,
 }
 
 /// One event as the loop handles it.
@@ -163,6 +200,13 @@ struct World {
     deaths: HashMap<u32, Spread>,
     joins: HashMap<u32, (Duration, Spread)>,
     falsely_dead: std::collections::HashSet<u32>,
+    /// Each node's current incarnation (a restart raises it).
+    incarnation: Vec<u64>,
+    restarts: u32,
+    heal_ms: Option<f64>,
+    /// Detection and dissemination times of crashes already over (restarted nodes).
+    detect_done: Vec<f64>,
+    spread_done: Vec<f64>,
 }
 
 impl World {
@@ -179,7 +223,7 @@ impl World {
             match out {
                 Output::Send(to, packet) => {
                     self.bytes += wire_size(&packet) as u64;
-                    if self.rng.gen::<f64>() < self.cfg.loss {
+                    if self.rng.gen::<f64>() < self.cfg.loss || self.cut(node, to, now) {
                         continue;
                     }
                     let jitter = self.cfg.jitter.mul_f64(self.rng.gen::<f64>());
@@ -199,9 +243,34 @@ impl World {
         }
     }
 
+    /// Whether a partition separates `a` and `b` at `now`.
+    fn cut(&self, a: u32, b: u32, now: Duration) -> bool {
+        self.cfg
+            .partition
+            .is_some_and(|p| now >= p.at && now < p.at + p.lasting && self.side(a) != self.side(b))
+    }
+
+    /// Which side of the partition a node is on (joiners are on the majority side).
+    fn side(&self, node: u32) -> bool {
+        self.cfg
+            .partition
+            .is_some_and(|p| node < self.cfg.nodes && node >= self.cfg.nodes - p.size)
+    }
+
     fn observe(&mut self, observer: u32, subject: u32, liveness: Liveness, now: Duration) {
         match liveness {
             Liveness::Dead => {
+                // The death of an earlier life of a restarted node is a true one.
+                let declared_inc = self.nodes[observer as usize]
+                    .as_ref()
+                    .and_then(|n| n.member(&subject))
+                    .map_or(0, |m| m.inc);
+                let earlier_life = declared_inc < self.incarnation[subject as usize];
+                let across_cut = self.side(observer) != self.side(subject)
+                    && self.cfg.partition.is_some_and(|p| now >= p.at);
+                if self.crashed_at[subject as usize].is_none() && (earlier_life || across_cut) {
+                    return;
+                }
                 if self.crashed_at[subject as usize].is_none() {
                     if std::env::var_os("DCI_SIM_DEBUG").is_some() {
                         eprintln!("dci-sim: {now:?}: {observer} declared live node {subject} dead");
@@ -237,6 +306,7 @@ impl World {
             }
             self.nodes.push(Some(node));
             self.crashed_at.push(None);
+            self.incarnation.push(1);
         }
         self.live = n as usize;
         for i in 0..n {
@@ -253,6 +323,9 @@ impl World {
             let at = d / 4 + (d / 2).mul_f64((j as f64 + 0.5) / self.cfg.joins as f64);
             self.push(at, n + j, Kind::Join);
         }
+        if let Some(p) = self.cfg.partition {
+            self.push(p.at + p.lasting, 0, Kind::Check);
+        }
         while let Some((at, (node, kind))) = self.queue.pop() {
             if at > d {
                 break;
@@ -262,23 +335,38 @@ impl World {
             let i = ev.node as usize;
             if let Kind::Join = ev.kind {
                 // Contact a live member, as an agent retrying its seeds eventually does.
-                let live: Vec<u32> = (0..self.nodes.len() as u32)
-                    .filter(|o| {
-                        self.nodes[*o as usize].is_some() && self.crashed_at[*o as usize].is_none()
-                    })
-                    .collect();
-                let seed = live[self.rng.gen_range(0..live.len())];
+                let Some(seed) = self.random_live(ev.node) else {
+                    continue;
+                };
                 let s = self.rng.gen();
                 let mut node = Swim::new(ev.node, 1, (), Trusting, self.cfg.swim.clone(), s, ev.at);
                 node.join(seed);
                 while self.nodes.len() <= i {
                     self.nodes.push(None);
                     self.crashed_at.push(None);
+                    self.incarnation.push(1);
                 }
                 self.nodes[i] = Some(node);
                 self.live += 1;
                 self.joins.insert(ev.node, (ev.at, Spread::default()));
                 self.drain(ev.node, ev.at);
+                continue;
+            }
+            if let Kind::Restart = ev.kind {
+                self.restart(ev.node, ev.at);
+                continue;
+            }
+            if let Kind::Check = ev.kind {
+                let healed_at = self
+                    .cfg
+                    .partition
+                    .map(|p| p.at + p.lasting)
+                    .unwrap_or_default();
+                if self.stuck_pairs() == 0 {
+                    self.heal_ms = Some(ev.at.saturating_sub(healed_at).as_secs_f64() * 1000.0);
+                } else {
+                    self.push(ev.at + Duration::from_secs(1), 0, Kind::Check);
+                }
                 continue;
             }
             if self.crashed_at[i].is_some() || self.nodes[i].is_none() {
@@ -287,6 +375,9 @@ impl World {
             if let Kind::Crash = ev.kind {
                 self.crashed_at[i] = Some(ev.at);
                 self.live -= 1;
+                if let Some(after) = self.cfg.restart_after {
+                    self.push(ev.at + after, ev.node, Kind::Restart);
+                }
                 continue;
             }
             // A stalled node handles nothing until it resumes, then everything queued.
@@ -313,12 +404,86 @@ impl World {
                         node.handle_timer(t, now);
                     }
                 }
-                Kind::Crash | Kind::Join => {}
+                Kind::Crash | Kind::Join | Kind::Restart | Kind::Check => {}
             }
             self.drain(ev.node, now);
             self.track_p9999(now);
         }
         self.summarize(started.elapsed().as_secs_f64())
+    }
+
+    /// A random live node other than `not`.
+    fn random_live(&mut self, not: u32) -> Option<u32> {
+        let live: Vec<u32> = (0..self.nodes.len() as u32)
+            .filter(|o| {
+                *o != not
+                    && self.nodes[*o as usize].is_some()
+                    && self.crashed_at[*o as usize].is_none()
+            })
+            .collect();
+        (!live.is_empty()).then(|| live[self.rng.gen_range(0..live.len())])
+    }
+
+    /// A crashed node comes back: same id, a higher incarnation (the agent persists it), an
+    /// empty table, and a join through a random live node.
+    fn restart(&mut self, id: u32, now: Duration) {
+        let i = id as usize;
+        let Some(seed) = self.random_live(id) else {
+            return;
+        };
+        self.incarnation[i] += 1;
+        let s = self.rng.gen();
+        let mut node = Swim::new(
+            id,
+            self.incarnation[i],
+            (),
+            Trusting,
+            self.cfg.swim.clone(),
+            s,
+            now,
+        );
+        node.join(seed);
+        // Measure the crash now; the new life starts with a clean record.
+        if let Some(crashed) = self.crashed_at[i] {
+            let (detect, spread) = self.crash_figures(id, crashed);
+            self.detect_done.extend(detect);
+            self.spread_done.extend(spread);
+        }
+        self.deaths.remove(&id);
+        self.nodes[i] = Some(node);
+        self.crashed_at[i] = None;
+        self.live += 1;
+        self.restarts += 1;
+        self.drain(id, now);
+    }
+
+    /// Ordered pairs of live nodes where the first holds the second dead, or does not know it.
+    fn stuck_pairs(&self) -> u32 {
+        let live: Vec<u32> = (0..self.nodes.len() as u32)
+            .filter(|o| self.nodes[*o as usize].is_some() && self.crashed_at[*o as usize].is_none())
+            .collect();
+        let mut stuck = 0;
+        for a in &live {
+            let Some(node) = self.nodes[*a as usize].as_ref() else {
+                continue;
+            };
+            for b in &live {
+                if a != b
+                    && node
+                        .member(b)
+                        .is_none_or(|m| matches!(m.liveness, Liveness::Dead | Liveness::Left))
+                {
+                    if std::env::var_os("DCI_SIM_DEBUG").is_some() {
+                        eprintln!(
+                            "dci-sim: at the end {a} holds live node {b} as {:?}",
+                            node.member(b).map(|m| m.liveness)
+                        );
+                    }
+                    stuck += 1;
+                }
+            }
+        }
+        stuck
     }
 
     /// Marks the moment each death or join reached 99.99% of the live nodes.
@@ -337,34 +502,45 @@ impl World {
         }
     }
 
+    /// For one crash: how long until every survivor declared it dead, and until 99.99% did after
+    /// the first, in milliseconds (each `None` if it never happened).
+    fn crash_figures(&self, subject: u32, crashed: Duration) -> (Option<f64>, Option<f64>) {
+        // Survivors that were members when it crashed: a later joiner never knew it.
+        let survivors: Vec<u32> = (0..self.nodes.len() as u32)
+            .filter(|o| {
+                *o != subject
+                    && self.nodes[*o as usize].is_some()
+                    && self.crashed_at[*o as usize].is_none()
+                    && self
+                        .joins
+                        .get(o)
+                        .is_none_or(|(joined, _)| *joined < crashed)
+            })
+            .collect();
+        let Some(spread) = self.deaths.get(&subject) else {
+            return (None, None);
+        };
+        let detect = survivors
+            .iter()
+            .map(|o| spread.reached.get(o).copied())
+            .collect::<Option<Vec<_>>>()
+            .and_then(|times| times.into_iter().max())
+            .map(|last| last.saturating_sub(crashed).as_secs_f64() * 1000.0);
+        let dissemination = match (spread.first, spread.p9999_at) {
+            (Some(first), Some(at)) => Some(at.saturating_sub(first).as_secs_f64() * 1000.0),
+            _ => None,
+        };
+        (detect, dissemination)
+    }
+
     fn summarize(&self, real_seconds: f64) -> Summary {
-        let mut detect: Vec<f64> = Vec::new();
-        let mut spread_ms: Vec<f64> = Vec::new();
+        let mut detect = self.detect_done.clone();
+        let mut spread_ms = self.spread_done.clone();
         for (subject, crashed) in self.crashed_at.iter().enumerate() {
             let Some(crashed) = crashed else { continue };
-            // Survivors that were members when it crashed: a later joiner never knew it.
-            let survivors: Vec<u32> = (0..self.nodes.len() as u32)
-                .filter(|o| {
-                    self.nodes[*o as usize].is_some()
-                        && self.crashed_at[*o as usize].is_none()
-                        && self.joins.get(o).is_none_or(|(joined, _)| joined < crashed)
-                })
-                .collect();
-            let Some(spread) = self.deaths.get(&(subject as u32)) else {
-                continue;
-            };
-            let all = survivors
-                .iter()
-                .map(|o| spread.reached.get(o).copied())
-                .collect::<Option<Vec<_>>>();
-            if let Some(times) = all {
-                if let Some(last) = times.iter().max() {
-                    detect.push(last.saturating_sub(*crashed).as_secs_f64() * 1000.0);
-                }
-            }
-            if let (Some(first), Some(at)) = (spread.first, spread.p9999_at) {
-                spread_ms.push(at.saturating_sub(first).as_secs_f64() * 1000.0);
-            }
+            let (d, s) = self.crash_figures(subject as u32, *crashed);
+            detect.extend(d);
+            spread_ms.extend(s);
         }
         let mut joined = 0;
         for (start, spread) in self.joins.values() {
@@ -392,6 +568,9 @@ impl World {
             detect_p50_ms: pct(&detect, 0.50),
             detect_p99_ms: pct(&detect, 0.99),
             false_dead: self.falsely_dead.len() as u32,
+            stuck_dead: self.stuck_pairs(),
+            restarts: self.restarts,
+            heal_ms: self.heal_ms,
             disseminate_p9999_ms: spread_ms.iter().copied().fold(0.0, f64::max),
             joins_disseminated: joined,
             bytes_per_node_per_s: self.bytes as f64 / self.cfg.nodes.max(1) as f64 / secs,
@@ -414,6 +593,11 @@ pub fn run(cfg: SimConfig) -> Summary {
         deaths: HashMap::new(),
         joins: HashMap::new(),
         falsely_dead: Default::default(),
+        incarnation: Vec::new(),
+        restarts: 0,
+        heal_ms: None,
+        detect_done: Vec::new(),
+        spread_done: Vec::new(),
         cfg,
     };
     world.run()
