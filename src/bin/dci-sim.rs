@@ -70,6 +70,18 @@ enum Command {
         /// Gossip fan-out.
         #[arg(long)]
         gossip_fanout: Option<usize>,
+        /// Probe interval, milliseconds.
+        #[arg(long)]
+        probe_interval_ms: Option<u64>,
+        /// Minimum suspicion timeout in probe intervals per log10 of the mesh size.
+        #[arg(long)]
+        suspicion_mult: Option<u32>,
+        /// The suspicion timeout starts at this many times its minimum.
+        #[arg(long)]
+        suspicion_max_mult: Option<u32>,
+        /// Confirmations that bring the suspicion timeout to its minimum.
+        #[arg(long)]
+        confirmations: Option<u32>,
     },
 }
 
@@ -87,6 +99,10 @@ fn main() -> ExitCode {
         slow_ms,
         gossip_interval_ms,
         gossip_fanout,
+        probe_interval_ms,
+        suspicion_mult,
+        suspicion_max_mult,
+        confirmations,
         restart_after_s,
         partition,
         partition_at_s,
@@ -138,6 +154,19 @@ fn main() -> ExitCode {
     }
     if let Some(f) = gossip_fanout {
         cfg.swim.gossip_fanout = f.max(1);
+    }
+    if let Some(ms) = probe_interval_ms {
+        cfg.swim.probe_interval = Duration::from_millis(ms.max(2));
+        cfg.swim.probe_timeout = cfg.swim.probe_timeout.min(cfg.swim.probe_interval / 2);
+    }
+    if let Some(m) = suspicion_mult {
+        cfg.swim.suspicion_mult = m.max(1);
+    }
+    if let Some(m) = suspicion_max_mult {
+        cfg.swim.suspicion_max_mult = m.max(1);
+    }
+    if let Some(k) = confirmations {
+        cfg.swim.expected_confirmations = k.max(1);
     }
     eprintln!("dci-sim: replay with DCI_SIM_SEED={seed}");
     let summary = run(cfg);

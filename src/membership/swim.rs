@@ -1185,7 +1185,21 @@ where
 
     fn enqueue(&mut self, update: Upd<Id, M, A>) {
         let subject = update.subject();
-        self.queue.retain(|b| b.update.subject() != subject);
+        // A newer update about a member supersedes older ones, except that suspicions of one
+        // incarnation by different accusers add up (Lifeguard's confirmations) and travel together.
+        let confirms = |old: &Upd<Id, M, A>| match (old, &update) {
+            (
+                Update::Suspect {
+                    inc: a, from: f, ..
+                },
+                Update::Suspect {
+                    inc: b, from: g, ..
+                },
+            ) => a == b && f != g,
+            _ => false,
+        };
+        self.queue
+            .retain(|b| b.update.subject() != subject || confirms(&b.update));
         self.queue.push(Broadcast {
             update,
             transmits: 0,
@@ -1409,6 +1423,30 @@ mod tests {
             b.handle_packet(1, p, ms(20_005));
         }
         assert_eq!(b.member(&1).unwrap().liveness, Liveness::Alive);
+    }
+
+    #[test]
+    fn confirmations_from_different_accusers_travel_together_and_a_death_supersedes_them() {
+        let mut a = node(1, &[2, 3, 4, 5]);
+        let suspect = |from| Update::Suspect {
+            id: 2,
+            inc: 1,
+            from,
+        };
+        a.handle_packet(3, gossip(vec![suspect(3)]), ms(10));
+        a.handle_packet(4, gossip(vec![suspect(4)]), ms(11));
+        let about_2 = |a: &Core| a.queue.iter().filter(|b| b.update.subject() == 2).count();
+        assert_eq!(about_2(&a), 2);
+        a.handle_packet(
+            5,
+            gossip(vec![Update::Dead {
+                id: 2,
+                inc: 1,
+                from: 5,
+            }]),
+            ms(12),
+        );
+        assert_eq!(about_2(&a), 1);
     }
 
     #[test]
