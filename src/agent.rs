@@ -368,9 +368,28 @@ impl Agent {
         }
     }
 
+    /// Writes a small file to the data dir, durably: a disk that refuses is a `serious` fault
+    /// (the store and the database live there).
+    fn check_disk(&mut self) {
+        let path = self.data_dir.path().join("health-check");
+        let result = crate::datadir::write_atomic(&path, unix_ms().to_string().as_bytes(), 0o600);
+        if let Err(e) = result {
+            self.broadcast_notice(FailureNotice {
+                level: Level::Serious,
+                part: Part::Disk,
+                id: format!("{}/data-dir", self.local_id),
+                name: Some(self.config.name.clone()),
+                address: Some(self.data_dir.path().display().to_string()),
+                at_ms: unix_ms(),
+                detail: format!("the data dir cannot be written: {}", one_line(&e.to_string())),
+            });
+        }
+    }
+
     /// Reads this host's figures, runs the degradation detector, and re-announces the figures
     /// when they moved.
     fn sample_resources(&mut self) {
+        self.check_disk();
         let reading = self.sampler.sample();
         let transitions = self.detector.observe(&reading, self.now());
         for t in &transitions {

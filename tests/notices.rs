@@ -20,10 +20,10 @@ fn has_event(node: &Node, name: &str, kind: &str) -> bool {
         .any(|e| e["name"] == name && e["event"] == kind)
 }
 
-/// A crash: every survivor logs one `system-down` notice for it, the one configured to page runs
-/// its command, and the `dead` event is in every survivor's event list. A node that stays over
-/// its (tiny) memory mark raises `degraded`, which the others see in its metadata and a
-/// `moderate` notice.
+/// A node that stays over its (tiny) memory mark raises `degraded`, which the others see in its
+/// metadata and a `moderate` notice. A disk fault is a `serious` notice, paged. A crash: every
+/// survivor logs one `system-down` notice for it, the one configured to page runs its command
+/// once, and the `dead` event is in every survivor's event list.
 #[test]
 fn a_crash_and_a_degradation_reach_every_survivor_as_notices_and_events() {
     let tmp = tempfile::tempdir().unwrap();
@@ -107,6 +107,23 @@ fn a_crash_and_a_degradation_reach_every_survivor_as_notices_and_events() {
         "no moderate notice in logs:\n{}",
         v1.log_text()
     );
+
+    // A disk fault on v2: its health-check file cannot be replaced (a non-empty directory took
+    // its place, which stops root too). A serious notice: logged everywhere, and paged.
+    let check = v2.data_dir.join("health-check");
+    let blocked = wait_until(Duration::from_secs(5), || {
+        let _ = std::fs::remove_file(&check);
+        std::fs::create_dir_all(check.join("x")).is_ok()
+    });
+    assert!(blocked.is_some(), "cannot block {}", check.display());
+    let disk = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&paged).is_ok_and(|t| t.contains("serious disk v2"))
+    });
+    assert!(disk.is_some(), "no disk notice paged:\n{}", v2.log_text());
+    assert!(v3
+        .log_text()
+        .lines()
+        .any(|l| l.contains("failure notice") && l.contains("serious") && l.contains("cannot be written")));
 
     // Crash of v4.
     v4.signal(libc::SIGKILL);
