@@ -89,6 +89,20 @@ pub struct Agent {
     detector: Detector,
     /// Members whose metadata says they are degraded, to publish the change once.
     degraded_members: HashSet<PeerId>,
+    counters: Counters,
+}
+
+/// What the agent refused or relayed, for `dcish status` (the membership core counts forged
+/// announcements itself).
+#[derive(Debug, Default)]
+struct Counters {
+    membership_malformed: u64,
+    membership_oversized: u64,
+    membership_bad_streams: u64,
+    envelopes_refused: u64,
+    envelopes_forged: u64,
+    notices_sent: u64,
+    notices_received: u64,
 }
 
 /// Resource figures are re-announced when one moves by this many points.
@@ -168,6 +182,7 @@ impl Agent {
             sampler,
             detector: Detector::new(config.degradation.clone()),
             degraded_members: HashSet::new(),
+            counters: Counters::default(),
             seed_backoff: Backoff::default(),
             seeds_reached: HashSet::new(),
             seed_dials: HashMap::new(),
@@ -353,6 +368,7 @@ impl Agent {
             })
             .collect();
         for (to, addrs) in targets {
+            self.counters.notices_sent += 1;
             self.swarm
                 .behaviour_mut()
                 .envelopes
@@ -381,7 +397,10 @@ impl Agent {
                 name: Some(self.config.name.clone()),
                 address: Some(self.data_dir.path().display().to_string()),
                 at_ms: unix_ms(),
-                detail: format!("the data dir cannot be written: {}", one_line(&e.to_string())),
+                detail: format!(
+                    "the data dir cannot be written: {}",
+                    one_line(&e.to_string())
+                ),
             });
         }
     }
@@ -586,6 +605,10 @@ impl Agent {
                         self.apply_outputs();
                     }
                     Err(e) => {
+                        match e {
+                            mesh::PacketError::TooLarge => self.counters.membership_oversized += 1,
+                            mesh::PacketError::Malformed => self.counters.membership_malformed += 1,
+                        }
                         tracing::warn!(%peer, "{e}; disconnecting");
                         let _ = self.swarm.disconnect_peer_id(peer);
                     }
@@ -598,6 +621,7 @@ impl Agent {
             | request_response::Event::ResponseSent { .. } => {}
             request_response::Event::InboundFailure { peer, error, .. } => {
                 if let request_response::InboundFailure::Io(e) = &error {
+                    self.counters.membership_bad_streams += 1;
                     tracing::warn!(%peer, "bad membership stream ({}); disconnecting", one_line(&e.to_string()));
                     let _ = self.swarm.disconnect_peer_id(peer);
                 }
@@ -630,15 +654,25 @@ impl Agent {
             .send_response(channel, Vec::new());
         let env = match Envelope::from_xml(&request, &Limits::default()) {
             Ok(env) => env,
-            Err(e) => return tracing::warn!(%peer, "refused envelope: {e}"),
+            Err(e) => {
+                self.counters.envelopes_refused += 1;
+                return tracing::warn!(%peer, "refused envelope: {e}");
+            }
         };
         // The transport authenticated the peer; an envelope may not claim another sender.
         if env.sender.node != peer.to_string() {
+            self.counters.envelopes_forged += 1;
             return tracing::warn!(%peer, claimed = %env.sender.node, "refused envelope: sender is not the connected peer");
         }
         match notice::from_envelope(&env) {
-            Some(Ok(n)) => self.receive_notice(&n, &env.sender.node),
-            Some(Err(e)) => tracing::warn!(%peer, "refused failure notice: {e}"),
+            Some(Ok(n)) => {
+                self.counters.notices_received += 1;
+                self.receive_notice(&n, &env.sender.node);
+            }
+            Some(Err(e)) => {
+                self.counters.envelopes_refused += 1;
+                tracing::warn!(%peer, "refused failure notice: {e}");
+            }
             None => {
                 tracing::warn!(%peer, app = ?env.target.app, "dropped envelope: no application here handles it")
             }
@@ -659,6 +693,20 @@ impl Agent {
         match query {
             Query::Members(reply) => {
                 let _ = reply.send(self.member_infos());
+            }
+            Query::Counters(reply) => {
+                let c = &self.counters;
+                let rows = [
+                    ("membership-malformed", c.membership_malformed),
+                    ("membership-oversized", c.membership_oversized),
+                    ("membership-bad-streams", c.membership_bad_streams),
+                    ("membership-forged", self.swim.rejected().bad_proof),
+                    ("envelopes-refused", c.envelopes_refused),
+                    ("envelopes-forged", c.envelopes_forged),
+                    ("notices-sent", c.notices_sent),
+                    ("notices-received", c.notices_received),
+                ];
+                let _ = reply.send(rows.iter().map(|(n, v)| (n.to_string(), *v)).collect());
             }
             Query::Events(reply) => {
                 let events = self

@@ -120,10 +120,9 @@ fn a_crash_and_a_degradation_reach_every_survivor_as_notices_and_events() {
         std::fs::read_to_string(&paged).is_ok_and(|t| t.contains("serious disk v2"))
     });
     assert!(disk.is_some(), "no disk notice paged:\n{}", v2.log_text());
-    assert!(v3
-        .log_text()
-        .lines()
-        .any(|l| l.contains("failure notice") && l.contains("serious") && l.contains("cannot be written")));
+    assert!(v3.log_text().lines().any(|l| l.contains("failure notice")
+        && l.contains("serious")
+        && l.contains("cannot be written")));
 
     // Crash of v4.
     v4.signal(libc::SIGKILL);

@@ -60,6 +60,9 @@ pub enum ControlRequest {
     Nodes,
     /// The recent membership events, `<events/>`; answered by [`events_to_payload`].
     Events,
+    /// The agent's counters (refused input, notices), `<counters/>`; answered by
+    /// [`counters_to_payload`].
+    Counters,
 }
 
 impl ControlRequest {
@@ -68,6 +71,7 @@ impl ControlRequest {
         match self {
             ControlRequest::Nodes => "nodes",
             ControlRequest::Events => "events",
+            ControlRequest::Counters => "counters",
         }
     }
 
@@ -86,6 +90,7 @@ impl ControlRequest {
         let request = match root.local.as_str() {
             "nodes" => ControlRequest::Nodes,
             "events" => ControlRequest::Events,
+            "counters" => ControlRequest::Counters,
             other => {
                 return Err(ProtoError::invalid(
                     "command",
@@ -237,6 +242,42 @@ pub fn events_to_payload(events: &[EventInfo]) -> Payload {
     }
     s.push_str("</events>");
     Payload::trusted(s)
+}
+
+/// The reply payload of [`ControlRequest::Counters`]: named counters, in the given order.
+pub fn counters_to_payload(counters: &[(String, u64)]) -> Payload {
+    let mut s = format!("<counters xmlns=\"{CONTROL_NAMESPACE}\">");
+    for (name, value) in counters {
+        s.push_str("<counter");
+        push_attribute(&mut s, "name", name);
+        push_attribute(&mut s, "value", &value.to_string());
+        s.push_str("/>");
+    }
+    s.push_str("</counters>");
+    Payload::trusted(s)
+}
+
+/// Reads the reply payload of [`ControlRequest::Counters`].
+pub fn counters_from_payload(payload: &Payload) -> Result<Vec<(String, u64)>, ProtoError> {
+    let root = only_element(payload, "counters", CONTROL_NAMESPACE)?;
+    if root.local != "counters" {
+        return Err(ProtoError::invalid(
+            "payload",
+            format!("expected <counters>, found <{}>", shown(&root.local)),
+        ));
+    }
+    let [] = attributes(&root, "counters", [])?;
+    elements(&root, "counters", &["counter"])?
+        .into_iter()
+        .map(|c| {
+            let [name, value] = attributes(c, "counter", ["name", "value"])?;
+            no_content(c, "counter")?;
+            Ok((
+                required("counter/@name", name)?.to_owned(),
+                number("counter/@value", value)?,
+            ))
+        })
+        .collect()
 }
 
 /// Reads the reply payload of [`ControlRequest::Events`]; refuses a kind outside
@@ -678,6 +719,14 @@ mod tests {
             ControlRequest::from_payload(&ControlRequest::Events.to_payload()).unwrap(),
             ControlRequest::Events
         );
+        let counters = vec![("membership-forged".to_owned(), 3), ("a&b".to_owned(), 0)];
+        let payload = counters_to_payload(&counters);
+        Payload::new(payload.as_str()).unwrap();
+        assert_eq!(counters_from_payload(&payload).unwrap(), counters);
+        let bad = format!(
+            "<counters xmlns=\"{CONTROL_NAMESPACE}\"><counter name=\"x\" value=\"-1\"/></counters>"
+        );
+        assert!(counters_from_payload(&Payload::new(bad).unwrap()).is_err());
     }
 
     #[test]

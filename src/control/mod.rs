@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dci_proto::control::{
-    error_payload, events_to_payload, members_to_payload, ControlRequest, EventInfo, MemberInfo,
+    counters_to_payload, error_payload, events_to_payload, members_to_payload, ControlRequest,
+    EventInfo, MemberInfo,
 };
 use dci_proto::{frame, Envelope, Kind, Limits, Sender};
 use tokio::net::{UnixListener, UnixStream};
@@ -28,6 +29,8 @@ pub enum Query {
     Members(oneshot::Sender<Vec<MemberInfo>>),
     /// The recent membership events, as shown by `dcish events`.
     Events(oneshot::Sender<Vec<EventInfo>>),
+    /// The agent's counters, as shown by `dcish status`.
+    Counters(oneshot::Sender<Vec<(String, u64)>>),
 }
 
 /// Why the control socket could not be opened.
@@ -168,6 +171,9 @@ async fn answer(me: &Sender, request: &Envelope, queries: &mpsc::Sender<Query>) 
         ControlRequest::Events => ask(queries, Query::Events)
             .await
             .map(|e| events_to_payload(&e)),
+        ControlRequest::Counters => ask(queries, Query::Counters)
+            .await
+            .map(|c| counters_to_payload(&c)),
     };
     match payload {
         Some(p) => request.reply_to(me.clone(), Kind::Reply, p),

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use dci_proto::control::{
-    events_from_payload, members_from_payload, ControlRequest, EventInfo, MemberInfo,
+    counters_from_payload, events_from_payload, members_from_payload, ControlRequest, EventInfo,
+    MemberInfo,
 };
 
 use client::{Client, ClientError};
@@ -62,12 +63,23 @@ pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
     };
     let color = color_enabled();
     let text = match command {
-        Command::Nodes { .. } | Command::Status => {
+        Command::Status => {
+            let payload = client.request(ControlRequest::Nodes.to_payload()).await?;
+            let members = members_from_payload(&payload).map_err(protocol)?;
+            let payload = client
+                .request(ControlRequest::Counters.to_payload())
+                .await?;
+            let counters = counters_from_payload(&payload).map_err(protocol)?;
+            if cli.json {
+                status_json(&members, &counters)
+            } else {
+                status_text(&members, &counters, color)
+            }
+        }
+        Command::Nodes { .. } => {
             let payload = client.request(ControlRequest::Nodes.to_payload()).await?;
             let members = members_from_payload(&payload).map_err(protocol)?;
             match (command, cli.json) {
-                (Command::Status, true) => status_json(&members),
-                (Command::Status, false) => status_text(&members, color),
                 (_, true) => nodes_json(&members),
                 (Command::Nodes { detail: true }, false) => format!(
                     "{}\n\n{}",
@@ -266,8 +278,9 @@ fn count_states(members: &[MemberInfo]) -> Vec<(&'static str, usize)> {
         .collect()
 }
 
-/// `status --json`: this agent, the counts by state, and the heartbeat status table.
-pub fn status_json(members: &[MemberInfo]) -> String {
+/// `status --json`: this agent, the counts by state, the heartbeat status table and the
+/// agent's counters.
+pub fn status_json(members: &[MemberInfo], counters: &[(String, u64)]) -> String {
     let me = members.iter().find(|m| m.channels.is_empty());
     let counts: serde_json::Map<String, serde_json::Value> = count_states(members)
         .into_iter()
@@ -285,12 +298,13 @@ pub fn status_json(members: &[MemberInfo]) -> String {
         "resources": me.map(resources_json),
         "members": counts,
         "heartbeats": heartbeats,
+        "counters": counters.iter().map(|(n, v)| (n.clone(), serde_json::Value::from(*v))).collect::<serde_json::Map<String, serde_json::Value>>(),
     });
     serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into())
 }
 
 /// `status` for people.
-pub fn status_text(members: &[MemberInfo], color: bool) -> String {
+pub fn status_text(members: &[MemberInfo], counters: &[(String, u64)], color: bool) -> String {
     let mut out = String::new();
     if let Some(me) = members.iter().find(|m| m.channels.is_empty()) {
         let [cpu, mem, disk, load] = me.resources.map(percent);
@@ -307,7 +321,9 @@ pub fn status_text(members: &[MemberInfo], color: bool) -> String {
         .into_iter()
         .map(|(s, n)| format!("{n} {s}"))
         .collect();
-    out.push_str(&format!("members: {}\n\n", counts.join(", ")));
+    out.push_str(&format!("members: {}\n", counts.join(", ")));
+    let counted: Vec<String> = counters.iter().map(|(n, v)| format!("{n} {v}")).collect();
+    out.push_str(&format!("counters: {}\n\n", counted.join(", ")));
     out.push_str(&channels_table(members, color));
     out
 }

@@ -1,0 +1,162 @@
+//! A member of the cluster (it holds the key) that lies: forged departures and refutations of
+//! another node, garbage and oversized membership messages. The agent refuses each without effect
+//! on its member table, counts it, and carries on.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{free_port, keygen, wait_until, Node};
+use dci::config::read_cluster_key;
+use dci::membership::mesh::{encode, MemberMeta, MeshPacket, MAX_UPDATES};
+use dci::membership::swim::{Message, Packet, Update};
+use dci::membership::Role;
+use dci::net::{build_swarm, BehaviourEvent};
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId};
+
+fn counters(node: &Node) -> serde_json::Value {
+    let out = node.dcish(&["--json", "status"]);
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["counters"].clone()
+}
+
+fn gossip(update: Update<PeerId, MemberMeta, Vec<u8>>) -> Vec<u8> {
+    let packet: MeshPacket = Packet {
+        message: Message::Gossip,
+        updates: vec![update],
+    };
+    encode(&packet)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_member_changes_nothing_and_is_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = keygen(tmp.path(), "k");
+    let flag = ["--cluster-key", key.to_str().unwrap()];
+    let (p1, p2) = (free_port(), free_port());
+    let target = Node::start(tmp.path(), "target", p1, &[], &flag);
+    let victim = Node::start(tmp.path(), "victim", p2, &[p1], &flag);
+    let both_alive = || {
+        target.members().is_some_and(|m| {
+            m.iter()
+                .any(|r| r["name"] == "victim" && r["state"] == "alive")
+        })
+    };
+    assert!(wait_until(Duration::from_secs(20), both_alive).is_some());
+    let victim_id: PeerId = victim.id().parse().unwrap();
+    let target_id: PeerId = target.id().parse().unwrap();
+    let meta = |name: &str| MemberMeta {
+        name: name.into(),
+        role: Role::Active,
+        zone: "default".into(),
+        addrs: vec![],
+        version: "0".into(),
+        resources: Default::default(),
+        degraded: false,
+    };
+
+    // The liar: a real libp2p node with the cluster key, but its own identity.
+    let psk = read_cluster_key(&key).unwrap();
+    let mut liar = build_swarm(Keypair::generate_ed25519(), Some(psk), false).unwrap();
+    let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{p1}").parse().unwrap();
+    let forged = [
+        // The victim "leaves", and "refutes" with evil metadata: signed by the liar, not the victim.
+        gossip(Update::Left {
+            id: victim_id,
+            inc: 1_000,
+            meta: meta("victim"),
+            proof: vec![7; 64],
+        }),
+        gossip(Update::Alive {
+            id: victim_id,
+            inc: 1_001,
+            meta: meta("evil"),
+            proof: vec![7; 64],
+        }),
+    ];
+    // More updates than a packet may carry (an oversized frame never leaves the codec, whose
+    // refusal the codec's own tests check).
+    let too_many: MeshPacket = Packet {
+        message: Message::Gossip,
+        updates: (0..=MAX_UPDATES as u64)
+            .map(|inc| Update::Suspect {
+                id: victim_id,
+                inc,
+                from: target_id,
+            })
+            .collect(),
+    };
+    let oversized = encode(&too_many);
+    let garbage = b"\xff\xff\xff\xff not a packet".to_vec();
+    // One at a time, each resent if its connection dropped: an oversized or malformed one gets
+    // the liar disconnected, and it dials again.
+    let mut queue = vec![forged[0].clone(), forged[1].clone(), oversized, garbage];
+    let mut inflight: HashMap<OutboundRequestId, Vec<u8>> = HashMap::new();
+    liar.dial(addr.clone()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !queue.is_empty() || !inflight.is_empty() {
+        if inflight.is_empty() && liar.is_connected(&target_id) {
+            let bytes = queue.remove(0);
+            let id = liar
+                .behaviour_mut()
+                .membership
+                .send_request(&target_id, bytes.clone());
+            inflight.insert(id, bytes);
+        }
+        let event = tokio::time::timeout_at(deadline, liar.select_next_some())
+            .await
+            .expect("the liar's messages were never answered");
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Membership(
+                request_response::Event::Message {
+                    message: request_response::Message::Response { request_id, .. },
+                    ..
+                },
+            )) => {
+                inflight.remove(&request_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Membership(
+                request_response::Event::OutboundFailure { request_id, .. },
+            )) => {
+                if let Some(bytes) = inflight.remove(&request_id) {
+                    queue.insert(0, bytes);
+                }
+            }
+            SwarmEvent::ConnectionClosed { .. } | SwarmEvent::OutgoingConnectionError { .. }
+                if !queue.is_empty() || !inflight.is_empty() =>
+            {
+                liar.dial(addr.clone()).unwrap();
+            }
+            _ => {}
+        }
+    }
+
+    let counted = wait_until(Duration::from_secs(10), || {
+        let c = counters(&target);
+        c["membership-forged"].as_u64() >= Some(2)
+            && c["membership-malformed"].as_u64() >= Some(1)
+            && c["membership-oversized"].as_u64() >= Some(1)
+    });
+    assert!(
+        counted.is_some(),
+        "{:?}\n{}",
+        counters(&target),
+        target.log_text()
+    );
+    // Nothing changed: the victim is alive, under its own name.
+    let members = target.members().unwrap();
+    let row = members
+        .iter()
+        .find(|m| m["id"] == victim_id.to_string())
+        .unwrap();
+    assert_eq!(
+        (row["name"].as_str(), row["state"].as_str()),
+        (Some("victim"), Some("alive"))
+    );
+    assert!(members.iter().all(|m| m["name"] != "evil"));
+}
