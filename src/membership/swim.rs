@@ -294,6 +294,9 @@ pub struct Rejected {
     pub bad_proof: u64,
 }
 
+/// Most accusers of one refuted suspicion that are sent the refutation directly.
+const REFUTE_DIRECT_MAX: usize = 8;
+
 /// What this node knows of one member.
 #[derive(Debug, Clone)]
 pub struct Member<M, P> {
@@ -397,6 +400,8 @@ pub struct Swim<Id, M, A: Authority<Id, M>> {
     probes: HashMap<u32, Probe<Id>>,
     relays: HashMap<u32, Relay<Id>>,
     suspicion_confirmers: HashMap<Id, HashSet<Id>>,
+    /// Accusers already sent our latest refutation directly.
+    refuted_to: Vec<Id>,
     seq: u32,
     health: u32,
     queue: Vec<Broadcast<Id, M, A::Proof>>,
@@ -448,6 +453,7 @@ where
             probes: HashMap::new(),
             relays: HashMap::new(),
             suspicion_confirmers: HashMap::new(),
+            refuted_to: Vec::new(),
             seq: 0,
             health: 0,
             queue: Vec::new(),
@@ -1150,10 +1156,26 @@ where
     fn about_me(&mut self, update: Upd<Id, M, A>) {
         match update {
             Update::Suspect { inc, from, .. } | Update::Dead { inc, from, .. } => {
-                if self.leaving || inc < self.inc {
+                if self.leaving {
+                    return;
+                }
+                if inc + 1 == self.inc {
+                    // Already refuted; a confirmer of that suspicion may still be counting down,
+                    // and the refutation reaches it sooner straight than by gossip.
+                    if self.refuted_to.len() < REFUTE_DIRECT_MAX && !self.refuted_to.contains(&from)
+                    {
+                        self.refuted_to.push(from);
+                        let alive = self.self_alive();
+                        self.notify(from, alive);
+                    }
+                    return;
+                }
+                if inc < self.inc {
                     return;
                 }
                 self.inc = inc + 1;
+                self.refuted_to.clear();
+                self.refuted_to.push(from);
                 // Lifeguard: being suspected hints that we are the slow one.
                 self.health = (self.health + 1).min(self.config.max_local_health);
                 let alive = self.self_alive();
@@ -1447,6 +1469,32 @@ mod tests {
             ms(12),
         );
         assert_eq!(about_2(&a), 1);
+    }
+
+    #[test]
+    fn each_confirmer_of_a_refuted_suspicion_hears_the_refutation_once_directly() {
+        let mut b = node(2, &[1, 3, 4]);
+        let suspect = |from| {
+            gossip(vec![Update::Suspect {
+                id: 2,
+                inc: 1,
+                from,
+            }])
+        };
+        let alive_to = |b: &mut Core| -> Vec<u32> {
+            sends(b)
+                .into_iter()
+                .filter(|(_, p)| matches!(p.updates[..], [Update::Alive { id: 2, inc: 2, .. }]))
+                .map(|(to, _)| to)
+                .collect()
+        };
+        b.handle_packet(3, suspect(3), ms(10));
+        assert_eq!(alive_to(&mut b), [3]);
+        b.handle_packet(1, suspect(4), ms(20));
+        assert_eq!(alive_to(&mut b), [4], "a confirmer is told straight");
+        b.handle_packet(1, suspect(4), ms(30));
+        assert!(alive_to(&mut b).is_empty(), "once");
+        assert_eq!(b.incarnation(), 2, "one refutation, not one per confirmer");
     }
 
     #[test]
