@@ -402,6 +402,8 @@ pub struct Swim<Id, M, A: Authority<Id, M>> {
     suspicion_confirmers: HashMap<Id, HashSet<Id>>,
     /// Accusers already sent our latest refutation directly.
     refuted_to: Vec<Id>,
+    /// Whether the push-pull rhythm has been spread over its scaled interval.
+    push_pull_phased: bool,
     seq: u32,
     health: u32,
     queue: Vec<Broadcast<Id, M, A::Proof>>,
@@ -454,6 +456,7 @@ where
             relays: HashMap::new(),
             suspicion_confirmers: HashMap::new(),
             refuted_to: Vec::new(),
+            push_pull_phased: false,
             seq: 0,
             health: 0,
             queue: Vec::new(),
@@ -631,6 +634,21 @@ where
     pub fn handle_packet(&mut self, from: Id, packet: Pkt<Id, M, A>, now: Duration) {
         for update in packet.updates {
             self.apply(update, now);
+        }
+        // A member we hold dead is talking to us (a partition healed, or a death was wrong): tell
+        // it, so that it refutes and everyone hears it is alive.
+        if let Some(inc) = self
+            .members
+            .get(&from)
+            .filter(|m| m.liveness == Liveness::Dead)
+            .map(|m| m.inc)
+        {
+            let dead = Update::Dead {
+                id: from,
+                inc,
+                from: self.me,
+            };
+            self.notify(from, dead);
         }
         match packet.message {
             Message::Ping { seq } => self.send(from, Message::Ack { seq }),
@@ -854,9 +872,23 @@ where
         // A full table grows with the mesh, so exchange it proportionally less often: the repair
         // traffic per node stays flat (memberlist's log scaling lets it grow with n / log n).
         let n = self.members.len() + 1;
-        let scale = (n as f64 / 32.0).max(1.0);
-        let next = now + self.config.push_pull_interval.mul_f64(scale);
-        self.out.push(Output::SetTimer(next, Timer::PushPullTick));
+        let interval = self
+            .config
+            .push_pull_interval
+            .mul_f64((n as f64 / 32.0).max(1.0));
+        if !self.push_pull_phased {
+            // The first tick came within one unscaled interval of start, for every node at once;
+            // in a large mesh that is a storm of whole tables. Start the rhythm at a random point
+            // of the scaled interval instead (the join itself already exchanged tables).
+            self.push_pull_phased = true;
+            if interval > self.config.push_pull_interval {
+                let at = now + interval.mul_f64(self.rng.gen::<f64>());
+                self.out.push(Output::SetTimer(at, Timer::PushPullTick));
+                return;
+            }
+        }
+        self.out
+            .push(Output::SetTimer(now + interval, Timer::PushPullTick));
         if let Some(peer) = self
             .random_members(1, |_, m| matches!(m.liveness, Liveness::Alive))
             .first()
@@ -871,7 +903,9 @@ where
     /// then everyone; it does the same for us from its side.
     fn reconnect_tick(&mut self, now: Duration) {
         let n = self.members.len() + 1;
-        let scale = (n as f64 / 32.0).max(1.0);
+        // Randomized by ±50%, so that the nodes' attempts spread out instead of keeping the
+        // phase they started with.
+        let scale = (n as f64 / 32.0).max(1.0) * self.rng.gen_range(0.5..1.5);
         let next = now + self.config.reconnect_interval.mul_f64(scale);
         self.out.push(Output::SetTimer(next, Timer::ReconnectTick));
         if self.leaving {
@@ -1495,6 +1529,36 @@ mod tests {
         b.handle_packet(1, suspect(4), ms(30));
         assert!(alive_to(&mut b).is_empty(), "once");
         assert_eq!(b.incarnation(), 2, "one refutation, not one per confirmer");
+    }
+
+    #[test]
+    fn a_member_held_dead_that_talks_to_us_is_told_so() {
+        let mut a = node(1, &[2, 3]);
+        a.handle_packet(
+            3,
+            gossip(vec![Update::Dead {
+                id: 2,
+                inc: 1,
+                from: 3,
+            }]),
+            ms(10),
+        );
+        a.drain_outputs().for_each(drop);
+        a.handle_packet(
+            2,
+            Packet {
+                message: Message::Ping { seq: 5 },
+                updates: vec![],
+            },
+            ms(20),
+        );
+        let told = sends(&mut a).into_iter().any(|(to, p)| {
+            to == 2
+                && p.updates
+                    .iter()
+                    .any(|u| matches!(u, Update::Dead { id: 2, .. }))
+        });
+        assert!(told);
     }
 
     #[test]
