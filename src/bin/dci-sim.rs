@@ -73,6 +73,9 @@ enum Command {
         /// Probe interval, milliseconds.
         #[arg(long)]
         probe_interval_ms: Option<u64>,
+        /// Direct probe timeout, milliseconds (must be shorter than the interval).
+        #[arg(long)]
+        probe_timeout_ms: Option<u64>,
         /// Minimum suspicion timeout in probe intervals per log10 of the mesh size.
         #[arg(long)]
         suspicion_mult: Option<u32>,
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         gossip_interval_ms,
         gossip_fanout,
         probe_interval_ms,
+        probe_timeout_ms,
         suspicion_mult,
         suspicion_max_mult,
         confirmations,
@@ -156,8 +160,13 @@ fn main() -> ExitCode {
         cfg.swim.gossip_fanout = f.max(1);
     }
     if let Some(ms) = probe_interval_ms {
-        cfg.swim.probe_interval = Duration::from_millis(ms.max(2));
-        cfg.swim.probe_timeout = cfg.swim.probe_timeout.min(cfg.swim.probe_interval / 2);
+        cfg.swim.probe_interval = Duration::from_millis(ms);
+    }
+    if let Some(ms) = probe_timeout_ms {
+        cfg.swim.probe_timeout = Duration::from_millis(ms);
+    }
+    if cfg.swim.probe_timeout >= cfg.swim.probe_interval || cfg.swim.probe_timeout.is_zero() {
+        return bad("the probe timeout must be positive and shorter than the probe interval");
     }
     if let Some(m) = suspicion_mult {
         cfg.swim.suspicion_mult = m.max(1);

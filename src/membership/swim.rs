@@ -98,8 +98,8 @@ pub struct SwimConfig {
 impl Default for SwimConfig {
     fn default() -> Self {
         SwimConfig {
-            probe_interval: Duration::from_millis(150),
-            probe_timeout: Duration::from_millis(100),
+            probe_interval: Duration::from_millis(140),
+            probe_timeout: Duration::from_millis(70),
             indirect_checks: 3,
             indirect_timeout: Duration::from_millis(250),
             gossip_interval: Duration::from_millis(100),
