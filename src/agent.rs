@@ -76,6 +76,8 @@ pub struct Agent {
     db: sled::Db,
     data_dir: DataDir,
     queries: mpsc::Receiver<Query>,
+    /// Why the data dir could not be written, from the disk checker task.
+    disk_faults: mpsc::Receiver<String>,
     started: Instant,
     connected: HashSet<PeerId>,
     seed_backoff: Backoff<Multiaddr>,
@@ -141,6 +143,12 @@ impl Agent {
         let incarnation = next_incarnation(&db).map_err(db_err)?;
         let listener = control::bind(&data_dir.socket_path())?;
         let (query_tx, queries) = mpsc::channel(64);
+        let (fault_tx, disk_faults) = mpsc::channel(4);
+        tokio::spawn(check_disk(
+            data_dir.path().join("health-check"),
+            config.degradation.sample_interval,
+            fault_tx,
+        ));
         tokio::spawn(control::serve(listener, local_id.to_string(), query_tx));
 
         let mut sampler = Sampler::new(data_dir.path());
@@ -196,6 +204,7 @@ impl Agent {
             db,
             data_dir,
             queries,
+            disk_faults,
         };
         agent.apply_outputs();
         Ok(agent)
@@ -237,6 +246,7 @@ impl Agent {
                 _ = sample.tick() => self.sample_resources(),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(query) = self.queries.recv() => self.on_query(query),
+                Some(reason) = self.disk_faults.recv() => self.on_disk_fault(reason),
             }
         }
         self.leave().await;
@@ -384,31 +394,22 @@ impl Agent {
         }
     }
 
-    /// Writes a small file to the data dir, durably: a disk that refuses is a `serious` fault
-    /// (the store and the database live there).
-    fn check_disk(&mut self) {
-        let path = self.data_dir.path().join("health-check");
-        let result = crate::datadir::write_atomic(&path, unix_ms().to_string().as_bytes(), 0o600);
-        if let Err(e) = result {
-            self.broadcast_notice(FailureNotice {
-                level: Level::Serious,
-                part: Part::Disk,
-                id: format!("{}/data-dir", self.local_id),
-                name: Some(self.config.name.clone()),
-                address: Some(self.data_dir.path().display().to_string()),
-                at_ms: unix_ms(),
-                detail: format!(
-                    "the data dir cannot be written: {}",
-                    one_line(&e.to_string())
-                ),
-            });
-        }
+    /// The data dir refused a write: a `serious` fault (the store and the database live there).
+    fn on_disk_fault(&mut self, reason: String) {
+        self.broadcast_notice(FailureNotice {
+            level: Level::Serious,
+            part: Part::Disk,
+            id: format!("{}/data-dir", self.local_id),
+            name: Some(self.config.name.clone()),
+            address: Some(self.data_dir.path().display().to_string()),
+            at_ms: unix_ms(),
+            detail: format!("the data dir cannot be written: {reason}"),
+        });
     }
 
     /// Reads this host's figures, runs the degradation detector, and re-announces the figures
     /// when they moved.
     fn sample_resources(&mut self) {
-        self.check_disk();
         let reading = self.sampler.sample();
         let transitions = self.detector.observe(&reading, self.now());
         for t in &transitions {
@@ -870,6 +871,32 @@ impl Agent {
             tracing::warn!("database flush failed: {e}");
         }
         tracing::info!("dcid stopped; peers were told it left");
+    }
+}
+
+/// Writes `path` durably every `interval`, off the event loop (an fsync can take longer than a
+/// probe timeout), and reports each failure.
+async fn check_disk(path: std::path::PathBuf, interval: Duration, faults: mpsc::Sender<String>) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if faults.is_closed() {
+            return; // the agent stopped
+        }
+        let path = path.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            crate::datadir::write_atomic(&path, unix_ms().to_string().as_bytes(), 0o600)
+        })
+        .await;
+        let failure = match written {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => one_line(&e.to_string()),
+            Err(e) => one_line(&e.to_string()),
+        };
+        if faults.send(failure).await.is_err() {
+            return; // the agent stopped
+        }
     }
 }
 
