@@ -259,13 +259,7 @@ pub fn counters_to_payload(counters: &[(String, u64)]) -> Payload {
 
 /// Reads the reply payload of [`ControlRequest::Counters`].
 pub fn counters_from_payload(payload: &Payload) -> Result<Vec<(String, u64)>, ProtoError> {
-    let root = only_element(payload, "counters", CONTROL_NAMESPACE)?;
-    if root.local != "counters" {
-        return Err(ProtoError::invalid(
-            "payload",
-            format!("expected <counters>, found <{}>", shown(&root.local)),
-        ));
-    }
+    let root = named_element(payload, "counters", CONTROL_NAMESPACE)?;
     let [] = attributes(&root, "counters", [])?;
     elements(&root, "counters", &["counter"])?
         .into_iter()
@@ -283,13 +277,7 @@ pub fn counters_from_payload(payload: &Payload) -> Result<Vec<(String, u64)>, Pr
 /// Reads the reply payload of [`ControlRequest::Events`]; refuses a kind outside
 /// [`EVENT_KINDS`].
 pub fn events_from_payload(payload: &Payload) -> Result<Vec<EventInfo>, ProtoError> {
-    let root = only_element(payload, "events", CONTROL_NAMESPACE)?;
-    if root.local != "events" {
-        return Err(ProtoError::invalid(
-            "payload",
-            format!("expected <events>, found <{}>", shown(&root.local)),
-        ));
-    }
+    let root = named_element(payload, "events", CONTROL_NAMESPACE)?;
     let [] = attributes(&root, "events", [])?;
     elements(&root, "events", &["event"])?
         .into_iter()
@@ -347,13 +335,7 @@ fn percent(field: &'static str, value: Option<&str>) -> Result<Option<u8>, Proto
 /// [`STATES`]/[`ROLES`], a missing or unknown attribute, and any element the schema does not
 /// define.
 pub fn members_from_payload(payload: &Payload) -> Result<Vec<MemberInfo>, ProtoError> {
-    let root = only_element(payload, "members", CONTROL_NAMESPACE)?;
-    if root.local != "members" {
-        return Err(ProtoError::invalid(
-            "payload",
-            format!("expected <members>, found <{}>", shown(&root.local)),
-        ));
-    }
+    let root = named_element(payload, "members", CONTROL_NAMESPACE)?;
     let [] = attributes(&root, "members", [])?;
     elements(&root, "members", &["member"])?
         .into_iter()
@@ -516,6 +498,22 @@ pub(crate) fn only_element(
                 shown(&root.local),
                 shown(root.namespace.as_deref().unwrap_or(""))
             ),
+        ));
+    }
+    Ok(root)
+}
+
+/// The one element of a typed reply payload, which must be `<name>` in `namespace`.
+pub(crate) fn named_element(
+    payload: &Payload,
+    name: &'static str,
+    namespace: &str,
+) -> Result<Node, ProtoError> {
+    let root = only_element(payload, name, namespace)?;
+    if root.local != name {
+        return Err(ProtoError::invalid(
+            "payload",
+            format!("expected <{name}>, found <{}>", shown(&root.local)),
         ));
     }
     Ok(root)

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::control::{attributes, number, only_element, required, text_content};
+use crate::control::{attributes, named_element, number, required, text_content};
 use crate::error::shown;
 use crate::{xml, Payload, ProtoError};
 
@@ -176,13 +176,7 @@ impl FailureNotice {
 
     /// Reads a notice payload; refuses anything `proto/notice.xsd` does not allow.
     pub fn from_payload(payload: &Payload) -> Result<FailureNotice, ProtoError> {
-        let root = only_element(payload, "notice", NOTICE_NAMESPACE)?;
-        if root.local != "notice" {
-            return Err(ProtoError::invalid(
-                "payload",
-                format!("expected <notice>, found <{}>", shown(&root.local)),
-            ));
-        }
+        let root = named_element(payload, "notice", NOTICE_NAMESPACE)?;
         let [level, part, at, id, name, address] = attributes(
             &root,
             "notice",

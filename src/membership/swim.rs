@@ -1429,6 +1429,11 @@ mod tests {
         assert_eq!(a.member(&2).unwrap().liveness, Liveness::Dead);
     }
 
+    /// `from` declares `id` dead at incarnation 1.
+    fn dead_of(id: u32, from: u32) -> Packet<u32, u8, ()> {
+        gossip(vec![Update::Dead { id, inc: 1, from }])
+    }
+
     fn gossip(updates: Vec<Update<u32, u8, ()>>) -> Packet<u32, u8, ()> {
         Packet {
             message: Message::Gossip,
@@ -1440,24 +1445,8 @@ mod tests {
     fn two_sides_that_declared_each_other_dead_reconnect_after_the_partition_heals() {
         let mut a = node(1, &[2]);
         let mut b = node(2, &[1]);
-        a.handle_packet(
-            3,
-            gossip(vec![Update::Dead {
-                id: 2,
-                inc: 1,
-                from: 3,
-            }]),
-            ms(10),
-        );
-        b.handle_packet(
-            3,
-            gossip(vec![Update::Dead {
-                id: 1,
-                inc: 1,
-                from: 3,
-            }]),
-            ms(10),
-        );
+        a.handle_packet(3, dead_of(2, 3), ms(10));
+        b.handle_packet(3, dead_of(1, 3), ms(10));
         assert_eq!(a.member(&2).unwrap().liveness, Liveness::Dead);
         a.drain_outputs().for_each(drop);
         b.drain_outputs().for_each(drop);
@@ -1493,15 +1482,7 @@ mod tests {
         a.handle_packet(4, gossip(vec![suspect(4)]), ms(11));
         let about_2 = |a: &Core| a.queue.iter().filter(|b| b.update.subject() == 2).count();
         assert_eq!(about_2(&a), 2);
-        a.handle_packet(
-            5,
-            gossip(vec![Update::Dead {
-                id: 2,
-                inc: 1,
-                from: 5,
-            }]),
-            ms(12),
-        );
+        a.handle_packet(5, dead_of(2, 5), ms(12));
         assert_eq!(about_2(&a), 1);
     }
 
@@ -1534,15 +1515,7 @@ mod tests {
     #[test]
     fn a_member_held_dead_that_talks_to_us_is_told_so() {
         let mut a = node(1, &[2, 3]);
-        a.handle_packet(
-            3,
-            gossip(vec![Update::Dead {
-                id: 2,
-                inc: 1,
-                from: 3,
-            }]),
-            ms(10),
-        );
+        a.handle_packet(3, dead_of(2, 3), ms(10));
         a.drain_outputs().for_each(drop);
         a.handle_packet(
             2,
@@ -1577,15 +1550,7 @@ mod tests {
         };
         a.handle_packet(3, table, ms(10));
         assert_eq!(a.member(&2).unwrap().liveness, Liveness::Suspect);
-        a.handle_packet(
-            3,
-            gossip(vec![Update::Dead {
-                id: 2,
-                inc: 1,
-                from: 3,
-            }]),
-            ms(20),
-        );
+        a.handle_packet(3, dead_of(2, 3), ms(20));
         assert_eq!(
             a.member(&2).unwrap().liveness,
             Liveness::Dead,
