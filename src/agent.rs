@@ -246,6 +246,11 @@ impl Agent {
         self.local_id
     }
 
+    /// A handle to this agent's envelope router, for in-process clients (benchmarks, tests).
+    pub fn messenger(&self) -> MessengerHandle {
+        self.messenger.clone()
+    }
+
     fn now(&self) -> Duration {
         self.started.elapsed()
     }

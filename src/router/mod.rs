@@ -120,11 +120,12 @@ enum Command {
     },
     /// From a peerlet after its `handle` returned, or an external peerlet.
     Post(Envelope),
-    /// From a stream reader.
+    /// From a stream reader: what one read brought, in order.
     Inbound {
         from: PeerId,
-        relay_to: Option<String>,
-        env: Envelope,
+        /// `from` as text, made once per stream (encoding a peer id costs more than routing).
+        from_text: Arc<str>,
+        items: Vec<(Option<String>, Envelope)>,
     },
     /// A writer could not deliver these.
     SendFailed {
@@ -396,25 +397,29 @@ impl Messenger {
             }
             Command::Inbound {
                 from,
-                relay_to,
-                env,
+                from_text,
+                items,
             } => {
-                // The transport authenticated `from`; a notice must come from its author directly.
-                if env.target.app.as_deref() == Some(NOTICE_APP)
-                    && (relay_to.is_some() || env.sender.node != from.to_string())
-                {
-                    self.counters.forged += 1;
-                    return tracing::warn!(peer = %from, claimed = %env.sender.node, "refused failure notice: sender is not the connected peer");
+                for (relay_to, env) in items {
+                    // The transport authenticated `from`; a notice must come from its author
+                    // directly.
+                    if env.target.app.as_deref() == Some(NOTICE_APP)
+                        && (relay_to.is_some() || env.sender.node != *from_text)
+                    {
+                        self.counters.forged += 1;
+                        tracing::warn!(peer = %from, claimed = %env.sender.node, "refused failure notice: sender is not the connected peer");
+                        continue;
+                    }
+                    let origin = match relay_to {
+                        Some(to) => Origin::Relay {
+                            from: from_text.to_string(),
+                            to,
+                        },
+                        None => Origin::Peer(from_text.to_string()),
+                    };
+                    self.core.handle(env, origin);
+                    self.pump().await;
                 }
-                let origin = match relay_to {
-                    Some(to) => Origin::Relay {
-                        from: from.to_string(),
-                        to,
-                    },
-                    None => Origin::Peer(from.to_string()),
-                };
-                self.core.handle(env, origin);
-                self.pump().await;
             }
             Command::SendFailed { peer, items } => {
                 self.links.remove(&peer);
@@ -749,38 +754,59 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Reads frames off one inbound stream until it ends or breaks framing.
+/// Frames handed to the routing task in one command at most.
+const READ_BATCH: usize = 256;
+
+/// Reads frames off one inbound stream until it ends or breaks framing. Every frame already in
+/// the read buffer goes to the routing task in one command.
 async fn read_stream(peer: PeerId, stream: libp2p::Stream, tx: mpsc::Sender<Command>) {
+    let from_text: Arc<str> = peer.to_string().into();
     let limits = Limits::default();
     let max = limits.max_envelope_bytes + 1024;
     let mut r = futures::io::BufReader::with_capacity(64 << 10, stream);
     let mut body = Vec::new();
     loop {
-        let mut head = [0u8; 4];
-        if r.read_exact(&mut head).await.is_err() {
-            return; // closed (or broken) between frames
-        }
-        let len = u32::from_be_bytes(head) as usize;
-        if len > max {
-            return tracing::warn!(%peer, "envelope frame of {len} bytes exceeds the {max}-byte limit; closing the stream");
-        }
-        body.resize(len, 0);
-        if let Err(e) = r.read_exact(&mut body).await {
-            return tracing::debug!(%peer, "envelope stream ended inside a frame: {e}");
-        }
-        match wire::decode(&body, &limits) {
-            Ok(b) => {
-                let cmd = Command::Inbound {
-                    from: peer,
-                    relay_to: b.relay_to,
-                    env: b.env,
-                };
-                if tx.send(cmd).await.is_err() {
-                    return;
+        let mut items = Vec::new();
+        loop {
+            let mut head = [0u8; 4];
+            if r.read_exact(&mut head).await.is_err() {
+                if !items.is_empty() {
+                    let _ = tx.send(Command::Inbound { from: peer, from_text, items }).await;
                 }
+                return; // closed (or broken) between frames
             }
-            // The frame was whole, so the stream is still in step: refuse this one, go on.
-            Err(e) => tracing::warn!(%peer, "refused envelope: {e}"),
+            let len = u32::from_be_bytes(head) as usize;
+            if len > max {
+                return tracing::warn!(%peer, "envelope frame of {len} bytes exceeds the {max}-byte limit; closing the stream");
+            }
+            body.resize(len, 0);
+            if let Err(e) = r.read_exact(&mut body).await {
+                return tracing::debug!(%peer, "envelope stream ended inside a frame: {e}");
+            }
+            match wire::decode(&body, &limits) {
+                Ok(b) => items.push((b.relay_to, b.env)),
+                // The frame was whole, so the stream is still in step: refuse this one, go on.
+                Err(e) => tracing::warn!(%peer, "refused envelope: {e}"),
+            }
+            // Another whole frame already buffered? Take it into this batch.
+            let buffered = r.buffer();
+            let whole_next = buffered.len() >= 4
+                && buffered.len()
+                    >= 4 + u32::from_be_bytes([buffered[0], buffered[1], buffered[2], buffered[3]]) as usize;
+            if !whole_next || items.len() >= READ_BATCH {
+                break;
+            }
+        }
+        if items.is_empty() {
+            continue;
+        }
+        let cmd = Command::Inbound {
+            from: peer,
+            from_text: Arc::clone(&from_text),
+            items,
+        };
+        if tx.send(cmd).await.is_err() {
+            return;
         }
     }
 }
