@@ -116,6 +116,13 @@ fn route() {
                 i += 1;
             })
         };
+        let parse_only = {
+            let mut i = 0;
+            rate(secs, || {
+                black_box(Envelope::from_xml(&frames[i % frames.len()], &limits).ok());
+                i += 1;
+            })
+        };
         let mut router = Router::new(Arc::clone(&view));
         let mut host = Host::new(
             "node-b".into(),
@@ -147,10 +154,11 @@ fn route() {
             }
         });
         println!(
-            "route {:<7} parse+route+deliver{}: {:>9.0}/s   quick-xml reading the same {} bytes: {:>9.0}/s ({:.1}x the floor's time); {} replies routed",
+            "route {:<7} parse+route+deliver{}: {:>9.0}/s   dci-proto parse alone: {:>9.0}/s   quick-xml reading the same {} bytes: {:>9.0}/s ({:.1}x the floor's time); {} replies routed",
             kind.as_str(),
             if kind == Kind::Request { "+reply" } else { "" },
             ours,
+            parse_only,
             frames[0].len(),
             floor,
             floor / ours,
@@ -166,12 +174,23 @@ fn rss_kib() -> u64 {
         .map_or(0, |pages| pages * 4)
 }
 
+/// Each memory figure is taken in a fresh process, so one cannot reuse another's freed pages.
 fn memory() {
+    for what in ["echo", "chat", "queue"] {
+        let out = std::process::Command::new(std::env::current_exe().expect("own path"))
+            .args(["memory-one", what])
+            .output()
+            .expect("runs itself");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+fn memory_one(what: &str) {
     const N: usize = 100_000;
     let mut host = Host::new("n".into(), Some("b".into()), Arc::new(NoOutbox), Duration::from_secs(600));
     dci::peerlet_host::register_builtins(&mut host);
     let mut out = Vec::new();
-    for app in ["echo", "chat"] {
+    for app in ["echo", "chat"].into_iter().filter(|a| *a == what) {
         let before = rss_kib();
         for _ in 0..N {
             let mut env = envelope("a", Destination::Node("n".into()), Kind::Event);
@@ -188,6 +207,9 @@ fn memory() {
             before,
             after
         );
+    }
+    if what != "queue" {
+        return;
     }
     let before = rss_kib();
     let (tx, rx) = tokio::sync::mpsc::channel::<(Envelope, Option<String>)>(N);
@@ -365,7 +387,7 @@ fn mesh() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (pa, pb) = (free_port(), free_port());
         let (a, _) = start_agent(dir.path(), "bench-a", pa, None).await;
-        let (_b, b_id) = start_agent(dir.path(), "bench-b", pb, Some(pa)).await;
+        let (b, b_id) = start_agent(dir.path(), "bench-b", pb, Some(pa)).await;
         let one = || {
             let a = a.clone();
             let env = envelope("x", Destination::Node(b_id.clone()), Kind::Request);
@@ -401,6 +423,33 @@ fn mesh() {
                 frame.len()
             );
         }
+        // One way: events A -> B as fast as A's queues take them, counted where B delivers them.
+        let delivered = |h: dci::router::MessengerHandle| async move {
+            h.stats()
+                .await
+                .into_iter()
+                .find(|(n, _)| n == "envelopes-delivered")
+                .map_or(0, |(_, v)| v)
+        };
+        let before = delivered(b.clone()).await;
+        let n = (secs * 100_000.0) as u64;
+        let start = Instant::now();
+        for _ in 0..n {
+            let mut env = envelope("x", Destination::Node(b_id.clone()), Kind::Event);
+            env.target.instance = Some(Uuid::from_u128(1));
+            a.send(env).await;
+        }
+        while delivered(b.clone()).await < before + n {
+            if start.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let got = delivered(b.clone()).await - before;
+        println!(
+            "mesh: one-way events A->B: {:>8.0} envelopes/s ({got} of {n} delivered)",
+            got as f64 / start.elapsed().as_secs_f64()
+        );
         let mut ours = paced(secs, 10_000, one).await;
         let mut reference = paced(secs, 10_000, tcp_one).await;
         println!(
@@ -416,6 +465,9 @@ fn mesh() {
 
 fn main() {
     let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    if which.first().map(String::as_str) == Some("memory-one") {
+        return memory_one(which.get(1).map_or("", String::as_str));
+    }
     let run = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
     if run("route") {
         route();

@@ -16,14 +16,14 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Three agents b1, b2, b3, logging every envelope, with group `web` = b1 and b3 and the
-/// repository's external peerlets.
+/// Three agents b1, b2, b3, logging every envelope, with group `web` = b1 and b3, the
+/// repository's external peerlets, and b1's operator allowed to use `exec`.
 fn mesh(root: &Path) -> Vec<Node> {
     let config = root.join("dcid.toml");
     std::fs::write(
         &config,
         format!(
-            "[messaging]\nlog_apps = [\"*\"]\npeerlet_dirs = [{:?}]\n[messaging.groups]\nweb = [\"b1\", \"b3\"]\n",
+            "[messaging]\nlog_apps = [\"*\"]\nexec_operators = [\"b1\"]\nexec_timeout_ms = 2000\npeerlet_dirs = [{:?}]\n[messaging.groups]\nweb = [\"b1\", \"b3\"]\n",
             repo().join("peerlets")
         ),
     )
@@ -258,5 +258,57 @@ fn a_logged_exchange_is_replayed_to_another_blade_with_a_new_id_and_a_link() {
     let out = b1.dcish(&["--json", "log", "--target", "b3"]);
     let records: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert!(records.iter().any(|r| r["id"] == copy.as_str() && r["replay_of"] == original.as_str()), "{records:?}");
+    logged_envelopes_validate(&nodes);
+}
+
+#[test]
+fn exec_answers_authorized_operators_only_and_a_task_chains_steps_across_blades() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = mesh(root.path());
+    let (b1, b3) = (&nodes[0], &nodes[2]);
+    let echo_hi = r#"<exec xmlns="urn:dci:exec:1"><arg>echo</arg><arg>hi</arg></exec>"#;
+    let (ok, v) = send(b1, &["b2", "--app", "exec", echo_hi]);
+    assert!(ok, "{v}");
+    let p = answers(&v)[0]["payload"].as_str().unwrap().to_string();
+    assert!(p.contains("exit=\"0\"") && p.contains("<stdout>hi\n</stdout>"), "{p}");
+    // b3's operator is not in the list.
+    let (ok, v) = send(b3, &["b2", "--app", "exec", echo_hi]);
+    assert!(!ok);
+    assert_eq!(answers(&v)[0]["code"], "not-authorized", "{v}");
+    // A command past the time limit is killed.
+    let (ok, v) = send(b1, &["b2", "--app", "exec", r#"<exec xmlns="urn:dci:exec:1" timeout-ms="200"><arg>sleep</arg><arg>5</arg></exec>"#]);
+    assert!(ok, "{v}");
+    assert!(answers(&v)[0]["payload"].as_str().unwrap().contains("timed-out=\"true\""), "{v}");
+    // sysinfo with a limit every host passes raises an alert.
+    let (ok, v) = send(b1, &["b3", "--app", "sysinfo", r#"<get xmlns="urn:dci:sysinfo:1" memory-pct="0"/>"#]);
+    assert!(ok, "{v}");
+    assert!(answers(&v)[0]["payload"].as_str().unwrap().contains("metric=\"memory-pct\""), "{v}");
+
+    // b2 fetches, b1 combines (the Python peerlet), b3 stores in a chat session.
+    let session = uuid::Uuid::new_v4().to_string();
+    let task = root.path().join("task.xml");
+    std::fs::write(
+        &task,
+        format!(
+            r#"<task xmlns="urn:dci:task:1">
+  <step id="fetch" to="b2" app="exec"><payload><exec xmlns="urn:dci:exec:1"><arg>echo</arg><arg>page from b2</arg></exec></payload></step>
+  <step id="combine" to="b1" app="upper"><payload><text xmlns="urn:t:1">notes and {{{{fetch}}}}</text></payload></step>
+  <step id="store" to="b3" app="chat" instance="{session}"><payload><say xmlns="urn:dci:chat:1" from="task">{{{{combine}}}}</say></payload></step>
+</task>"#
+        ),
+    )
+    .unwrap();
+    let out = b1.dcish(&["run", task.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("step combine (upper on b1): NOTES AND PAGE FROM B2"), "{text}");
+    let (ok, v) = send(b1, &["b3", "--app", "chat", "--instance", &session, r#"<history xmlns="urn:dci:chat:1"/>"#]);
+    assert!(ok, "{v}");
+    assert!(answers(&v)[0]["payload"].as_str().unwrap().contains("NOTES AND PAGE FROM B2"), "{v}");
+    // A broken task says which step failed.
+    std::fs::write(&task, r#"<task xmlns="urn:dci:task:1"><step id="only" to="nosuch" app="echo"/></task>"#).unwrap();
+    let out = b1.dcish(&["run", task.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("step only failed"));
     logged_envelopes_validate(&nodes);
 }

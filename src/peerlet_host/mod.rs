@@ -33,6 +33,7 @@ pub const MAX_INSTANCES: usize = 10_000;
 pub fn register_builtins(host: &mut Host) {
     host.register(Arc::new(dci_peerlet_echo::EchoType));
     host.register(Arc::new(dci_peerlet_chat::ChatType));
+    host.register(Arc::new(dci_peerlet_sysinfo::SysinfoType));
 }
 
 /// How an instance runs.

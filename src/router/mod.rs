@@ -43,6 +43,9 @@ pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames batched into one write at most.
 const WRITE_BATCH: usize = 512;
+/// Apps whose envelopes must come straight from their sender (no relay): their authority is
+/// the sender's identity.
+const AUTHENTICATED_APPS: [&str; 2] = [NOTICE_APP, "exec"];
 /// The local app that answers log queries and replays.
 pub const MSGLOG_APP: &str = "msglog";
 /// Its namespace.
@@ -68,6 +71,12 @@ pub struct MessagingConfig {
     pub answer_wait_ms: u64,
     /// Envelopes queued per peer before senders wait.
     pub peer_queue: usize,
+    /// Blade names or node ids whose operators may use the `exec` peerlet here.
+    pub exec_operators: Vec<String>,
+    /// The longest an `exec` command may run, in milliseconds.
+    pub exec_timeout_ms: u64,
+    /// Bytes kept of each of an `exec` command's stdout and stderr.
+    pub exec_max_output: usize,
 }
 
 impl Default for MessagingConfig {
@@ -80,6 +89,9 @@ impl Default for MessagingConfig {
             peerlet_dirs: Vec::new(),
             answer_wait_ms: 5000,
             peer_queue: 4096,
+            exec_operators: Vec::new(),
+            exec_timeout_ms: 60_000,
+            exec_max_output: 1 << 20,
         }
     }
 }
@@ -279,6 +291,11 @@ impl Messenger {
             Duration::from_secs(setup.config.idle_stop_s.max(1)),
         );
         crate::peerlet_host::register_builtins(&mut host);
+        host.register(Arc::new(dci_peerlet_exec::ExecType(dci_peerlet_exec::Policy {
+            operators: setup.config.exec_operators.clone(),
+            max_timeout: Duration::from_millis(setup.config.exec_timeout_ms),
+            max_output: setup.config.exec_max_output,
+        })));
         for dir in &setup.config.peerlet_dirs {
             match crate::peerlet_host::external::Manifest::scan(dir) {
                 Ok(found) => {
@@ -401,13 +418,12 @@ impl Messenger {
                 items,
             } => {
                 for (relay_to, env) in items {
-                    // The transport authenticated `from`; a notice must come from its author
-                    // directly.
-                    if env.target.app.as_deref() == Some(NOTICE_APP)
-                        && (relay_to.is_some() || env.sender.node != *from_text)
-                    {
+                    // The transport authenticated `from`; what these apps act on must come from
+                    // its author directly, since a relay could claim any sender.
+                    let sensitive = AUTHENTICATED_APPS.contains(&env.target.app.as_deref().unwrap_or(""));
+                    if sensitive && (relay_to.is_some() || env.sender.node != *from_text) {
                         self.counters.forged += 1;
-                        tracing::warn!(peer = %from, claimed = %env.sender.node, "refused failure notice: sender is not the connected peer");
+                        tracing::warn!(peer = %from, claimed = %env.sender.node, app = ?env.target.app, "refused envelope: sender is not the connected peer");
                         continue;
                     }
                     let origin = match relay_to {

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod msg;
+pub mod task;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -56,6 +57,11 @@ pub enum Command {
     Log(msg::LogArgs),
     /// Send logged envelopes again, with new ids, to the same or another destination.
     Replay(msg::ReplayArgs),
+    /// Run a task document: steps sent to peerlets in order, outputs feeding later inputs.
+    Run {
+        /// The task document (XML, `urn:dci:task:1`).
+        task: PathBuf,
+    },
 }
 
 /// A command's failure: one line for the user.
@@ -99,6 +105,7 @@ pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
         Command::Send(args) => msg::send(&mut client, args, cli.json).await?,
         Command::Log(args) => msg::log(&mut client, args, cli.json).await?,
         Command::Replay(args) => msg::replay(&mut client, args, cli.json).await?,
+        Command::Run { task } => task::run(&mut client, task, cli.json).await?,
         Command::Events => {
             let payload = client.request(ControlRequest::Events.to_payload()).await?;
             let events = events_from_payload(&payload).map_err(protocol)?;

@@ -182,7 +182,7 @@ pub async fn send(client: &mut Client, args: &SendArgs, json: bool) -> Result<St
 }
 
 /// Sends `env` and reads the `<answers>` it gets back.
-async fn answers_of(client: &mut Client, env: &Envelope) -> Result<(usize, Vec<Envelope>), ClientError> {
+pub(crate) async fn answers_of(client: &mut Client, env: &Envelope) -> Result<(usize, Vec<Envelope>), ClientError> {
     let reply = client.exchange(env).await?;
     let bad = |reason: String| ClientError::Refused {
         code: "bad-answer".into(),
@@ -217,7 +217,7 @@ async fn answers_of(client: &mut Client, env: &Envelope) -> Result<(usize, Vec<E
 /// The top-level elements of `xml`: their attributes and their whole text (start tag included),
 /// in order. For an element's children, call it again on the text between its tags, which
 /// [`inner`] gives.
-fn children(xml: &str) -> Result<Vec<(HashMap<String, String>, &str)>, String> {
+pub(crate) fn children(xml: &str) -> Result<Vec<(HashMap<String, String>, &str)>, String> {
     let mut r = quick_xml::Reader::from_str(xml);
     let mut out = Vec::new();
     let mut depth = 0usize;
@@ -250,13 +250,15 @@ fn children(xml: &str) -> Result<Vec<(HashMap<String, String>, &str)>, String> {
 }
 
 /// The text between an element's start and end tags.
-fn inner(whole: &str) -> &str {
+pub(crate) fn inner(whole: &str) -> &str {
     let open = whole.find('>').map_or(0, |i| i + 1);
     let close = whole.rfind("</").unwrap_or(whole.len());
     whole.get(open..close).unwrap_or("")
 }
 
+/// The attributes of an element, and its local name under the key `""`.
 fn attributes(e: &quick_xml::events::BytesStart<'_>) -> HashMap<String, String> {
+    let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
     e.attributes()
         .flatten()
         .map(|a| {
@@ -265,6 +267,7 @@ fn attributes(e: &quick_xml::events::BytesStart<'_>) -> HashMap<String, String> 
                 a.unescape_value().map(|v| v.into_owned()).unwrap_or_default(),
             )
         })
+        .chain(std::iter::once((String::new(), name)))
         .collect()
 }
 
