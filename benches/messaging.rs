@@ -170,7 +170,11 @@ fn route() {
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
         .map_or(0, |pages| pages * 4)
 }
 
@@ -187,7 +191,12 @@ fn memory() {
 
 fn memory_one(what: &str) {
     const N: usize = 100_000;
-    let mut host = Host::new("n".into(), Some("b".into()), Arc::new(NoOutbox), Duration::from_secs(600));
+    let mut host = Host::new(
+        "n".into(),
+        Some("b".into()),
+        Arc::new(NoOutbox),
+        Duration::from_secs(600),
+    );
     dci::peerlet_host::register_builtins(&mut host);
     let mut out = Vec::new();
     for app in ["echo", "chat"].into_iter().filter(|a| *a == what) {
@@ -214,7 +223,10 @@ fn memory_one(what: &str) {
     let before = rss_kib();
     let (tx, rx) = tokio::sync::mpsc::channel::<(Envelope, Option<String>)>(N);
     for _ in 0..N {
-        let _ = tx.try_send((envelope("a", Destination::Node("n".into()), Kind::Request), None));
+        let _ = tx.try_send((
+            envelope("a", Destination::Node("n".into()), Kind::Request),
+            None,
+        ));
     }
     let after = rss_kib();
     println!(
@@ -225,17 +237,26 @@ fn memory_one(what: &str) {
     drop(rx);
 }
 
-async fn start_agent(dir: &std::path::Path, name: &str, port: u16, join: Option<u16>) -> (dci::router::MessengerHandle, String) {
+async fn start_agent(
+    dir: &std::path::Path,
+    name: &str,
+    port: u16,
+    join: Option<u16>,
+) -> (dci::router::MessengerHandle, String) {
     let overrides = dci::config::Overrides {
         name: Some(name.into()),
         data_dir: Some(dir.join(name)),
         listen: vec![format!("127.0.0.1:{port}")],
-        join: join.map(|p| vec![format!("127.0.0.1:{p}")]).unwrap_or_default(),
+        join: join
+            .map(|p| vec![format!("127.0.0.1:{p}")])
+            .unwrap_or_default(),
         no_mdns: true,
         ..Default::default()
     };
     let config = dci::config::Config::load(&overrides).expect("config");
-    let agent = dci::agent::Agent::start(config).await.expect("agent starts");
+    let agent = dci::agent::Agent::start(config)
+        .await
+        .expect("agent starts");
     let handle = agent.messenger();
     let id = agent.local_id().to_string();
     tokio::spawn(agent.run(std::future::pending()));
@@ -251,7 +272,9 @@ fn free_port() -> u16 {
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
-    v.get(((v.len() as f64 - 1.0) * p) as usize).copied().unwrap_or_default()
+    v.get(((v.len() as f64 - 1.0) * p) as usize)
+        .copied()
+        .unwrap_or_default()
 }
 
 /// Runs `one` with `window` in flight for `secs`; returns completions per second.
@@ -306,7 +329,9 @@ where
 }
 
 async fn tcp_echo_server() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
@@ -338,11 +363,15 @@ struct TcpEcho {
 
 impl TcpEcho {
     async fn connect(port: u16) -> TcpEcho {
-        let sock = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
         sock.set_nodelay(true).ok();
         let (mut r, mut w) = sock.into_split();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, tokio::sync::oneshot::Sender<()>)>();
-        let (wait_tx, mut wait_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, tokio::sync::oneshot::Sender<()>)>();
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, tokio::sync::oneshot::Sender<()>)>();
+        let (wait_tx, mut wait_rx) =
+            tokio::sync::mpsc::unbounded_channel::<(usize, tokio::sync::oneshot::Sender<()>)>();
         tokio::spawn(async move {
             let mut buf = Vec::new();
             while let Some((frame, done)) = rx.recv().await {
@@ -464,7 +493,10 @@ fn mesh() {
 }
 
 fn main() {
-    let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     if which.first().map(String::as_str) == Some("memory-one") {
         return memory_one(which.get(1).map_or("", String::as_str));
     }

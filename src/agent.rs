@@ -423,7 +423,8 @@ impl Agent {
             instance: None,
         };
         let env = notice::envelope(sender, &notice);
-        self.counters.notices_sent += self.view.borrow().peers.iter().filter(|p| p.up).count() as u64;
+        self.counters.notices_sent +=
+            self.view.borrow().peers.iter().filter(|p| p.up).count() as u64;
         if !self.messenger.try_send(env) {
             tracing::warn!("the router is saturated; a failure notice was not broadcast");
         }
@@ -690,7 +691,9 @@ impl Agent {
                 self.counters.envelopes_refused += 1;
                 tracing::warn!(%peer, "refused failure notice: {e}");
             }
-            None => tracing::warn!(%peer, kind = %env.kind, "dropped a failure-notice envelope that is not an event"),
+            None => {
+                tracing::warn!(%peer, kind = %env.kind, "dropped a failure-notice envelope that is not an event")
+            }
         }
     }
 

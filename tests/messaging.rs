@@ -32,11 +32,18 @@ fn mesh(root: &Path) -> Vec<Node> {
     let first = free_port();
     let mut nodes = vec![Node::start(root, "b1", first, &[], &["--config", cfg])];
     for name in ["b2", "b3"] {
-        nodes.push(Node::start(root, name, free_port(), &[first], &["--config", cfg]));
+        nodes.push(Node::start(
+            root,
+            name,
+            free_port(),
+            &[first],
+            &["--config", cfg],
+        ));
     }
     for n in &nodes {
         wait_until(Duration::from_secs(20), || {
-            n.members().is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 3)
+            n.members()
+                .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 3)
         })
         .unwrap_or_else(|| panic!("{} never saw 3 alive members:\n{}", n.name, n.log_text()));
     }
@@ -50,7 +57,10 @@ fn send(node: &Node, args: &[&str]) -> (bool, Value) {
     let out = node.dcish(&full);
     let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     if !out.status.success() && v.is_null() {
-        return (false, Value::String(String::from_utf8_lossy(&out.stderr).into_owned()));
+        return (
+            false,
+            Value::String(String::from_utf8_lossy(&out.stderr).into_owned()),
+        );
     }
     (out.status.success(), v)
 }
@@ -61,10 +71,24 @@ fn answers(v: &Value) -> Vec<Value> {
 
 /// What `echo`'s `<count/>` says instance `instance` on `blade` had received.
 fn count(from: &Node, blade: &str, instance: &str) -> u64 {
-    let (ok, v) = send(from, &[blade, "--instance", instance, r#"<count xmlns="urn:dci:echo:1"/>"#]);
+    let (ok, v) = send(
+        from,
+        &[
+            blade,
+            "--instance",
+            instance,
+            r#"<count xmlns="urn:dci:echo:1"/>"#,
+        ],
+    );
     assert!(ok, "count on {blade}: {v}");
     let payload = answers(&v)[0]["payload"].as_str().unwrap().to_string();
-    let n = payload.split("received=\"").nth(1).unwrap().split('"').next().unwrap();
+    let n = payload
+        .split("received=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
     n.parse().unwrap()
 }
 
@@ -91,7 +115,12 @@ fn logged_envelopes_validate(nodes: &[Node]) {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            child.stdin.take().unwrap().write_all(xml.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(xml.as_bytes())
+                .unwrap();
             let out = child.wait_with_output().unwrap();
             assert!(
                 out.status.success(),
@@ -125,22 +154,47 @@ fn unicast_multicast_and_broadcast_reach_exactly_the_intended_peerlets_once() {
 
     // Multicast to group web (b1 and b3): one copy each, none to b2.
     let g = uuid::Uuid::new_v4().to_string();
-    let (ok, v) = send(b1, &["group:web", "--event", "--instance", &g, r#"<ping xmlns="urn:t:1"/>"#]);
+    let (ok, v) = send(
+        b1,
+        &[
+            "group:web",
+            "--event",
+            "--instance",
+            &g,
+            r#"<ping xmlns="urn:t:1"/>"#,
+        ],
+    );
     assert!(ok, "{v}");
     // Broadcast: every member once.
     let all = uuid::Uuid::new_v4().to_string();
-    let (ok, v) = send(&nodes[1], &["broadcast", "--event", "--instance", &all, r#"<ping xmlns="urn:t:1"/>"#]);
+    let (ok, v) = send(
+        &nodes[1],
+        &[
+            "broadcast",
+            "--event",
+            "--instance",
+            &all,
+            r#"<ping xmlns="urn:t:1"/>"#,
+        ],
+    );
     assert!(ok, "{v}");
     std::thread::sleep(Duration::from_millis(300));
     for (blade, group_copies) in [("b1", 1), ("b2", 0), ("b3", 1)] {
-        assert_eq!(count(b1, blade, &g), group_copies, "group copies on {blade}");
+        assert_eq!(
+            count(b1, blade, &g),
+            group_copies,
+            "group copies on {blade}"
+        );
         assert_eq!(count(b1, blade, &all), 1, "broadcast copies on {blade}");
     }
 
     // A multicast request is answered once by each member of the group.
     let (ok, v) = send(b1, &["group:web", r#"<x xmlns="urn:t:1">hi</x>"#]);
     assert!(ok, "{v}");
-    let mut from: Vec<String> = answers(&v).iter().map(|a| a["blade"].as_str().unwrap().to_string()).collect();
+    let mut from: Vec<String> = answers(&v)
+        .iter()
+        .map(|a| a["blade"].as_str().unwrap().to_string())
+        .collect();
     from.sort();
     assert_eq!(from, ["b1", "b3"]);
 
@@ -176,11 +230,23 @@ fn ttl_expires_on_the_way_and_is_clamped_to_nine_on_receipt() {
     // Two hops reach b2 with one left.
     let (ok, v) = send(b1, &["b2", "--ttl", "2", whoami]);
     assert!(ok, "{v}");
-    assert!(answers(&v)[0]["payload"].as_str().unwrap().contains("ttl=\"1\""), "{v}");
+    assert!(
+        answers(&v)[0]["payload"]
+            .as_str()
+            .unwrap()
+            .contains("ttl=\"1\""),
+        "{v}"
+    );
     // 200 is clamped to 9 at b1, and b2 receives 8.
     let (ok, v) = send(b1, &["b2", "--ttl", "200", whoami]);
     assert!(ok, "{v}");
-    assert!(answers(&v)[0]["payload"].as_str().unwrap().contains("ttl=\"8\""), "{v}");
+    assert!(
+        answers(&v)[0]["payload"]
+            .as_str()
+            .unwrap()
+            .contains("ttl=\"8\""),
+        "{v}"
+    );
 
     let out = b1.dcish(&["--json", "status"]);
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -194,22 +260,69 @@ fn chat_sessions_stay_separate_and_an_external_python_peerlet_starts_on_demand()
     let root = tempfile::tempdir().unwrap();
     let nodes = mesh(root.path());
     let (b1, b3) = (&nodes[0], &nodes[2]);
-    let (s1, s2) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
-    let say = |who: &str, text: &str| format!(r#"<say xmlns="urn:dci:chat:1" from="{who}">{text}</say>"#);
+    let (s1, s2) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    let say =
+        |who: &str, text: &str| format!(r#"<say xmlns="urn:dci:chat:1" from="{who}">{text}</say>"#);
     // Session 1: b1 and b2; session 2: b1, b2 and b3, at the same time.
-    let (ok, v) = send(b1, &["group:set:b1,b2", "--app", "chat", "--instance", &s1, &say("ann", "one")]);
+    let (ok, v) = send(
+        b1,
+        &[
+            "group:set:b1,b2",
+            "--app",
+            "chat",
+            "--instance",
+            &s1,
+            &say("ann", "one"),
+        ],
+    );
     assert!(ok, "{v}");
-    let (ok, v) = send(b3, &["broadcast", "--app", "chat", "--instance", &s2, &say("cid", "two")]);
+    let (ok, v) = send(
+        b3,
+        &[
+            "broadcast",
+            "--app",
+            "chat",
+            "--instance",
+            &s2,
+            &say("cid", "two"),
+        ],
+    );
     assert!(ok, "{v}");
-    let (ok, v) = send(b1, &["group:set:b1,b2", "--app", "chat", "--instance", &s1, &say("bob", "three")]);
+    let (ok, v) = send(
+        b1,
+        &[
+            "group:set:b1,b2",
+            "--app",
+            "chat",
+            "--instance",
+            &s1,
+            &say("bob", "three"),
+        ],
+    );
     assert!(ok, "{v}");
     let history = |from: &Node, blade: &str, s: &str| {
-        let (ok, v) = send(from, &[blade, "--app", "chat", "--instance", s, r#"<history xmlns="urn:dci:chat:1"/>"#]);
+        let (ok, v) = send(
+            from,
+            &[
+                blade,
+                "--app",
+                "chat",
+                "--instance",
+                s,
+                r#"<history xmlns="urn:dci:chat:1"/>"#,
+            ],
+        );
         assert!(ok, "{v}");
         answers(&v)[0]["payload"].as_str().unwrap().to_string()
     };
     let h = history(b3, "b2", &s1);
-    assert!(h.contains(">one<") && h.contains(">three<") && !h.contains(">two<"), "{h}");
+    assert!(
+        h.contains(">one<") && h.contains(">three<") && !h.contains(">two<"),
+        "{h}"
+    );
     let h = history(b1, "b2", &s2);
     assert!(h.contains(">two<") && !h.contains(">one<"), "{h}");
     let h = history(b1, "b3", &s1);
@@ -217,12 +330,23 @@ fn chat_sessions_stay_separate_and_an_external_python_peerlet_starts_on_demand()
 
     // The Python peerlet is not running until this envelope arrives; it waits in the queue
     // while the process starts, and is answered.
-    let (ok, v) = send(b1, &["b3", "--app", "upper", r#"<text xmlns="urn:t:1">hello mesh</text>"#]);
+    let (ok, v) = send(
+        b1,
+        &[
+            "b3",
+            "--app",
+            "upper",
+            r#"<text xmlns="urn:t:1">hello mesh</text>"#,
+        ],
+    );
     assert!(ok, "{v}");
     let a = answers(&v);
     assert_eq!(a[0]["blade"], "b3");
     assert_eq!(a[0]["app"], "upper");
-    assert!(a[0]["payload"].as_str().unwrap().contains("HELLO MESH"), "{v}");
+    assert!(
+        a[0]["payload"].as_str().unwrap().contains("HELLO MESH"),
+        "{v}"
+    );
     logged_envelopes_validate(&nodes);
 }
 
@@ -236,7 +360,10 @@ fn a_logged_exchange_is_replayed_to_another_blade_with_a_new_id_and_a_link() {
     let original = v["id"].as_str().unwrap().to_string();
     let out = b1.dcish(&["--json", "log", "--target", "b2", "--app", "echo"]);
     let records: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(records.iter().any(|r| r["id"] == original.as_str()), "{records:?}");
+    assert!(
+        records.iter().any(|r| r["id"] == original.as_str()),
+        "{records:?}"
+    );
 
     let out = b1.dcish(&["--json", "replay", &original, "--to", "b3"]);
     assert!(out.status.success(), "{out:?}");
@@ -249,15 +376,22 @@ fn a_logged_exchange_is_replayed_to_another_blade_with_a_new_id_and_a_link() {
     wait_until(Duration::from_secs(5), || {
         let out = b3.dcish(&["--json", "log", "--app", "echo"]);
         let records: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        records
-            .iter()
-            .any(|r| r["id"] == copy.as_str() && r["dir"] == "in" && r["xml"].as_str().unwrap().contains("keep me"))
+        records.iter().any(|r| {
+            r["id"] == copy.as_str()
+                && r["dir"] == "in"
+                && r["xml"].as_str().unwrap().contains("keep me")
+        })
     })
     .expect("b3 never logged the replayed envelope");
     // b1's log links the copy to the original.
     let out = b1.dcish(&["--json", "log", "--target", "b3"]);
     let records: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(records.iter().any(|r| r["id"] == copy.as_str() && r["replay_of"] == original.as_str()), "{records:?}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["id"] == copy.as_str() && r["replay_of"] == original.as_str()),
+        "{records:?}"
+    );
     logged_envelopes_validate(&nodes);
 }
 
@@ -270,19 +404,50 @@ fn exec_answers_authorized_operators_only_and_a_task_chains_steps_across_blades(
     let (ok, v) = send(b1, &["b2", "--app", "exec", echo_hi]);
     assert!(ok, "{v}");
     let p = answers(&v)[0]["payload"].as_str().unwrap().to_string();
-    assert!(p.contains("exit=\"0\"") && p.contains("<stdout>hi\n</stdout>"), "{p}");
+    assert!(
+        p.contains("exit=\"0\"") && p.contains("<stdout>hi\n</stdout>"),
+        "{p}"
+    );
     // b3's operator is not in the list.
     let (ok, v) = send(b3, &["b2", "--app", "exec", echo_hi]);
     assert!(!ok);
     assert_eq!(answers(&v)[0]["code"], "not-authorized", "{v}");
     // A command past the time limit is killed.
-    let (ok, v) = send(b1, &["b2", "--app", "exec", r#"<exec xmlns="urn:dci:exec:1" timeout-ms="200"><arg>sleep</arg><arg>5</arg></exec>"#]);
+    let (ok, v) = send(
+        b1,
+        &[
+            "b2",
+            "--app",
+            "exec",
+            r#"<exec xmlns="urn:dci:exec:1" timeout-ms="200"><arg>sleep</arg><arg>5</arg></exec>"#,
+        ],
+    );
     assert!(ok, "{v}");
-    assert!(answers(&v)[0]["payload"].as_str().unwrap().contains("timed-out=\"true\""), "{v}");
+    assert!(
+        answers(&v)[0]["payload"]
+            .as_str()
+            .unwrap()
+            .contains("timed-out=\"true\""),
+        "{v}"
+    );
     // sysinfo with a limit every host passes raises an alert.
-    let (ok, v) = send(b1, &["b3", "--app", "sysinfo", r#"<get xmlns="urn:dci:sysinfo:1" memory-pct="0"/>"#]);
+    let (ok, v) = send(
+        b1,
+        &[
+            "b3",
+            "--app",
+            "sysinfo",
+            r#"<get xmlns="urn:dci:sysinfo:1" memory-pct="0"/>"#,
+        ],
+    );
     assert!(ok, "{v}");
-    assert!(answers(&v)[0]["payload"].as_str().unwrap().contains("metric=\"memory-pct\""), "{v}");
+    assert!(
+        answers(&v)[0]["payload"]
+            .as_str()
+            .unwrap()
+            .contains("metric=\"memory-pct\""),
+        "{v}"
+    );
 
     // b2 fetches, b1 combines (the Python peerlet), b3 stores in a chat session.
     let session = uuid::Uuid::new_v4().to_string();
@@ -300,13 +465,40 @@ fn exec_answers_authorized_operators_only_and_a_task_chains_steps_across_blades(
     .unwrap();
     let out = b1.dcish(&["run", task.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("step combine (upper on b1): NOTES AND PAGE FROM B2"), "{text}");
-    let (ok, v) = send(b1, &["b3", "--app", "chat", "--instance", &session, r#"<history xmlns="urn:dci:chat:1"/>"#]);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("step combine (upper on b1): NOTES AND PAGE FROM B2"),
+        "{text}"
+    );
+    let (ok, v) = send(
+        b1,
+        &[
+            "b3",
+            "--app",
+            "chat",
+            "--instance",
+            &session,
+            r#"<history xmlns="urn:dci:chat:1"/>"#,
+        ],
+    );
     assert!(ok, "{v}");
-    assert!(answers(&v)[0]["payload"].as_str().unwrap().contains("NOTES AND PAGE FROM B2"), "{v}");
+    assert!(
+        answers(&v)[0]["payload"]
+            .as_str()
+            .unwrap()
+            .contains("NOTES AND PAGE FROM B2"),
+        "{v}"
+    );
     // A broken task says which step failed.
-    std::fs::write(&task, r#"<task xmlns="urn:dci:task:1"><step id="only" to="nosuch" app="echo"/></task>"#).unwrap();
+    std::fs::write(
+        &task,
+        r#"<task xmlns="urn:dci:task:1"><step id="only" to="nosuch" app="echo"/></task>"#,
+    )
+    .unwrap();
     let out = b1.dcish(&["run", task.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("step only failed"));

@@ -226,8 +226,7 @@ pub(crate) fn escape_text(out: &mut String, s: &str) {
 
 fn escape(out: &mut String, s: &str, attribute: bool) {
     // Most names and ids are plain printable ASCII: copy them at once.
-    if s
-        .bytes()
+    if s.bytes()
         .all(|b| (0x20..0x7F).contains(&b) && !matches!(b, b'&' | b'<' | b'>' | b'"'))
     {
         out.push_str(s);

@@ -143,7 +143,9 @@ async fn serve_connection(
         let reply = match Envelope::from_xml(&bytes, &limits) {
             Err(e) => error_envelope(&me, "bad-envelope", &e.to_string()),
             // Anything not for the control app is an envelope to route (`dcish send`, `log`, ...).
-            Ok(request) if request.target.app.as_deref() != Some(dci_proto::control::CONTROL_APP) => {
+            Ok(request)
+                if request.target.app.as_deref() != Some(dci_proto::control::CONTROL_APP) =>
+            {
                 crate::router::control::answer(&me, request, messenger).await
             }
             Ok(request) => answer(&me, &request, queries, messenger).await,

@@ -69,7 +69,12 @@ impl Manifest {
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let mut m: Manifest = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
-        if m.app.is_empty() || !m.app.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        if m.app.is_empty()
+            || !m
+                .app
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
             return Err(err(format!("app {:?} is not 1+ of [A-Za-z0-9._-]", m.app)));
         }
         if m.command.is_empty() {
@@ -152,8 +157,13 @@ async fn run(
             queue.close();
             while let Some(env) = queue.recv().await {
                 if env.kind == dci_peerlet::Kind::Request {
-                    let refusal = Refusal::new("peerlet-failed", format!("cannot start {app}: {e}"));
-                    outbox.post(identity.reply(&env, dci_peerlet::Kind::Error, refusal.to_payload()));
+                    let refusal =
+                        Refusal::new("peerlet-failed", format!("cannot start {app}: {e}"));
+                    outbox.post(identity.reply(
+                        &env,
+                        dci_peerlet::Kind::Error,
+                        refusal.to_payload(),
+                    ));
                 }
             }
             return;
@@ -183,7 +193,9 @@ async fn run(
                             return;
                         }
                     }
-                    Err(e) => tracing::warn!(app = %reader_app, "external peerlet wrote a bad envelope: {e}"),
+                    Err(e) => {
+                        tracing::warn!(app = %reader_app, "external peerlet wrote a bad envelope: {e}")
+                    }
                 },
                 Ok(None) => return,
                 Err(e) => {

@@ -159,7 +159,11 @@ impl Host {
                 if let Err(refusal) = peerlet.handle(env, &mut ctx) {
                     self.stats.refused += 1;
                     if env.kind == Kind::Request {
-                        out.push(instance.identity.reply(env, Kind::Error, refusal.to_payload()));
+                        out.push(
+                            instance
+                                .identity
+                                .reply(env, Kind::Error, refusal.to_payload()),
+                        );
                     } else {
                         tracing::info!(app = %app, id = %env.id, "peerlet refused an envelope: {}: {}", refusal.code, refusal.message);
                     }
@@ -190,7 +194,12 @@ impl Host {
         stopped
     }
 
-    fn instance_for(&mut self, app: &str, wanted: Option<Uuid>, now: Duration) -> Result<Uuid, Refusal> {
+    fn instance_for(
+        &mut self,
+        app: &str,
+        wanted: Option<Uuid>,
+        now: Duration,
+    ) -> Result<Uuid, Refusal> {
         let id = match wanted {
             Some(id) => {
                 if let Some(i) = self.instances.get(&id) {
@@ -285,7 +294,12 @@ mod tests {
     }
 
     fn host() -> Host {
-        let mut h = Host::new("n1".into(), Some("blade-1".into()), Arc::new(NoOutbox), Duration::from_secs(10));
+        let mut h = Host::new(
+            "n1".into(),
+            Some("blade-1".into()),
+            Arc::new(NoOutbox),
+            Duration::from_secs(10),
+        );
         h.register(Arc::new(dci_peerlet_echo::EchoType));
         h.register(Arc::new(dci_peerlet_chat::ChatType));
         h
@@ -293,8 +307,17 @@ mod tests {
 
     fn to(app: &str, instance: Option<Uuid>, payload: &str) -> Envelope {
         Envelope::request(
-            Sender { node: "n2".into(), blade: None, app: "test".into(), instance: None },
-            Target { to: Destination::Node("n1".into()), app: Some(app.into()), instance },
+            Sender {
+                node: "n2".into(),
+                blade: None,
+                app: "test".into(),
+                instance: None,
+            },
+            Target {
+                to: Destination::Node("n1".into()),
+                app: Some(app.into()),
+                instance,
+            },
             Payload::new(payload).unwrap(),
         )
     }
@@ -303,7 +326,11 @@ mod tests {
     fn an_envelope_for_a_type_with_no_instance_starts_one_and_is_answered() {
         let mut h = host();
         let mut out = Vec::new();
-        h.deliver(&to("echo", None, "<x xmlns=\"urn:t\"/>"), Duration::ZERO, &mut out);
+        h.deliver(
+            &to("echo", None, "<x xmlns=\"urn:t\"/>"),
+            Duration::ZERO,
+            &mut out,
+        );
         assert_eq!(h.instances(), 1);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].kind, Kind::Reply);
@@ -318,11 +345,25 @@ mod tests {
         let mut h = host();
         let (s1, s2) = (Uuid::new_v4(), Uuid::new_v4());
         let mut out = Vec::new();
-        let say = |who: &str, text: &str| format!("<say xmlns=\"urn:dci:chat:1\" from=\"{who}\">{text}</say>");
-        h.deliver(&to("chat", Some(s1), &say("ann", "one")), Duration::ZERO, &mut out);
-        h.deliver(&to("chat", Some(s2), &say("bob", "two")), Duration::ZERO, &mut out);
+        let say = |who: &str, text: &str| {
+            format!("<say xmlns=\"urn:dci:chat:1\" from=\"{who}\">{text}</say>")
+        };
+        h.deliver(
+            &to("chat", Some(s1), &say("ann", "one")),
+            Duration::ZERO,
+            &mut out,
+        );
+        h.deliver(
+            &to("chat", Some(s2), &say("bob", "two")),
+            Duration::ZERO,
+            &mut out,
+        );
         out.clear();
-        h.deliver(&to("chat", Some(s1), "<history xmlns=\"urn:dci:chat:1\"/>"), Duration::ZERO, &mut out);
+        h.deliver(
+            &to("chat", Some(s1), "<history xmlns=\"urn:dci:chat:1\"/>"),
+            Duration::ZERO,
+            &mut out,
+        );
         assert!(out[0].payload.as_str().contains("one"));
         assert!(!out[0].payload.as_str().contains("two"));
         assert_eq!(out[0].sender.instance, Some(s1));
@@ -333,7 +374,11 @@ mod tests {
         let mut h = host();
         let mut out = Vec::new();
         h.deliver(&to("nope", None, ""), Duration::ZERO, &mut out);
-        h.deliver(&to("chat", None, "<x xmlns=\"urn:t\"/>"), Duration::ZERO, &mut out);
+        h.deliver(
+            &to("chat", None, "<x xmlns=\"urn:t\"/>"),
+            Duration::ZERO,
+            &mut out,
+        );
         let codes: Vec<String> = out
             .iter()
             .map(|e| dci_peerlet::error_from_payload(&e.payload).unwrap().0)
@@ -346,7 +391,11 @@ mod tests {
         let mut h = host();
         let mut out = Vec::new();
         h.deliver(&to("echo", None, ""), Duration::ZERO, &mut out);
-        h.deliver(&to("chat", None, "<history xmlns=\"urn:dci:chat:1\"/>"), Duration::from_secs(8), &mut out);
+        h.deliver(
+            &to("chat", None, "<history xmlns=\"urn:dci:chat:1\"/>"),
+            Duration::from_secs(8),
+            &mut out,
+        );
         assert_eq!(h.stop_idle(Duration::from_secs(12)), 1);
         assert_eq!(h.instances(), 1);
         h.deliver(&to("echo", None, ""), Duration::from_secs(12), &mut out);

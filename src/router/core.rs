@@ -234,11 +234,11 @@ impl Router {
                 // The origin fanned these out already: a copy is for this node only.
                 Destination::Group(_) | Destination::Broadcast => self.deliver(env),
                 Destination::Node(n) => self.unicast(env, &n, Some(&from)),
-                Destination::Blade(b) => self.to_blade(env, &b, Some(&from)),
+                Destination::Blade(b) => self.unicast_blade(env, &b, Some(&from)),
             },
             Origin::Local => match env.target.to.clone() {
                 Destination::Node(n) => self.unicast(env, &n, None),
-                Destination::Blade(b) => self.to_blade(env, &b, None),
+                Destination::Blade(b) => self.unicast_blade(env, &b, None),
                 Destination::Group(g) => self.multicast(env, &g),
                 Destination::Broadcast => self.broadcast(env),
             },
@@ -263,7 +263,7 @@ impl Router {
         );
     }
 
-    fn to_blade(&mut self, env: Envelope, blade: &str, from: Option<&str>) {
+    fn unicast_blade(&mut self, env: Envelope, blade: &str, from: Option<&str>) {
         match self.view.holder(blade) {
             Some((node, _epoch)) => self.unicast(env, &node, from),
             None => self.refuse(
@@ -472,9 +472,11 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Send { peer, relay_to, env } => {
-                    Some((peer.clone(), relay_to.clone(), env.ttl))
-                }
+                Action::Send {
+                    peer,
+                    relay_to,
+                    env,
+                } => Some((peer.clone(), relay_to.clone(), env.ttl)),
                 Action::Deliver(_) => None,
             })
             .collect()
@@ -495,14 +497,22 @@ mod tests {
     #[test]
     fn a_blade_name_resolves_to_the_node_holding_it_and_takes_one_ttl() {
         let mut r = Router::new(Arc::new(view()));
-        let a = run(&mut r, env("a", Destination::Blade("blade-b".into()), 5), Origin::Local);
+        let a = run(
+            &mut r,
+            env("a", Destination::Blade("blade-b".into()), 5),
+            Origin::Local,
+        );
         assert_eq!(sends(&a), vec![("b".into(), None, 4)]);
     }
 
     #[test]
     fn a_ttl_above_nine_is_clamped_on_receipt() {
         let mut r = Router::new(Arc::new(view()));
-        let a = run(&mut r, env("x", Destination::Node("a".into()), 200), Origin::Peer("b".into()));
+        let a = run(
+            &mut r,
+            env("x", Destination::Node("a".into()), 200),
+            Origin::Peer("b".into()),
+        );
         match &a[..] {
             [Action::Deliver(e)] => assert_eq!(e.ttl, MAX_TTL),
             other => panic!("{other:?}"),
@@ -513,7 +523,11 @@ mod tests {
     #[test]
     fn an_envelope_received_with_ttl_zero_is_expired_and_its_sender_told() {
         let mut r = Router::new(Arc::new(view()));
-        let a = run(&mut r, env("b", Destination::Node("a".into()), 0), Origin::Peer("b".into()));
+        let a = run(
+            &mut r,
+            env("b", Destination::Node("a".into()), 0),
+            Origin::Peer("b".into()),
+        );
         assert_eq!(sends(&a), vec![("b".into(), None, MAX_TTL - 1)]);
         assert_eq!(r.stats().dropped.get(&DropReason::Expired), Some(&1));
     }
@@ -521,7 +535,11 @@ mod tests {
     #[test]
     fn an_envelope_that_would_leave_with_ttl_zero_expires_here() {
         let mut r = Router::new(Arc::new(view()));
-        let a = run(&mut r, env("a", Destination::Node("b".into()), 1), Origin::Local);
+        let a = run(
+            &mut r,
+            env("a", Destination::Node("b".into()), 1),
+            Origin::Local,
+        );
         assert!(sends(&a).is_empty());
         assert_eq!(errors(&a), vec!["expired".to_string()]);
     }
@@ -532,29 +550,51 @@ mod tests {
         let e = env("b", Destination::Group("web".into()), 5);
         assert_eq!(run(&mut r, e.clone(), Origin::Peer("b".into())).len(), 1);
         assert!(run(&mut r, e.clone(), Origin::Peer("c".into())).is_empty());
-        let relayed = run(&mut r, e, Origin::Relay { from: "b".into(), to: "c".into() });
+        let relayed = run(
+            &mut r,
+            e,
+            Origin::Relay {
+                from: "b".into(),
+                to: "c".into(),
+            },
+        );
         assert_eq!(sends(&relayed), vec![("c".into(), None, 4)]);
     }
 
     #[test]
     fn multicast_sends_one_copy_per_member_of_the_group_and_delivers_here_once() {
         let mut r = Router::new(Arc::new(view()));
-        let a = run(&mut r, env("a", Destination::Group("web".into()), 9), Origin::Local);
+        let a = run(
+            &mut r,
+            env("a", Destination::Group("web".into()), 9),
+            Origin::Local,
+        );
         assert_eq!(sends(&a), vec![("c".into(), None, 8)]);
-        assert_eq!(a.iter().filter(|a| matches!(a, Action::Deliver(_))).count(), 1);
+        assert_eq!(
+            a.iter().filter(|a| matches!(a, Action::Deliver(_))).count(),
+            1
+        );
     }
 
     #[test]
     fn a_node_set_group_names_its_blades() {
         let mut r = Router::new(Arc::new(view()));
-        let a = run(&mut r, env("a", Destination::Group("set:blade-b,blade-c".into()), 9), Origin::Local);
+        let a = run(
+            &mut r,
+            env("a", Destination::Group("set:blade-b,blade-c".into()), 9),
+            Origin::Local,
+        );
         assert_eq!(sends(&a).len(), 2);
     }
 
     #[test]
     fn a_multicast_copy_from_a_peer_is_delivered_and_not_fanned_out_again() {
         let mut r = Router::new(Arc::new(view()));
-        let a = run(&mut r, env("b", Destination::Broadcast, 9), Origin::Peer("b".into()));
+        let a = run(
+            &mut r,
+            env("b", Destination::Broadcast, 9),
+            Origin::Peer("b".into()),
+        );
         assert!(matches!(&a[..], [Action::Deliver(_)]));
     }
 
@@ -562,16 +602,26 @@ mod tests {
     fn broadcast_reaches_every_live_member_and_this_node() {
         let mut r = Router::new(Arc::new(view()));
         let a = run(&mut r, env("a", Destination::Broadcast, 9), Origin::Local);
-        let mut peers: Vec<String> = sends(&a).into_iter().map(|(p, relay, _)| relay.unwrap_or(p)).collect();
+        let mut peers: Vec<String> = sends(&a)
+            .into_iter()
+            .map(|(p, relay, _)| relay.unwrap_or(p))
+            .collect();
         peers.sort();
         assert_eq!(peers, vec!["b", "c", "d"]);
-        assert_eq!(a.iter().filter(|a| matches!(a, Action::Deliver(_))).count(), 1);
+        assert_eq!(
+            a.iter().filter(|a| matches!(a, Action::Deliver(_))).count(),
+            1
+        );
     }
 
     #[test]
     fn a_target_that_is_not_connected_is_reached_through_a_relay() {
         let mut r = Router::new(Arc::new(view()));
-        let a = run(&mut r, env("a", Destination::Node("d".into()), 9), Origin::Local);
+        let a = run(
+            &mut r,
+            env("a", Destination::Node("d".into()), 9),
+            Origin::Local,
+        );
         let s = sends(&a);
         assert_eq!(s.len(), 1);
         assert!(s[0].0 == "b" || s[0].0 == "c");
@@ -594,13 +644,24 @@ mod tests {
     #[test]
     fn an_unknown_blade_or_group_is_answered_with_an_error_and_an_answer_never_is() {
         let mut r = Router::new(Arc::new(view()));
-        let a = run(&mut r, env("a", Destination::Blade("nope".into()), 9), Origin::Local);
+        let a = run(
+            &mut r,
+            env("a", Destination::Blade("nope".into()), 9),
+            Origin::Local,
+        );
         assert_eq!(errors(&a), vec!["unknown-blade".to_string()]);
-        let a = run(&mut r, env("a", Destination::Group("nope".into()), 9), Origin::Local);
+        let a = run(
+            &mut r,
+            env("a", Destination::Group("nope".into()), 9),
+            Origin::Local,
+        );
         assert_eq!(errors(&a), vec!["unknown-group".to_string()]);
         let mut reply = env("a", Destination::Blade("nope".into()), 9);
         reply.kind = Kind::Reply;
         assert!(run(&mut r, reply, Origin::Local).is_empty());
-        assert_eq!(r.stats().dropped.get(&DropReason::UndeliverableAnswer), Some(&1));
+        assert_eq!(
+            r.stats().dropped.get(&DropReason::UndeliverableAnswer),
+            Some(&1)
+        );
     }
 }

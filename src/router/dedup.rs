@@ -33,10 +33,8 @@ impl Dedup {
             return false;
         }
         if self.current.len() >= self.capacity {
-            self.previous = std::mem::replace(
-                &mut self.current,
-                HashSet::with_capacity(self.capacity),
-            );
+            self.previous =
+                std::mem::replace(&mut self.current, HashSet::with_capacity(self.capacity));
         }
         true
     }

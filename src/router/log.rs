@@ -73,12 +73,14 @@ pub struct Filter {
 
 impl Filter {
     fn matches(&self, r: &Record) -> bool {
-        let app_ok = self.app.as_ref().is_none_or(|a| {
-            &r.sender_app == a || r.target_app.as_ref() == Some(a)
-        });
-        let sender_ok = self.sender.as_ref().is_none_or(|s| {
-            &r.sender_node == s || r.sender_blade.as_ref() == Some(s)
-        });
+        let app_ok = self
+            .app
+            .as_ref()
+            .is_none_or(|a| &r.sender_app == a || r.target_app.as_ref() == Some(a));
+        let sender_ok = self
+            .sender
+            .as_ref()
+            .is_none_or(|s| &r.sender_node == s || r.sender_blade.as_ref() == Some(s));
         let target_ok = self.target.as_ref().is_none_or(|t| {
             &r.target == t || r.target.split_once(':').is_some_and(|(_, name)| name == t)
         });
@@ -187,8 +189,17 @@ mod tests {
 
     fn env(app: &str, to: &str) -> Envelope {
         Envelope::request(
-            Sender { node: "n1".into(), blade: Some("blade-1".into()), app: app.into(), instance: None },
-            Target { to: Destination::Blade(to.into()), app: Some("echo".into()), instance: None },
+            Sender {
+                node: "n1".into(),
+                blade: Some("blade-1".into()),
+                app: app.into(),
+                instance: None,
+            },
+            Target {
+                to: Destination::Blade(to.into()),
+                app: Some("echo".into()),
+                instance: None,
+            },
             Payload::empty(),
         )
     }
@@ -201,14 +212,54 @@ mod tests {
         let (a, b) = (env("control", "blade-2"), env("chat", "blade-3"));
         log.append(&Record::new(&a, "out", 1000, None)).unwrap();
         log.append(&Record::new(&b, "out", 2000, None)).unwrap();
-        let q = |f: Filter| log.query(&f).unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>();
-        assert_eq!(q(Filter { app: Some("chat".into()), ..Filter::default() }), vec![b.id.to_string()]);
-        assert_eq!(q(Filter { target: Some("blade-2".into()), ..Filter::default() }), vec![a.id.to_string()]);
-        assert_eq!(q(Filter { sender: Some("blade-1".into()), ..Filter::default() }).len(), 2);
-        assert_eq!(q(Filter { since_ms: Some(1500), ..Filter::default() }), vec![b.id.to_string()]);
-        assert_eq!(q(Filter { until_ms: Some(1500), ..Filter::default() }), vec![a.id.to_string()]);
+        let q = |f: Filter| {
+            log.query(&f)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            q(Filter {
+                app: Some("chat".into()),
+                ..Filter::default()
+            }),
+            vec![b.id.to_string()]
+        );
+        assert_eq!(
+            q(Filter {
+                target: Some("blade-2".into()),
+                ..Filter::default()
+            }),
+            vec![a.id.to_string()]
+        );
+        assert_eq!(
+            q(Filter {
+                sender: Some("blade-1".into()),
+                ..Filter::default()
+            })
+            .len(),
+            2
+        );
+        assert_eq!(
+            q(Filter {
+                since_ms: Some(1500),
+                ..Filter::default()
+            }),
+            vec![b.id.to_string()]
+        );
+        assert_eq!(
+            q(Filter {
+                until_ms: Some(1500),
+                ..Filter::default()
+            }),
+            vec![a.id.to_string()]
+        );
         let got = log.get(&a.id.to_string()).unwrap().unwrap();
-        assert_eq!(Envelope::from_xml(got.xml.as_bytes(), &Default::default()).unwrap(), a);
+        assert_eq!(
+            Envelope::from_xml(got.xml.as_bytes(), &Default::default()).unwrap(),
+            a
+        );
     }
 
     #[test]
@@ -219,7 +270,8 @@ mod tests {
         let first = env("control", "b");
         log.append(&Record::new(&first, "out", 1, None)).unwrap();
         for i in 0..1100 {
-            log.append(&Record::new(&env("control", "b"), "out", 2 + i, None)).unwrap();
+            log.append(&Record::new(&env("control", "b"), "out", 2 + i, None))
+                .unwrap();
         }
         assert!(log.records.len() <= 11);
         assert!(log.get(&first.id.to_string()).unwrap().is_none());

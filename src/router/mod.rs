@@ -31,9 +31,9 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::peerlet_host::Host;
 use self::core::{Action, Origin, Router, View};
 use self::log::{Filter, MessageLog, Record};
+use crate::peerlet_host::Host;
 
 /// The mesh protocol for envelopes: long-lived streams of frames.
 pub const MESH_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/envelopes/2");
@@ -291,11 +291,13 @@ impl Messenger {
             Duration::from_secs(setup.config.idle_stop_s.max(1)),
         );
         crate::peerlet_host::register_builtins(&mut host);
-        host.register(Arc::new(dci_peerlet_exec::ExecType(dci_peerlet_exec::Policy {
-            operators: setup.config.exec_operators.clone(),
-            max_timeout: Duration::from_millis(setup.config.exec_timeout_ms),
-            max_output: setup.config.exec_max_output,
-        })));
+        host.register(Arc::new(dci_peerlet_exec::ExecType(
+            dci_peerlet_exec::Policy {
+                operators: setup.config.exec_operators.clone(),
+                max_timeout: Duration::from_millis(setup.config.exec_timeout_ms),
+                max_output: setup.config.exec_max_output,
+            },
+        )));
         for dir in &setup.config.peerlet_dirs {
             match crate::peerlet_host::external::Manifest::scan(dir) {
                 Ok(found) => {
@@ -370,7 +372,7 @@ impl Messenger {
                 _ = tick.tick() => {
                     ticks += 1;
                     self.expire_waiters();
-                    if ticks % 10 == 0 {
+                    if ticks.is_multiple_of(10) {
                         let stopped = self.host.stop_idle(self.started.elapsed());
                         if stopped > 0 {
                             tracing::debug!(stopped, "idle peerlet instances stopped");
@@ -420,7 +422,8 @@ impl Messenger {
                 for (relay_to, env) in items {
                     // The transport authenticated `from`; what these apps act on must come from
                     // its author directly, since a relay could claim any sender.
-                    let sensitive = AUTHENTICATED_APPS.contains(&env.target.app.as_deref().unwrap_or(""));
+                    let sensitive =
+                        AUTHENTICATED_APPS.contains(&env.target.app.as_deref().unwrap_or(""));
                     if sensitive && (relay_to.is_some() || env.sender.node != *from_text) {
                         self.counters.forged += 1;
                         tracing::warn!(peer = %from, claimed = %env.sender.node, app = ?env.target.app, "refused envelope: sender is not the connected peer");
@@ -440,7 +443,8 @@ impl Messenger {
             Command::SendFailed { peer, items } => {
                 self.links.remove(&peer);
                 for (env, relay_to) in items {
-                    self.core.handle_send_failed(env, &peer, relay_to.as_deref());
+                    self.core
+                        .handle_send_failed(env, &peer, relay_to.as_deref());
                 }
                 self.pump().await;
             }
@@ -538,16 +542,12 @@ impl Messenger {
             Some(l) if !l.tx.is_closed() => l,
             _ => {
                 let Ok(id) = peer.parse::<PeerId>() else {
-                    self.core.handle_send_failed(env, &peer, relay_to.as_deref());
+                    self.core
+                        .handle_send_failed(env, &peer, relay_to.as_deref());
                     return;
                 };
                 let (tx, rx) = mpsc::channel(self.config.peer_queue.max(1));
-                tokio::spawn(write_stream(
-                    id,
-                    self.control.clone(),
-                    rx,
-                    self.tx.clone(),
-                ));
+                tokio::spawn(write_stream(id, self.control.clone(), rx, self.tx.clone()));
                 self.links.entry(peer.clone()).or_insert(Link { tx })
             }
         };
@@ -564,7 +564,8 @@ impl Messenger {
         };
         self.counters.busy += 1;
         let (env, relay_to) = item;
-        self.core.handle_send_failed(env, &peer, relay_to.as_deref());
+        self.core
+            .handle_send_failed(env, &peer, relay_to.as_deref());
     }
 
     fn complete(&mut self, id: Uuid) {
@@ -627,7 +628,10 @@ impl Messenger {
             instance: None,
         };
         if env.sender.node != me.node {
-            let p = error_payload("not-authorized", "the message log answers local clients only");
+            let p = error_payload(
+                "not-authorized",
+                "the message log answers local clients only",
+            );
             return emitted.push(env.reply_to(me, Kind::Error, p));
         }
         let result = match self.log.as_ref() {
@@ -649,18 +653,15 @@ impl Messenger {
                     ));
                 }
                 xml.push_str("</records>");
-                let payload = Payload::new(xml)
-                    .unwrap_or_else(|e| error_payload("internal", &e.to_string()));
+                let payload =
+                    Payload::new(xml).unwrap_or_else(|e| error_payload("internal", &e.to_string()));
                 emitted.push(env.reply_to(me, Kind::Reply, payload));
             }
             Ok(MsglogResult::Replay(copies)) => {
                 // The copies go out as new submissions; the client's answer lists their ids.
                 let mut xml = format!("<replayed xmlns=\"{MSGLOG_NAMESPACE}\">");
                 for (copy, original) in copies {
-                    xml.push_str(&format!(
-                        "<copy id=\"{}\" of=\"{original}\"/>",
-                        copy.id
-                    ));
+                    xml.push_str(&format!("<copy id=\"{}\" of=\"{original}\"/>", copy.id));
                     let _ = self.tx.try_send(Command::Submit {
                         env: copy,
                         replay_of: Some(original),
@@ -668,8 +669,8 @@ impl Messenger {
                     });
                 }
                 xml.push_str("</replayed>");
-                let payload = Payload::new(xml)
-                    .unwrap_or_else(|e| error_payload("internal", &e.to_string()));
+                let payload =
+                    Payload::new(xml).unwrap_or_else(|e| error_payload("internal", &e.to_string()));
                 emitted.push(env.reply_to(me, Kind::Reply, payload));
             }
             Err((code, message)) => {
@@ -713,14 +714,20 @@ enum MsglogResult {
 }
 
 /// `<query app sender target since until limit/>` or `<replay id to/>` (ids space-separated).
-fn msglog_command(log: &MessageLog, env: &Envelope) -> Result<MsglogResult, (&'static str, String)> {
+fn msglog_command(
+    log: &MessageLog,
+    env: &Envelope,
+) -> Result<MsglogResult, (&'static str, String)> {
     use dci_peerlet::first_attribute as attr;
     let body = env.payload.as_str().trim_start();
     let p = &env.payload;
     let bad = |m: String| ("bad-payload", m);
     let number = |name: &str| -> Result<Option<u64>, (&'static str, String)> {
         attr(p, name)
-            .map(|v| v.parse().map_err(|_| bad(format!("{name}={v:?} is not a number"))))
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| bad(format!("{name}={v:?} is not a number")))
+            })
             .transpose()
     };
     if body.starts_with("<query") {
@@ -787,7 +794,13 @@ async fn read_stream(peer: PeerId, stream: libp2p::Stream, tx: mpsc::Sender<Comm
             let mut head = [0u8; 4];
             if r.read_exact(&mut head).await.is_err() {
                 if !items.is_empty() {
-                    let _ = tx.send(Command::Inbound { from: peer, from_text, items }).await;
+                    let _ = tx
+                        .send(Command::Inbound {
+                            from: peer,
+                            from_text,
+                            items,
+                        })
+                        .await;
                 }
                 return; // closed (or broken) between frames
             }
@@ -808,7 +821,8 @@ async fn read_stream(peer: PeerId, stream: libp2p::Stream, tx: mpsc::Sender<Comm
             let buffered = r.buffer();
             let whole_next = buffered.len() >= 4
                 && buffered.len()
-                    >= 4 + u32::from_be_bytes([buffered[0], buffered[1], buffered[2], buffered[3]]) as usize;
+                    >= 4 + u32::from_be_bytes([buffered[0], buffered[1], buffered[2], buffered[3]])
+                        as usize;
             if !whole_next || items.len() >= READ_BATCH {
                 break;
             }

@@ -88,8 +88,17 @@ mod tests {
 
     fn env() -> Envelope {
         Envelope::request(
-            Sender { node: "a".into(), blade: None, app: "t".into(), instance: None },
-            Target { to: Destination::Node("b".into()), app: None, instance: None },
+            Sender {
+                node: "a".into(),
+                blade: None,
+                app: "t".into(),
+                instance: None,
+            },
+            Target {
+                to: Destination::Node("b".into()),
+                app: None,
+                instance: None,
+            },
             Payload::empty(),
         )
     }

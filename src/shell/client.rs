@@ -79,7 +79,9 @@ impl Client {
             app: Some("control".into()),
             instance: None,
         };
-        let reply = self.exchange(&Envelope::request(sender, target, payload)).await?;
+        let reply = self
+            .exchange(&Envelope::request(sender, target, payload))
+            .await?;
         match reply.kind {
             Kind::Reply => Ok(reply.payload),
             Kind::Error => {

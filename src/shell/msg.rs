@@ -78,7 +78,8 @@ fn usage(message: String) -> ClientError {
 /// Reads a destination as `dcish` spells it: a bare name is a blade.
 pub fn destination(s: &str) -> Result<Destination, ClientError> {
     if s == "broadcast" || s.contains(':') {
-        s.parse().map_err(|e: dci_proto::ProtoError| usage(e.to_string()))
+        s.parse()
+            .map_err(|e: dci_proto::ProtoError| usage(e.to_string()))
     } else if s.is_empty() {
         Err(usage("an empty destination".into()))
     } else {
@@ -157,11 +158,16 @@ pub async fn send(client: &mut Client, args: &SendArgs, json: bool) -> Result<St
         .unwrap_or_default();
     } else {
         for a in &answers {
-            let who = a.sender.blade.clone().unwrap_or_else(|| a.sender.node.clone());
+            let who = a
+                .sender
+                .blade
+                .clone()
+                .unwrap_or_else(|| a.sender.node.clone());
             match dci_proto::control::error_from_payload(&a.payload) {
-                Some((code, message)) if a.kind == Kind::Error => {
-                    text.push_str(&format!("{who} {}: error {code}: {message}\n", a.sender.app))
-                }
+                Some((code, message)) if a.kind == Kind::Error => text.push_str(&format!(
+                    "{who} {}: error {code}: {message}\n",
+                    a.sender.app
+                )),
                 _ => text.push_str(&format!("{who} {}: {}\n", a.sender.app, a.payload.as_str())),
             }
         }
@@ -182,7 +188,10 @@ pub async fn send(client: &mut Client, args: &SendArgs, json: bool) -> Result<St
 }
 
 /// Sends `env` and reads the `<answers>` it gets back.
-pub(crate) async fn answers_of(client: &mut Client, env: &Envelope) -> Result<(usize, Vec<Envelope>), ClientError> {
+pub(crate) async fn answers_of(
+    client: &mut Client,
+    env: &Envelope,
+) -> Result<(usize, Vec<Envelope>), ClientError> {
     let reply = client.exchange(env).await?;
     let bad = |reason: String| ClientError::Refused {
         code: "bad-answer".into(),
@@ -214,10 +223,13 @@ pub(crate) async fn answers_of(client: &mut Client, env: &Envelope) -> Result<(u
     Ok((expected, answers))
 }
 
+/// One element found by [`children`]: its attributes (its local name under `""`) and its text.
+pub(crate) type Element<'a> = (HashMap<String, String>, &'a str);
+
 /// The top-level elements of `xml`: their attributes and their whole text (start tag included),
 /// in order. For an element's children, call it again on the text between its tags, which
 /// [`inner`] gives.
-pub(crate) fn children(xml: &str) -> Result<Vec<(HashMap<String, String>, &str)>, String> {
+pub(crate) fn children(xml: &str) -> Result<Vec<Element<'_>>, String> {
     let mut r = quick_xml::Reader::from_str(xml);
     let mut out = Vec::new();
     let mut depth = 0usize;
@@ -264,7 +276,9 @@ fn attributes(e: &quick_xml::events::BytesStart<'_>) -> HashMap<String, String> 
         .map(|a| {
             (
                 String::from_utf8_lossy(a.key.as_ref()).into_owned(),
-                a.unescape_value().map(|v| v.into_owned()).unwrap_or_default(),
+                a.unescape_value()
+                    .map(|v| v.into_owned())
+                    .unwrap_or_default(),
             )
         })
         .chain(std::iter::once((String::new(), name)))
@@ -285,10 +299,13 @@ fn msglog_envelope(payload: String) -> Result<Envelope, ClientError> {
 }
 
 fn only_answer(answers: Vec<Envelope>) -> Result<Envelope, ClientError> {
-    let answer = answers.into_iter().next().ok_or_else(|| ClientError::Refused {
-        code: "no-answer".into(),
-        message: "the agent did not answer".into(),
-    })?;
+    let answer = answers
+        .into_iter()
+        .next()
+        .ok_or_else(|| ClientError::Refused {
+            code: "no-answer".into(),
+            message: "the agent did not answer".into(),
+        })?;
     if answer.kind == Kind::Error {
         let (code, message) = dci_proto::control::error_from_payload(&answer.payload)
             .unwrap_or_else(|| ("error".into(), "refused".into()));
@@ -305,7 +322,11 @@ pub async fn log(client: &mut Client, args: &LogArgs, json: bool) -> Result<Stri
         crate::router::MSGLOG_NAMESPACE,
         args.limit
     );
-    for (name, value) in [("app", &args.app), ("sender", &args.sender), ("target", &args.target)] {
+    for (name, value) in [
+        ("app", &args.app),
+        ("sender", &args.sender),
+        ("target", &args.target),
+    ] {
         if let Some(v) = value {
             q.push_str(&format!(" {name}=\"{}\"", esc(v)));
         }
@@ -318,7 +339,10 @@ pub async fn log(client: &mut Client, args: &LogArgs, json: bool) -> Result<Stri
     q.push_str("/>");
     let (_, answers) = answers_of(client, &msglog_envelope(q)?).await?;
     let answer = only_answer(answers)?;
-    let bad = |m: String| ClientError::Refused { code: "bad-answer".into(), message: m };
+    let bad = |m: String| ClientError::Refused {
+        code: "bad-answer".into(),
+        message: m,
+    };
     let records = children(answer.payload.as_str()).map_err(bad)?;
     let Some((_, inner_xml)) = records.into_iter().next() else {
         return Ok(String::new());
@@ -326,7 +350,8 @@ pub async fn log(client: &mut Client, args: &LogArgs, json: bool) -> Result<Stri
     let mut rows = Vec::new();
     for (attrs, record) in children(inner(inner_xml)).map_err(bad)? {
         let xml = inner(record);
-        let env = Envelope::from_xml(xml.as_bytes(), &Limits::default()).map_err(|e| bad(e.to_string()))?;
+        let env = Envelope::from_xml(xml.as_bytes(), &Limits::default())
+            .map_err(|e| bad(e.to_string()))?;
         rows.push((attrs, env, xml.to_owned()));
     }
     if json {
@@ -361,17 +386,27 @@ pub async fn log(client: &mut Client, args: &LogArgs, json: bool) -> Result<Stri
             a.get("dir").map(String::as_str).unwrap_or(""),
             e.id,
             e.kind.as_str(),
-            format!("{}/{}", e.sender.blade.as_deref().unwrap_or(&e.sender.node), e.sender.app),
+            format!(
+                "{}/{}",
+                e.sender.blade.as_deref().unwrap_or(&e.sender.node),
+                e.sender.app
+            ),
             e.target.to.to_string(),
             e.target.app.as_deref().unwrap_or("-"),
-            a.get("replay-of").map(|o| format!(" (replay of {o})")).unwrap_or_default(),
+            a.get("replay-of")
+                .map(|o| format!(" (replay of {o})"))
+                .unwrap_or_default(),
         ));
     }
     Ok(text.trim_end().to_owned())
 }
 
 /// Runs `dcish replay`.
-pub async fn replay(client: &mut Client, args: &ReplayArgs, json: bool) -> Result<String, ClientError> {
+pub async fn replay(
+    client: &mut Client,
+    args: &ReplayArgs,
+    json: bool,
+) -> Result<String, ClientError> {
     let ids: Vec<String> = args.ids.iter().map(|i| i.to_string()).collect();
     let mut q = format!(
         "<replay xmlns=\"{}\" id=\"{}\"",
@@ -379,12 +414,18 @@ pub async fn replay(client: &mut Client, args: &ReplayArgs, json: bool) -> Resul
         ids.join(" ")
     );
     if let Some(to) = &args.to {
-        q.push_str(&format!(" to=\"{}\"", dci_peerlet::escape(&destination(to)?.to_string())));
+        q.push_str(&format!(
+            " to=\"{}\"",
+            dci_peerlet::escape(&destination(to)?.to_string())
+        ));
     }
     q.push_str("/>");
     let (_, answers) = answers_of(client, &msglog_envelope(q)?).await?;
     let answer = only_answer(answers)?;
-    let bad = |m: String| ClientError::Refused { code: "bad-answer".into(), message: m };
+    let bad = |m: String| ClientError::Refused {
+        code: "bad-answer".into(),
+        message: m,
+    };
     let copies: Vec<(String, String)> = children(answer.payload.as_str())
         .map_err(bad)?
         .into_iter()
@@ -400,7 +441,10 @@ pub async fn replay(client: &mut Client, args: &ReplayArgs, json: bool) -> Resul
         })
         .collect();
     if json {
-        let v: Vec<_> = copies.iter().map(|(id, of)| json!({"id": id, "replay_of": of})).collect();
+        let v: Vec<_> = copies
+            .iter()
+            .map(|(id, of)| json!({"id": id, "replay_of": of}))
+            .collect();
         return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
     }
     Ok(copies
@@ -426,8 +470,14 @@ mod tests {
 
     #[test]
     fn a_bare_destination_is_a_blade() {
-        assert_eq!(destination("blade-2").unwrap(), Destination::Blade("blade-2".into()));
-        assert_eq!(destination("group:set:a,b").unwrap(), Destination::Group("set:a,b".into()));
+        assert_eq!(
+            destination("blade-2").unwrap(),
+            Destination::Blade("blade-2".into())
+        );
+        assert_eq!(
+            destination("group:set:a,b").unwrap(),
+            Destination::Group("set:a,b".into())
+        );
         assert!(destination("bogus:x").is_err());
     }
 }

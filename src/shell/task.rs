@@ -54,15 +54,23 @@ pub fn parse(xml: &str) -> Result<Vec<Step>, ClientError> {
     let [(attrs, whole)] = &roots[..] else {
         return Err(bad("a task document has exactly one <task> element".into()));
     };
-    if attrs.get("").map(String::as_str) != Some("task") || attrs.get("xmlns").map(String::as_str) != Some(TASK_NAMESPACE) {
-        return Err(bad(format!("the root must be <task xmlns=\"{TASK_NAMESPACE}\">")));
+    if attrs.get("").map(String::as_str) != Some("task")
+        || attrs.get("xmlns").map(String::as_str) != Some(TASK_NAMESPACE)
+    {
+        return Err(bad(format!(
+            "the root must be <task xmlns=\"{TASK_NAMESPACE}\">"
+        )));
     }
     let mut steps = Vec::new();
     for (a, step) in children(inner(whole)).map_err(|e| bad(e.to_string()))? {
         if a.get("").map(String::as_str) != Some("step") {
             return Err(bad("a task holds only <step> elements".into()));
         }
-        let get = |k: &str| a.get(k).cloned().ok_or_else(|| bad(format!("a step has no {k}")));
+        let get = |k: &str| {
+            a.get(k)
+                .cloned()
+                .ok_or_else(|| bad(format!("a step has no {k}")))
+        };
         let payload = children(inner(step))
             .map_err(|e| bad(e.to_string()))?
             .into_iter()
@@ -71,7 +79,10 @@ pub fn parse(xml: &str) -> Result<Vec<Step>, ClientError> {
             .unwrap_or_default();
         let instance = a
             .get("instance")
-            .map(|i| i.parse().map_err(|_| bad(format!("instance {i:?} is not a UUID"))))
+            .map(|i| {
+                i.parse()
+                    .map_err(|_| bad(format!("instance {i:?} is not a UUID")))
+            })
             .transpose()?;
         steps.push(Step {
             id: get("id")?,
@@ -107,10 +118,19 @@ fn text_of(payload: &Payload) -> String {
 }
 
 /// Runs the task in `path`, printing each step's result.
-pub async fn run(client: &mut Client, path: &std::path::Path, json: bool) -> Result<String, ClientError> {
-    let len = std::fs::metadata(path).map(|m| m.len()).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+pub async fn run(
+    client: &mut Client,
+    path: &std::path::Path,
+    json: bool,
+) -> Result<String, ClientError> {
+    let len = std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|e| bad(format!("{}: {e}", path.display())))?;
     if len > MAX_TASK_BYTES {
-        return Err(bad(format!("{} is over {MAX_TASK_BYTES} bytes", path.display())));
+        return Err(bad(format!(
+            "{} is over {MAX_TASK_BYTES} bytes",
+            path.display()
+        )));
     }
     let xml = std::fs::read_to_string(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
     let steps = parse(&xml)?;
@@ -124,26 +144,52 @@ pub async fn run(client: &mut Client, path: &std::path::Path, json: bool) -> Res
         }
         let payload = Payload::new(payload).map_err(|e| bad(format!("step {}: {e}", step.id)))?;
         let env = Envelope::request(
-            Sender { node: "dcish".into(), blade: None, app: "task".into(), instance: None },
-            Target { to: destination(&step.to)?, app: Some(step.app.clone()), instance: step.instance },
+            Sender {
+                node: "dcish".into(),
+                blade: None,
+                app: "task".into(),
+                instance: None,
+            },
+            Target {
+                to: destination(&step.to)?,
+                app: Some(step.app.clone()),
+                instance: step.instance,
+            },
             payload,
         );
         let (_, answers) = answers_of(client, &env).await?;
         let answer = answers.into_iter().next();
         let (ok, out) = match &answer {
             Some(a) if a.kind == Kind::Reply => (true, text_of(&a.payload)),
-            Some(a) => (false, dci_proto::control::error_from_payload(&a.payload).map_or_else(|| text_of(&a.payload), |(c, m)| format!("{c}: {m}"))),
+            Some(a) => (
+                false,
+                dci_proto::control::error_from_payload(&a.payload)
+                    .map_or_else(|| text_of(&a.payload), |(c, m)| format!("{c}: {m}")),
+            ),
             None => (false, "no answer in time".into()),
         };
-        text.push_str(&format!("step {} ({} on {}): {}{}\n", step.id, step.app, step.to, if ok { "" } else { "FAILED " }, out));
+        text.push_str(&format!(
+            "step {} ({} on {}): {}{}\n",
+            step.id,
+            step.app,
+            step.to,
+            if ok { "" } else { "FAILED " },
+            out
+        ));
         report.push(json!({"step": step.id, "ok": ok, "output": out, "payload": answer.map(|a| a.payload.into_string())}));
         if !ok {
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
             } else {
                 print!("{text}");
             }
-            return Err(ClientError::Refused { code: "step-failed".into(), message: format!("step {} failed", step.id) });
+            return Err(ClientError::Refused {
+                code: "step-failed".into(),
+                message: format!("step {} failed", step.id),
+            });
         }
         outputs.push((step.id.clone(), out));
     }

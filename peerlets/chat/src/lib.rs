@@ -56,7 +56,10 @@ impl Peerlet for Chat {
                 .to_owned();
             let text = first_text(&env.payload).unwrap_or_default();
             if text.len() > MAX_LINE_BYTES {
-                return Err(Refusal::new("too-long", "a chat line is at most 4096 bytes"));
+                return Err(Refusal::new(
+                    "too-long",
+                    "a chat line is at most 4096 bytes",
+                ));
             }
             if self.lines.len() == MAX_LINES {
                 self.lines.pop_front();

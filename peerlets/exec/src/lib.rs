@@ -66,9 +66,11 @@ impl Peerlet for Exec {
         }
         let s = &env.sender;
         let operator = matches!(s.app.as_str(), "control" | "task")
-            && self.0.operators.iter().any(|o| {
-                o == &s.node || s.blade.as_deref() == Some(o.as_str())
-            });
+            && self
+                .0
+                .operators
+                .iter()
+                .any(|o| o == &s.node || s.blade.as_deref() == Some(o.as_str()));
         if !operator {
             return Err(Refusal::new(
                 "not-authorized",
@@ -100,7 +102,9 @@ fn parse(payload: &Payload) -> Result<(Vec<String>, Option<Duration>), Refusal> 
     let xml = payload.as_str();
     let bad = |m: &str| Refusal::new("bad-payload", m.to_owned());
     if !xml.trim_start().starts_with("<exec") || !xml.contains(NAMESPACE) {
-        return Err(bad("exec expects <exec xmlns=\"urn:dci:exec:1\"><arg>…</arg>…</exec>"));
+        return Err(bad(
+            "exec expects <exec xmlns=\"urn:dci:exec:1\"><arg>…</arg>…</exec>",
+        ));
     }
     let timeout = match dci_peerlet::first_attribute(payload, "timeout-ms") {
         Some(v) => Some(Duration::from_millis(
@@ -112,7 +116,9 @@ fn parse(payload: &Payload) -> Result<(Vec<String>, Option<Duration>), Refusal> 
     let mut rest = xml;
     while let Some(start) = rest.find("<arg>") {
         let after = &rest[start + 5..];
-        let end = after.find("</arg>").ok_or_else(|| bad("an <arg> is not closed"))?;
+        let end = after
+            .find("</arg>")
+            .ok_or_else(|| bad("an <arg> is not closed"))?;
         if after[..end].contains('<') {
             return Err(bad("an <arg> holds markup"));
         }
@@ -162,8 +168,14 @@ pub fn run(args: &[String], timeout: Duration, max_output: usize) -> Result<Payl
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Refusal::new("exec-failed", format!("cannot run {}: {e}", args[0])))?;
-    let out = child.stdout.take().map(|o| std::thread::spawn(move || capped(o, max_output)));
-    let err = child.stderr.take().map(|e| std::thread::spawn(move || capped(e, max_output)));
+    let out = child
+        .stdout
+        .take()
+        .map(|o| std::thread::spawn(move || capped(o, max_output)));
+    let err = child
+        .stderr
+        .take()
+        .map(|e| std::thread::spawn(move || capped(e, max_output)));
     let start = Instant::now();
     let mut timed_out = false;
     let status = loop {
@@ -204,9 +216,19 @@ mod tests {
 
     #[test]
     fn a_command_answers_with_its_output_and_exit_code() {
-        let p = run(&args(&["sh", "-c", "echo out; echo err >&2; exit 3"]), Duration::from_secs(5), 1024).unwrap();
+        let p = run(
+            &args(&["sh", "-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(5),
+            1024,
+        )
+        .unwrap();
         let x = p.as_str();
-        assert!(x.contains("exit=\"3\"") && x.contains("<stdout>out\n</stdout>") && x.contains("<stderr>err\n</stderr>"), "{x}");
+        assert!(
+            x.contains("exit=\"3\"")
+                && x.contains("<stdout>out\n</stdout>")
+                && x.contains("<stderr>err\n</stderr>"),
+            "{x}"
+        );
     }
 
     #[test]
@@ -219,14 +241,25 @@ mod tests {
 
     #[test]
     fn output_past_the_cap_is_cut_and_said_so() {
-        let p = run(&args(&["sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x"]), Duration::from_secs(5), 10).unwrap();
-        assert!(p.as_str().contains("truncated=\"true\"") && p.as_str().contains("<stdout>xxxxxxxxxx</stdout>"));
+        let p = run(
+            &args(&["sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x"]),
+            Duration::from_secs(5),
+            10,
+        )
+        .unwrap();
+        assert!(
+            p.as_str().contains("truncated=\"true\"")
+                && p.as_str().contains("<stdout>xxxxxxxxxx</stdout>")
+        );
     }
 
     #[test]
     fn a_payload_is_read_into_arguments_and_bad_ones_refused() {
         let p = Payload::new("<exec xmlns=\"urn:dci:exec:1\" timeout-ms=\"50\"><arg>echo</arg><arg>a &amp; b</arg></exec>").unwrap();
-        assert_eq!(parse(&p).unwrap(), (args(&["echo", "a & b"]), Some(Duration::from_millis(50))));
+        assert_eq!(
+            parse(&p).unwrap(),
+            (args(&["echo", "a & b"]), Some(Duration::from_millis(50)))
+        );
         let none = Payload::new("<exec xmlns=\"urn:dci:exec:1\"/>").unwrap();
         assert_eq!(parse(&none).unwrap_err().code, "bad-payload");
     }

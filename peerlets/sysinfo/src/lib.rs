@@ -6,7 +6,9 @@
 //! uptime-s><alert metric value limit/>…</figures>`.
 #![deny(missing_docs)]
 
-use dci_peerlet::{first_attribute, Context, Envelope, Kind, Payload, Peerlet, PeerletType, Refusal, Uuid};
+use dci_peerlet::{
+    first_attribute, Context, Envelope, Kind, Payload, Peerlet, PeerletType, Refusal, Uuid,
+};
 
 /// The sysinfo peerlet's namespace.
 pub const NAMESPACE: &str = "urn:dci:sysinfo:1";
@@ -49,7 +51,12 @@ pub struct Figures {
 /// Reads the figures from `/proc`; a missing file reads as zeros.
 pub fn read() -> Figures {
     let text = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let first_f64 = |s: &str| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let first_f64 = |s: &str| {
+        s.split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     let meminfo = text("/proc/meminfo");
     let field = |name: &str| {
         meminfo
@@ -63,7 +70,11 @@ pub fn read() -> Figures {
     Figures {
         load1: first_f64(&text("/proc/loadavg")),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        memory_pct: if total == 0 { 0.0 } else { 100.0 * (total - available.min(total)) as f64 / total as f64 },
+        memory_pct: if total == 0 {
+            0.0
+        } else {
+            100.0 * (total - available.min(total)) as f64 / total as f64
+        },
         mem_total_kb: total,
         mem_available_kb: available,
         uptime_s: first_f64(&text("/proc/uptime")) as u64,
@@ -80,7 +91,9 @@ pub fn answer(f: &Figures, request: &Payload) -> Result<Payload, Refusal> {
                 .parse()
                 .map_err(|_| Refusal::new("bad-payload", format!("{metric} is not a number")))?;
             if value > limit {
-                alerts.push_str(&format!("<alert metric=\"{metric}\" value=\"{value:.2}\" limit=\"{limit}\"/>"));
+                alerts.push_str(&format!(
+                    "<alert metric=\"{metric}\" value=\"{value:.2}\" limit=\"{limit}\"/>"
+                ));
             }
         }
     }
@@ -97,8 +110,12 @@ impl Peerlet for Sysinfo {
             return Ok(());
         }
         let p = env.payload.as_str();
-        if !p.is_empty() && !(p.trim_start().starts_with("<get") && p.contains(NAMESPACE)) {
-            return Err(Refusal::new("bad-payload", "sysinfo expects <get xmlns=\"urn:dci:sysinfo:1\"/>"));
+        let is_get = p.trim_start().starts_with("<get") && p.contains(NAMESPACE);
+        if !(p.is_empty() || is_get) {
+            return Err(Refusal::new(
+                "bad-payload",
+                "sysinfo expects <get xmlns=\"urn:dci:sysinfo:1\"/>",
+            ));
         }
         let payload = answer(&read(), &env.payload)?;
         ctx.reply(env, payload);
@@ -112,8 +129,18 @@ mod tests {
 
     #[test]
     fn figures_past_their_limits_raise_alerts_and_others_do_not() {
-        let f = Figures { load1: 4.0, cores: 2, memory_pct: 50.0, mem_total_kb: 100, mem_available_kb: 50, uptime_s: 1 };
-        let req = Payload::new("<get xmlns=\"urn:dci:sysinfo:1\" memory-pct=\"90\" load-per-core=\"1.5\"/>").unwrap();
+        let f = Figures {
+            load1: 4.0,
+            cores: 2,
+            memory_pct: 50.0,
+            mem_total_kb: 100,
+            mem_available_kb: 50,
+            uptime_s: 1,
+        };
+        let req = Payload::new(
+            "<get xmlns=\"urn:dci:sysinfo:1\" memory-pct=\"90\" load-per-core=\"1.5\"/>",
+        )
+        .unwrap();
         let a = answer(&f, &req).unwrap();
         assert!(a.as_str().contains("metric=\"load-per-core\""));
         assert!(!a.as_str().contains("metric=\"memory-pct\""));
