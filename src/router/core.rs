@@ -353,7 +353,10 @@ impl Router {
                     None => self.send(env, &p.node, None),
                 }
             }
-            Some(_) | None => {
+            // Not a member (yet): it may still be connected, e.g. a peer answering before it
+            // joined; the driver reports back if no stream can be opened.
+            None => self.send(env, node, None),
+            Some(_) => {
                 env.ttl += 1;
                 self.refuse(
                     &env,
@@ -638,6 +641,25 @@ mod tests {
         e.ttl = 7;
         r.handle_send_failed(e, "c", Some("b"));
         let a: Vec<Action> = r.drain().collect();
+        assert_eq!(errors(&a), vec!["unreachable".to_string()]);
+    }
+
+    #[test]
+    fn a_node_outside_the_member_table_is_tried_directly_and_a_dead_one_is_refused() {
+        let mut v = view();
+        v.peers[0].up = false;
+        let mut r = Router::new(Arc::new(v));
+        let a = run(
+            &mut r,
+            env("a", Destination::Node("z".into()), 9),
+            Origin::Local,
+        );
+        assert_eq!(sends(&a), vec![("z".into(), None, 8)]);
+        let a = run(
+            &mut r,
+            env("a", Destination::Node("b".into()), 9),
+            Origin::Local,
+        );
         assert_eq!(errors(&a), vec!["unreachable".to_string()]);
     }
 

@@ -21,6 +21,7 @@ pub mod wire;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -235,7 +236,8 @@ struct Link {
 /// Counters kept by the driver (the core and host keep their own).
 #[derive(Default)]
 struct Counters {
-    refused: u64,
+    /// Frames the stream readers refused (bad header, bad envelope, oversized); shared with them.
+    malformed: Arc<AtomicU64>,
     forged: u64,
     notices_received: u64,
     logged: u64,
@@ -367,7 +369,8 @@ impl Messenger {
                     self.apply_view();
                 }
                 Some((peer, stream)) = incoming.next() => {
-                    tokio::spawn(read_stream(peer, stream, self.tx.clone()));
+                    let malformed = Arc::clone(&self.counters.malformed);
+                    tokio::spawn(read_stream(peer, stream, self.tx.clone(), malformed));
                 }
                 _ = tick.tick() => {
                     ticks += 1;
@@ -696,7 +699,10 @@ impl Messenger {
                 "envelopes-answer-undeliverable".into(),
                 d(DropReason::UndeliverableAnswer),
             ),
-            ("envelopes-refused".into(), self.counters.refused),
+            (
+                "envelopes-malformed".into(),
+                self.counters.malformed.load(Ordering::Relaxed),
+            ),
             ("envelopes-forged".into(), self.counters.forged),
             ("envelopes-busy".into(), self.counters.busy),
             ("envelopes-logged".into(), self.counters.logged),
@@ -782,7 +788,12 @@ const READ_BATCH: usize = 256;
 
 /// Reads frames off one inbound stream until it ends or breaks framing. Every frame already in
 /// the read buffer goes to the routing task in one command.
-async fn read_stream(peer: PeerId, stream: libp2p::Stream, tx: mpsc::Sender<Command>) {
+async fn read_stream(
+    peer: PeerId,
+    stream: libp2p::Stream,
+    tx: mpsc::Sender<Command>,
+    malformed: Arc<AtomicU64>,
+) {
     let from_text: Arc<str> = peer.to_string().into();
     let limits = Limits::default();
     let max = limits.max_envelope_bytes + 1024;
@@ -806,6 +817,7 @@ async fn read_stream(peer: PeerId, stream: libp2p::Stream, tx: mpsc::Sender<Comm
             }
             let len = u32::from_be_bytes(head) as usize;
             if len > max {
+                malformed.fetch_add(1, Ordering::Relaxed);
                 return tracing::warn!(%peer, "envelope frame of {len} bytes exceeds the {max}-byte limit; closing the stream");
             }
             body.resize(len, 0);
@@ -815,7 +827,10 @@ async fn read_stream(peer: PeerId, stream: libp2p::Stream, tx: mpsc::Sender<Comm
             match wire::decode(&body, &limits) {
                 Ok(b) => items.push((b.relay_to, b.env)),
                 // The frame was whole, so the stream is still in step: refuse this one, go on.
-                Err(e) => tracing::warn!(%peer, "refused envelope: {e}"),
+                Err(e) => {
+                    malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, "refused envelope: {e}")
+                }
             }
             // Another whole frame already buffered? Take it into this batch.
             let buffered = r.buffer();

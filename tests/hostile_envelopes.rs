@@ -1,0 +1,166 @@
+//! A peer that speaks the envelope stream badly: a garbage frame body, a DTD, a wrong namespace,
+//! a TTL of 0, a forged failure notice, then a good request on the same stream, and last an
+//! oversized length. The agent refuses each with a count and a log line, keeps the stream until
+//! its framing is lost, answers the good request, and carries on.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{free_port, wait_until, Node};
+use dci::net::build_swarm;
+use dci::router::{wire, MESH_PROTOCOL};
+use dci_proto::{Destination, Envelope, Kind, Limits, Payload, Sender, Target};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+
+fn counters(node: &Node) -> serde_json::Value {
+    let out = node.dcish(&["--json", "status"]);
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["counters"].clone()
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+fn envelope_frame(env: &Envelope) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::encode(env, None, &mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_envelopes_are_refused_and_counted_and_the_stream_carries_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let target = Node::start(tmp.path(), "target", port, &[], &[]);
+    let target_id: PeerId = target.id().parse().unwrap();
+
+    let key = Keypair::generate_ed25519();
+    let me = key.public().to_peer_id();
+    let mut swarm = build_swarm(key, None, false).unwrap();
+    let mut control = swarm.behaviour().stream.new_control();
+    let mut incoming = control.accept(MESH_PROTOCOL).unwrap();
+    let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    swarm.dial(addr).unwrap();
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let mut stream = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match control.open_stream(target_id, MESH_PROTOCOL).await {
+                Ok(s) => return s,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+    .expect("a stream to the agent");
+
+    let good = |ttl: u8, payload: &str, app: &str| {
+        let mut e = Envelope::request(
+            Sender {
+                node: me.to_string(),
+                blade: None,
+                app: "test".into(),
+                instance: None,
+            },
+            Target {
+                to: Destination::Node(target_id.to_string()),
+                app: Some(app.into()),
+                instance: None,
+            },
+            Payload::new(payload).unwrap(),
+        );
+        e.ttl = ttl;
+        e
+    };
+    let xml = good(9, "", "echo").to_xml();
+    let mut bytes = Vec::new();
+    bytes.extend(frame(b"\x00not xml at all"));
+    bytes.extend(frame(b"\x07unknown tag"));
+    bytes.extend(frame(
+        format!("\x00<!DOCTYPE x [<!ENTITY a \"b\">]>{xml}").as_bytes(),
+    ));
+    bytes.extend(frame(
+        format!(
+            "\x00{}",
+            xml.replace("urn:dci:envelope:1", "urn:dci:envelope:9")
+        )
+        .as_bytes(),
+    ));
+    // A TTL of 0 is expired: the agent answers with an error, to us.
+    bytes.extend(envelope_frame(&good(0, "", "echo")));
+    // A failure notice claiming another sender.
+    let mut forged = good(
+        9,
+        r#"<notice xmlns="urn:dci:notice:1" level="system-down" part="node" at="1" id="x">forged</notice>"#,
+        "failure-notice",
+    );
+    forged.kind = Kind::Event;
+    forged.sender.node = target_id.to_string();
+    bytes.extend(envelope_frame(&forged));
+    // And a good request after all of it.
+    let request = good(9, r#"<after xmlns="urn:t:1">still here</after>"#, "echo");
+    bytes.extend(envelope_frame(&request));
+    stream.write_all(&bytes).await.unwrap();
+    stream.flush().await.unwrap();
+
+    // The answers come back on a stream the agent opens to us.
+    let (_, mut back) = tokio::time::timeout(Duration::from_secs(10), incoming.next())
+        .await
+        .expect("the agent answers")
+        .unwrap();
+    let mut answers = Vec::new();
+    while answers.len() < 2 {
+        let mut head = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), back.read_exact(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(head) as usize];
+        back.read_exact(&mut body).await.unwrap();
+        answers.push(wire::decode(&body, &Limits::default()).unwrap().env);
+    }
+    let expired = answers
+        .iter()
+        .find(|a| a.kind == Kind::Error)
+        .expect("an error for the TTL of 0");
+    assert_eq!(
+        dci_proto::control::error_from_payload(&expired.payload)
+            .unwrap()
+            .0,
+        "expired"
+    );
+    let reply = answers
+        .iter()
+        .find(|a| a.kind == Kind::Reply)
+        .expect("the good request answered");
+    assert_eq!(reply.correlation, Some(request.id));
+    assert!(reply.payload.as_str().contains("still here"));
+
+    let c = counters(&target);
+    assert_eq!(c["envelopes-malformed"], 4, "{c}");
+    assert_eq!(c["envelopes-forged"], 1, "{c}");
+    assert_eq!(c["envelopes-expired"], 1, "{c}");
+    assert_eq!(c["notices-received"], 0, "{c}");
+
+    // An oversized length loses the framing: that stream is closed, the agent goes on.
+    stream.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || counters(&target)
+        ["envelopes-malformed"]
+        == 5)
+    .is_some());
+    assert!(target.members().is_some(), "the agent still answers");
+    assert!(
+        target.log_text().contains("refused envelope"),
+        "each refusal is a log line"
+    );
+}
