@@ -256,7 +256,7 @@ fn ttl_expires_on_the_way_and_is_clamped_to_nine_on_receipt() {
 }
 
 #[test]
-fn chat_sessions_stay_separate_and_an_external_python_peerlet_starts_on_demand() {
+fn chat_sessions_stay_separate_and_external_peerlets_start_on_demand_and_answer() {
     let root = tempfile::tempdir().unwrap();
     let nodes = mesh(root.path());
     let (b1, b3) = (&nodes[0], &nodes[2]);
@@ -346,6 +346,23 @@ fn chat_sessions_stay_separate_and_an_external_python_peerlet_starts_on_demand()
     assert!(
         a[0]["payload"].as_str().unwrap().contains("HELLO MESH"),
         "{v}"
+    );
+
+    // A manifest that wraps an unmodified program: payload fields become its arguments.
+    let (ok, v) = send(
+        b1,
+        &[
+            "b2",
+            "--app",
+            "uname",
+            r#"<args xmlns="urn:dci:wrap:1"><arg>-s</arg></args>"#,
+        ],
+    );
+    assert!(ok, "{v}");
+    let p = answers(&v)[0]["payload"].as_str().unwrap().to_string();
+    assert!(
+        p.contains("<stdout>Linux\n</stdout>") && p.contains("exit=\"0\""),
+        "{p}"
     );
     logged_envelopes_validate(&nodes);
 }

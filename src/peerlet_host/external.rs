@@ -9,6 +9,12 @@
 //! max_envelope_bytes = 1048576      # larger output is refused and the process stopped
 //! ```
 //!
+//! With `mode = "wrap"` the manifest wraps an unmodified command-line program instead: each
+//! request runs `command` plus the text of the payload's `<arg>` elements as further arguments
+//! (killed after `timeout_ms`, each output capped at `max_output` bytes), and the answer carries
+//! its stdout, stderr and exit code like `exec`'s. Anyone who can reach the peerlet chooses the
+//! arguments, so wrap only programs that are safe with any.
+//!
 //! One process runs per instance; it is started on the first envelope for the instance (which
 //! waits in the queue meanwhile) and killed when the instance is stopped. What it writes is
 //! routed as if the instance sent it: the sender fields are overwritten with the instance's, so a
@@ -37,9 +43,37 @@ pub struct Manifest {
     /// The largest envelope read from the program.
     #[serde(default = "default_max")]
     pub max_envelope_bytes: usize,
+    /// `envelopes` (the program speaks envelopes) or `wrap` (a plain program run per request).
+    #[serde(default)]
+    pub mode: Mode,
+    /// `wrap`: the longest a run may take, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// `wrap`: bytes kept of each of stdout and stderr.
+    #[serde(default = "default_max_output")]
+    pub max_output: usize,
     /// The directory the program runs in (the manifest's).
     #[serde(skip)]
     pub dir: PathBuf,
+}
+
+/// How an external peerlet talks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Envelopes framed on stdin and stdout, one process per instance.
+    #[default]
+    Envelopes,
+    /// A plain program run once per request, arguments from the payload.
+    Wrap,
+}
+
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_max_output() -> usize {
+    1 << 20
 }
 
 fn default_queue() -> usize {
@@ -223,4 +257,37 @@ async fn run(
     drop(stdin);
     reader.abort();
     let _ = child.kill().await;
+}
+
+/// A wrapped command-line program (see the module docs).
+pub struct Wrapped(pub Arc<Manifest>);
+
+impl dci_peerlet::Peerlet for Wrapped {
+    fn handle(
+        &mut self,
+        env: &Envelope,
+        ctx: &mut dci_peerlet::Context<'_>,
+    ) -> Result<(), Refusal> {
+        if env.kind != dci_peerlet::Kind::Request {
+            return Ok(());
+        }
+        let mut args = self.0.command.clone();
+        // A program named by a relative path lives beside its manifest.
+        if args[0].contains('/') && Path::new(&args[0]).is_relative() {
+            args[0] = self.0.dir.join(&args[0]).display().to_string();
+        }
+        args.extend(dci_peerlet_exec::args(&env.payload)?);
+        let (manifest, later, request) = (Arc::clone(&self.0), ctx.later(), env.clone());
+        std::thread::Builder::new()
+            .name("dci-wrap".into())
+            .spawn(move || {
+                let timeout = std::time::Duration::from_millis(manifest.timeout_ms);
+                later.answer(
+                    &request,
+                    dci_peerlet_exec::run(&args, timeout, manifest.max_output),
+                );
+            })
+            .map_err(|e| Refusal::new("exec-failed", format!("cannot start a thread: {e}")))?;
+        Ok(())
+    }
 }

@@ -234,6 +234,12 @@ impl Host {
         };
         let body = if let Some(kind) = self.builtins.get(app) {
             Body::Builtin(kind.create(id))
+        } else if let Some(manifest) = self
+            .externals
+            .get(app)
+            .filter(|m| m.mode == external::Mode::Wrap)
+        {
+            Body::Builtin(Box::new(external::Wrapped(Arc::clone(manifest))))
         } else if let Some(manifest) = self.externals.get(app) {
             Body::External(external::Handle::start(
                 Arc::clone(manifest),

@@ -112,8 +112,18 @@ fn parse(payload: &Payload) -> Result<(Vec<String>, Option<Duration>), Refusal> 
         )),
         None => None,
     };
+    let args = args(payload)?;
+    if args.is_empty() {
+        return Err(bad("no command: give at least one <arg>"));
+    }
+    Ok((args, timeout))
+}
+
+/// The text of every `<arg>` element of a payload, in order (entities decoded).
+pub fn args(payload: &Payload) -> Result<Vec<String>, Refusal> {
+    let bad = |m: &str| Refusal::new("bad-payload", m.to_owned());
     let mut args = Vec::new();
-    let mut rest = xml;
+    let mut rest = payload.as_str();
     while let Some(start) = rest.find("<arg>") {
         let after = &rest[start + 5..];
         let end = after
@@ -128,10 +138,7 @@ fn parse(payload: &Payload) -> Result<(Vec<String>, Option<Duration>), Refusal> 
         }
         rest = &after[end + 6..];
     }
-    if args.is_empty() {
-        return Err(bad("no command: give at least one <arg>"));
-    }
-    Ok((args, timeout))
+    Ok(args)
 }
 
 fn unescape(s: &str) -> String {
