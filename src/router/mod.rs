@@ -440,8 +440,9 @@ impl Messenger {
                         None => Origin::Peer(from_text.to_string()),
                     };
                     self.core.handle(env, origin);
-                    self.pump().await;
                 }
+                // One pass for the whole batch: the core keeps the actions in order.
+                self.pump().await;
             }
             Command::SendFailed { peer, items } => {
                 self.links.remove(&peer);
