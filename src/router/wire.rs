@@ -115,7 +115,39 @@ mod tests {
         }
     }
 
+    fn corpus() -> Vec<Vec<u8>> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/examples");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let xml = std::fs::read(entry.path()).unwrap();
+            out.push([&[0u8][..], &xml].concat());
+            let relay = [&[1u8, 0, 4][..], b"node", &xml].concat();
+            out.push(relay);
+        }
+        out
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// A bounded fuzz run over mutations of the example envelopes in both frame forms.
+        #[test]
+        fn mutated_example_frames_never_panic_the_decoder(
+            pick in 0usize..64,
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let corpus = corpus();
+            let mut body = corpus[pick % corpus.len()].clone();
+            for (at, byte) in flips {
+                let i = at.index(body.len());
+                body[i] = byte;
+            }
+            let keep = cut.index(body.len() + 1);
+            let _ = decode(&body, &Limits::default());
+            let _ = decode(&body[..keep], &Limits::default());
+        }
+
         #[test]
         fn no_frame_body_panics_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode(&bytes, &Limits::default());
