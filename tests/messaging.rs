@@ -152,6 +152,16 @@ fn unicast_multicast_and_broadcast_reach_exactly_the_intended_peerlets_once() {
     assert_eq!(a[0]["blade"], "b2");
     assert!(a[0]["payload"].as_str().unwrap().contains("blade=\"b2\""));
 
+    // A peerlet reads the directory of online members, its own node first.
+    let (ok, v) = send(b1, &["b3", r#"<members xmlns="urn:dci:echo:1"/>"#]);
+    assert!(ok, "{v}");
+    let p = answers(&v)[0]["payload"].as_str().unwrap().to_string();
+    assert_eq!(p.matches("<member ").count(), 3, "{p}");
+    assert!(
+        p.find("blade=\"b3\" local=\"true\"") < p.find("local=\"false\""),
+        "{p}"
+    );
+
     // Multicast to group web (b1 and b3): one copy each, none to b2.
     let g = uuid::Uuid::new_v4().to_string();
     let (ok, v) = send(

@@ -1,8 +1,9 @@
 //! `echo`: answers every request with its own payload, for tests and benchmarks.
 //!
 //! Two requests in its namespace ([`NAMESPACE`]) say more: `<whoami/>` answers where the request
-//! landed (node, blade, instance, the TTL it arrived with), and `<count/>` how many envelopes this
-//! instance has received before it, which is how tests check "exactly once".
+//! landed (node, blade, instance, the TTL it arrived with), `<count/>` how many envelopes this
+//! instance has received before it, which is how tests check "exactly once", and `<members/>` the
+//! directory of online members the agent gives peerlets.
 #![deny(missing_docs)]
 
 use dci_peerlet::{escape, Context, Envelope, Kind, Payload, Peerlet, PeerletType, Refusal, Uuid};
@@ -48,6 +49,19 @@ impl Peerlet for Echo {
                 id.instance,
                 env.ttl
             ))
+        } else if mine && body.contains("<members") {
+            // The directory the agent gives peerlets: who is online now, this node first.
+            let mut xml = format!("<members xmlns=\"{NAMESPACE}\">");
+            for m in ctx.directory().iter() {
+                xml.push_str(&format!(
+                    "<member node=\"{}\" blade=\"{}\" local=\"{}\"/>",
+                    escape(&m.node),
+                    escape(m.blade.as_deref().unwrap_or("")),
+                    m.local
+                ));
+            }
+            xml.push_str("</members>");
+            Payload::new(xml)
         } else if mine && body.contains("<count") {
             Payload::new(format!(
                 "<count xmlns=\"{NAMESPACE}\" received=\"{before}\"/>"

@@ -1,7 +1,11 @@
-//! A peer that speaks the envelope stream badly: a garbage frame body, a DTD, a wrong namespace,
-//! a TTL of 0, a forged failure notice, then a good request on the same stream, and last an
-//! oversized length. The agent refuses each with a count and a log line, keeps the stream until
-//! its framing is lost, answers the good request, and carries on.
+//! A test peer (a libp2p swarm in this process) on the envelope streams of real agents:
+//!
+//! - it speaks badly: a garbage frame body, a DTD, a wrong namespace, a TTL of 0, a forged failure
+//!   notice, then a good request on the same stream, and last an oversized length. The agent
+//!   refuses each with a count and a log line, keeps the stream until its framing is lost, answers
+//!   the good request, and carries on;
+//! - it asks one agent to relay to another that cannot reach it: the envelope goes through the
+//!   intermediary, and so does the answer.
 
 mod common;
 
@@ -162,5 +166,89 @@ async fn bad_envelopes_are_refused_and_counted_and_the_stream_carries_on() {
     assert!(
         target.log_text().contains("refused envelope"),
         "each refusal is a log line"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_is_relayed_to_a_node_it_cannot_reach_and_the_answer_comes_back_the_same_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (p1, p2) = (free_port(), free_port());
+    let b1 = Node::start(tmp.path(), "b1", p1, &[], &[]);
+    let b2 = Node::start(tmp.path(), "b2", p2, &[p1], &[]);
+    assert!(
+        wait_until(Duration::from_secs(20), || b1.state_of("b2").as_deref()
+            == Some("alive"))
+        .is_some()
+    );
+    let (b1_id, b2_id): (PeerId, PeerId) = (b1.id().parse().unwrap(), b2.id().parse().unwrap());
+
+    // A client connected to b1 only: b2 has no address for it.
+    let key = Keypair::generate_ed25519();
+    let me = key.public().to_peer_id();
+    let mut swarm = build_swarm(key, None, false).unwrap();
+    let mut control = swarm.behaviour().stream.new_control();
+    let mut incoming = control.accept(MESH_PROTOCOL).unwrap();
+    swarm
+        .dial(
+            format!("/ip4/127.0.0.1/tcp/{p1}")
+                .parse::<Multiaddr>()
+                .unwrap(),
+        )
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let mut stream = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match control.open_stream(b1_id, MESH_PROTOCOL).await {
+                Ok(s) => return s,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+    .expect("a stream to b1");
+    let request = Envelope::request(
+        Sender {
+            node: me.to_string(),
+            blade: None,
+            app: "test".into(),
+            instance: None,
+        },
+        Target {
+            to: Destination::Node(b2_id.to_string()),
+            app: Some("echo".into()),
+            instance: None,
+        },
+        Payload::new(r#"<whoami xmlns="urn:dci:echo:1"/>"#).unwrap(),
+    );
+    // Tag 1: b1, relay this to b2.
+    let mut bytes = Vec::new();
+    wire::encode(&request, Some(&b2_id.to_string()), &mut bytes);
+    stream.write_all(&bytes).await.unwrap();
+    stream.flush().await.unwrap();
+
+    // b2 cannot open a stream to us, so its answer comes back through b1.
+    let (from, mut back) = tokio::time::timeout(Duration::from_secs(15), incoming.next())
+        .await
+        .expect("an answer comes back")
+        .unwrap();
+    assert_eq!(from, b1_id, "the answer arrives from the relay");
+    let mut head = [0u8; 4];
+    back.read_exact(&mut head).await.unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(head) as usize];
+    back.read_exact(&mut body).await.unwrap();
+    let reply = wire::decode(&body, &Limits::default()).unwrap().env;
+    assert_eq!(reply.kind, Kind::Reply, "{}", reply.to_xml());
+    assert_eq!(reply.correlation, Some(request.id));
+    assert!(reply.payload.as_str().contains("blade=\"b2\""));
+    // The answer paid for its hops on the way back.
+    assert!(reply.ttl < dci_proto::MAX_TTL);
+    assert!(
+        counters(&b1)["envelopes-relayed"].as_u64() >= Some(2),
+        "{}",
+        counters(&b1)
     );
 }
