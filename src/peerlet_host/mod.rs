@@ -392,6 +392,33 @@ mod tests {
         assert_eq!(codes, vec!["unknown-app", "bad-payload"]);
     }
 
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_external_peerlets_queue_is_bounded_and_what_does_not_fit_is_refused_busy() {
+        let mut h = host();
+        h.register_external(external::Manifest {
+            app: "slow".into(),
+            command: vec!["sleep".into(), "5".into()],
+            queue: 2,
+            max_envelope_bytes: 1 << 20,
+            mode: external::Mode::Envelopes,
+            timeout_ms: 1000,
+            max_output: 1024,
+            dir: std::env::temp_dir(),
+        });
+        let mut out = Vec::new();
+        // The process has not even started (this task has not yielded): the first two wait in
+        // the queue, the rest are refused rather than buffered.
+        for _ in 0..5 {
+            h.deliver(&to("slow", None, ""), Duration::ZERO, &mut out);
+        }
+        let codes: Vec<String> = out
+            .iter()
+            .map(|e| dci_peerlet::error_from_payload(&e.payload).unwrap().0)
+            .collect();
+        assert_eq!(codes, vec!["busy", "busy", "busy"]);
+        assert_eq!(h.instances(), 1);
+    }
+
     #[test]
     fn idle_instances_are_stopped_and_busy_ones_kept() {
         let mut h = host();
