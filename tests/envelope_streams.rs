@@ -5,7 +5,9 @@
 //!   refuses each with a count and a log line, keeps the stream until its framing is lost, answers
 //!   the good request, and carries on;
 //! - it asks one agent to relay to another that cannot reach it: the envelope goes through the
-//!   intermediary, and so does the answer.
+//!   intermediary, and so does the answer;
+//! - it floods an agent with requests and never reads the answers: the agent's queue towards it
+//!   fills, its answers are refused `busy`, and the agent stays responsive with bounded memory.
 
 mod common;
 
@@ -251,4 +253,110 @@ async fn an_envelope_is_relayed_to_a_node_it_cannot_reach_and_the_answer_comes_b
         "{}",
         counters(&b1)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_gets_busy_answers_and_the_agent_stays_responsive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let target = Node::start(
+        tmp.path(),
+        "target",
+        port,
+        &[],
+        &["--config", &small_queue(tmp.path())],
+    );
+    let target_id: PeerId = target.id().parse().unwrap();
+
+    let key = Keypair::generate_ed25519();
+    let me = key.public().to_peer_id();
+    let mut swarm = build_swarm(key, None, false).unwrap();
+    let mut control = swarm.behaviour().stream.new_control();
+    // Accept the agent's stream but never read it: its answers pile up.
+    let mut incoming = control.accept(MESH_PROTOCOL).unwrap();
+    let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(s) = incoming.next().await {
+            let _ = held_tx.send(s);
+        }
+    });
+    swarm
+        .dial(
+            format!("/ip4/127.0.0.1/tcp/{port}")
+                .parse::<Multiaddr>()
+                .unwrap(),
+        )
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let mut stream = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match control.open_stream(target_id, MESH_PROTOCOL).await {
+                Ok(s) => return s,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+    .expect("a stream to the agent");
+    let big = format!(r#"<fill xmlns="urn:t:1">{}</fill>"#, "x".repeat(60_000));
+    let request = || {
+        let mut bytes = Vec::new();
+        let env = Envelope::request(
+            Sender {
+                node: me.to_string(),
+                blade: None,
+                app: "test".into(),
+                instance: None,
+            },
+            Target {
+                to: Destination::Node(target_id.to_string()),
+                app: Some("echo".into()),
+                instance: None,
+            },
+            Payload::new(big.clone()).unwrap(),
+        );
+        wire::encode(&env, None, &mut bytes);
+        bytes
+    };
+    // Each answer is as big as its request; send until the agent says it is busy towards us.
+    let busy = |n: &Node| counters(n)["envelopes-busy"].as_u64().unwrap_or(0);
+    let mut sent = 0;
+    while busy(&target) == 0 && sent < 4000 {
+        for _ in 0..100 {
+            stream.write_all(&request()).await.unwrap();
+        }
+        stream.flush().await.unwrap();
+        sent += 100;
+    }
+    assert!(
+        busy(&target) > 0,
+        "no back-pressure after {sent} requests of 60 KB"
+    );
+    // The agent answers its operator meanwhile, and its memory stayed bounded by the queue.
+    let start = std::time::Instant::now();
+    assert!(target.members().is_some());
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", target.pid()))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        rss_kb < 300_000,
+        "the agent holds {rss_kb} KiB after {sent} requests"
+    );
+    drop(held); // the unread streams stayed open until here
+}
+
+/// A config with a peer queue of 16 envelopes.
+fn small_queue(dir: &std::path::Path) -> String {
+    let path = dir.join("small-queue.toml");
+    std::fs::write(&path, "[messaging]\npeer_queue = 16\n").unwrap();
+    path.to_str().unwrap().to_owned()
 }

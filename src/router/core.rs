@@ -144,6 +144,8 @@ pub enum DropReason {
     Unroutable,
     /// A reply or error that could not be delivered (not answered, to stop error storms).
     UndeliverableAnswer,
+    /// The queue to the next hop stayed full.
+    Busy,
 }
 
 /// Counters of what the router did.
@@ -260,6 +262,18 @@ impl Router {
             DropReason::Unroutable,
             "unreachable",
             &format!("no route to node {to}"),
+        );
+    }
+
+    /// The queue to `peer` stayed full: answer the sender `busy` (a relay would meet the same
+    /// slow peer).
+    pub fn handle_busy(&mut self, env: Envelope, peer: &str, relay_to: Option<&str>) {
+        let to = relay_to.unwrap_or(peer).to_owned();
+        self.refuse(
+            &env,
+            DropReason::Busy,
+            "busy",
+            &format!("the queue towards node {to} is full"),
         );
     }
 

@@ -231,6 +231,9 @@ struct Waiter {
 
 struct Link {
     tx: mpsc::Sender<(Envelope, Option<String>)>,
+    /// Set when a wait for room timed out: until the queue takes an envelope again, senders are
+    /// refused at once instead of each waiting (one slow peer must not stall all routing).
+    congested: bool,
 }
 
 /// Counters kept by the driver (the core and host keep their own).
@@ -542,8 +545,9 @@ impl Messenger {
     }
 
     async fn transmit(&mut self, peer: String, relay_to: Option<String>, env: Envelope) {
-        let link = match self.links.get(&peer) {
-            Some(l) if !l.tx.is_closed() => l,
+        let open = self.links.get(&peer).is_some_and(|l| !l.tx.is_closed());
+        let link = match self.links.get_mut(&peer) {
+            Some(l) if open => l,
             _ => {
                 let Ok(id) = peer.parse::<PeerId>() else {
                     self.core
@@ -552,24 +556,44 @@ impl Messenger {
                 };
                 let (tx, rx) = mpsc::channel(self.config.peer_queue.max(1));
                 tokio::spawn(write_stream(id, self.control.clone(), rx, self.tx.clone()));
-                self.links.entry(peer.clone()).or_insert(Link { tx })
+                self.links.insert(
+                    peer.clone(),
+                    Link {
+                        tx,
+                        congested: false,
+                    },
+                );
+                match self.links.get_mut(&peer) {
+                    Some(l) => l,
+                    None => return,
+                }
             }
         };
         let item = (env, relay_to);
-        let item = match link.tx.try_send(item) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(item)) => {
+        let (env, relay_to) = match link.tx.try_send(item) {
+            Ok(()) => {
+                link.congested = false;
+                return;
+            }
+            Err(mpsc::error::TrySendError::Full(item)) if !link.congested => {
+                // Back-pressure: the sender (this task) waits for the slow peer, once.
                 match tokio::time::timeout(QUEUE_WAIT, link.tx.reserve()).await {
                     Ok(Ok(permit)) => return permit.send(item),
-                    Ok(Err(_)) | Err(_) => item,
+                    Ok(Err(_)) | Err(_) => {
+                        link.congested = true;
+                        item
+                    }
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(item)) => item,
+            Err(mpsc::error::TrySendError::Full(item)) => item,
+            Err(mpsc::error::TrySendError::Closed((env, relay_to))) => {
+                return self
+                    .core
+                    .handle_send_failed(env, &peer, relay_to.as_deref());
+            }
         };
         self.counters.busy += 1;
-        let (env, relay_to) = item;
-        self.core
-            .handle_send_failed(env, &peer, relay_to.as_deref());
+        self.core.handle_busy(env, &peer, relay_to.as_deref());
     }
 
     fn complete(&mut self, id: Uuid) {
