@@ -274,7 +274,7 @@ async fn a_peer_that_stops_reading_gets_busy_answers_and_the_agent_stays_respons
     let mut control = swarm.behaviour().stream.new_control();
     // Accept the agent's stream but never read it: its answers pile up.
     let mut incoming = control.accept(MESH_PROTOCOL).unwrap();
-    let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+    let (held_tx, held) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(s) = incoming.next().await {
             let _ = held_tx.send(s);
