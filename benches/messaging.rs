@@ -22,7 +22,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PAYLOAD_BYTES: usize = 256;
 
+/// The bench payload, checked once: the load generator must not spend the agents' CPU on it.
 fn payload() -> Payload {
+    static PAYLOAD: std::sync::OnceLock<Payload> = std::sync::OnceLock::new();
+    PAYLOAD.get_or_init(make_payload).clone()
+}
+
+fn make_payload() -> Payload {
     let open = "<data xmlns=\"urn:dci:bench:1\">";
     let close = "</data>";
     let body = "x".repeat(PAYLOAD_BYTES - open.len() - close.len());

@@ -188,7 +188,18 @@ fn unicast_multicast_and_broadcast_reach_exactly_the_intended_peerlets_once() {
         ],
     );
     assert!(ok, "{v}");
-    std::thread::sleep(Duration::from_millis(300));
+    let expected = [("b1", 1, 1), ("b2", 0, 1), ("b3", 1, 1)];
+    let arrived = || {
+        expected
+            .iter()
+            .all(|(b, g_n, all_n)| count(b1, b, &g) == *g_n && count(b1, b, &all) == *all_n)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), arrived).is_some(),
+        "copies never all arrived"
+    );
+    // And no late duplicate shows up.
+    std::thread::sleep(Duration::from_millis(200));
     for (blade, group_copies) in [("b1", 1), ("b2", 0), ("b3", 1)] {
         assert_eq!(
             count(b1, blade, &g),

@@ -1,8 +1,8 @@
 //! `echo`: answers every request with its own payload, for tests and benchmarks.
 //!
 //! Two requests in its namespace ([`NAMESPACE`]) say more: `<whoami/>` answers where the request
-//! landed (node, blade, instance, the TTL it arrived with), `<count/>` how many envelopes this
-//! instance has received before it, which is how tests check "exactly once", and `<members/>` the
+//! landed (node, blade, instance, the TTL it arrived with), `<count/>` how many other envelopes this
+//! instance has received, which is how tests check "exactly once", and `<members/>` the
 //! directory of online members the agent gives peerlets.
 #![deny(missing_docs)]
 
@@ -33,13 +33,16 @@ pub struct Echo {
 
 impl Peerlet for Echo {
     fn handle(&mut self, env: &Envelope, ctx: &mut Context<'_>) -> Result<(), Refusal> {
+        let body = env.payload.as_str();
+        let mine = body.contains(NAMESPACE);
         let before = self.received;
-        self.received += 1;
+        // A count question is not counted, so that asking again is harmless.
+        if !(mine && body.contains("<count")) {
+            self.received += 1;
+        }
         if env.kind != Kind::Request {
             return Ok(());
         }
-        let body = env.payload.as_str();
-        let mine = body.contains(NAMESPACE);
         let payload = if mine && body.contains("<whoami") {
             let id = ctx.identity();
             Payload::new(format!(
