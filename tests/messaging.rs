@@ -409,6 +409,10 @@ fn a_logged_exchange_is_replayed_to_another_blade_with_a_new_id_and_a_link() {
     let copy = copies[0]["id"].as_str().unwrap().to_string();
     assert_ne!(copy, original);
     assert_eq!(copies[0]["replay_of"], original.as_str());
+    // The copy's answer comes back to the operator, from b3.
+    let answer = &copies[0]["answers"][0];
+    assert_eq!(answer["blade"], "b3", "{copies:?}");
+    assert!(answer["payload"].as_str().unwrap().contains("keep me"));
 
     // b3 received the copy, payload intact.
     wait_until(Duration::from_secs(5), || {

@@ -686,20 +686,55 @@ impl Messenger {
                 emitted.push(env.reply_to(me, Kind::Reply, payload));
             }
             Ok(MsglogResult::Replay(copies)) => {
-                // The copies go out as new submissions; the client's answer lists their ids.
-                let mut xml = format!("<replayed xmlns=\"{MSGLOG_NAMESPACE}\">");
+                // The copies go out as new submissions; a task gathers their answers and answers
+                // the client with them, a little before the client's own wait runs out.
+                let wait = Duration::from_millis(self.config.answer_wait_ms * 3 / 4);
+                let mut pending = Vec::new();
                 for (copy, original) in copies {
-                    xml.push_str(&format!("<copy id=\"{}\" of=\"{original}\"/>", copy.id));
-                    let _ = self.tx.try_send(Command::Submit {
-                        env: copy,
-                        replay_of: Some(original),
-                        answers: None,
-                    });
+                    let (tx, rx) = oneshot::channel();
+                    let id = copy.id;
+                    let sent = self
+                        .tx
+                        .try_send(Command::Submit {
+                            env: copy,
+                            replay_of: Some(original.clone()),
+                            answers: Some(tx),
+                        })
+                        .is_ok();
+                    pending.push((id, original, sent.then_some(rx)));
                 }
-                xml.push_str("</replayed>");
-                let payload =
-                    Payload::new(xml).unwrap_or_else(|e| error_payload("internal", &e.to_string()));
-                emitted.push(env.reply_to(me, Kind::Reply, payload));
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let mut xml = format!("<replayed xmlns=\"{MSGLOG_NAMESPACE}\">");
+                    for (id, original, rx) in pending {
+                        let status = match rx {
+                            None => "busy",
+                            Some(_) => "sent",
+                        };
+                        let answers = match rx {
+                            Some(rx) => tokio::time::timeout(wait, rx)
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                                .map(|a| a.answers)
+                                .unwrap_or_default(),
+                            None => Vec::new(),
+                        };
+                        xml.push_str(&format!(
+                            "<copy id=\"{id}\" of=\"{original}\" status=\"{status}\">"
+                        ));
+                        for a in answers {
+                            xml.push_str(&a.to_xml());
+                        }
+                        xml.push_str("</copy>");
+                    }
+                    xml.push_str("</replayed>");
+                    let payload = Payload::new(xml)
+                        .unwrap_or_else(|e| error_payload("internal", &e.to_string()));
+                    let _ = tx
+                        .send(Command::Post(env.reply_to(me, Kind::Reply, payload)))
+                        .await;
+                });
             }
             Err((code, message)) => {
                 emitted.push(env.reply_to(me, Kind::Error, error_payload(code, &message)));

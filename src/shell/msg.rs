@@ -426,32 +426,56 @@ pub async fn replay(
         code: "bad-answer".into(),
         message: m,
     };
-    let copies: Vec<(String, String)> = children(answer.payload.as_str())
+    let mut copies = Vec::new();
+    if let Some((_, whole)) = children(answer.payload.as_str())
         .map_err(bad)?
         .into_iter()
         .next()
-        .map(|(_, whole)| children(inner(whole)).unwrap_or_default())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(a, _)| {
-            (
-                a.get("id").cloned().unwrap_or_default(),
-                a.get("of").cloned().unwrap_or_default(),
-            )
-        })
-        .collect();
+    {
+        for (a, copy) in children(inner(whole)).map_err(bad)? {
+            let mut answers = Vec::new();
+            for (_, xml) in children(inner(copy)).map_err(bad)? {
+                answers.push(
+                    Envelope::from_xml(xml.as_bytes(), &Limits::default())
+                        .map_err(|e| bad(e.to_string()))?,
+                );
+            }
+            let get = |k: &str| a.get(k).cloned().unwrap_or_default();
+            copies.push((get("id"), get("of"), get("status"), answers));
+        }
+    }
     if json {
         let v: Vec<_> = copies
             .iter()
-            .map(|(id, of)| json!({"id": id, "replay_of": of}))
+            .map(|(id, of, status, answers)| {
+                json!({
+                    "id": id,
+                    "replay_of": of,
+                    "status": status,
+                    "answers": answers.iter().map(answer_json).collect::<Vec<_>>(),
+                })
+            })
             .collect();
         return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
     }
-    Ok(copies
-        .iter()
-        .map(|(id, of)| format!("replayed {of} as {id}"))
-        .collect::<Vec<_>>()
-        .join("\n"))
+    let mut text = String::new();
+    for (id, of, status, answers) in &copies {
+        text.push_str(&format!("replayed {of} as {id} ({status})\n"));
+        for a in answers {
+            let who = a
+                .sender
+                .blade
+                .clone()
+                .unwrap_or_else(|| a.sender.node.clone());
+            text.push_str(&format!(
+                "  {who} {} {}: {}\n",
+                a.sender.app,
+                a.kind,
+                a.payload.as_str()
+            ));
+        }
+    }
+    Ok(text.trim_end().to_owned())
 }
 
 #[cfg(test)]
