@@ -242,7 +242,8 @@ struct Counters {
     /// Frames the stream readers refused (bad header, bad envelope, oversized); shared with them.
     malformed: Arc<AtomicU64>,
     forged: u64,
-    notices_received: u64,
+    /// Failure notices handed to the agent (its own included; the agent counts peers' ones).
+    notices_delivered: u64,
     logged: u64,
     busy: u64,
 }
@@ -536,7 +537,7 @@ impl Messenger {
             Some(NOTICE_APP) => {
                 let from = env.sender.node.parse().unwrap_or(PeerId::random());
                 if self.notices.try_send((env, from)).is_ok() {
-                    self.counters.notices_received += 1;
+                    self.counters.notices_delivered += 1;
                 }
             }
             Some(MSGLOG_APP) => self.msglog(env, emitted),
@@ -766,7 +767,7 @@ impl Messenger {
             ("envelopes-forged".into(), self.counters.forged),
             ("envelopes-busy".into(), self.counters.busy),
             ("envelopes-logged".into(), self.counters.logged),
-            ("notices-received".into(), self.counters.notices_received),
+            ("notices-delivered".into(), self.counters.notices_delivered),
             ("peerlets-running".into(), self.host.instances() as u64),
             ("peerlets-started".into(), h.started),
             ("peerlets-stopped-idle".into(), h.stopped_idle),
