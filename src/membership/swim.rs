@@ -27,13 +27,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
-use std::hash::Hash;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+
+use super::table::{MemberId, Table};
 
 /// Proves that an alive or leave announcement was made by its subject (a signature in the agent;
 /// trivially true in the simulator, whose nodes cannot lie).
@@ -381,7 +382,7 @@ struct Broadcast<Id, M, P> {
 }
 
 /// The SWIM + Lifeguard state machine of one node.
-pub struct Swim<Id, M, A: Authority<Id, M>> {
+pub struct Swim<Id: MemberId, M, A: Authority<Id, M>> {
     me: Id,
     inc: u64,
     meta: M,
@@ -389,7 +390,7 @@ pub struct Swim<Id, M, A: Authority<Id, M>> {
     auth: A,
     config: SwimConfig,
     rng: StdRng,
-    members: HashMap<Id, Member<M, A::Proof>>,
+    members: Id::Table<Member<M, A::Proof>>,
     /// Every member ever known, in arrival order: deterministic iteration and O(1) random picks.
     all: Vec<Id>,
     /// Members to contact again while this node knows no live member.
@@ -417,7 +418,7 @@ type Pkt<Id, M, A> = Packet<Id, M, <A as Authority<Id, M>>::Proof>;
 
 impl<Id, M, A> Swim<Id, M, A>
 where
-    Id: Copy + Eq + Hash + Ord + Debug,
+    Id: MemberId,
     M: Clone + PartialEq + Debug,
     A: Authority<Id, M>,
 {
@@ -447,7 +448,7 @@ where
             auth,
             config,
             rng,
-            members: HashMap::new(),
+            members: Default::default(),
             all: Vec::new(),
             seeds: Vec::new(),
             probe_order: Vec::new(),
@@ -496,8 +497,8 @@ where
     }
 
     /// Every other member this node knows.
-    pub fn members(&self) -> impl Iterator<Item = (&Id, &Member<M, A::Proof>)> {
-        self.members.iter()
+    pub fn members(&self) -> impl Iterator<Item = (Id, &Member<M, A::Proof>)> {
+        self.members.entries()
     }
 
     /// One member.
@@ -533,7 +534,7 @@ where
     /// Starts from a converged table (simulators and tests): `id` is known alive at `inc`, and
     /// nothing is gossiped about it.
     pub fn assume_alive(&mut self, id: Id, inc: u64, meta: M, proof: A::Proof, now: Duration) {
-        if id == self.me || self.members.contains_key(&id) {
+        if id == self.me || self.members.contains(&id) {
             return;
         }
         self.members.insert(
@@ -1076,23 +1077,30 @@ where
                     self.rejected.bad_proof += 1;
                     false
                 } else {
-                    if !self.members.contains_key(id) {
-                        self.all.push(*id);
+                    match self.members.get_mut(id) {
+                        Some(m) => {
+                            m.inc = *inc;
+                            m.proof = proof.clone();
+                            m.suspicion = None;
+                        }
+                        None => {
+                            self.all.push(*id);
+                            self.members.insert(
+                                *id,
+                                Member {
+                                    inc: *inc,
+                                    meta: meta.clone(),
+                                    proof: proof.clone(),
+                                    liveness: Liveness::Left,
+                                    since: Stamp::at(now),
+                                    last_ack: Stamp::NEVER,
+                                    last_announce: Stamp::NEVER,
+                                    last_ack_seq: 0,
+                                    suspicion: None,
+                                },
+                            );
+                        }
                     }
-                    let m = self.members.entry(*id).or_insert_with(|| Member {
-                        inc: *inc,
-                        meta: meta.clone(),
-                        proof: proof.clone(),
-                        liveness: Liveness::Left,
-                        since: Stamp::at(now),
-                        last_ack: Stamp::NEVER,
-                        last_announce: Stamp::NEVER,
-                        last_ack_seq: 0,
-                        suspicion: None,
-                    });
-                    m.inc = *inc;
-                    m.proof = proof.clone();
-                    m.suspicion = None;
                     self.suspicion_confirmers.remove(id);
                     self.set_liveness(*id, Liveness::Left, now);
                     true
