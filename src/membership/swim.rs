@@ -375,6 +375,39 @@ struct Relay<Id> {
     requester_seq: u32,
 }
 
+/// Open probes or relays by sequence number. There are a handful at a time, so a short vector
+/// beats a hash map: no hashing, and one allocation to touch instead of two.
+#[derive(Debug)]
+struct BySeq<V>(Vec<(u32, V)>);
+
+impl<V> Default for BySeq<V> {
+    fn default() -> Self {
+        BySeq(Vec::new())
+    }
+}
+
+impl<V> BySeq<V> {
+    fn insert(&mut self, seq: u32, v: V) {
+        match self.get_mut(seq) {
+            Some(old) => *old = v,
+            None => self.0.push((seq, v)),
+        }
+    }
+
+    fn get(&self, seq: u32) -> Option<&V> {
+        self.0.iter().find(|(s, _)| *s == seq).map(|(_, v)| v)
+    }
+
+    fn get_mut(&mut self, seq: u32) -> Option<&mut V> {
+        self.0.iter_mut().find(|(s, _)| *s == seq).map(|(_, v)| v)
+    }
+
+    fn remove(&mut self, seq: u32) -> Option<V> {
+        let i = self.0.iter().position(|(s, _)| *s == seq)?;
+        Some(self.0.swap_remove(i).1)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Broadcast<Id, M, P> {
     update: Update<Id, M, P>,
@@ -398,8 +431,8 @@ pub struct Swim<Id: MemberId, M, A: Authority<Id, M>> {
     probe_order: Vec<Id>,
     probe_next: usize,
     /// Open probes by sequence number (they may overlap: the indirect phase outlasts a period).
-    probes: HashMap<u32, Probe<Id>>,
-    relays: HashMap<u32, Relay<Id>>,
+    probes: BySeq<Probe<Id>>,
+    relays: BySeq<Relay<Id>>,
     suspicion_confirmers: HashMap<Id, HashSet<Id>>,
     /// Accusers already sent our latest refutation directly.
     refuted_to: Vec<Id>,
@@ -453,8 +486,8 @@ where
             seeds: Vec::new(),
             probe_order: Vec::new(),
             probe_next: 0,
-            probes: HashMap::new(),
-            relays: HashMap::new(),
+            probes: BySeq::default(),
+            relays: BySeq::default(),
             suspicion_confirmers: HashMap::new(),
             refuted_to: Vec::new(),
             push_pull_phased: false,
@@ -615,7 +648,7 @@ where
             Timer::ProbeTimeout { seq } => self.probe_timeout(seq, now),
             Timer::IndirectTimeout { seq } => self.indirect_timeout(seq, now),
             Timer::RelayTimeout { seq } => {
-                if let Some(relay) = self.relays.remove(&seq) {
+                if let Some(relay) = self.relays.remove(seq) {
                     self.send(
                         relay.requester,
                         Message::Nack {
@@ -673,7 +706,7 @@ where
                 ));
             }
             Message::Nack { seq } => {
-                if let Some(p) = self.probes.get_mut(&seq) {
+                if let Some(p) = self.probes.get_mut(seq) {
                     p.nacks += 1;
                 }
             }
@@ -703,7 +736,7 @@ where
     }
 
     fn handle_ack(&mut self, seq: u32, now: Duration) {
-        if let Some(relay) = self.relays.remove(&seq) {
+        if let Some(relay) = self.relays.remove(seq) {
             self.send(
                 relay.requester,
                 Message::Ack {
@@ -712,7 +745,7 @@ where
             );
             return;
         }
-        let Some(p) = self.probes.remove(&seq) else {
+        let Some(p) = self.probes.remove(seq) else {
             return;
         };
         let target = p.target;
@@ -788,7 +821,7 @@ where
     }
 
     fn probe_timeout(&mut self, seq: u32, now: Duration) {
-        let Some(target) = self.probes.get(&seq).map(|p| p.target) else {
+        let Some(target) = self.probes.get(seq).map(|p| p.target) else {
             return;
         };
         let helpers = self.random_members(self.config.indirect_checks, |id, m| {
@@ -797,7 +830,7 @@ where
         for h in &helpers {
             self.send(*h, Message::PingReq { seq, target });
         }
-        if let Some(p) = self.probes.get_mut(&seq) {
+        if let Some(p) = self.probes.get_mut(seq) {
             p.expected_nacks = helpers.len() as u32;
         }
         // The indirect path is three hops, not one: it gets its own, longer window.
@@ -808,7 +841,7 @@ where
 
     fn indirect_timeout(&mut self, seq: u32, now: Duration) {
         // An acked probe was removed already; this timer is then stale.
-        let Some(p) = self.probes.remove(&seq) else {
+        let Some(p) = self.probes.remove(seq) else {
             return;
         };
         // Lifeguard: helpers that neither acked nor nacked suggest the fault is ours.
