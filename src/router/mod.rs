@@ -982,7 +982,7 @@ async fn write_stream(
 pub fn view_of<'a>(
     local: &PeerId,
     local_blade: &str,
-    members: impl Iterator<Item = (&'a PeerId, &'a str, bool)>,
+    members: impl Iterator<Item = (PeerId, &'a str, bool)>,
     connected: &std::collections::HashSet<PeerId>,
     groups: &HashMap<String, Vec<String>>,
 ) -> View {
@@ -994,7 +994,7 @@ pub fn view_of<'a>(
                 node: id.to_string(),
                 blade: Some(name.to_owned()),
                 up,
-                connected: connected.contains(id),
+                connected: connected.contains(&id),
             })
             .collect(),
         groups: groups.clone(),
