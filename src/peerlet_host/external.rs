@@ -121,21 +121,34 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Every `*/peerlet.toml` under `dir`.
-    pub fn scan(dir: &Path) -> Result<Vec<Manifest>, ManifestError> {
-        let entries = std::fs::read_dir(dir).map_err(|e| ManifestError {
-            path: dir.into(),
-            reason: e.to_string(),
-        })?;
-        let mut found = Vec::new();
+    /// Every `*/peerlet.toml` under `dir`: the good manifests, and one error per bad one (a bad
+    /// manifest does not keep the others out).
+    pub fn scan(dir: &Path) -> (Vec<Manifest>, Vec<ManifestError>) {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                let reason = crate::config::one_line(&e.to_string());
+                return (
+                    Vec::new(),
+                    vec![ManifestError {
+                        path: dir.into(),
+                        reason,
+                    }],
+                );
+            }
+        };
+        let (mut found, mut bad) = (Vec::new(), Vec::new());
         for entry in entries.flatten() {
             let path = entry.path().join("peerlet.toml");
             if path.is_file() {
-                found.push(Manifest::load(&path)?);
+                match Manifest::load(&path) {
+                    Ok(m) => found.push(m),
+                    Err(e) => bad.push(e),
+                }
             }
         }
         found.sort_by(|a, b| a.app.cmp(&b.app));
-        Ok(found)
+        (found, bad)
     }
 }
 
@@ -289,5 +302,36 @@ impl dci_peerlet::Peerlet for Wrapped {
             })
             .map_err(|e| Refusal::new("exec-failed", format!("cannot start a thread: {e}")))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_manifest_is_named_and_does_not_keep_the_good_ones_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+            std::fs::write(dir.path().join(name).join("peerlet.toml"), text).unwrap();
+        };
+        write("good", "app = \"good\"\ncommand = [\"true\"]\n");
+        write("typo", "app = \"typo\"\ncommand = [\"true\"]\nqueu = 3\n");
+        write("empty", "app = \"empty\"\ncommand = []\n");
+        let (found, bad) = Manifest::scan(dir.path());
+        assert_eq!(
+            found.iter().map(|m| m.app.as_str()).collect::<Vec<_>>(),
+            ["good"]
+        );
+        assert_eq!(found[0].mode, Mode::Envelopes);
+        assert_eq!(bad.len(), 2);
+        for e in &bad {
+            let line = e.to_string();
+            assert!(
+                line.contains("peerlet.toml") && !line.contains('\n'),
+                "{line}"
+            );
+        }
     }
 }

@@ -305,14 +305,13 @@ impl Messenger {
             },
         )));
         for dir in &setup.config.peerlet_dirs {
-            match crate::peerlet_host::external::Manifest::scan(dir) {
-                Ok(found) => {
-                    for m in found {
-                        tracing::info!(app = %m.app, dir = %m.dir.display(), "external peerlet registered");
-                        host.register_external(m);
-                    }
-                }
-                Err(e) => tracing::warn!("{e}"),
+            let (found, bad) = crate::peerlet_host::external::Manifest::scan(dir);
+            for e in bad {
+                tracing::warn!("{e}; that peerlet is not available");
+            }
+            for m in found {
+                tracing::info!(app = %m.app, dir = %m.dir.display(), "external peerlet registered");
+                host.register_external(m);
             }
         }
         let log = setup.db.as_ref().and_then(|db| {
