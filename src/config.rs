@@ -150,6 +150,9 @@ pub struct FileConfig {
     /// Sustained degradation.
     #[serde(default)]
     pub degradation: DegradationFile,
+    /// `[messaging]`: groups, message log, peerlets.
+    #[serde(default)]
+    pub messaging: crate::router::MessagingConfig,
 }
 
 /// What the command line says; `None` means "not given, use the file or the default".
@@ -204,6 +207,8 @@ pub struct Config {
     pub page: PageConfig,
     /// The sustained-degradation detector.
     pub degradation: DegradationConfig,
+    /// Envelope routing, peerlets and the message log.
+    pub messaging: crate::router::MessagingConfig,
 }
 
 impl Config {
@@ -361,6 +366,7 @@ impl Config {
             membership,
             page,
             degradation,
+            messaging: file.messaging,
         })
     }
 }

@@ -9,6 +9,8 @@
 //! - [`events`], [`notice`]: membership events for subscribers, and failure notices.
 //! - [`net`]: the libp2p shell (transport, admission by cluster key, discovery, framing).
 //! - [`control`]: the local control socket that carries XML envelopes from `dcish`.
+//! - [`peerlet_host`], [`router`]: peerlet instances, and envelope routing over the mesh with the
+//!   message log.
 //! - [`agent`]: the one event loop that owns the swarm and drives the cores.
 //! - [`shell`]: `dcish`, the operator's client.
 //! - [`sim`]: the deterministic simulator that runs the protocol cores at scale.
@@ -23,7 +25,9 @@ pub mod events;
 pub mod membership;
 pub mod net;
 pub mod notice;
+pub mod peerlet_host;
 pub mod resources;
+pub mod router;
 pub mod shell;
 pub mod sim;
 pub mod timers;

@@ -4,6 +4,8 @@
 //! on a terminal and JSON with `--json`, so scripts never parse tables.
 
 pub mod client;
+pub mod msg;
+pub mod task;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -49,6 +51,17 @@ pub enum Command {
     Status,
     /// The recent membership events seen by this agent, oldest first.
     Events,
+    /// Send an envelope to a peerlet (a blade, node, group or everyone) and show the answers.
+    Send(msg::SendArgs),
+    /// Show the message log: envelopes this agent sent and received.
+    Log(msg::LogArgs),
+    /// Send logged envelopes again, with new ids, to the same or another destination.
+    Replay(msg::ReplayArgs),
+    /// Run a task document: steps sent to peerlets in order, outputs feeding later inputs.
+    Run {
+        /// The task document (XML, `urn:dci:task:1`).
+        task: PathBuf,
+    },
 }
 
 /// A command's failure: one line for the user.
@@ -89,6 +102,10 @@ pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
                 (_, false) => nodes_table(&members, color, false),
             }
         }
+        Command::Send(args) => msg::send(&mut client, args, cli.json).await?,
+        Command::Log(args) => msg::log(&mut client, args, cli.json).await?,
+        Command::Replay(args) => msg::replay(&mut client, args, cli.json).await?,
+        Command::Run { task } => task::run(&mut client, task, cli.json).await?,
         Command::Events => {
             let payload = client.request(ControlRequest::Events.to_payload()).await?;
             let events = events_from_payload(&payload).map_err(protocol)?;
