@@ -7,6 +7,7 @@
 //!   sustained degradation.
 //! - [`membership`]: the sans-IO SWIM + Lifeguard core and the agent's signed instance of it.
 //! - [`events`], [`notice`]: membership events for subscribers, and failure notices.
+//! - [`failover`]: the seat table and the sans-IO election of a blade's holder.
 //! - [`net`]: the libp2p shell (transport, admission by cluster key, discovery, framing).
 //! - [`control`]: the local control socket that carries XML envelopes from `dcish`.
 //! - [`peerlet_host`], [`router`]: peerlet instances, and envelope routing over the mesh with the
@@ -22,6 +23,7 @@ pub mod control;
 pub mod datadir;
 pub mod degradation;
 pub mod events;
+pub mod failover;
 pub mod membership;
 pub mod net;
 pub mod notice;
