@@ -92,6 +92,8 @@ pub struct Agent {
     /// Members whose metadata says they are degraded, to publish the change once.
     degraded_members: HashSet<PeerId>,
     counters: Counters,
+    /// The replication service's requests in flight, and its channels.
+    replication: crate::replication::Link,
 }
 
 /// What the agent refused or relayed, for `dcish status` (the membership core counts forged
@@ -151,6 +153,7 @@ impl Agent {
         ));
         tokio::spawn(control::serve(listener, local_id.to_string(), query_tx));
 
+        let (replication, service) = start_replication(&config, &db, &data_dir, local_id)?;
         let mut sampler = Sampler::new(data_dir.path());
         let meta = MemberMeta {
             name: config.name.clone(),
@@ -191,6 +194,7 @@ impl Agent {
             detector: Detector::new(config.degradation.clone()),
             degraded_members: HashSet::new(),
             counters: Counters::default(),
+            replication,
             seed_backoff: Backoff::default(),
             seeds_reached: HashSet::new(),
             seed_dials: HashMap::new(),
@@ -207,6 +211,7 @@ impl Agent {
             disk_faults,
         };
         agent.apply_outputs();
+        service(agent.events.subscribe());
         Ok(agent)
     }
 
@@ -247,6 +252,7 @@ impl Agent {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(query) = self.queries.recv() => self.on_query(query),
                 Some(reason) = self.disk_faults.recv() => self.on_disk_fault(reason),
+                Some(cmd) = self.replication.next_command() => self.on_replication(cmd),
             }
         }
         self.leave().await;
@@ -562,6 +568,11 @@ impl Agent {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Membership(event)) => self.on_membership(event),
             SwarmEvent::Behaviour(BehaviourEvent::Envelopes(event)) => self.on_envelope(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Blocks(event)) => {
+                let swim = &self.swim;
+                self.replication
+                    .on_event(event, |p| swim.member(p).map(|m| m.meta.name.clone()));
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -680,6 +691,29 @@ impl Agent {
         }
     }
 
+    /// Carries out a request of the replication service.
+    fn on_replication(&mut self, cmd: crate::replication::NetCommand) {
+        use crate::replication::NetCommand;
+        match cmd {
+            NetCommand::Send { to, request, reply } => {
+                let addrs = self
+                    .swim
+                    .member(&to)
+                    .map(|m| m.meta.addrs.iter().filter_map(|a| a.parse().ok()).collect())
+                    .unwrap_or_default();
+                let blocks = &mut self.swarm.behaviour_mut().blocks;
+                self.replication.send(blocks, to, request, addrs, reply);
+            }
+            NetCommand::Respond { token, response } => {
+                let blocks = &mut self.swarm.behaviour_mut().blocks;
+                self.replication.respond(blocks, token, response);
+            }
+            NetCommand::Members(reply) => {
+                let _ = reply.send(self.member_infos());
+            }
+        }
+    }
+
     fn advertise_listeners(&mut self) {
         let addrs = advertised(self.swarm.listeners());
         let mut meta = self.swim.meta().clone();
@@ -709,6 +743,7 @@ impl Agent {
                 ];
                 let _ = reply.send(rows.iter().map(|(n, v)| (n.to_string(), *v)).collect());
             }
+            Query::Backup(call) => self.replication.control(call),
             Query::Events(reply) => {
                 let events = self
                     .events
@@ -872,6 +907,45 @@ impl Agent {
         }
         tracing::info!("dcid stopped; peers were told it left");
     }
+}
+
+/// Opens the block store and catalog and prepares the replication service; the returned closure
+/// starts it once the event hub exists.
+#[allow(clippy::type_complexity)]
+fn start_replication(
+    config: &Config,
+    db: &sled::Db,
+    data_dir: &DataDir,
+    local_id: PeerId,
+) -> Result<
+    (
+        crate::replication::Link,
+        impl FnOnce(tokio::sync::broadcast::Receiver<Event>),
+    ),
+    StartError,
+> {
+    use crate::replication::{channels, service::Service};
+    use crate::store::{catalog::SledCatalog, FsBlockStore};
+    let store_err = |e: crate::store::StoreError| StartError::Database {
+        path: data_dir.path().join("blocks"),
+        reason: one_line(&e.to_string()),
+    };
+    let store = FsBlockStore::open(&data_dir.path().join("blocks")).map_err(store_err)?;
+    let catalog = SledCatalog::open(db).map_err(store_err)?;
+    let (link, ch) = channels();
+    let service = Service::new(
+        std::sync::Arc::new(store),
+        std::sync::Arc::new(catalog),
+        config.backup.clone(),
+        local_id,
+        config.name.clone(),
+        config.zone.clone(),
+        ch.net,
+    );
+    let (inbound, control) = (ch.inbound, ch.control);
+    Ok((link, move |events| {
+        tokio::spawn(service.run(inbound, control, events));
+    }))
 }
 
 /// Writes `path` durably every `interval`, off the event loop (an fsync can take longer than a

@@ -16,6 +16,7 @@ use crate::degradation::DegradationConfig;
 use crate::membership::swim::SwimConfig;
 use crate::membership::Role;
 use crate::notice::PageConfig;
+use crate::replication::settings::{BackupConfig, BackupFile};
 use crate::resources::Metric;
 
 /// The port the agent listens on when no `--listen` is given.
@@ -150,6 +151,9 @@ pub struct FileConfig {
     /// Sustained degradation.
     #[serde(default)]
     pub degradation: DegradationFile,
+    /// Backup and replication.
+    #[serde(default)]
+    pub backup: BackupFile,
 }
 
 /// What the command line says; `None` means "not given, use the file or the default".
@@ -175,6 +179,10 @@ pub struct Overrides {
     pub no_mdns: bool,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// `--backup-root`.
+    pub backup_root: Option<PathBuf>,
+    /// `--replication-factor`.
+    pub replication_factor: Option<usize>,
 }
 
 /// A complete, validated agent configuration.
@@ -204,6 +212,8 @@ pub struct Config {
     pub page: PageConfig,
     /// The sustained-degradation detector.
     pub degradation: DegradationConfig,
+    /// Backup and replication.
+    pub backup: BackupConfig,
 }
 
 impl Config {
@@ -340,6 +350,12 @@ impl Config {
             ));
         }
         let degradation = degradation_config(&file.degradation, &ms)?;
+        let backup = BackupConfig::from_file(
+            &file.backup,
+            cli.backup_root.clone(),
+            cli.replication_factor,
+        )
+        .map_err(|(field, value, reason)| invalid(field, &value, &reason))?;
 
         Ok(Config {
             name,
@@ -361,6 +377,7 @@ impl Config {
             membership,
             page,
             degradation,
+            backup,
         })
     }
 }

@@ -74,7 +74,11 @@ pub enum ManifestError {
 
 impl Manifest {
     /// Stores the manifest as blocks and returns their ids in order.
-    pub fn store(&self, store: &dyn BlockStore, compress: bool) -> Result<Vec<BlockId>, StoreError> {
+    pub fn store(
+        &self,
+        store: &dyn BlockStore,
+        compress: bool,
+    ) -> Result<Vec<BlockId>, StoreError> {
         let bytes = postcard::to_stdvec(self).map_err(|e| StoreError::Io {
             path: "manifest".into(),
             source: std::io::Error::other(e.to_string()),

@@ -132,11 +132,7 @@ pub fn make_archive(
         },
         time_ms: now_ms,
         manifest: manifest_ids,
-        bytes: manifest
-            .entries
-            .iter()
-            .map(|e| e.size)
-            .sum(),
+        bytes: manifest.entries.iter().map(|e| e.size).sum(),
         files: manifest.entries.len() as u64,
         skipped: stats.skipped,
         blocks: distinct.len() as u64,

@@ -83,11 +83,10 @@ pub fn scan(
         manifest: Manifest::default(),
         stats: ScanStats::default(),
     };
-    s.dir(&settings.root, &[])
-        .map_err(|e| match e {
-            DirError::Store(e) => ScanError::Store(e),
-            DirError::Io(e) => ScanError::Root(settings.root.clone(), e),
-        })?;
+    s.dir(&settings.root, &[]).map_err(|e| match e {
+        DirError::Store(e) => ScanError::Store(e),
+        DirError::Io(e) => ScanError::Root(settings.root.clone(), e),
+    })?;
     if let Some(parent) = parent {
         s.manifest.deleted = parent
             .keys()

@@ -64,9 +64,16 @@ fn a_snapshot_then_a_delta_restore_the_tree_with_modes_and_symlinks() {
     restore_upto(&store, &catalog, 2, &out, None);
     assert_eq!(fs::read(out.join("x.txt")).unwrap(), b"changed!");
     assert_eq!(fs::read(out.join("a/b/big")).unwrap(), vec![7u8; 300_000]);
-    assert_eq!(fs::read_link(out.join("link")).unwrap(), Path::new("a/b/big"));
     assert_eq!(
-        fs::metadata(out.join("x.txt")).unwrap().permissions().mode() & 0o7777,
+        fs::read_link(out.join("link")).unwrap(),
+        Path::new("a/b/big")
+    );
+    assert_eq!(
+        fs::metadata(out.join("x.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
         0o640
     );
     assert!(!out.join("skip.tmp").exists() && !out.join("cache").exists());

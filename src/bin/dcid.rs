@@ -47,6 +47,12 @@ struct Cli {
     /// Log format [default: text]. Filter with RUST_LOG.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// The blade's data set, backed up onto other nodes.
+    #[arg(long, value_name = "DIR")]
+    backup_root: Option<PathBuf>,
+    /// How many other nodes hold this blade's backups [default: 2].
+    #[arg(long, value_name = "N")]
+    replication_factor: Option<usize>,
     #[command(subcommand)]
     command: Option<Tool>,
 }
@@ -79,6 +85,8 @@ fn main() -> ExitCode {
         cluster_key: cli.cluster_key,
         no_mdns: cli.no_mdns,
         log_format: cli.log_format,
+        backup_root: cli.backup_root,
+        replication_factor: cli.replication_factor,
     };
     let config = match Config::load(&overrides) {
         Ok(c) => c,

@@ -35,6 +35,8 @@ pub const ENVELOPE_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/envelope
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a membership request waits for its answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a block-protocol request may take: a forwarded restore answers when it is done.
+const BLOCKS_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Connections without traffic are closed after this long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -61,6 +63,8 @@ mod behaviour {
         /// XML envelopes between agents (failure notices so far), one per stream, capped at the
         /// envelope limit.
         pub envelopes: request_response::Behaviour<FrameCodec>,
+        /// Blocks and archives between a blade's owner and its holders (`crate::replication`).
+        pub blocks: request_response::Behaviour<FrameCodec>,
     }
 }
 
@@ -156,6 +160,15 @@ pub fn build_swarm(
                 [(ENVELOPE_PROTOCOL, ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(64),
+            ),
+            blocks: request_response::Behaviour::with_codec(
+                FrameCodec {
+                    max_bytes: crate::replication::protocol::MAX_FRAME_BYTES,
+                },
+                [(crate::replication::BLOCKS_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(BLOCKS_REQUEST_TIMEOUT)
                     .with_max_concurrent_streams(64),
             ),
         });

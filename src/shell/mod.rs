@@ -3,6 +3,7 @@
 //! Every command is an envelope to the local agent's control socket ([`client`]); output is a table
 //! on a terminal and JSON with `--json`, so scripts never parse tables.
 
+pub mod backup;
 pub mod client;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -49,6 +50,16 @@ pub enum Command {
     Status,
     /// The recent membership events seen by this agent, oldest first.
     Events,
+    /// Back a blade up now.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
+    /// A blade's archives: time, kind, size, files, completeness, holders.
+    Archives {
+        /// The blade.
+        blade: String,
+    },
+    /// Restore a blade's archives, sequentially up to one, or only some paths.
+    Restore(backup::RestoreCommand),
 }
 
 /// A command's failure: one line for the user.
@@ -89,6 +100,9 @@ pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
                 (_, false) => nodes_table(&members, color, false),
             }
         }
+        Command::Backup(c) => backup::backup(&mut client, c, cli.json).await?,
+        Command::Archives { blade } => backup::archives(&mut client, blade, cli.json).await?,
+        Command::Restore(c) => backup::restore(&mut client, c, cli.json).await?,
         Command::Events => {
             let payload = client.request(ControlRequest::Events.to_payload()).await?;
             let events = events_from_payload(&payload).map_err(protocol)?;

@@ -146,7 +146,10 @@ mod tests {
         std::fs::write(dir.path().join("tmp").join("junk.1.2"), b"half").unwrap();
         drop(store);
         let store = FsBlockStore::open(dir.path()).unwrap();
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
         let got = store.get(&id).unwrap().unwrap();
         assert_eq!(decode_verified(&id, &got).unwrap(), b"body");
         assert_eq!(store.list().unwrap().len(), 1);

@@ -25,7 +25,9 @@ pub use fs::FsBlockStore;
 pub const MAX_BLOCK_BYTES: usize = chunk::MAX_CHUNK;
 
 /// A block's id: the BLAKE3 hash of its plain bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct BlockId(pub [u8; 32]);
 
 impl BlockId {

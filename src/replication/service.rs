@@ -1,0 +1,1075 @@
+//! The replication service: one task per node that makes this blade's archives, pushes them to
+//! their holders, keeps the holders in step (peersync), replaces dead holders (repair), ages and
+//! collects, answers other nodes' block requests, and restores.
+//!
+//! The owner drives everything about its blade's copies: every sync round it computes the holders
+//! from the live member table ([`placement::holders`]), tells each holder which archives exist
+//! (`Sync`), and pushes each archive a holder lacks: `Have` to learn which blocks are missing there,
+//! `Put` for those only, then `Commit`. A holder commits an archive only when every block it names
+//! is durable there, so a committed archive is restorable from that holder alone. A holder that
+//! was away is simply behind at the next round, and gets only what it lacks. A holder dead past the
+//! repair grace drops out of the candidates, so the next node in placement order takes its place.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dci_proto::backup::{
+    archives_to_payload, restored_to_payload, ArchiveInfo, BackupRequest, RestoreArgs,
+    RestoreSummary,
+};
+use dci_proto::control::MemberInfo;
+use dci_proto::Payload;
+use futures::{StreamExt, TryStreamExt};
+use libp2p::PeerId;
+use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
+
+use super::placement::{self, Candidate, Placement};
+use super::protocol::{self, Request, Response, MAX_HAVE_IDS, MAX_PUT_BLOCKS};
+use super::settings::{next_due, BackupConfig};
+use super::{ControlCall, Inbound, NetCommand};
+use crate::backup::restore::{BlockSource, Restorer};
+use crate::backup::scan::ScanSettings;
+use crate::backup::{archive_blocks, chain, load_manifest, make_archive, LocalSource};
+use crate::events::{Event, EventKind};
+use crate::store::catalog::{ArchiveRecord, Catalog};
+use crate::store::{decode_verified, BlockId, BlockStore};
+
+/// How long one block-protocol request may take before it is given up.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// `Put` batches in flight to one holder.
+const PUSH_PARALLEL: usize = 4;
+/// Inbound requests handled at once.
+const INBOUND_PARALLEL: usize = 16;
+
+/// The service's ends of the channels to the event loop.
+pub struct Channels {
+    /// Commands to the event loop.
+    pub net: mpsc::Sender<NetCommand>,
+    /// Requests from peers.
+    pub inbound: mpsc::Receiver<Inbound>,
+    /// Operators' commands.
+    pub control: mpsc::Receiver<ControlCall>,
+}
+
+/// An error for the operator: a code and one line.
+type Failure = (String, String);
+
+fn fail(code: &str, msg: impl std::fmt::Display) -> Failure {
+    (code.into(), crate::config::one_line(&msg.to_string()))
+}
+
+/// Everything the service's tasks share.
+pub struct Service {
+    store: Arc<dyn BlockStore>,
+    catalog: Arc<dyn Catalog>,
+    cfg: BackupConfig,
+    me: PeerId,
+    name: String,
+    zone: String,
+    net: mpsc::Sender<NetCommand>,
+    /// Making an archive and collecting garbage exclude each other.
+    store_lock: Mutex<()>,
+    /// One sync round at a time; it alone updates holders and acknowledgements.
+    sync_lock: Mutex<()>,
+    /// When each member was last seen to die or leave, for the repair grace.
+    gone_since: std::sync::Mutex<HashMap<PeerId, Instant>>,
+    started: Instant,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs blocking work off the event loop's threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("worker failed: {e}"))
+}
+
+impl Service {
+    /// A service over `store` and `catalog` for this node.
+    pub fn new(
+        store: Arc<dyn BlockStore>,
+        catalog: Arc<dyn Catalog>,
+        cfg: BackupConfig,
+        me: PeerId,
+        name: String,
+        zone: String,
+        net: mpsc::Sender<NetCommand>,
+    ) -> Arc<Service> {
+        Arc::new(Service {
+            store,
+            catalog,
+            cfg,
+            me,
+            name,
+            zone,
+            net,
+            store_lock: Mutex::new(()),
+            sync_lock: Mutex::new(()),
+            gone_since: std::sync::Mutex::new(HashMap::new()),
+            started: Instant::now(),
+        })
+    }
+
+    /// Runs until the agent stops (its channels close).
+    pub async fn run(
+        self: Arc<Self>,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut control: mpsc::Receiver<ControlCall>,
+        mut events: broadcast::Receiver<Event>,
+    ) {
+        let mut sync = tokio::time::interval(self.cfg.sync_interval);
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gc = tokio::time::interval(self.cfg.gc_interval);
+        gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        gc.tick().await; // not at start-up
+        let slots = Arc::new(tokio::sync::Semaphore::new(INBOUND_PARALLEL));
+        loop {
+            let due = next_due(&self.cfg.schedule, now_ms() / 1000)
+                .map(|at| Duration::from_secs(at).saturating_sub(Duration::from_millis(now_ms())))
+                .unwrap_or(Duration::from_secs(86_400));
+            tokio::select! {
+                request = inbound.recv() => {
+                    let Some(request) = request else { return };
+                    let Ok(permit) = slots.clone().acquire_owned().await else { return };
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let token = request.token;
+                        let response = me.handle(request).await;
+                        let _ = me.net.send(NetCommand::Respond { token, response: protocol::encode(&response) }).await;
+                        drop(permit);
+                    });
+                }
+                call = control.recv() => {
+                    let Some((request, reply)) = call else { return };
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let _ = reply.send(me.control(request, true).await);
+                    });
+                }
+                event = events.recv() => match event {
+                    Ok(e) => self.on_event(&e),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = sync.tick() => self.clone().spawn_sync(),
+                _ = gc.tick() => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.collect().await });
+                }
+                _ = tokio::time::sleep(due), if !self.cfg.schedule.is_empty() => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        if let Err((_, e)) = me.backup(false).await {
+                            tracing::error!("scheduled backup failed: {e}");
+                        }
+                    });
+                    // Past the due second, so the same rule does not fire twice.
+                    tokio::time::sleep(Duration::from_millis(1100)).await;
+                }
+            }
+        }
+    }
+
+    fn on_event(self: &Arc<Self>, e: &Event) {
+        let mut gone = self.gone_since.lock().unwrap_or_else(|p| p.into_inner());
+        match e.kind {
+            EventKind::Dead | EventKind::Left => {
+                gone.entry(e.id).or_insert_with(Instant::now);
+            }
+            EventKind::Joined | EventKind::Alive => {
+                gone.remove(&e.id);
+                drop(gone);
+                // A returning holder is synced at once rather than at the next round.
+                self.clone().spawn_sync();
+            }
+            EventKind::Suspect
+            | EventKind::MetaChanged
+            | EventKind::LinkUnreachable
+            | EventKind::Degraded
+            | EventKind::Recovered => {}
+        }
+    }
+
+    fn spawn_sync(self: Arc<Self>) {
+        tokio::spawn(async move {
+            if let Ok(_guard) = self.sync_lock.try_lock() {
+                self.sync_round().await;
+            }
+        });
+    }
+
+    async fn call(&self, to: PeerId, request: &Request) -> Result<Response, String> {
+        let (tx, rx) = oneshot::channel();
+        self.net
+            .send(NetCommand::Send {
+                to,
+                request: protocol::encode(request),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| "the agent is stopping".to_string())?;
+        let bytes = tokio::time::timeout(CALL_TIMEOUT, rx)
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|_| "the agent is stopping".to_string())??;
+        match protocol::decode(&bytes)? {
+            Response::Refused(why) => Err(format!("refused: {why}")),
+            other => Ok(other),
+        }
+    }
+
+    async fn members(&self) -> Vec<MemberInfo> {
+        let (tx, rx) = oneshot::channel();
+        if self.net.send(NetCommand::Members(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    fn placement(&self) -> Placement {
+        Placement {
+            factor: self.cfg.factor,
+            manual: self.cfg.holders.clone(),
+            zones: self.cfg.zones.clone(),
+        }
+    }
+
+    /// The holders for this blade, and which of them can be reached now. A member dead or gone
+    /// for less than the repair grace still counts as a holder (it may come back), so its data
+    /// is not moved for a blip; past the grace the next node in placement order replaces it.
+    fn holders(&self, members: &[MemberInfo]) -> (Vec<String>, HashSet<String>) {
+        let gone = self.gone_since.lock().unwrap_or_else(|p| p.into_inner());
+        let mut candidates = Vec::new();
+        let mut reachable = HashSet::new();
+        for m in members.iter().filter(|m| m.id != self.me.to_string()) {
+            let up = matches!(m.state.as_str(), "alive" | "suspect" | "unreachable-link");
+            let within_grace = m
+                .id
+                .parse::<PeerId>()
+                .ok()
+                .map(|id| {
+                    gone.get(&id).copied().unwrap_or(self.started).elapsed() < self.cfg.repair_grace
+                })
+                .unwrap_or(false);
+            if up || within_grace {
+                candidates.push(Candidate {
+                    id: m.id.clone(),
+                    name: m.name.clone(),
+                    zone: m.zone.clone(),
+                });
+            }
+            if up {
+                reachable.insert(m.id.clone());
+            }
+        }
+        let holders = placement::holders(
+            &self.name,
+            &self.me.to_string(),
+            &self.zone,
+            &candidates,
+            &self.placement(),
+        );
+        (holders, reachable)
+    }
+
+    /// One peersync round for this blade: age, place, and bring every reachable holder up to date.
+    async fn sync_round(&self) {
+        if self.cfg.root.is_none() {
+            return;
+        }
+        if let Err(e) = self.age().await {
+            tracing::warn!("aging failed: {e}");
+        }
+        let Ok(records) = self.catalog.list(&self.name) else {
+            return;
+        };
+        if records.is_empty() {
+            return;
+        }
+        let members = self.members().await;
+        let (holders, reachable) = self.holders(&members);
+        for r in &records {
+            if r.holders != holders {
+                let mut r = r.clone();
+                r.holders = holders.clone();
+                let _ = self.catalog.put(&r);
+            }
+        }
+        let keep: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        let jobs = holders
+            .iter()
+            .filter(|h| reachable.contains(*h))
+            .filter_map(|h| h.parse::<PeerId>().ok())
+            .map(|h| self.sync_holder(h, keep.clone()));
+        let results = futures::future::join_all(jobs).await;
+        for (peer, result) in results {
+            let held = match result {
+                Ok(held) => held,
+                Err(e) => {
+                    tracing::warn!(holder = %peer, "peersync failed: {e}");
+                    continue;
+                }
+            };
+            for seq in held {
+                self.mark_acked(seq, &peer.to_string());
+            }
+        }
+    }
+
+    fn mark_acked(&self, seq: u64, holder: &str) {
+        let Ok(records) = self.catalog.list(&self.name) else {
+            return;
+        };
+        if let Some(r) = records.iter().find(|r| r.seq == seq) {
+            if !r.acked.iter().any(|a| a == holder) {
+                let mut r = r.clone();
+                r.acked.push(holder.into());
+                let _ = self.catalog.put(&r);
+            }
+        }
+    }
+
+    /// Tells one holder which archives exist, and pushes those it lacks, oldest first.
+    async fn sync_holder(
+        &self,
+        holder: PeerId,
+        keep: Vec<u64>,
+    ) -> (PeerId, Result<Vec<u64>, String>) {
+        let result = async {
+            let held = match self
+                .call(
+                    holder,
+                    &Request::Sync {
+                        blade: self.name.clone(),
+                        keep: keep.clone(),
+                    },
+                )
+                .await?
+            {
+                Response::Held(h) => h,
+                other => return Err(format!("unexpected answer {other:?}")),
+            };
+            let mut have: Vec<u64> = held.into_iter().filter(|s| keep.contains(s)).collect();
+            let records = self.catalog.list(&self.name).map_err(|e| e.to_string())?;
+            let lacking: Vec<&ArchiveRecord> =
+                records.iter().filter(|r| !have.contains(&r.seq)).collect();
+            for r in lacking {
+                self.push(holder, r).await?;
+                have.push(r.seq);
+                self.mark_acked(r.seq, &holder.to_string());
+            }
+            Ok(have)
+        }
+        .await;
+        (holder, result)
+    }
+
+    /// Pushes one archive to one holder: only the blocks it lacks, then the record.
+    async fn push(&self, holder: PeerId, record: &ArchiveRecord) -> Result<(), String> {
+        let store = self.store.clone();
+        let r = record.clone();
+        let mut ids: Vec<BlockId> = blocking(move || archive_blocks(&r, &LocalSource(&*store)))
+            .await?
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        ids.sort();
+        let mut missing = Vec::new();
+        for batch in ids.chunks(MAX_HAVE_IDS) {
+            let request = Request::Have {
+                blade: self.name.clone(),
+                ids: batch.to_vec(),
+            };
+            match self.call(holder, &request).await? {
+                Response::Missing(m) => {
+                    missing.extend(m.into_iter().filter(|id| batch.contains(id)))
+                }
+                other => return Err(format!("unexpected answer {other:?}")),
+            }
+        }
+        let batches: Vec<Vec<BlockId>> =
+            missing.chunks(MAX_PUT_BLOCKS).map(<[_]>::to_vec).collect();
+        futures::stream::iter(batches)
+            .map(|batch| async move {
+                let store = self.store.clone();
+                let blocks = blocking(move || {
+                    batch
+                        .into_iter()
+                        .map(|id| match store.get(&id) {
+                            Ok(Some(b)) => Ok((id, b)),
+                            Ok(None) => Err(format!("block {id:?} vanished from the local store")),
+                            Err(e) => Err(e.to_string()),
+                        })
+                        .collect::<Result<Vec<_>, String>>()
+                })
+                .await??;
+                match self
+                    .call(
+                        holder,
+                        &Request::Put {
+                            blade: self.name.clone(),
+                            blocks,
+                        },
+                    )
+                    .await?
+                {
+                    Response::Done => Ok(()),
+                    other => Err(format!("unexpected answer {other:?}")),
+                }
+            })
+            .buffer_unordered(PUSH_PARALLEL)
+            .try_collect::<Vec<()>>()
+            .await?;
+        match self
+            .call(
+                holder,
+                &Request::Commit {
+                    record: record.clone(),
+                },
+            )
+            .await?
+        {
+            Response::Done => {
+                tracing::info!(holder = %holder, archive = record.seq, blocks = missing.len(), "archive pushed");
+                Ok(())
+            }
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    /// Removes this blade's archives past the aging period, but never one a kept archive needs:
+    /// everything from the latest snapshot at or before the oldest kept archive stays.
+    async fn age(&self) -> Result<(), String> {
+        let Some(aging) = self.cfg.aging else {
+            return Ok(());
+        };
+        let records = self.catalog.list(&self.name).map_err(|e| e.to_string())?;
+        let cutoff = now_ms().saturating_sub(aging.as_millis() as u64);
+        let Some(oldest_kept) = records
+            .iter()
+            .position(|r| r.time_ms >= cutoff)
+            .or(records.len().checked_sub(1))
+        else {
+            return Ok(());
+        };
+        let start = records[..=oldest_kept]
+            .iter()
+            .rposition(|r| r.kind == crate::store::catalog::ArchiveKind::Snapshot)
+            .unwrap_or(0);
+        for r in &records[..start] {
+            tracing::info!(archive = r.seq, "aging removes archive");
+            self.catalog
+                .remove(&r.blade, r.seq)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Removes blocks no archive in the catalog references, once older than the grace. Stops
+    /// without removing anything if any manifest cannot be read.
+    pub async fn collect(self: &Arc<Self>) -> u64 {
+        let _guard = self.store_lock.lock().await;
+        let (store, catalog, grace) = (self.store.clone(), self.catalog.clone(), self.cfg.gc_grace);
+        let result = blocking(move || -> Result<u64, String> {
+            let mut live: HashSet<BlockId> = HashSet::new();
+            for r in catalog.all().map_err(|e| e.to_string())? {
+                live.extend(archive_blocks(&r, &LocalSource(&*store)).map_err(|e| e.to_string())?);
+            }
+            let now = SystemTime::now();
+            let mut removed = 0;
+            for (id, t) in store.list().map_err(|e| e.to_string())? {
+                let old = now.duration_since(t).unwrap_or_default() >= grace;
+                if old && !live.contains(&id) {
+                    store.remove(&id).map_err(|e| e.to_string())?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .and_then(|r| r);
+        match result {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(blocks = n, "garbage collection removed unreferenced blocks");
+                }
+                n
+            }
+            Err(e) => {
+                tracing::warn!("garbage collection skipped: {e}");
+                0
+            }
+        }
+    }
+
+    /// Makes an archive now and pushes it; with `wait`, answers once it is complete.
+    async fn backup(self: &Arc<Self>, wait: bool) -> Result<ArchiveRecord, Failure> {
+        let Some(root) = self.cfg.root.clone() else {
+            return Err(fail(
+                "no-backup-root",
+                format!("{} has no backup root (--backup-root)", self.name),
+            ));
+        };
+        let settings = ScanSettings {
+            root,
+            exclude_dirs: self.cfg.exclude_dirs.clone(),
+            exclude_exts: self.cfg.exclude_exts.clone(),
+            compress: self.cfg.compress,
+        };
+        let record = {
+            let _guard = self.store_lock.lock().await;
+            let (store, catalog, method, blade) = (
+                self.store.clone(),
+                self.catalog.clone(),
+                self.cfg.method,
+                self.name.clone(),
+            );
+            let (record, stats) = blocking(move || {
+                make_archive(&settings, method, &*store, &*catalog, &blade, now_ms())
+            })
+            .await
+            .map_err(|e| fail("backup-failed", e))?
+            .map_err(|e| fail("backup-failed", e))?;
+            tracing::info!(
+                archive = record.seq,
+                kind = record.kind.as_str(),
+                files = stats.files,
+                read = stats.read,
+                new_blocks = stats.new_blocks,
+                skipped = stats.skipped,
+                "archive made"
+            );
+            record
+        };
+        if !wait {
+            self.clone().spawn_sync();
+            return Ok(record);
+        }
+        {
+            let _guard = self.sync_lock.lock().await;
+            self.sync_round().await;
+        }
+        let record = self
+            .catalog
+            .list(&self.name)
+            .ok()
+            .and_then(|rs| rs.into_iter().find(|r| r.seq == record.seq))
+            .unwrap_or(record);
+        if complete(&record, self.cfg.factor) {
+            return Ok(record);
+        }
+        let members = self.members().await;
+        let lacking: Vec<String> = record
+            .holders
+            .iter()
+            .filter(|h| !record.acked.contains(h))
+            .map(|h| name_of(&members, h))
+            .collect();
+        Err(fail(
+            "incomplete",
+            format!(
+                "archive {} is stored here but incomplete: {} of {} holders have it{}",
+                record.seq,
+                record.holders.len() - lacking.len(),
+                self.cfg.factor,
+                if lacking.is_empty() {
+                    " (not enough live nodes)".to_string()
+                } else {
+                    format!("; lacking: {}", lacking.join(", "))
+                }
+            ),
+        ))
+    }
+
+    /// An operator's command. `forward` is false for a command another agent forwarded, so that
+    /// a command travels one hop at most.
+    pub async fn control(
+        self: &Arc<Self>,
+        request: BackupRequest,
+        forward: bool,
+    ) -> Result<Payload, Failure> {
+        match request {
+            BackupRequest::Now { blade, wait } => {
+                let blade = blade.unwrap_or_else(|| self.name.clone());
+                if blade != self.name {
+                    if !forward {
+                        return Err(fail(
+                            "not-here",
+                            format!("this node is {}, not {blade}", self.name),
+                        ));
+                    }
+                    return self
+                        .forward(
+                            &blade,
+                            BackupRequest::Now {
+                                blade: Some(blade.clone()),
+                                wait,
+                            },
+                        )
+                        .await;
+                }
+                let record = self.backup(wait).await?;
+                let members = self.members().await;
+                Ok(archives_to_payload(&[self.info(
+                    &record,
+                    &record.acked,
+                    &members,
+                )]))
+            }
+            BackupRequest::Archives { blade } => {
+                let (records, _) = self.gather(&blade).await;
+                Ok(archives_to_payload(&records))
+            }
+            BackupRequest::Restore(args) => match args.on.clone() {
+                Some(on) if on != self.name => {
+                    if !forward {
+                        return Err(fail(
+                            "not-here",
+                            format!("this node is {}, not {on}", self.name),
+                        ));
+                    }
+                    self.forward(
+                        &on,
+                        BackupRequest::Restore(RestoreArgs { on: None, ..args }),
+                    )
+                    .await
+                }
+                _ => {
+                    let summary = self.restore(args).await?;
+                    Ok(restored_to_payload(&summary))
+                }
+            },
+        }
+    }
+
+    async fn forward(&self, node: &str, request: BackupRequest) -> Result<Payload, Failure> {
+        let members = self.members().await;
+        let Some(m) = members
+            .iter()
+            .find(|m| m.name == node && m.state == "alive")
+        else {
+            return Err(fail("no-such-node", format!("no live node named {node}")));
+        };
+        let peer: PeerId =
+            m.id.parse()
+                .map_err(|_| fail("no-such-node", "bad member id"))?;
+        let xml = request.to_payload().as_str().to_string();
+        match self.call(peer, &Request::Control(xml)).await {
+            Ok(Response::Control(Ok(xml))) => Payload::new(xml)
+                .map_err(|e| fail("bad-reply", format!("{node} answered badly: {e}"))),
+            Ok(Response::Control(Err(f))) => Err(f),
+            Ok(other) => Err(fail("bad-reply", format!("{node} answered {other:?}"))),
+            Err(e) => Err(fail("unreachable", format!("{node}: {e}"))),
+        }
+    }
+
+    fn info(&self, r: &ArchiveRecord, have: &[String], members: &[MemberInfo]) -> ArchiveInfo {
+        ArchiveInfo {
+            id: r.seq,
+            time_ms: r.time_ms,
+            kind: r.kind.as_str().into(),
+            bytes: r.bytes,
+            files: r.files,
+            skipped: r.skipped,
+            complete: complete(r, self.cfg.factor),
+            holders: have.iter().map(|h| name_of(members, h)).collect(),
+            lacking: r
+                .holders
+                .iter()
+                .filter(|h| !r.acked.contains(h))
+                .map(|h| name_of(members, h))
+                .collect(),
+        }
+    }
+
+    /// Every live node's records of `blade`, merged by archive: the listing, and for each archive
+    /// the record and the nodes that hold it.
+    async fn gather(
+        &self,
+        blade: &str,
+    ) -> (
+        Vec<ArchiveInfo>,
+        BTreeMap<u64, (ArchiveRecord, Vec<PeerId>)>,
+    ) {
+        let members = self.members().await;
+        let me = self.me.to_string();
+        let peers: Vec<PeerId> = members
+            .iter()
+            .filter(|m| m.state == "alive" && m.id != me)
+            .filter_map(|m| m.id.parse().ok())
+            .collect();
+        let request = Request::Catalog {
+            blade: blade.into(),
+        };
+        let answers =
+            futures::future::join_all(peers.iter().map(|p| self.call(*p, &request))).await;
+        let mut merged: BTreeMap<u64, (ArchiveRecord, Vec<PeerId>)> = BTreeMap::new();
+        let owner = members
+            .iter()
+            .find(|m| m.name == blade)
+            .map(|m| m.id.clone());
+        let mut add = |peer: PeerId, records: Vec<ArchiveRecord>| {
+            for r in records.into_iter().filter(|r| r.blade == blade) {
+                let from_owner = owner.as_deref() == Some(&peer.to_string());
+                let slot = merged
+                    .entry(r.seq)
+                    .or_insert_with(|| (r.clone(), Vec::new()));
+                if from_owner {
+                    slot.0 = r;
+                }
+                slot.1.push(peer);
+            }
+        };
+        add(self.me, self.catalog.list(blade).unwrap_or_default());
+        for (p, a) in peers.iter().zip(answers) {
+            if let Ok(Response::Records(rs)) = a {
+                add(*p, rs);
+            }
+        }
+        let infos = merged
+            .values()
+            .map(|(r, have)| {
+                let holders: Vec<String> = have
+                    .iter()
+                    .map(|p| p.to_string())
+                    .filter(|p| Some(p) != owner.as_ref())
+                    .collect();
+                let mut info = self.info(r, &holders, &members);
+                // Without the owner's record, count the holders that answered.
+                if owner.is_none() || !have.iter().any(|p| Some(p.to_string()) == owner) {
+                    info.complete = holders.len() >= self.cfg.factor.max(1);
+                    info.lacking.clear();
+                }
+                info
+            })
+            .collect();
+        (infos, merged)
+    }
+
+    /// Restores on this node.
+    async fn restore(self: &Arc<Self>, args: RestoreArgs) -> Result<RestoreSummary, Failure> {
+        let target: PathBuf = match (&args.to, &self.cfg.root) {
+            (Some(to), _) => to.into(),
+            (None, Some(root)) => root.clone(),
+            (None, None) => {
+                return Err(fail(
+                    "no-target",
+                    format!("{} has no backup root; give --to DIR", self.name),
+                ))
+            }
+        };
+        if !target.is_absolute() {
+            return Err(fail(
+                "bad-target",
+                format!("{} is not an absolute path", target.display()),
+            ));
+        }
+        let globs = if args.paths.is_empty() {
+            None
+        } else {
+            let mut b = globset::GlobSetBuilder::new();
+            for p in &args.paths {
+                // As in a shell: `*` stays within one name, `**` crosses directories.
+                let glob = globset::GlobBuilder::new(p)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| fail("bad-path", format!("--path {p}: {e}")))?;
+                b.add(glob);
+            }
+            Some(b.build().map_err(|e| fail("bad-path", e))?)
+        };
+        let (_, merged) = self.gather(&args.blade).await;
+        let Some(last) = merged.keys().next_back().copied() else {
+            return Err(fail(
+                "no-archive",
+                format!("no node holds an archive of {}", args.blade),
+            ));
+        };
+        let upto = args.archive.unwrap_or(last);
+        if !merged.contains_key(&upto) {
+            return Err(fail(
+                "no-archive",
+                format!("{} has no archive {upto}", args.blade),
+            ));
+        }
+        let records: Vec<ArchiveRecord> = merged.values().map(|(r, _)| r.clone()).collect();
+        let chain: Vec<ArchiveRecord> = chain(&records, upto).into_iter().cloned().collect();
+        let mut peers: Vec<PeerId> = Vec::new();
+        for r in &chain {
+            for p in &merged[&r.seq].1 {
+                if *p != self.me && !peers.contains(p) {
+                    peers.push(*p);
+                }
+            }
+        }
+        let source = NetSource {
+            service: self.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            peers,
+        };
+        let node = self.name.clone();
+        let stats = blocking(
+            move || -> Result<(u64, crate::backup::restore::RestoreStats), String> {
+                let mut restorer =
+                    Restorer::new(&target, globs.as_ref(), &source).map_err(|e| e.to_string())?;
+                for r in &chain {
+                    let m = load_manifest(r, &source).map_err(|e| e.to_string())?;
+                    restorer.apply(&m).map_err(|e| e.to_string())?;
+                }
+                Ok((
+                    chain.len() as u64,
+                    restorer.finish().map_err(|e| e.to_string())?,
+                ))
+            },
+        )
+        .await
+        .map_err(|e| fail("restore-failed", e))?
+        .map_err(|e| fail("restore-failed", e))?;
+        let target = args
+            .to
+            .clone()
+            .or(self.cfg.root.as_ref().map(|r| r.display().to_string()))
+            .unwrap_or_default();
+        tracing::info!(blade = %args.blade, upto, entries = stats.1.entries, "restored");
+        Ok(RestoreSummary {
+            node,
+            target,
+            archives: stats.0,
+            entries: stats.1.entries,
+            bytes: stats.1.bytes,
+            refused: stats.1.refused,
+        })
+    }
+
+    /// A peer's request. Only a blade's owner (the member of that name) may push, commit or sync
+    /// its data; anyone in the mesh (admitted by the cluster key) may read blocks and catalogs.
+    async fn handle(self: &Arc<Self>, inbound: Inbound) -> Response {
+        let request: Request = match protocol::decode(&inbound.request) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(peer = %inbound.peer, "{e}");
+                return Response::Refused(e);
+            }
+        };
+        let owner_of = |blade: &str| inbound.peer_name.as_deref() == Some(blade);
+        let refuse = |blade: &str| {
+            tracing::warn!(peer = %inbound.peer, %blade, "refused a push for a blade the peer does not own");
+            Response::Refused(format!("only {blade} may push its own data"))
+        };
+        let store = self.store.clone();
+        let catalog = self.catalog.clone();
+        let done = |r: Result<Response, String>| r.unwrap_or_else(Response::Refused);
+        match request {
+            Request::Have { blade, ids } => {
+                if !owner_of(&blade) {
+                    return refuse(&blade);
+                }
+                if ids.len() > MAX_HAVE_IDS {
+                    return Response::Refused("too many ids".into());
+                }
+                done(
+                    blocking(move || {
+                        let mut missing = Vec::new();
+                        for id in ids {
+                            if !store.touch(&id).map_err(|e| e.to_string())? {
+                                missing.push(id);
+                            }
+                        }
+                        Ok(Response::Missing(missing))
+                    })
+                    .await
+                    .and_then(|r| r),
+                )
+            }
+            Request::Put { blade, blocks } => {
+                if !owner_of(&blade) {
+                    return refuse(&blade);
+                }
+                if blocks.len() > MAX_PUT_BLOCKS {
+                    return Response::Refused("too many blocks".into());
+                }
+                done(
+                    blocking(move || {
+                        for (id, enc) in blocks {
+                            decode_verified(&id, &enc).map_err(|e| e.to_string())?;
+                            store.put(&id, &enc).map_err(|e| e.to_string())?;
+                        }
+                        Ok(Response::Done)
+                    })
+                    .await
+                    .and_then(|r| r),
+                )
+            }
+            Request::Commit { record } => {
+                if !owner_of(&record.blade) {
+                    return refuse(&record.blade);
+                }
+                done(
+                    blocking(move || {
+                        let ids = archive_blocks(&record, &LocalSource(&*store))
+                            .map_err(|e| e.to_string())?;
+                        let mut lacking = 0;
+                        for id in &ids {
+                            if !store.touch(id).map_err(|e| e.to_string())? {
+                                lacking += 1;
+                            }
+                        }
+                        if lacking > 0 {
+                            return Err(format!(
+                                "{lacking} blocks of archive {} are not here",
+                                record.seq
+                            ));
+                        }
+                        catalog.put(&record).map_err(|e| e.to_string())?;
+                        Ok(Response::Done)
+                    })
+                    .await
+                    .and_then(|r| r),
+                )
+            }
+            Request::Sync { blade, keep } => {
+                if !owner_of(&blade) {
+                    return refuse(&blade);
+                }
+                done((|| {
+                    let mut held = Vec::new();
+                    for r in catalog.list(&blade).map_err(|e| e.to_string())? {
+                        if keep.contains(&r.seq) {
+                            held.push(r.seq);
+                        } else {
+                            tracing::info!(%blade, archive = r.seq, "the owner no longer keeps this archive; forgotten");
+                            catalog.remove(&blade, r.seq).map_err(|e| e.to_string())?;
+                        }
+                    }
+                    Ok(Response::Held(held))
+                })())
+            }
+            Request::Get { ids } => {
+                if ids.len() > MAX_PUT_BLOCKS {
+                    return Response::Refused("too many ids".into());
+                }
+                done(
+                    blocking(move || {
+                        ids.iter()
+                            .map(|id| store.get(id).map_err(|e| e.to_string()))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map(Response::Blocks)
+                    })
+                    .await
+                    .and_then(|r| r),
+                )
+            }
+            Request::Catalog { blade } => done(
+                catalog
+                    .list(&blade)
+                    .map(Response::Records)
+                    .map_err(|e| e.to_string()),
+            ),
+            Request::Control(xml) => {
+                let parsed = Payload::new(xml)
+                    .ok()
+                    .and_then(|p| BackupRequest::from_payload(&p))
+                    .and_then(Result::ok);
+                let Some(request) = parsed else {
+                    return Response::Refused("not a backup command".into());
+                };
+                tracing::info!(peer = %inbound.peer, "running a backup command forwarded by a peer");
+                Response::Control(
+                    self.control(request, false)
+                        .await
+                        .map(|p| p.as_str().to_string()),
+                )
+            }
+        }
+    }
+}
+
+fn complete(r: &ArchiveRecord, factor: usize) -> bool {
+    r.holders.len() >= factor && r.holders.iter().all(|h| r.acked.contains(h))
+}
+
+fn name_of(members: &[MemberInfo], id: &str) -> String {
+    members
+        .iter()
+        .find(|m| m.id == id)
+        .map(|m| m.name.clone())
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// Blocks for a restore: the local store first, then the holders, spread over them in parallel,
+/// each block checked against its id; a missing or corrupt block is asked of the next holder.
+struct NetSource {
+    service: Arc<Service>,
+    runtime: tokio::runtime::Handle,
+    peers: Vec<PeerId>,
+}
+
+impl BlockSource for NetSource {
+    fn fetch(&self, ids: &[BlockId]) -> Result<Vec<Vec<u8>>, String> {
+        let mut out: Vec<Option<Vec<u8>>> = ids
+            .iter()
+            .map(|id| {
+                self.service
+                    .store
+                    .get(id)
+                    .ok()
+                    .flatten()
+                    .and_then(|enc| decode_verified(id, &enc).ok())
+            })
+            .collect();
+        let mut attempt = 0;
+        while out.iter().any(Option::is_none) {
+            if attempt >= self.peers.len() {
+                let missing = out.iter().filter(|b| b.is_none()).count();
+                return Err(format!(
+                    "{missing} blocks are on no reachable holder (or corrupt on all)"
+                ));
+            }
+            let wanted: Vec<usize> = (0..ids.len()).filter(|i| out[*i].is_none()).collect();
+            // Spread the blocks over the holders, shifted on every retry.
+            let mut per_peer: HashMap<PeerId, Vec<usize>> = HashMap::new();
+            for (k, i) in wanted.iter().enumerate() {
+                let p = self.peers[(k + attempt) % self.peers.len()];
+                per_peer.entry(p).or_default().push(*i);
+            }
+            let fetched =
+                self.runtime
+                    .block_on(futures::future::join_all(per_peer.into_iter().flat_map(
+                        |(peer, idx)| {
+                            idx.chunks(MAX_PUT_BLOCKS)
+                                .map(|c| {
+                                    let c = c.to_vec();
+                                    let request = Request::Get {
+                                        ids: c.iter().map(|i| ids[*i]).collect(),
+                                    };
+                                    let service = self.service.clone();
+                                    async move { (peer, c, service.call(peer, &request).await) }
+                                })
+                                .collect::<Vec<_>>()
+                        },
+                    )));
+            for (peer, idx, answer) in fetched {
+                let blocks = match answer {
+                    Ok(Response::Blocks(b)) if b.len() == idx.len() => b,
+                    Ok(_) | Err(_) => continue,
+                };
+                for (i, enc) in idx.into_iter().zip(blocks) {
+                    match enc.map(|e| decode_verified(&ids[i], &e)) {
+                        Some(Ok(plain)) => out[i] = Some(plain),
+                        Some(Err(e)) => tracing::warn!(%peer, "{e}; asking another holder"),
+                        None => {}
+                    }
+                }
+            }
+            attempt += 1;
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+}
