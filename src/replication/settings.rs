@@ -147,8 +147,9 @@ pub fn next_due(rules: &[Rule], now: u64) -> Option<u64> {
                 Rule::Every(p) => (p, 0),
             };
             // The last firing at or before now, then one period on.
-            let last = now - (now + period - offset % period) % period;
-            last + period
+            let (now, period, offset) = (i128::from(now), i128::from(period), i128::from(offset));
+            let last = now - (now - offset).rem_euclid(period);
+            (last + period) as u64
         })
         .min()
 }
