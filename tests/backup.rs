@@ -250,3 +250,283 @@ fn a_blade_backed_up_twice_is_restored_exactly_on_another_node_after_its_data_di
     let out = b2.dcish(&["restore", "nosuch", "--to", expected_2.to_str().unwrap()]);
     assert!(!out.status.success());
 }
+
+fn pushed_blocks(log: &str, holder_id: &str, archive: u64) -> Option<u64> {
+    log.lines()
+        .filter(|l| l.contains("archive pushed") && l.contains(holder_id))
+        .find(|l| l.contains(&format!("archive={archive} ")))
+        .and_then(|l| l.split("blocks=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A holder killed during a backup makes the waited backup fail with the reason; when it comes
+/// back with its data dir, the next peersync round gives it the archive, shipping only the blocks
+/// it lacks.
+#[test]
+fn a_holder_killed_and_restarted_catches_up_by_peersync_with_only_the_blocks_it_lacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    make_tree(&root);
+    let cfg = config(
+        tmp.path(),
+        "b1",
+        "[backup]\nmethod = \"snapshot\"\nsync_interval = \"500ms\"\n",
+    );
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let b1 = Node::start(
+        tmp.path(),
+        "b1",
+        ports[0],
+        &[],
+        &["--backup-root", root.to_str().unwrap(), "--config", &cfg],
+    );
+    let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &[]);
+    let b3 = Node::start(tmp.path(), "b3", ports[2], &[ports[0]], &[]);
+    all_alive(&[&b1, &b2, &b3], 3);
+    ok(b1.dcish(&["backup", "now"]));
+    let b3_id = b3.id();
+
+    b3.signal(libc::SIGKILL);
+    drop(b3);
+    assert!(
+        wait_until(Duration::from_secs(15), || b1.state_of("b3").as_deref()
+            == Some("dead"))
+        .is_some()
+    );
+    fs::write(root.join("docs/a.md"), b"changed while b3 was away\n").unwrap();
+    let out = b1.dcish(&["backup", "now"]);
+    assert!(
+        !out.status.success(),
+        "a backup missing a holder is not complete"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("incomplete") && err.contains("b3"), "{err}");
+    let list = archives(&b1, "b1");
+    assert_eq!(list[1]["complete"], false, "{list:?}");
+    assert_eq!(list[1]["lacking"][0], "b3", "{list:?}");
+
+    let b3 = Node::start(tmp.path(), "b3", ports[2], &[ports[0]], &[]);
+    let caught_up = wait_until(Duration::from_secs(30), || {
+        let list = archives(&b1, "b1");
+        list.len() == 2
+            && list
+                .iter()
+                .all(|a| a["complete"] == true && a["holders"].as_array().unwrap().len() == 2)
+    });
+    assert!(
+        caught_up.is_some(),
+        "b3 never caught up: {:?}\n{}",
+        archives(&b1, "b1"),
+        b1.log_text()
+    );
+    // The snapshot lists every block, but b3 had all but the changed file's and the manifest's.
+    let log = b1.log_text();
+    let first = pushed_blocks(&log, &b3_id, 1).expect("archive 1 push to b3 logged");
+    let second = pushed_blocks(&log, &b3_id, 2).expect("archive 2 push to b3 logged");
+    assert!(first >= 6, "the first push ships the tree: {first}");
+    assert!(
+        second <= 3,
+        "peersync shipped {second} blocks, more than the changed ones"
+    );
+    drop(b3);
+}
+
+/// A holder dead past the repair grace is replaced by the next node in placement order, which
+/// receives the data until the factor is met again.
+#[test]
+fn a_holder_killed_for_good_is_replaced_and_the_factor_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    make_tree(&root);
+    let cfg = config(
+        tmp.path(),
+        "b1",
+        "[backup]\nrepair_grace = \"2s\"\nsync_interval = \"500ms\"\n",
+    );
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let b1 = Node::start(
+        tmp.path(),
+        "b1",
+        ports[0],
+        &[],
+        &[
+            "--backup-root",
+            root.to_str().unwrap(),
+            "--replication-factor",
+            "2",
+            "--config",
+            &cfg,
+        ],
+    );
+    let mut others: Vec<Node> = (1..4)
+        .map(|i| {
+            Node::start(
+                tmp.path(),
+                &format!("b{}", i + 1),
+                ports[i],
+                &[ports[0]],
+                &[],
+            )
+        })
+        .collect();
+    all_alive(&[&b1, &others[0], &others[1], &others[2]], 4);
+    ok(b1.dcish(&["backup", "now"]));
+    let holders: Vec<String> = archives(&b1, "b1")[0]["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(holders.len(), 2);
+    let victim = others.iter().position(|n| n.name == holders[0]).unwrap();
+    let spare = others
+        .iter()
+        .find(|n| !holders.contains(&n.name))
+        .unwrap()
+        .name
+        .clone();
+    let dead = others.remove(victim);
+    dead.signal(libc::SIGKILL);
+    drop(dead);
+
+    let repaired = wait_until(Duration::from_secs(30), || {
+        archives(&b1, "b1").first().is_some_and(|a| {
+            a["complete"] == true
+                && a["holders"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|h| h == spare.as_str())
+                && a["holders"].as_array().unwrap().len() == 2
+        })
+    });
+    assert!(
+        repaired.is_some(),
+        "not repaired: {:?}",
+        archives(&b1, "b1")
+    );
+    // The new holder alone can serve a restore.
+    let out_dir = tmp.path().join("restored");
+    let spare_node = others.iter().find(|n| n.name == spare).unwrap();
+    ok(spare_node.dcish(&["restore", "b1", "--to", out_dir.to_str().unwrap()]));
+    assert_eq!(fs::read(out_dir.join("docs/a.md")).unwrap(), b"alpha\n");
+}
+
+fn block_path(node_dir: &Path, content: &[u8]) -> std::path::PathBuf {
+    let hex = dci::store::BlockId::of(content).to_hex();
+    node_dir.join("blocks").join(&hex[..2]).join(hex)
+}
+
+/// Aging removes archives past the period on the owner and every holder, and garbage collection
+/// then removes the blocks only they referenced, and no others.
+#[test]
+fn aging_removes_old_archives_and_only_their_unreferenced_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("x"), b"first version of x").unwrap();
+    fs::write(root.join("y"), b"y never changes").unwrap();
+    let body = "[backup]\nmethod = \"snapshot\"\naging = \"3s\"\nsync_interval = \"500ms\"\ngc_interval = \"1s\"\ngc_grace = \"1s\"\n";
+    let cfg = config(tmp.path(), "all", body);
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let b1 = Node::start(
+        tmp.path(),
+        "b1",
+        ports[0],
+        &[],
+        &["--backup-root", root.to_str().unwrap(), "--config", &cfg],
+    );
+    let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &["--config", &cfg]);
+    let b3 = Node::start(tmp.path(), "b3", ports[2], &[ports[0]], &["--config", &cfg]);
+    all_alive(&[&b1, &b2, &b3], 3);
+    ok(b1.dcish(&["backup", "now"]));
+    let dirs: Vec<&Path> = [&b1, &b2, &b3]
+        .iter()
+        .map(|n| n.data_dir.as_path())
+        .collect();
+    for d in &dirs {
+        assert!(block_path(d, b"first version of x").exists());
+    }
+    std::thread::sleep(Duration::from_millis(3200));
+    fs::write(root.join("x"), b"second version of x").unwrap();
+    ok(b1.dcish(&["backup", "now"]));
+
+    let aged = wait_until(Duration::from_secs(20), || {
+        let list = archives(&b1, "b1");
+        list.len() == 1
+            && list[0]["id"] == 2
+            && list[0]["holders"].as_array().unwrap().len() == 2
+            && dirs
+                .iter()
+                .all(|d| !block_path(d, b"first version of x").exists())
+    });
+    assert!(aged.is_some(), "not aged: {:?}", archives(&b1, "b1"));
+    for d in &dirs {
+        assert!(
+            block_path(d, b"second version of x").exists(),
+            "{}",
+            d.display()
+        );
+        assert!(
+            block_path(d, b"y never changes").exists(),
+            "{}",
+            d.display()
+        );
+    }
+    let out_dir = tmp.path().join("restored");
+    ok(b3.dcish(&["restore", "b1", "--to", out_dir.to_str().unwrap()]));
+    assert_eq!(fs::read(out_dir.join("x")).unwrap(), b"second version of x");
+}
+
+/// `kill -9` of the owner in the middle of a backup leaves a store where every block is whole
+/// and correct; after a restart the next backup completes and restores exactly.
+#[test]
+fn a_store_killed_mid_backup_is_consistent_and_the_next_backup_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    make_tree(&root);
+    for i in 0..40u32 {
+        let body: Vec<u8> = (0..100_000u32)
+            .map(|j| (j.wrapping_mul(i + 7) >> 5) as u8)
+            .collect();
+        fs::write(root.join(format!("f{i}")), body).unwrap();
+    }
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let args = [
+        "--backup-root",
+        root.to_str().unwrap(),
+        "--replication-factor",
+        "1",
+    ];
+    let b1 = Node::start(tmp.path(), "b1", ports[0], &[], &args);
+    let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &[]);
+    all_alive(&[&b1, &b2], 2);
+    let mut shell = Command::new(common::DCISH)
+        .arg("--agent")
+        .arg(b1.socket())
+        .args(["backup", "now"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(60));
+    b1.signal(libc::SIGKILL);
+    drop(b1);
+    let _ = shell.wait();
+
+    let store = dci::store::FsBlockStore::open(&tmp.path().join("b1/blocks")).unwrap();
+    use dci::store::BlockStore;
+    for (id, _) in store.list().unwrap() {
+        let enc = store.get(&id).unwrap().unwrap();
+        dci::store::decode_verified(&id, &enc).expect("a torn or corrupt block after kill -9");
+    }
+    drop(store);
+
+    let b1 = Node::start(tmp.path(), "b1", ports[0], &[ports[1]], &args);
+    all_alive(&[&b1, &b2], 2);
+    ok(b1.dcish(&["backup", "now"]));
+    let out_dir = tmp.path().join("restored");
+    ok(b2.dcish(&["restore", "b1", "--to", out_dir.to_str().unwrap()]));
+    assert_same_tree(&root, &out_dir);
+}
