@@ -58,7 +58,14 @@ struct Scanner<'a> {
     seen: HashSet<Vec<u8>>,
     manifest: Manifest,
     stats: ScanStats,
+    /// New blocks not yet written: the store makes a batch durable at once.
+    pending: Vec<(crate::store::BlockId, Vec<u8>)>,
+    pending_ids: HashSet<crate::store::BlockId>,
+    pending_bytes: usize,
 }
+
+/// New blocks are written in batches of about this many bytes.
+const BATCH_BYTES: usize = 8 << 20;
 
 /// Scans the root. With `parent` (the tree the previous archives leave), the manifest lists only
 /// what changed, and unchanged files are not even read: a delta.
@@ -82,11 +89,15 @@ pub fn scan(
         seen: HashSet::new(),
         manifest: Manifest::default(),
         stats: ScanStats::default(),
+        pending: Vec::new(),
+        pending_ids: HashSet::new(),
+        pending_bytes: 0,
     };
     s.dir(&settings.root, &[]).map_err(|e| match e {
         DirError::Store(e) => ScanError::Store(e),
         DirError::Io(e) => ScanError::Root(settings.root.clone(), e),
     })?;
+    s.flush()?;
     if let Some(parent) = parent {
         s.manifest.deleted = parent
             .keys()
@@ -207,6 +218,15 @@ impl Scanner<'_> {
         Ok(())
     }
 
+    /// Writes the pending blocks, durably.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.store.put_many(&self.pending)?;
+        self.pending.clear();
+        self.pending_ids.clear();
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
     /// Records an entry: always in a snapshot, only when changed in a delta.
     fn add(&mut self, entry: Entry) {
         self.seen.insert(entry.path.clone());
@@ -246,11 +266,16 @@ impl Scanner<'_> {
                 }
             };
             size += chunk.data.len() as u64;
-            if !self.store.touch(&chunk.id)? {
+            if !self.pending_ids.contains(&chunk.id) && !self.store.touch(&chunk.id)? {
                 let enc = encode(&chunk.data, self.settings.compress);
-                self.store.put(&chunk.id, &enc)?;
                 self.stats.new_blocks += 1;
                 self.stats.new_bytes += enc.len() as u64;
+                self.pending_bytes += enc.len();
+                self.pending_ids.insert(chunk.id);
+                self.pending.push((chunk.id, enc));
+                if self.pending_bytes >= BATCH_BYTES {
+                    self.flush()?;
+                }
             }
             entry.blocks.push(chunk.id);
         }

@@ -897,10 +897,10 @@ impl Service {
                 }
                 done(
                     blocking(move || {
-                        for (id, enc) in blocks {
-                            decode_verified(&id, &enc).map_err(|e| e.to_string())?;
-                            store.put(&id, &enc).map_err(|e| e.to_string())?;
+                        for (id, enc) in &blocks {
+                            decode_verified(id, enc).map_err(|e| e.to_string())?;
                         }
+                        store.put_many(&blocks).map_err(|e| e.to_string())?;
                         Ok(Response::Done)
                     })
                     .await

@@ -43,6 +43,19 @@ impl FsBlockStore {
     }
 }
 
+impl FsBlockStore {
+    /// Flushes the whole file system the store lives on.
+    fn sync_all(&self) -> Result<(), StoreError> {
+        use std::os::fd::AsRawFd;
+        let dir = File::open(&self.root).map_err(io(&self.root))?;
+        // SAFETY: `dir` is an open descriptor for the duration of the call.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(io(&self.root)(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
@@ -76,6 +89,49 @@ impl BlockStore for FsBlockStore {
             let _ = fs::remove_file(&tmp);
         }
         written
+    }
+
+    /// Writes every body to a temporary, makes them all durable with one `syncfs`, renames them
+    /// into place, and makes the renames durable with a second one: two flushes per batch instead
+    /// of two per block, with the same guarantee (no name ever points at a torn body).
+    fn put_many(&self, blocks: &[(BlockId, Vec<u8>)]) -> Result<(), StoreError> {
+        let mut temps: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let result = (|| {
+            for (id, encoded) in blocks {
+                if self.touch(id)? || temps.iter().any(|(_, p)| *p == self.path(id)) {
+                    continue;
+                }
+                let n = self.seq.fetch_add(1, Ordering::Relaxed);
+                let tmp = self.root.join("tmp").join(format!(
+                    "{}.{}.{n}",
+                    id.to_hex(),
+                    std::process::id()
+                ));
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)
+                    .map_err(io(&tmp))?;
+                temps.push((tmp.clone(), self.path(id)));
+                f.write_all(encoded).map_err(io(&tmp))?;
+            }
+            if temps.is_empty() {
+                return Ok(());
+            }
+            self.sync_all()?;
+            for (tmp, path) in &temps {
+                let dir = path.parent().unwrap_or(&self.root);
+                fs::create_dir_all(dir).map_err(io(dir))?;
+                fs::rename(tmp, path).map_err(io(path))?;
+            }
+            self.sync_all()
+        })();
+        if result.is_err() {
+            for (tmp, _) in &temps {
+                let _ = fs::remove_file(tmp);
+            }
+        }
+        result
     }
 
     fn get(&self, id: &BlockId) -> Result<Option<Vec<u8>>, StoreError> {
@@ -156,5 +212,26 @@ mod tests {
         store.remove(&id).unwrap();
         assert!(!store.touch(&id).unwrap());
         assert!(store.get(&id).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_batch_is_stored_whole_and_skips_blocks_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlockStore::open(dir.path()).unwrap();
+        let blocks: Vec<(BlockId, Vec<u8>)> = (0..5u8)
+            .map(|i| (BlockId::of(&[i]), encode(&[i], false)))
+            .collect();
+        store.put(&blocks[0].0, &blocks[0].1).unwrap();
+        let mut twice = blocks.clone();
+        twice.push(blocks[1].clone());
+        store.put_many(&twice).unwrap();
+        assert_eq!(store.list().unwrap().len(), 5);
+        for (id, _) in &blocks {
+            decode_verified(id, &store.get(id).unwrap().unwrap()).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 }

@@ -116,6 +116,14 @@ pub trait BlockStore: Send + Sync + 'static {
     /// Stores `encoded` under `id`, durably, before returning. The caller has checked the id
     /// (see [`decode_verified`]). Storing a block that is already there only refreshes its time.
     fn put(&self, id: &BlockId, encoded: &[u8]) -> Result<(), StoreError>;
+    /// Stores several blocks, all durable before returning; engines override it to pay for
+    /// durability once per batch rather than once per block.
+    fn put_many(&self, blocks: &[(BlockId, Vec<u8>)]) -> Result<(), StoreError> {
+        for (id, enc) in blocks {
+            self.put(id, enc)?;
+        }
+        Ok(())
+    }
     /// The encoded block, if present.
     fn get(&self, id: &BlockId) -> Result<Option<Vec<u8>>, StoreError>;
     /// Whether the block is present; a present block's time is refreshed, so that garbage
