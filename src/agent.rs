@@ -741,7 +741,10 @@ impl Agent {
                     ("notices-sent", c.notices_sent),
                     ("notices-received", c.notices_received),
                 ];
-                let _ = reply.send(rows.iter().map(|(n, v)| (n.to_string(), *v)).collect());
+                let mut rows: Vec<(String, u64)> =
+                    rows.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+                rows.extend(self.replication.counter_rows());
+                let _ = reply.send(rows);
             }
             Query::Backup(call) => self.replication.control(call),
             Query::Events(reply) => {
@@ -937,10 +940,9 @@ fn start_replication(
         std::sync::Arc::new(store),
         std::sync::Arc::new(catalog),
         config.backup.clone(),
-        local_id,
-        config.name.clone(),
-        config.zone.clone(),
+        (local_id, config.name.clone(), config.zone.clone()),
         ch.net,
+        ch.stats,
     );
     let (inbound, control) = (ch.inbound, ch.control);
     Ok((link, move |events| {

@@ -530,3 +530,81 @@ fn a_store_killed_mid_backup_is_consistent_and_the_next_backup_completes() {
     ok(b2.dcish(&["restore", "b1", "--to", out_dir.to_str().unwrap()]));
     assert_same_tree(&root, &out_dir);
 }
+
+/// Every block file of a node's store, as (path, id).
+fn block_files(node_dir: &Path) -> Vec<(std::path::PathBuf, dci::store::BlockId)> {
+    let store = dci::store::FsBlockStore::open(&node_dir.join("blocks")).unwrap();
+    use dci::store::BlockStore;
+    store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| {
+            let hex = id.to_hex();
+            (node_dir.join("blocks").join(&hex[..2]).join(&hex), id)
+        })
+        .collect()
+}
+
+fn block_ok(path: &Path, id: &dci::store::BlockId) -> bool {
+    fs::read(path).is_ok_and(|enc| dci::store::decode_verified(id, &enc).is_ok())
+}
+
+/// The scrub finds a corrupted block on the owner and on a holder; each gets a good copy back
+/// from the other, and the data still restores.
+#[test]
+fn corrupt_blocks_are_found_by_the_scrub_and_fetched_again_from_another_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    make_tree(&root);
+    let cfg = config(
+        tmp.path(),
+        "all",
+        "[backup]\nscrub_interval = \"1s\"\nsync_interval = \"500ms\"\n",
+    );
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let b1 = Node::start(
+        tmp.path(),
+        "b1",
+        ports[0],
+        &[],
+        &[
+            "--backup-root",
+            root.to_str().unwrap(),
+            "--replication-factor",
+            "1",
+            "--config",
+            &cfg,
+        ],
+    );
+    let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &["--config", &cfg]);
+    all_alive(&[&b1, &b2], 2);
+    ok(b1.dcish(&["backup", "now"]));
+    let on_b1 = block_files(&b1.data_dir);
+    let on_b2 = block_files(&b2.data_dir);
+    let (p1, id1) = on_b1[0].clone();
+    let (p2, id2) = on_b2.iter().find(|(_, id)| *id != id1).unwrap().clone();
+    for p in [&p1, &p2] {
+        let mut bytes = fs::read(p).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xFF;
+        fs::write(p, bytes).unwrap();
+    }
+    let healed = wait_until(Duration::from_secs(20), || {
+        block_ok(&p1, &id1) && block_ok(&p2, &id2)
+    });
+    assert!(
+        healed.is_some(),
+        "not healed:\n{}\n{}",
+        b1.log_text(),
+        b2.log_text()
+    );
+    let status = ok(b1.dcish(&["--json", "status"]));
+    assert!(status.contains("backup-corrupt-blocks"), "{status}");
+    let out_dir = tmp.path().join("restored");
+    ok(b2.dcish(&["restore", "b1", "--to", out_dir.to_str().unwrap()]));
+    assert_eq!(
+        fs::read(out_dir.join("big.bin")).unwrap(),
+        fs::read(root.join("big.bin")).unwrap()
+    );
+}

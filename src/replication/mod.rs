@@ -13,6 +13,8 @@ pub mod service;
 pub mod settings;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use dci_proto::backup::BackupRequest;
 use dci_proto::control::MemberInfo;
@@ -68,6 +70,49 @@ pub type ControlCall = (
     oneshot::Sender<Result<Payload, (String, String)>>,
 );
 
+/// What the service did and refused, for `dcish status`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Blocks pushed to holders.
+    pub pushed_blocks: AtomicU64,
+    /// Encoded bytes pushed to holders.
+    pub pushed_bytes: AtomicU64,
+    /// Blocks received from owners and made durable.
+    pub received_blocks: AtomicU64,
+    /// Requests refused: not entitled, malformed, over a limit.
+    pub refused: AtomicU64,
+    /// Blocks found corrupt: received, fetched, or by the scrub.
+    pub corrupt: AtomicU64,
+    /// This blade's archives not yet on every holder, at the last sync round.
+    pub under_replicated: AtomicU64,
+    /// Archives of other blades held here.
+    pub held_archives: AtomicU64,
+}
+
+impl Stats {
+    /// The counters as `dcish status` shows them.
+    pub fn rows(&self) -> Vec<(String, u64)> {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("backup-pushed-blocks", get(&self.pushed_blocks)),
+            ("backup-pushed-bytes", get(&self.pushed_bytes)),
+            ("backup-received-blocks", get(&self.received_blocks)),
+            ("backup-refused", get(&self.refused)),
+            ("backup-corrupt-blocks", get(&self.corrupt)),
+            ("backup-under-replicated", get(&self.under_replicated)),
+            ("backup-held-archives", get(&self.held_archives)),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .collect()
+    }
+
+    /// Adds to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// The event loop's side of the service: channels, and the requests in flight.
 pub struct Link {
     commands: mpsc::Receiver<NetCommand>,
@@ -76,9 +121,15 @@ pub struct Link {
     pending_out: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, String>>>,
     pending_in: HashMap<u64, ResponseChannel<Vec<u8>>>,
     next_token: u64,
+    stats: Arc<Stats>,
 }
 
 impl Link {
+    /// The service's counters, for `dcish status`.
+    pub fn counter_rows(&self) -> Vec<(String, u64)> {
+        self.stats.rows()
+    }
+
     /// The next command from the service (for the event loop's `select!`).
     pub async fn next_command(&mut self) -> Option<NetCommand> {
         self.commands.recv().await
@@ -187,6 +238,7 @@ pub fn channels() -> (Link, service::Channels) {
     let (cmd_tx, commands) = mpsc::channel(256);
     let (inbound, inbound_rx) = mpsc::channel(256);
     let (control, control_rx) = mpsc::channel(32);
+    let stats = Arc::new(Stats::default());
     (
         Link {
             commands,
@@ -195,8 +247,10 @@ pub fn channels() -> (Link, service::Channels) {
             pending_out: HashMap::new(),
             pending_in: HashMap::new(),
             next_token: 0,
+            stats: stats.clone(),
         },
         service::Channels {
+            stats,
             net: cmd_tx,
             inbound: inbound_rx,
             control: control_rx,

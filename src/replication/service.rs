@@ -39,7 +39,7 @@ use crate::store::{decode_verified, BlockId, BlockStore};
 /// How long one block-protocol request may take before it is given up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// `Put` batches in flight to one holder.
-const PUSH_PARALLEL: usize = 4;
+const PUSH_PARALLEL: usize = 8;
 /// Inbound requests handled at once.
 const INBOUND_PARALLEL: usize = 16;
 
@@ -51,6 +51,8 @@ pub struct Channels {
     pub inbound: mpsc::Receiver<Inbound>,
     /// Operators' commands.
     pub control: mpsc::Receiver<ControlCall>,
+    /// Counters shared with the event loop.
+    pub stats: Arc<super::Stats>,
 }
 
 /// An error for the operator: a code and one line.
@@ -76,6 +78,7 @@ pub struct Service {
     /// When each member was last seen to die or leave, for the repair grace.
     gone_since: std::sync::Mutex<HashMap<PeerId, Instant>>,
     started: Instant,
+    stats: Arc<super::Stats>,
 }
 
 fn now_ms() -> u64 {
@@ -92,15 +95,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl Service {
-    /// A service over `store` and `catalog` for this node.
+    /// A service over `store` and `catalog` for this node (its id, name and zone).
     pub fn new(
         store: Arc<dyn BlockStore>,
         catalog: Arc<dyn Catalog>,
         cfg: BackupConfig,
-        me: PeerId,
-        name: String,
-        zone: String,
+        (me, name, zone): (PeerId, String, String),
         net: mpsc::Sender<NetCommand>,
+        stats: Arc<super::Stats>,
     ) -> Arc<Service> {
         Arc::new(Service {
             store,
@@ -114,6 +116,7 @@ impl Service {
             sync_lock: Mutex::new(()),
             gone_since: std::sync::Mutex::new(HashMap::new()),
             started: Instant::now(),
+            stats,
         })
     }
 
@@ -129,6 +132,9 @@ impl Service {
         let mut gc = tokio::time::interval(self.cfg.gc_interval);
         gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         gc.tick().await; // not at start-up
+        let mut scrub = tokio::time::interval(self.cfg.scrub_interval);
+        scrub.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        scrub.tick().await;
         let slots = Arc::new(tokio::sync::Semaphore::new(INBOUND_PARALLEL));
         loop {
             let due = next_due(&self.cfg.schedule, now_ms() / 1000)
@@ -159,6 +165,10 @@ impl Service {
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = sync.tick() => self.clone().spawn_sync(),
+                _ = scrub.tick() => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.scrub().await });
+                }
                 _ = gc.tick() => {
                     let me = self.clone();
                     tokio::spawn(async move { me.collect().await });
@@ -303,6 +313,16 @@ impl Service {
             }
         }
         let keep: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        let count_incomplete = |me: &Self| {
+            let n = me
+                .catalog
+                .list(&me.name)
+                .map(|rs| rs.iter().filter(|r| !complete(r, me.cfg.factor)).count())
+                .unwrap_or(0);
+            me.stats
+                .under_replicated
+                .store(n as u64, std::sync::atomic::Ordering::Relaxed);
+        };
         let jobs = holders
             .iter()
             .filter(|h| reachable.contains(*h))
@@ -321,6 +341,7 @@ impl Service {
                 self.mark_acked(seq, &peer.to_string());
             }
         }
+        count_incomplete(self);
     }
 
     fn mark_acked(&self, seq: u64, holder: &str) {
@@ -410,6 +431,12 @@ impl Service {
                         .collect::<Result<Vec<_>, String>>()
                 })
                 .await??;
+                let (n, size) = (
+                    blocks.len() as u64,
+                    blocks.iter().map(|(_, b)| b.len() as u64).sum::<u64>(),
+                );
+                super::Stats::add(&self.stats.pushed_blocks, n);
+                super::Stats::add(&self.stats.pushed_bytes, size);
                 match self
                     .call(
                         holder,
@@ -500,11 +527,107 @@ impl Service {
                 if n > 0 {
                     tracing::info!(blocks = n, "garbage collection removed unreferenced blocks");
                 }
+                let held = self
+                    .catalog
+                    .all()
+                    .map(|rs| rs.iter().filter(|r| r.blade != self.name).count())
+                    .unwrap_or(0);
+                self.stats
+                    .held_archives
+                    .store(held as u64, std::sync::atomic::Ordering::Relaxed);
                 n
             }
             Err(e) => {
                 tracing::warn!("garbage collection skipped: {e}");
                 0
+            }
+        }
+    }
+
+    /// Reads every stored block and checks it against its id. A corrupt block is removed; an
+    /// archive of this blade that needed it gets it back from a holder that has it, and an
+    /// archive held for another blade is forgotten, so that its owner pushes it again at the next
+    /// sync round (only the missing blocks cross the network).
+    pub async fn scrub(self: &Arc<Self>) {
+        let _guard = self.store_lock.lock().await;
+        let store = self.store.clone();
+        let bad = blocking(move || -> Result<u64, String> {
+            let mut bad = 0;
+            for (id, _) in store.list().map_err(|e| e.to_string())? {
+                let ok =
+                    matches!(store.get(&id), Ok(Some(enc)) if decode_verified(&id, &enc).is_ok());
+                if !ok {
+                    tracing::error!(block = ?id, "scrub found a corrupt block; removed");
+                    store.remove(&id).map_err(|e| e.to_string())?;
+                    bad += 1;
+                }
+            }
+            Ok(bad)
+        })
+        .await
+        .and_then(|r| r);
+        let bad = match bad {
+            Ok(n) => n,
+            Err(e) => return tracing::warn!("scrub stopped: {e}"),
+        };
+        super::Stats::add(&self.stats.corrupt, bad);
+        if bad == 0 {
+            return;
+        }
+        for r in self.catalog.all().unwrap_or_default() {
+            let store = self.store.clone();
+            let rec = r.clone();
+            let whole = blocking(move || {
+                archive_blocks(&rec, &LocalSource(&*store))
+                    .map(|ids| ids.iter().all(|id| store.touch(id).unwrap_or(false)))
+                    .unwrap_or(false)
+            })
+            .await
+            .unwrap_or(false);
+            if whole {
+                continue;
+            }
+            if r.blade != self.name {
+                tracing::warn!(blade = %r.blade, archive = r.seq, "held archive damaged; forgotten until its owner pushes it again");
+                let _ = self.catalog.remove(&r.blade, r.seq);
+                continue;
+            }
+            let source = NetSource {
+                service: self.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                peers: r.acked.iter().filter_map(|p| p.parse().ok()).collect(),
+            };
+            let compress = self.cfg.compress;
+            let seq = r.seq;
+            let repaired = blocking(move || -> Result<(), String> {
+                let store = source.service.store.clone();
+                let refetch = |ids: Vec<BlockId>| -> Result<(), String> {
+                    let missing: Vec<BlockId> = ids
+                        .into_iter()
+                        .filter(|id| !store.touch(id).unwrap_or(false))
+                        .collect();
+                    for batch in missing.chunks(MAX_PUT_BLOCKS) {
+                        let plain = source.fetch(batch)?;
+                        let blocks: Vec<(BlockId, Vec<u8>)> = batch
+                            .iter()
+                            .zip(plain)
+                            .map(|(id, p)| (*id, crate::store::encode(&p, compress)))
+                            .collect();
+                        store.put_many(&blocks).map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                };
+                refetch(r.manifest.clone())?;
+                let m = load_manifest(&r, &LocalSource(&*store)).map_err(|e| e.to_string())?;
+                refetch(m.block_ids().copied().collect())
+            })
+            .await
+            .and_then(|x| x);
+            match repaired {
+                Ok(()) => {
+                    tracing::info!(archive = seq, "scrub repaired the archive from its holders")
+                }
+                Err(e) => tracing::error!(archive = seq, "scrub cannot repair the archive: {e}"),
             }
         }
     }
@@ -855,16 +978,19 @@ impl Service {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(peer = %inbound.peer, "{e}");
+                super::Stats::add(&self.stats.refused, 1);
                 return Response::Refused(e);
             }
         };
         let owner_of = |blade: &str| inbound.peer_name.as_deref() == Some(blade);
         let refuse = |blade: &str| {
+            super::Stats::add(&self.stats.refused, 1);
             tracing::warn!(peer = %inbound.peer, %blade, "refused a push for a blade the peer does not own");
             Response::Refused(format!("only {blade} may push its own data"))
         };
         let store = self.store.clone();
         let catalog = self.catalog.clone();
+        let stats = self.stats.clone();
         let done = |r: Result<Response, String>| r.unwrap_or_else(Response::Refused);
         match request {
             Request::Have { blade, ids } => {
@@ -898,9 +1024,13 @@ impl Service {
                 done(
                     blocking(move || {
                         for (id, enc) in &blocks {
-                            decode_verified(id, enc).map_err(|e| e.to_string())?;
+                            if let Err(e) = decode_verified(id, enc) {
+                                super::Stats::add(&stats.corrupt, 1);
+                                return Err(e.to_string());
+                            }
                         }
                         store.put_many(&blocks).map_err(|e| e.to_string())?;
+                        super::Stats::add(&stats.received_blocks, blocks.len() as u64);
                         Ok(Response::Done)
                     })
                     .await
@@ -1063,7 +1193,10 @@ impl BlockSource for NetSource {
                 for (i, enc) in idx.into_iter().zip(blocks) {
                     match enc.map(|e| decode_verified(&ids[i], &e)) {
                         Some(Ok(plain)) => out[i] = Some(plain),
-                        Some(Err(e)) => tracing::warn!(%peer, "{e}; asking another holder"),
+                        Some(Err(e)) => {
+                            super::Stats::add(&self.service.stats.corrupt, 1);
+                            tracing::warn!(%peer, "{e}; asking another holder")
+                        }
                         None => {}
                     }
                 }

@@ -39,6 +39,8 @@ pub struct BackupFile {
     pub gc_interval: Option<String>,
     /// An unreferenced block younger than this is kept (a push may still need it), e.g. `1h`.
     pub gc_grace: Option<String>,
+    /// Time between scrubs (every stored block read and checked), e.g. `1d`.
+    pub scrub_interval: Option<String>,
 }
 
 /// One schedule rule, in UTC.
@@ -85,6 +87,8 @@ pub struct BackupConfig {
     pub gc_interval: Duration,
     /// Minimum age of a collected block.
     pub gc_grace: Duration,
+    /// Scrub period.
+    pub scrub_interval: Duration,
 }
 
 /// A bad setting: field, value, reason.
@@ -241,6 +245,20 @@ impl BackupConfig {
             sync_interval,
             gc_interval,
             gc_grace: dur("backup.gc_grace", &file.gc_grace, Duration::from_secs(3600))?,
+            scrub_interval: match dur(
+                "backup.scrub_interval",
+                &file.scrub_interval,
+                Duration::from_secs(86_400),
+            )? {
+                d if d.is_zero() => {
+                    return Err((
+                        "backup.scrub_interval",
+                        "0".into(),
+                        "must be greater than zero".into(),
+                    ))
+                }
+                d => d,
+            },
         })
     }
 }

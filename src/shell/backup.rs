@@ -156,7 +156,11 @@ pub async fn backup(
             a.kind,
             a.files,
             bytes(a.bytes),
-            a.holders.join(", ")
+            if a.holders.is_empty() {
+                "this node (replication factor 0)".to_string()
+            } else {
+                a.holders.join(", ")
+            }
         ),
         (false, Some(a)) => format!(
             "archive {} ({}, {} files, {}) made; pushing to the holders",

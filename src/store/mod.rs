@@ -77,7 +77,7 @@ const ZSTD: u8 = 1;
 
 /// Encodes `plain` for storage and transfer: compressed when `compress` and it pays.
 pub fn encode(plain: &[u8], compress: bool) -> Vec<u8> {
-    if compress {
+    if compress && compressible(plain) {
         if let Ok(z) = zstd::bulk::compress(plain, 1) {
             // Keep the compressed form only when it saves at least an eighth.
             if z.len() + z.len() / 7 < plain.len() {
@@ -92,6 +92,19 @@ pub fn encode(plain: &[u8], compress: bool) -> Vec<u8> {
     out.push(RAW);
     out.extend_from_slice(plain);
     out
+}
+
+/// Whether a sample of the block compresses at all: random data (media, archives, encrypted
+/// files) is half of many trees, and compressing it in full only to throw the result away costs
+/// more than chunking and hashing it.
+fn compressible(plain: &[u8]) -> bool {
+    const SAMPLE: usize = 4096;
+    if plain.len() <= SAMPLE {
+        return true;
+    }
+    let mid = plain.len() / 2;
+    let sample = &plain[mid - SAMPLE / 2..mid + SAMPLE / 2];
+    zstd::bulk::compress(sample, 1).is_ok_and(|z| z.len() < SAMPLE * 7 / 8)
 }
 
 /// Decodes an encoded block and checks it against `id`; never expands past [`MAX_BLOCK_BYTES`].
