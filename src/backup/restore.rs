@@ -20,7 +20,7 @@ use crate::store::BlockId;
 
 /// How many blocks are asked for at once while a file is written: the fetch parallelism, and the
 /// bound on memory.
-pub const FETCH_WINDOW: usize = 16;
+pub const FETCH_WINDOW: usize = 64;
 
 /// Where a restore gets plain, verified blocks from.
 pub trait BlockSource {

@@ -424,7 +424,7 @@ impl Service {
                     batch
                         .into_iter()
                         .map(|id| match store.get(&id) {
-                            Ok(Some(b)) => Ok((id, b)),
+                            Ok(Some(b)) => Ok((id, protocol::Bytes(b))),
                             Ok(None) => Err(format!("block {id:?} vanished from the local store")),
                             Err(e) => Err(e.to_string()),
                         })
@@ -433,7 +433,7 @@ impl Service {
                 .await??;
                 let (n, size) = (
                     blocks.len() as u64,
-                    blocks.iter().map(|(_, b)| b.len() as u64).sum::<u64>(),
+                    blocks.iter().map(|(_, b)| b.0.len() as u64).sum::<u64>(),
                 );
                 super::Stats::add(&self.stats.pushed_blocks, n);
                 super::Stats::add(&self.stats.pushed_bytes, size);
@@ -1023,6 +1023,8 @@ impl Service {
                 }
                 done(
                     blocking(move || {
+                        let blocks: Vec<(BlockId, Vec<u8>)> =
+                            blocks.into_iter().map(|(id, b)| (id, b.0)).collect();
                         for (id, enc) in &blocks {
                             if let Err(e) = decode_verified(id, enc) {
                                 super::Stats::add(&stats.corrupt, 1);
@@ -1088,7 +1090,12 @@ impl Service {
                 done(
                     blocking(move || {
                         ids.iter()
-                            .map(|id| store.get(id).map_err(|e| e.to_string()))
+                            .map(|id| {
+                                store
+                                    .get(id)
+                                    .map(|b| b.map(protocol::Bytes))
+                                    .map_err(|e| e.to_string())
+                            })
                             .collect::<Result<Vec<_>, _>>()
                             .map(Response::Blocks)
                     })
@@ -1191,7 +1198,7 @@ impl BlockSource for NetSource {
                     Ok(_) | Err(_) => continue,
                 };
                 for (i, enc) in idx.into_iter().zip(blocks) {
-                    match enc.map(|e| decode_verified(&ids[i], &e)) {
+                    match enc.map(|e| decode_verified(&ids[i], &e.0)) {
                         Some(Ok(plain)) => out[i] = Some(plain),
                         Some(Err(e)) => {
                             super::Stats::add(&self.service.stats.corrupt, 1);
