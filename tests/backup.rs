@@ -608,3 +608,53 @@ fn corrupt_blocks_are_found_by_the_scrub_and_fetched_again_from_another_copy() {
         fs::read(root.join("big.bin")).unwrap()
     );
 }
+
+/// In continuous mode a change to the tree is archived and on its holder moments later, without
+/// anyone asking.
+#[test]
+fn continuous_mode_ships_a_change_to_the_holders_within_moments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("first"), b"there at start").unwrap();
+    let cfg = config(tmp.path(), "b1", "[backup]\ncontinuous = true\n");
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let b1 = Node::start(
+        tmp.path(),
+        "b1",
+        ports[0],
+        &[],
+        &[
+            "--backup-root",
+            root.to_str().unwrap(),
+            "--replication-factor",
+            "1",
+            "--config",
+            &cfg,
+        ],
+    );
+    let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &[]);
+    all_alive(&[&b1, &b2], 2);
+    let complete = |n: usize| {
+        let list = archives(&b2, "b1");
+        list.len() >= n && list.iter().all(|a| a["complete"] == true)
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || complete(1)).is_some(),
+        "no first archive: {:?}\n{}",
+        archives(&b2, "b1"),
+        b1.log_text()
+    );
+    let before = archives(&b2, "b1").len();
+    fs::write(root.join("second"), b"written later").unwrap();
+    let took = wait_until(Duration::from_secs(20), || complete(before + 1));
+    assert!(
+        took.is_some(),
+        "the change was not archived: {:?}",
+        archives(&b2, "b1")
+    );
+    eprintln!("change archived and held after {took:?}");
+    let out_dir = tmp.path().join("restored");
+    ok(b2.dcish(&["restore", "b1", "--to", out_dir.to_str().unwrap()]));
+    assert_eq!(fs::read(out_dir.join("second")).unwrap(), b"written later");
+}

@@ -136,6 +136,7 @@ pub fn make_archive(
         files: manifest.entries.len() as u64,
         skipped: stats.skipped,
         blocks: distinct.len() as u64,
+        factor: 0,
         holders: Vec::new(),
         acked: Vec::new(),
     };

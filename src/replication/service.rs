@@ -40,6 +40,8 @@ use crate::store::{decode_verified, BlockId, BlockStore};
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// `Put` batches in flight to one holder.
 const PUSH_PARALLEL: usize = 8;
+/// How long continuous mode lets a burst of changes settle before it makes an archive.
+const CHANGE_SETTLE: Duration = Duration::from_millis(300);
 /// Inbound requests handled at once.
 const INBOUND_PARALLEL: usize = 16;
 
@@ -75,6 +77,8 @@ pub struct Service {
     store_lock: Mutex<()>,
     /// One sync round at a time; it alone updates holders and acknowledgements.
     sync_lock: Mutex<()>,
+    /// A sync was asked for while one ran: the running one goes round again.
+    resync: std::sync::atomic::AtomicBool,
     /// When each member was last seen to die or leave, for the repair grace.
     gone_since: std::sync::Mutex<HashMap<PeerId, Instant>>,
     started: Instant,
@@ -114,6 +118,7 @@ impl Service {
             net,
             store_lock: Mutex::new(()),
             sync_lock: Mutex::new(()),
+            resync: std::sync::atomic::AtomicBool::new(false),
             gone_since: std::sync::Mutex::new(HashMap::new()),
             started: Instant::now(),
             stats,
@@ -136,6 +141,15 @@ impl Service {
         scrub.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         scrub.tick().await;
         let slots = Arc::new(tokio::sync::Semaphore::new(INBOUND_PARALLEL));
+        let (_watcher, mut changes) = match self.watch() {
+            Some((w, rx)) => (Some(w), Some(rx)),
+            None => (None, None),
+        };
+        // In continuous mode the first archive is made at start; later ones a moment after a
+        // change, so that a burst of writes makes one archive.
+        let mut change_due: Option<tokio::time::Instant> =
+            changes.as_ref().map(|_| tokio::time::Instant::now());
+        let continuous_running = Arc::new(std::sync::atomic::AtomicBool::new(false));
         loop {
             let due = next_due(&self.cfg.schedule, now_ms() / 1000)
                 .map(|at| Duration::from_secs(at).saturating_sub(Duration::from_millis(now_ms())))
@@ -165,6 +179,25 @@ impl Service {
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = sync.tick() => self.clone().spawn_sync(),
+                Some(()) = async { changes.as_mut()?.recv().await }, if changes.is_some() => {
+                    change_due.get_or_insert_with(|| tokio::time::Instant::now() + CHANGE_SETTLE);
+                }
+                _ = tokio::time::sleep_until(change_due.unwrap_or_else(tokio::time::Instant::now)), if change_due.is_some() => {
+                    use std::sync::atomic::Ordering;
+                    if continuous_running.swap(true, Ordering::SeqCst) {
+                        // One continuous backup at a time; this change is taken after it.
+                        change_due = Some(tokio::time::Instant::now() + CHANGE_SETTLE);
+                        continue;
+                    }
+                    change_due = None;
+                    let (me, running) = (self.clone(), continuous_running.clone());
+                    tokio::spawn(async move {
+                        if let Err((_, e)) = me.backup(false).await {
+                            tracing::error!("continuous backup failed: {e}");
+                        }
+                        running.store(false, Ordering::SeqCst);
+                    });
+                }
                 _ = scrub.tick() => {
                     let me = self.clone();
                     tokio::spawn(async move { me.scrub().await });
@@ -208,11 +241,42 @@ impl Service {
     }
 
     fn spawn_sync(self: Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        self.resync.store(true, Ordering::SeqCst);
         tokio::spawn(async move {
             if let Ok(_guard) = self.sync_lock.try_lock() {
-                self.sync_round().await;
+                // A new archive made during a round is pushed by the next one, at once.
+                while self.resync.swap(false, Ordering::SeqCst) {
+                    self.sync_round().await;
+                }
             }
         });
+    }
+
+    /// Watches the backup root when continuous mode is on: every change wakes `changes`.
+    fn watch(&self) -> Option<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
+        use notify::Watcher;
+        let root = self.cfg.root.as_ref().filter(|_| self.cfg.continuous)?;
+        let (tx, rx) = mpsc::channel(1);
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let is_read = event.as_ref().is_ok_and(|e| e.kind.is_access());
+            if !is_read {
+                let _ = tx.try_send(());
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!("continuous backup off: cannot watch: {e}");
+                return None;
+            }
+        };
+        if let Err(e) = watcher.watch(root, notify::RecursiveMode::Recursive) {
+            tracing::error!(root = %root.display(), "continuous backup off: cannot watch: {e}");
+            return None;
+        }
+        tracing::info!(root = %root.display(), "continuous backup: watching for changes");
+        Some((watcher, rx))
     }
 
     async fn call(&self, to: PeerId, request: &Request) -> Result<Response, String> {
@@ -306,9 +370,10 @@ impl Service {
         let members = self.members().await;
         let (holders, reachable) = self.holders(&members);
         for r in &records {
-            if r.holders != holders {
+            if r.holders != holders || r.factor != self.cfg.factor as u64 {
                 let mut r = r.clone();
                 r.holders = holders.clone();
+                r.factor = self.cfg.factor as u64;
                 let _ = self.catalog.put(&r);
             }
         }
@@ -317,7 +382,7 @@ impl Service {
             let n = me
                 .catalog
                 .list(&me.name)
-                .map(|rs| rs.iter().filter(|r| !complete(r, me.cfg.factor)).count())
+                .map(|rs| rs.iter().filter(|r| !r.complete()).count())
                 .unwrap_or(0);
             me.stats
                 .under_replicated
@@ -660,6 +725,12 @@ impl Service {
             .await
             .map_err(|e| fail("backup-failed", e))?
             .map_err(|e| fail("backup-failed", e))?;
+            // Completeness is judged against the factor of the owner, wherever it is read.
+            let mut record = record;
+            record.factor = self.cfg.factor as u64;
+            self.catalog
+                .put(&record)
+                .map_err(|e| fail("backup-failed", e))?;
             tracing::info!(
                 archive = record.seq,
                 kind = record.kind.as_str(),
@@ -685,7 +756,7 @@ impl Service {
             .ok()
             .and_then(|rs| rs.into_iter().find(|r| r.seq == record.seq))
             .unwrap_or(record);
-        if complete(&record, self.cfg.factor) {
+        if record.complete() {
             return Ok(record);
         }
         let members = self.members().await;
@@ -801,7 +872,7 @@ impl Service {
             bytes: r.bytes,
             files: r.files,
             skipped: r.skipped,
-            complete: complete(r, self.cfg.factor),
+            complete: r.complete(),
             holders: have.iter().map(|h| name_of(members, h)).collect(),
             lacking: r
                 .holders
@@ -867,7 +938,7 @@ impl Service {
                 let mut info = self.info(r, &holders, &members);
                 // Without the owner's record, count the holders that answered.
                 if owner.is_none() || !have.iter().any(|p| Some(p.to_string()) == owner) {
-                    info.complete = holders.len() >= self.cfg.factor.max(1);
+                    info.complete = holders.len() as u64 >= r.factor.max(1);
                     info.lacking.clear();
                 }
                 info
@@ -1126,10 +1197,6 @@ impl Service {
             }
         }
     }
-}
-
-fn complete(r: &ArchiveRecord, factor: usize) -> bool {
-    r.holders.len() >= factor && r.holders.iter().all(|h| r.acked.contains(h))
 }
 
 fn name_of(members: &[MemberInfo], id: &str) -> String {

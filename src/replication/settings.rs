@@ -41,6 +41,8 @@ pub struct BackupFile {
     pub gc_grace: Option<String>,
     /// Time between scrubs (every stored block read and checked), e.g. `1d`.
     pub scrub_interval: Option<String>,
+    /// Watch the root (inotify) and back changes up as they happen.
+    pub continuous: Option<bool>,
 }
 
 /// One schedule rule, in UTC.
@@ -89,6 +91,8 @@ pub struct BackupConfig {
     pub gc_grace: Duration,
     /// Scrub period.
     pub scrub_interval: Duration,
+    /// Back changes up as they happen.
+    pub continuous: bool,
 }
 
 /// A bad setting: field, value, reason.
@@ -259,6 +263,7 @@ impl BackupConfig {
                 }
                 d => d,
             },
+            continuous: file.continuous.unwrap_or(false),
         })
     }
 }

@@ -51,6 +51,8 @@ pub struct ArchiveRecord {
     pub skipped: u64,
     /// Distinct blocks it references, manifest included.
     pub blocks: u64,
+    /// The owner's replication factor when it last placed the archive.
+    pub factor: u64,
     /// The holders chosen for it (peer ids), at the owner.
     pub holders: Vec<String>,
     /// The holders that acknowledged every block, at the owner.
@@ -58,9 +60,10 @@ pub struct ArchiveRecord {
 }
 
 impl ArchiveRecord {
-    /// Complete: every chosen holder acknowledged all of its blocks.
+    /// Complete: as many holders as the factor asks, and every one acknowledged all its blocks.
     pub fn complete(&self) -> bool {
-        !self.holders.is_empty() && self.holders.iter().all(|h| self.acked.contains(h))
+        self.holders.len() as u64 >= self.factor
+            && self.holders.iter().all(|h| self.acked.contains(h))
     }
 }
 
