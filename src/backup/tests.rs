@@ -6,7 +6,7 @@ use super::manifest::{Entry, EntryKind, Manifest};
 use super::restore::Restorer;
 use super::*;
 use crate::store::catalog::MemCatalog;
-use crate::store::MemBlockStore;
+use crate::store::{BlockId, MemBlockStore, StoreError};
 
 fn settings(root: &Path) -> ScanSettings {
     ScanSettings {
@@ -174,4 +174,64 @@ fn special_and_unreadable_files_are_skipped_and_counted() {
     assert_eq!(stats.skipped, 1);
     assert_eq!(rec.skipped, 1);
     assert_eq!(rec.files, 1);
+}
+
+/// A store whose disk fills up after `room` blocks.
+struct FullDisk {
+    inner: MemBlockStore,
+    room: std::sync::atomic::AtomicUsize,
+}
+
+impl crate::store::BlockStore for FullDisk {
+    fn put(&self, id: &BlockId, encoded: &[u8]) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.room.fetch_sub(1, Ordering::SeqCst) == 0 {
+            self.room.store(0, Ordering::SeqCst);
+            return Err(StoreError::Io {
+                path: "blocks".into(),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            });
+        }
+        self.inner.put(id, encoded)
+    }
+    fn get(&self, id: &BlockId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(id)
+    }
+    fn touch(&self, id: &BlockId) -> Result<bool, StoreError> {
+        self.inner.touch(id)
+    }
+    fn remove(&self, id: &BlockId) -> Result<(), StoreError> {
+        self.inner.remove(id)
+    }
+    fn list(&self) -> Result<Vec<(BlockId, std::time::SystemTime)>, StoreError> {
+        self.inner.list()
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_backup_with_a_clear_error_and_no_archive_is_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+    for i in 0..10u8 {
+        fs::write(root.join(format!("f{i}")), vec![i; 1000]).unwrap();
+    }
+    let store = FullDisk {
+        inner: MemBlockStore::default(),
+        room: 4.into(),
+    };
+    let catalog = MemCatalog::default();
+    let err = make_archive(&settings(&root), Method::Delta, &store, &catalog, "b", 1).unwrap_err();
+    assert!(err.to_string().contains("No space left"), "{err}");
+    assert!(!err.to_string().contains('\n'));
+    assert!(catalog.list("b").unwrap().is_empty());
+    // Room again: the next run completes, reusing the blocks already written.
+    store.room.store(100, std::sync::atomic::Ordering::SeqCst);
+    let (rec, stats) =
+        make_archive(&settings(&root), Method::Delta, &store, &catalog, "b", 2).unwrap();
+    assert_eq!(rec.seq, 1);
+    assert!(
+        stats.new_blocks < 10,
+        "finished blocks were redone: {stats:?}"
+    );
 }

@@ -1280,3 +1280,133 @@ impl BlockSource for NetSource {
         Ok(out.into_iter().flatten().collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::catalog::{ArchiveKind, MemCatalog};
+    use crate::store::{encode, MemBlockStore};
+
+    fn service() -> (Arc<Service>, Arc<MemBlockStore>, Arc<MemCatalog>) {
+        let (store, catalog) = (
+            Arc::new(MemBlockStore::default()),
+            Arc::new(MemCatalog::default()),
+        );
+        let (net, _rx) = mpsc::channel(1);
+        let s = Service::new(
+            store.clone(),
+            catalog.clone(),
+            BackupConfig::default(),
+            (PeerId::random(), "holder".into(), "z".into()),
+            net,
+            Arc::default(),
+        );
+        (s, store, catalog)
+    }
+
+    async fn ask(s: &Arc<Service>, from: &str, request: Request) -> Response {
+        s.handle(Inbound {
+            peer: PeerId::random(),
+            peer_name: Some(from.into()),
+            token: 0,
+            request: protocol::encode(&request),
+        })
+        .await
+    }
+
+    fn record(manifest: Vec<BlockId>) -> ArchiveRecord {
+        ArchiveRecord {
+            blade: "b1".into(),
+            seq: 1,
+            kind: ArchiveKind::Snapshot,
+            time_ms: 0,
+            manifest,
+            bytes: 0,
+            files: 0,
+            skipped: 0,
+            blocks: 1,
+            factor: 1,
+            holders: Vec::new(),
+            acked: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_blades_owner_may_push_and_a_corrupt_block_is_never_stored() {
+        let (s, store, catalog) = service();
+        let body = b"block body".to_vec();
+        let id = BlockId::of(&body);
+        let put = |b: Vec<u8>| Request::Put {
+            blade: "b1".into(),
+            blocks: vec![(id, protocol::Bytes(b))],
+        };
+        let refused = ask(&s, "mallory", put(encode(&body, false))).await;
+        assert!(matches!(refused, Response::Refused(_)), "{refused:?}");
+        let corrupt = ask(&s, "b1", put(encode(b"other body", false))).await;
+        assert!(matches!(corrupt, Response::Refused(_)), "{corrupt:?}");
+        assert!(store.list().unwrap().is_empty());
+        let garbage = s
+            .handle(Inbound {
+                peer: PeerId::random(),
+                peer_name: Some("b1".into()),
+                token: 0,
+                request: vec![0xFF; 64],
+            })
+            .await;
+        assert!(matches!(garbage, Response::Refused(_)));
+        assert_eq!(
+            s.stats.refused.load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        assert_eq!(
+            s.stats.corrupt.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+
+        // A commit naming a block that is not here is refused; once it is, the record is kept.
+        let manifest = crate::backup::manifest::Manifest::default();
+        let mem = MemBlockStore::default();
+        let manifest_ids = manifest.store(&mem, false).unwrap();
+        let commit = Request::Commit {
+            record: record(manifest_ids.clone()),
+        };
+        assert!(matches!(
+            ask(&s, "b1", commit.clone()).await,
+            Response::Refused(_)
+        ));
+        assert!(catalog.all().unwrap().is_empty());
+        let blocks = manifest_ids
+            .iter()
+            .map(|id| (*id, protocol::Bytes(mem.get(id).unwrap().unwrap())))
+            .collect();
+        let stored = ask(
+            &s,
+            "b1",
+            Request::Put {
+                blade: "b1".into(),
+                blocks,
+            },
+        )
+        .await;
+        assert!(matches!(stored, Response::Done), "{stored:?}");
+        assert!(matches!(
+            ask(&s, "mallory", commit.clone()).await,
+            Response::Refused(_)
+        ));
+        assert!(matches!(ask(&s, "b1", commit).await, Response::Done));
+        assert_eq!(catalog.list("b1").unwrap().len(), 1);
+
+        // The owner's sync makes the holder forget what it no longer keeps.
+        let held = ask(
+            &s,
+            "b1",
+            Request::Sync {
+                blade: "b1".into(),
+                keep: vec![],
+            },
+        )
+        .await;
+        assert!(matches!(held, Response::Held(h) if h.is_empty()));
+        assert!(catalog.list("b1").unwrap().is_empty());
+    }
+}
