@@ -658,3 +658,69 @@ fn continuous_mode_ships_a_change_to_the_holders_within_moments() {
     ok(b2.dcish(&["restore", "b1", "--to", out_dir.to_str().unwrap()]));
     assert_eq!(fs::read(out_dir.join("second")).unwrap(), b"written later");
 }
+
+/// When the holders change (here the manual list is edited), the new holder gets the data first;
+/// only then is the former one told to forget it, and its garbage collection frees the space.
+#[test]
+fn a_former_holder_is_released_only_after_the_new_one_has_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    make_tree(&root);
+    let gc = config(
+        tmp.path(),
+        "gc",
+        "[backup]\ngc_interval = \"1s\"\ngc_grace = \"1s\"\n",
+    );
+    let to_b2 = config(
+        tmp.path(),
+        "to-b2",
+        "[backup]\nholders = [\"b2\"]\nsync_interval = \"500ms\"\n",
+    );
+    let to_b3 = config(
+        tmp.path(),
+        "to-b3",
+        "[backup]\nholders = [\"b3\"]\nsync_interval = \"500ms\"\n",
+    );
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let owner = |cfg: &str, join: &[u16]| {
+        Node::start(
+            tmp.path(),
+            "b1",
+            ports[0],
+            join,
+            &[
+                "--backup-root",
+                root.to_str().unwrap(),
+                "--replication-factor",
+                "1",
+                "--config",
+                cfg,
+            ],
+        )
+    };
+    let b1 = owner(&to_b2, &[]);
+    let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &["--config", &gc]);
+    let b3 = Node::start(tmp.path(), "b3", ports[2], &[ports[0]], &["--config", &gc]);
+    all_alive(&[&b1, &b2, &b3], 3);
+    ok(b1.dcish(&["backup", "now"]));
+    assert!(!block_files(&b2.data_dir).is_empty());
+    assert!(block_files(&b3.data_dir).is_empty());
+
+    b1.terminate();
+    let b1 = owner(&to_b3, &[ports[1]]);
+    let moved = wait_until(Duration::from_secs(30), || {
+        archives(&b1, "b1")
+            .first()
+            .is_some_and(|a| a["complete"] == true && a["holders"] == serde_json::json!(["b3"]))
+            && block_files(&b2.data_dir).is_empty()
+    });
+    assert!(
+        moved.is_some(),
+        "not moved: {:?}\n{}",
+        archives(&b1, "b1"),
+        b2.log_text()
+    );
+    let out_dir = tmp.path().join("restored");
+    ok(b3.dcish(&["restore", "b1", "--to", out_dir.to_str().unwrap()]));
+    assert_eq!(fs::read(out_dir.join("docs/a.md")).unwrap(), b"alpha\n");
+}

@@ -407,6 +407,47 @@ impl Service {
             }
         }
         count_incomplete(self);
+        self.release_former_holders(&holders, &reachable).await;
+    }
+
+    /// Once every archive is complete on the current holders, nodes that held it before (a
+    /// placement change, a manual list edited) are told to forget this blade, and their garbage
+    /// collection frees the space. Never earlier: until then they are copies that count.
+    async fn release_former_holders(&self, holders: &[String], reachable: &HashSet<String>) {
+        let Ok(records) = self.catalog.list(&self.name) else {
+            return;
+        };
+        if records.is_empty() || !records.iter().all(|r| r.complete()) {
+            return;
+        }
+        let former: HashSet<String> = records
+            .iter()
+            .flat_map(|r| r.acked.iter())
+            .filter(|a| !holders.contains(a) && reachable.contains(*a))
+            .cloned()
+            .collect();
+        for node in former {
+            let Ok(peer) = node.parse::<PeerId>() else {
+                continue;
+            };
+            let forget = Request::Sync {
+                blade: self.name.clone(),
+                keep: Vec::new(),
+            };
+            match self.call(peer, &forget).await {
+                Ok(_) => {
+                    tracing::info!(node = %node, "former holder released: it is no longer in the placement");
+                    for r in &records {
+                        if r.acked.contains(&node) {
+                            let mut r = r.clone();
+                            r.acked.retain(|a| *a != node);
+                            let _ = self.catalog.put(&r);
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(node = %node, "cannot release former holder: {e}"),
+            }
+        }
     }
 
     fn mark_acked(&self, seq: u64, holder: &str) {
