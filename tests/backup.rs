@@ -724,3 +724,80 @@ fn a_former_holder_is_released_only_after_the_new_one_has_everything() {
     ok(b3.dcish(&["restore", "b1", "--to", out_dir.to_str().unwrap()]));
     assert_eq!(fs::read(out_dir.join("docs/a.md")).unwrap(), b"alpha\n");
 }
+
+/// The owner is gone for good and then one of its two holders too: the surviving holder gives a
+/// copy to the next node in placement order, so the factor is met again without the owner.
+#[test]
+fn without_the_owner_the_surviving_holder_restores_the_factor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    make_tree(&root);
+    let cfg = config(
+        tmp.path(),
+        "all",
+        "[backup]\nrepair_grace = \"2s\"\nsync_interval = \"500ms\"\n",
+    );
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let b1 = Node::start(
+        tmp.path(),
+        "b1",
+        ports[0],
+        &[],
+        &[
+            "--backup-root",
+            root.to_str().unwrap(),
+            "--replication-factor",
+            "2",
+            "--config",
+            &cfg,
+        ],
+    );
+    let mut others: Vec<Node> = (1..4)
+        .map(|i| {
+            Node::start(
+                tmp.path(),
+                &format!("b{}", i + 1),
+                ports[i],
+                &[ports[0]],
+                &["--config", &cfg],
+            )
+        })
+        .collect();
+    all_alive(&[&b1, &others[0], &others[1], &others[2]], 4);
+    ok(b1.dcish(&["backup", "now"]));
+    let holders: Vec<String> = archives(&b1, "b1")[0]["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_string())
+        .collect();
+    b1.signal(libc::SIGKILL);
+    drop(b1);
+    let victim = others.iter().position(|n| n.name == holders[0]).unwrap();
+    let dead = others.remove(victim);
+    dead.signal(libc::SIGKILL);
+    drop(dead);
+    let spare = others.iter().find(|n| !holders.contains(&n.name)).unwrap();
+
+    let repaired = wait_until(Duration::from_secs(30), || {
+        archives(spare, "b1").first().is_some_and(|a| {
+            a["complete"] == true
+                && a["holders"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|h| h == spare.name.as_str())
+        })
+    });
+    assert!(
+        repaired.is_some(),
+        "not repaired: {:?}",
+        archives(spare, "b1")
+    );
+    let out_dir = tmp.path().join("restored");
+    ok(spare.dcish(&["restore", "b1", "--to", out_dir.to_str().unwrap()]));
+    assert_eq!(
+        fs::read(out_dir.join("big.bin")).unwrap(),
+        fs::read(root.join("big.bin")).unwrap()
+    );
+}

@@ -319,10 +319,23 @@ impl Service {
     /// for less than the repair grace still counts as a holder (it may come back), so its data
     /// is not moved for a blip; past the grace the next node in placement order replaces it.
     fn holders(&self, members: &[MemberInfo]) -> (Vec<String>, HashSet<String>) {
+        let me = self.me.to_string();
+        self.holders_for(&self.name, &me, &self.zone, &self.placement(), members)
+    }
+
+    /// [`Service::holders`] for any blade, owned by `owner_id`.
+    fn holders_for(
+        &self,
+        blade: &str,
+        owner_id: &str,
+        owner_zone: &str,
+        placement: &Placement,
+        members: &[MemberInfo],
+    ) -> (Vec<String>, HashSet<String>) {
         let gone = self.gone_since.lock().unwrap_or_else(|p| p.into_inner());
         let mut candidates = Vec::new();
         let mut reachable = HashSet::new();
-        for m in members.iter().filter(|m| m.id != self.me.to_string()) {
+        for m in members.iter().filter(|m| m.id != owner_id) {
             let up = matches!(m.state.as_str(), "alive" | "suspect" | "unreachable-link");
             let within_grace = m
                 .id
@@ -343,18 +356,104 @@ impl Service {
                 reachable.insert(m.id.clone());
             }
         }
-        let holders = placement::holders(
-            &self.name,
-            &self.me.to_string(),
-            &self.zone,
-            &candidates,
-            &self.placement(),
-        );
+        let holders = placement::holders(blade, owner_id, owner_zone, &candidates, placement);
         (holders, reachable)
+    }
+
+    /// With `grace`, whether the member named `blade` has been dead or gone for longer than the
+    /// repair grace, or is unknown (the deputy's question). Without, whether it is known and not
+    /// up (the entitlement question: a name nobody knows entitles no one).
+    fn owner_gone(&self, members: &[MemberInfo], blade: &str, grace: bool) -> bool {
+        let Some(m) = members.iter().find(|m| m.name == blade) else {
+            return grace;
+        };
+        if matches!(m.state.as_str(), "alive" | "suspect" | "unreachable-link") {
+            return false;
+        }
+        let gone = self.gone_since.lock().unwrap_or_else(|p| p.into_inner());
+        let since =
+            m.id.parse::<PeerId>()
+                .ok()
+                .and_then(|id| gone.get(&id).copied())
+                .unwrap_or(self.started);
+        !grace || since.elapsed() >= self.cfg.repair_grace
+    }
+
+    /// Repair without the owner: for every blade held here whose node has been gone past the
+    /// grace, a holder that is still in that blade's placement brings the other holders up to
+    /// date from its own copy (they report what they have with `Catalog`; nothing is forgotten).
+    async fn deputy_round(&self) {
+        let Ok(all) = self.catalog.all() else {
+            return;
+        };
+        let blades: std::collections::BTreeSet<String> = all
+            .iter()
+            .filter(|r| r.blade != self.name)
+            .map(|r| r.blade.clone())
+            .collect();
+        if blades.is_empty() {
+            return;
+        }
+        let members = self.members().await;
+        let me = self.me.to_string();
+        for blade in blades {
+            if !self.owner_gone(&members, &blade, true) {
+                continue;
+            }
+            let records: Vec<ArchiveRecord> =
+                all.iter().filter(|r| r.blade == blade).cloned().collect();
+            let factor = records.iter().map(|r| r.factor).max().unwrap_or(0) as usize;
+            let owner_id = members
+                .iter()
+                .find(|m| m.name == blade)
+                .map(|m| m.id.clone())
+                .unwrap_or_default();
+            let placement = Placement {
+                factor,
+                ..Placement::default()
+            };
+            let (holders, reachable) =
+                self.holders_for(&blade, &owner_id, "", &placement, &members);
+            if !holders.contains(&me) {
+                continue;
+            }
+            for h in holders
+                .iter()
+                .filter(|h| **h != me && reachable.contains(*h))
+            {
+                let Ok(peer) = h.parse::<PeerId>() else {
+                    continue;
+                };
+                let theirs: Vec<u64> = match self
+                    .call(
+                        peer,
+                        &Request::Catalog {
+                            blade: blade.clone(),
+                        },
+                    )
+                    .await
+                {
+                    Ok(Response::Records(rs)) => rs.iter().map(|r| r.seq).collect(),
+                    Ok(_) | Err(_) => continue,
+                };
+                for r in records.iter().filter(|r| !theirs.contains(&r.seq)) {
+                    match self.push(peer, r).await {
+                        Ok(()) => {
+                            tracing::info!(%blade, archive = r.seq, holder = %h, "repaired a gone node's archive from this holder's copy")
+                        }
+                        Err(e) => {
+                            tracing::warn!(%blade, holder = %h, "repair from this holder failed: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// One peersync round for this blade: age, place, and bring every reachable holder up to date.
     async fn sync_round(&self) {
+        self.deputy_round().await;
         if self.cfg.root.is_none() {
             return;
         }
@@ -511,7 +610,7 @@ impl Service {
         let mut missing = Vec::new();
         for batch in ids.chunks(MAX_HAVE_IDS) {
             let request = Request::Have {
-                blade: self.name.clone(),
+                blade: record.blade.clone(),
                 ids: batch.to_vec(),
             };
             match self.call(holder, &request).await? {
@@ -547,7 +646,7 @@ impl Service {
                     .call(
                         holder,
                         &Request::Put {
-                            blade: self.name.clone(),
+                            blade: record.blade.clone(),
                             blocks,
                         },
                     )
@@ -1095,6 +1194,17 @@ impl Service {
             }
         };
         let owner_of = |blade: &str| inbound.peer_name.as_deref() == Some(blade);
+        // While a blade's node is down, the holders of its data repair each other's copies.
+        let members = match &request {
+            Request::Have { .. } | Request::Put { .. } | Request::Commit { .. } => {
+                self.members().await
+            }
+            Request::Sync { .. }
+            | Request::Get { .. }
+            | Request::Catalog { .. }
+            | Request::Control(_) => Vec::new(),
+        };
+        let may_push = |blade: &str| owner_of(blade) || self.owner_gone(&members, blade, false);
         let refuse = |blade: &str| {
             super::Stats::add(&self.stats.refused, 1);
             tracing::warn!(peer = %inbound.peer, %blade, "refused a push for a blade the peer does not own");
@@ -1106,7 +1216,7 @@ impl Service {
         let done = |r: Result<Response, String>| r.unwrap_or_else(Response::Refused);
         match request {
             Request::Have { blade, ids } => {
-                if !owner_of(&blade) {
+                if !may_push(&blade) {
                     return refuse(&blade);
                 }
                 if ids.len() > MAX_HAVE_IDS {
@@ -1127,7 +1237,7 @@ impl Service {
                 )
             }
             Request::Put { blade, blocks } => {
-                if !owner_of(&blade) {
+                if !may_push(&blade) {
                     return refuse(&blade);
                 }
                 if blocks.len() > MAX_PUT_BLOCKS {
@@ -1152,7 +1262,7 @@ impl Service {
                 )
             }
             Request::Commit { record } => {
-                if !owner_of(&record.blade) {
+                if !may_push(&record.blade) {
                     return refuse(&record.blade);
                 }
                 done(
