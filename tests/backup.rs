@@ -187,6 +187,27 @@ fn a_blade_backed_up_twice_is_restored_exactly_on_another_node_after_its_data_di
     drop(b1);
     fs::remove_dir_all(tmp.path().join("b1")).unwrap();
 
+    // Read redirection: with the owner down, its files are listed and read from the holders.
+    let listing = ok(b2.dcish(&["ls", "b1", "docs"]));
+    assert!(
+        listing.contains("a.md") && listing.contains("new.md") && listing.contains("deep/"),
+        "{listing}"
+    );
+    let top = ok(b3.dcish(&["ls", "b1"]));
+    assert!(
+        top.contains("link -> docs/a.md") && !top.contains("cache"),
+        "{top}"
+    );
+    let cat = b3.dcish(&["cat", "b1", "docs/a.md"]);
+    assert_eq!(ok(cat), "alpha, second version\n");
+    let out = b2.dcish(&["cat", "b1", "big.bin"]);
+    assert!(out.status.success());
+    assert_eq!(out.stdout, fs::read(root.join("big.bin")).unwrap());
+    assert!(
+        !b2.dcish(&["cat", "b1", "docs"]).status.success(),
+        "a directory is not catted"
+    );
+
     let full = tmp.path().join("restored-full");
     let out = ok(b2.dcish(&[
         "restore",

@@ -35,6 +35,157 @@ pub enum BackupRequest {
     },
     /// `<restore ...><path>GLOB</path>...</restore>`; answered by [`restored_to_payload`].
     Restore(RestoreArgs),
+    /// `<ls blade=".." path=".."/>`: a directory of the blade's latest archived tree, from any
+    /// node that holds it; answered by [`listing_to_payload`].
+    Ls {
+        /// The blade.
+        blade: String,
+        /// A directory (or file) relative to the backup root; empty for the root.
+        path: String,
+    },
+    /// `<cat blade=".." path=".."/>`: one file of the blade's latest archived tree; answered by
+    /// [`file_to_payload`].
+    Cat {
+        /// The blade.
+        blade: String,
+        /// The file, relative to the backup root.
+        path: String,
+    },
+}
+
+/// One entry of a listing (`dcish ls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    /// Path relative to the backup root.
+    pub path: String,
+    /// `file`, `dir` or `symlink`.
+    pub kind: String,
+    /// Bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time, seconds since the Unix epoch (0 before it).
+    pub mtime: u64,
+    /// Link target, for symlinks.
+    pub target: Option<String>,
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64, padded: file bodies travel as XML text, which cannot carry every byte.
+pub fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Reads [`base64_encode`]'s output; `None` if it is not base64.
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let bytes: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if bytes.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for q in bytes.chunks(4) {
+        let mut n = 0u32;
+        let mut pad = 0;
+        for (i, &b) in q.iter().enumerate() {
+            let v = match b {
+                b'=' if i >= 2 => {
+                    pad += 1;
+                    0
+                }
+                _ if pad > 0 => return None,
+                _ => B64.iter().position(|x| *x == b)? as u32,
+            };
+            n = n << 6 | v;
+        }
+        let got = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&got[..3 - pad]);
+    }
+    Some(out)
+}
+
+/// The reply to [`BackupRequest::Ls`].
+pub fn listing_to_payload(entries: &[ListEntry]) -> Payload {
+    let mut s = format!("<listing xmlns=\"{BACKUP_NAMESPACE}\">");
+    for e in entries {
+        s.push_str("<entry");
+        attr(&mut s, "path", &e.path);
+        attr(&mut s, "kind", &e.kind);
+        attr(&mut s, "size", &e.size.to_string());
+        attr(&mut s, "mode", &e.mode.to_string());
+        attr(&mut s, "mtime", &e.mtime.to_string());
+        if let Some(t) = &e.target {
+            attr(&mut s, "target", t);
+        }
+        s.push_str("/>");
+    }
+    s.push_str("</listing>");
+    Payload::trusted(s)
+}
+
+/// Reads [`listing_to_payload`]'s output.
+pub fn listing_from_payload(payload: &Payload) -> Result<Vec<ListEntry>, ProtoError> {
+    let root = named_element(payload, "listing", BACKUP_NAMESPACE)?;
+    let [] = attributes(&root, "listing", [])?;
+    children(&root, "listing", &["entry"])?
+        .into_iter()
+        .map(|e| {
+            let [path, kind, size, mode, mtime, target] = attributes(
+                e,
+                "entry",
+                ["path", "kind", "size", "mode", "mtime", "target"],
+            )?;
+            no_content(e, "entry")?;
+            Ok(ListEntry {
+                path: required("entry/@path", path)?.to_owned(),
+                kind: required("entry/@kind", kind)?.to_owned(),
+                size: number("entry/@size", size)?,
+                mode: u32::try_from(number("entry/@mode", mode)?)
+                    .map_err(|_| ProtoError::invalid("entry/@mode", "out of range"))?,
+                mtime: number("entry/@mtime", mtime)?,
+                target: target.map(str::to_owned),
+            })
+        })
+        .collect()
+}
+
+/// The reply to [`BackupRequest::Cat`]: the file's bytes, base64.
+pub fn file_to_payload(path: &str, data: &[u8]) -> Payload {
+    let mut s = String::from("<file");
+    attr(&mut s, "path", path);
+    attr(&mut s, "size", &data.len().to_string());
+    attr(&mut s, "xmlns", BACKUP_NAMESPACE);
+    s.push('>');
+    s.push_str(&base64_encode(data));
+    s.push_str("</file>");
+    Payload::trusted(s)
+}
+
+/// Reads [`file_to_payload`]'s output; refuses a body whose length is not the stated size.
+pub fn file_from_payload(payload: &Payload) -> Result<Vec<u8>, ProtoError> {
+    let root = named_element(payload, "file", BACKUP_NAMESPACE)?;
+    let [path, size] = attributes(&root, "file", ["path", "size"])?;
+    required("file/@path", path)?;
+    let size = number("file/@size", size)?;
+    let data = base64_decode(&text_content(&root, "file")?)
+        .ok_or_else(|| ProtoError::invalid("file", "the body is not base64"))?;
+    if data.len() as u64 != size {
+        return Err(ProtoError::invalid("file/@size", "does not match the body"));
+    }
+    Ok(data)
 }
 
 /// What to restore, where.
@@ -150,6 +301,17 @@ impl BackupRequest {
                 attr(&mut s, "xmlns", BACKUP_NAMESPACE);
                 s.push_str("/>");
             }
+            BackupRequest::Ls { blade, path } | BackupRequest::Cat { blade, path } => {
+                s.push_str(if matches!(self, BackupRequest::Ls { .. }) {
+                    "<ls"
+                } else {
+                    "<cat"
+                });
+                attr(&mut s, "blade", blade);
+                attr(&mut s, "path", path);
+                attr(&mut s, "xmlns", BACKUP_NAMESPACE);
+                s.push_str("/>");
+            }
             BackupRequest::Archives { blade } => {
                 s.push_str("<archives");
                 attr(&mut s, "blade", blade);
@@ -206,6 +368,17 @@ impl BackupRequest {
                 no_content(&root, "archives")?;
                 Ok(BackupRequest::Archives {
                     blade: required("archives/@blade", blade)?.to_owned(),
+                })
+            }
+            "ls" | "cat" => {
+                let [blade, path] = attributes(&root, "ls", ["blade", "path"])?;
+                no_content(&root, "ls")?;
+                let blade = required("ls/@blade", blade)?.to_owned();
+                let path = path.unwrap_or_default().to_owned();
+                Ok(if root.local == "ls" {
+                    BackupRequest::Ls { blade, path }
+                } else {
+                    BackupRequest::Cat { blade, path }
                 })
             }
             "restore" => {
@@ -371,6 +544,52 @@ mod tests {
             let p = r.to_payload();
             assert_eq!(BackupRequest::from_payload(&p).unwrap().unwrap(), r);
         }
+    }
+
+    #[test]
+    fn base64_round_trips_every_length_and_refuses_garbage() {
+        for n in 0..70u8 {
+            let data: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37)).collect();
+            assert_eq!(base64_decode(&base64_encode(&data)).unwrap(), data);
+        }
+        assert_eq!(base64_encode(b"hello"), "aGVsbG8=");
+        assert!(base64_decode("a=bc").is_none());
+        assert!(base64_decode("abc").is_none());
+        assert!(base64_decode("ab!c").is_none());
+        let p = file_to_payload("x", b"\0\x01binary\xff");
+        assert_eq!(file_from_payload(&p).unwrap(), b"\0\x01binary\xff");
+        let e = ListEntry {
+            path: "a/b".into(),
+            kind: "symlink".into(),
+            size: 0,
+            mode: 0o777,
+            mtime: 5,
+            target: Some("../x".into()),
+        };
+        assert_eq!(
+            listing_from_payload(&listing_to_payload(std::slice::from_ref(&e))).unwrap(),
+            vec![e]
+        );
+        let ls = BackupRequest::Ls {
+            blade: "b".into(),
+            path: "docs".into(),
+        };
+        assert_eq!(
+            BackupRequest::from_payload(&ls.to_payload())
+                .unwrap()
+                .unwrap(),
+            ls
+        );
+        let cat = BackupRequest::Cat {
+            blade: "b".into(),
+            path: "a".into(),
+        };
+        assert_eq!(
+            BackupRequest::from_payload(&cat.to_payload())
+                .unwrap()
+                .unwrap(),
+            cat
+        );
     }
 
     #[test]

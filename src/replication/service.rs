@@ -961,6 +961,8 @@ impl Service {
                 let (records, _) = self.gather(&blade).await;
                 Ok(archives_to_payload(&records))
             }
+            BackupRequest::Ls { blade, path } => self.ls(&blade, &path).await,
+            BackupRequest::Cat { blade, path } => self.cat(&blade, &path).await,
             BackupRequest::Restore(args) => match args.on.clone() {
                 Some(on) if on != self.name => {
                     if !forward {
@@ -1085,6 +1087,115 @@ impl Service {
             })
             .collect();
         (infos, merged)
+    }
+
+    /// The latest archived tree of `blade`, read from whichever live nodes hold it: the seeds'
+    /// read redirection, which serves a blade's files while its node is down.
+    async fn archived_tree(
+        self: &Arc<Self>,
+        blade: &str,
+    ) -> Result<(BTreeMap<Vec<u8>, crate::backup::manifest::Entry>, NetSource), Failure> {
+        let (_, merged) = self.gather(blade).await;
+        let Some(last) = merged.keys().next_back().copied() else {
+            return Err(fail(
+                "no-archive",
+                format!("no node holds an archive of {blade}"),
+            ));
+        };
+        let records: Vec<ArchiveRecord> = merged.values().map(|(r, _)| r.clone()).collect();
+        let mut peers: Vec<PeerId> = Vec::new();
+        for (_, have) in merged.values() {
+            for p in have {
+                if *p != self.me && !peers.contains(p) {
+                    peers.push(*p);
+                }
+            }
+        }
+        let source = NetSource {
+            service: self.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            peers,
+        };
+        blocking(move || {
+            crate::backup::tree_at(&records, last, &source)
+                .map(|tree| (tree, source))
+                .map_err(|e| fail("unreadable", e))
+        })
+        .await
+        .map_err(|e| fail("unreadable", e))?
+    }
+
+    async fn ls(self: &Arc<Self>, blade: &str, path: &str) -> Result<Payload, Failure> {
+        use crate::backup::manifest::EntryKind;
+        let (tree, _) = self.archived_tree(blade).await?;
+        let dir = path.trim_matches('/').as_bytes().to_vec();
+        let under = |p: &[u8]| {
+            let rest = if dir.is_empty() {
+                Some(p)
+            } else {
+                p.strip_prefix(dir.as_slice())
+                    .and_then(|r| r.strip_prefix(b"/"))
+            };
+            rest.is_some_and(|r| !r.is_empty() && !r.contains(&b'/'))
+        };
+        let entries: Vec<dci_proto::backup::ListEntry> = tree
+            .values()
+            .filter(|e| under(&e.path) || e.path == dir && e.kind != EntryKind::Dir)
+            .map(|e| dci_proto::backup::ListEntry {
+                path: String::from_utf8_lossy(&e.path).into_owned(),
+                kind: match e.kind {
+                    EntryKind::File => "file",
+                    EntryKind::Dir => "dir",
+                    EntryKind::Symlink => "symlink",
+                }
+                .into(),
+                size: e.size,
+                mode: e.mode,
+                mtime: e.mtime_s.max(0) as u64,
+                target: e
+                    .target
+                    .as_ref()
+                    .map(|t| String::from_utf8_lossy(t).into_owned()),
+            })
+            .collect();
+        if entries.is_empty() && !dir.is_empty() && !tree.contains_key(&dir) {
+            return Err(fail(
+                "no-such-path",
+                format!("{blade} has no {path} in its latest archive"),
+            ));
+        }
+        Ok(dci_proto::backup::listing_to_payload(&entries))
+    }
+
+    async fn cat(self: &Arc<Self>, blade: &str, path: &str) -> Result<Payload, Failure> {
+        use crate::backup::manifest::EntryKind;
+        /// Larger files are restored, not printed: the reply travels whole.
+        const MAX_CAT_BYTES: u64 = 16 << 20;
+        let (tree, source) = self.archived_tree(blade).await?;
+        let key = path.trim_matches('/').as_bytes().to_vec();
+        let Some(entry) = tree.get(&key).cloned() else {
+            return Err(fail(
+                "no-such-path",
+                format!("{blade} has no {path} in its latest archive"),
+            ));
+        };
+        if entry.kind != EntryKind::File {
+            return Err(fail("not-a-file", format!("{path} is not a regular file")));
+        }
+        if entry.size > MAX_CAT_BYTES {
+            return Err(fail(
+                "too-large",
+                format!(
+                    "{path} has {} bytes; use dcish restore --path for files over {MAX_CAT_BYTES}",
+                    entry.size
+                ),
+            ));
+        }
+        let data = blocking(move || source.fetch(&entry.blocks).map(|b| b.concat()))
+            .await
+            .map_err(|e| fail("unreadable", e))?
+            .map_err(|e| fail("unreadable", e))?;
+        Ok(dci_proto::backup::file_to_payload(path, &data))
     }
 
     /// Restores on this node.

@@ -189,6 +189,60 @@ pub async fn archives(client: &mut Client, blade: &str, json: bool) -> Result<St
     })
 }
 
+/// `dcish ls BLADE [PATH]`.
+pub async fn ls(
+    client: &mut Client,
+    blade: &str,
+    path: &str,
+    json: bool,
+) -> Result<String, ClientError> {
+    let request = BackupRequest::Ls {
+        blade: blade.into(),
+        path: path.into(),
+    };
+    let payload = client
+        .request_within(request.to_payload(), Duration::from_secs(120))
+        .await?;
+    let entries = dci_proto::backup::listing_from_payload(&payload).map_err(protocol)?;
+    if json {
+        let rows: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "path": e.path, "kind": e.kind, "size": e.size,
+                    "mode": format!("{:o}", e.mode), "mtime": e.mtime, "target": e.target,
+                })
+            })
+            .collect();
+        return Ok(serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".into()));
+    }
+    Ok(entries
+        .iter()
+        .map(|e| {
+            let name = e.path.rsplit('/').next().unwrap_or(&e.path);
+            let suffix = match (&e.kind[..], &e.target) {
+                ("dir", _) => "/".to_string(),
+                (_, Some(t)) => format!(" -> {t}"),
+                _ => String::new(),
+            };
+            format!("{:04o}  {:>10}  {name}{suffix}", e.mode, bytes(e.size))
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// `dcish cat BLADE PATH`: the file's bytes.
+pub async fn cat(client: &mut Client, blade: &str, path: &str) -> Result<Vec<u8>, ClientError> {
+    let request = BackupRequest::Cat {
+        blade: blade.into(),
+        path: path.into(),
+    };
+    let payload = client
+        .request_within(request.to_payload(), Duration::from_secs(300))
+        .await?;
+    dci_proto::backup::file_from_payload(&payload).map_err(protocol)
+}
+
 /// `dcish restore BLADE ...`.
 pub async fn restore(
     client: &mut Client,

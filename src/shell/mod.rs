@@ -60,6 +60,20 @@ pub enum Command {
     },
     /// Restore a blade's archives, sequentially up to one, or only some paths.
     Restore(backup::RestoreCommand),
+    /// List a directory of a blade's latest archive, served by any node holding it.
+    Ls {
+        /// The blade.
+        blade: String,
+        /// A directory relative to its backup root [default: the root].
+        path: Option<String>,
+    },
+    /// Print a file of a blade's latest archive, served by any node holding it.
+    Cat {
+        /// The blade.
+        blade: String,
+        /// The file, relative to its backup root.
+        path: String,
+    },
 }
 
 /// A command's failure: one line for the user.
@@ -103,6 +117,15 @@ pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
         Command::Backup(c) => backup::backup(&mut client, c, cli.json).await?,
         Command::Archives { blade } => backup::archives(&mut client, blade, cli.json).await?,
         Command::Restore(c) => backup::restore(&mut client, c, cli.json).await?,
+        Command::Ls { blade, path } => {
+            backup::ls(&mut client, blade, path.as_deref().unwrap_or(""), cli.json).await?
+        }
+        Command::Cat { blade, path } => {
+            // Bytes as they are, with no line added: a file is not a table.
+            let data = backup::cat(&mut client, blade, path).await?;
+            let _ = std::io::stdout().lock().write_all(&data);
+            return Ok(());
+        }
         Command::Events => {
             let payload = client.request(ControlRequest::Events.to_payload()).await?;
             let events = events_from_payload(&payload).map_err(protocol)?;
