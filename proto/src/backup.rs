@@ -93,7 +93,7 @@ pub fn base64_encode(data: &[u8]) -> String {
 /// Reads [`base64_encode`]'s output; `None` if it is not base64.
 pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let bytes: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
