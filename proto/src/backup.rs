@@ -592,6 +592,58 @@ mod tests {
         );
     }
 
+    /// Every payload this module writes is valid under `proto/backup.xsd` (when xmllint exists).
+    #[test]
+    fn payloads_validate_against_the_schema() {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/backup.xsd");
+        let payloads = [
+            BackupRequest::Now {
+                blade: Some("b".into()),
+                wait: false,
+            }
+            .to_payload(),
+            BackupRequest::Archives { blade: "b".into() }.to_payload(),
+            BackupRequest::Restore(RestoreArgs {
+                blade: "b".into(),
+                archive: Some(1),
+                paths: vec!["x/**".into()],
+                to: Some("/t".into()),
+                on: None,
+            })
+            .to_payload(),
+            BackupRequest::Ls {
+                blade: "b".into(),
+                path: "d".into(),
+            }
+            .to_payload(),
+            file_to_payload("f", b"bytes"),
+            restored_to_payload(&RestoreSummary::default()),
+        ];
+        for p in payloads {
+            let Ok(mut child) = Command::new("xmllint")
+                .args(["--noout", "--schema", schema, "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+            else {
+                return; // no xmllint here
+            };
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(p.as_str().as_bytes()).unwrap();
+            }
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                p.as_str(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     #[test]
     fn replies_round_trip() {
         let a = ArchiveInfo {
