@@ -247,3 +247,42 @@ mod tests {
         assert!(counts.values().all(|n| *n > 25), "{counts:?}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the members, zones and factor: distinct holders, never the owner, as many as
+        /// the factor asks or every other node, and the same answer in any table order.
+        #[test]
+        fn holders_are_distinct_exclude_the_owner_and_ignore_table_order(
+            n in 1usize..30,
+            zones in 1usize..4,
+            factor in 0usize..5,
+            owner in 0usize..30,
+            blade in "[a-z]{1,8}",
+        ) {
+            let c: Vec<Candidate> = (0..n)
+                .map(|i| Candidate { id: format!("id{i}"), name: format!("n{i}"), zone: format!("z{}", i % zones) })
+                .collect();
+            let owner = format!("id{}", owner % n);
+            let p = Placement { factor, ..Placement::default() };
+            let got = holders(&blade, &owner, "z0", &c, &p);
+            prop_assert_eq!(got.len(), factor.min(n - 1));
+            prop_assert!(!got.contains(&owner));
+            let mut sorted = got.clone();
+            sorted.sort();
+            sorted.dedup();
+            prop_assert_eq!(sorted.len(), got.len());
+            let mut reversed = c.clone();
+            reversed.reverse();
+            prop_assert_eq!(holders(&blade, &owner, "z0", &reversed, &p), got.clone());
+            // With another zone present, at least one copy leaves the owner's zone.
+            if factor > 0 && c.iter().any(|x| x.zone != "z0" && x.id != owner) {
+                prop_assert!(got.iter().any(|h| c.iter().any(|x| &x.id == h && x.zone != "z0")));
+            }
+        }
+    }
+}
