@@ -38,6 +38,8 @@ use crate::store::{decode_verified, BlockId, BlockStore};
 
 /// How long one block-protocol request may take before it is given up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a forwarded operator command may take; the block protocol's own limit is the same.
+const FORWARDED_TIMEOUT: Duration = Duration::from_secs(3600);
 /// `Put` batches in flight to one holder.
 const PUSH_PARALLEL: usize = 8;
 /// How long continuous mode lets a burst of changes settle before it makes an archive.
@@ -289,7 +291,17 @@ impl Service {
             })
             .await
             .map_err(|_| "the agent is stopping".to_string())?;
-        let bytes = tokio::time::timeout(CALL_TIMEOUT, rx)
+        // A forwarded operator command (a restore) answers when it is done.
+        let limit = match request {
+            Request::Control(_) => FORWARDED_TIMEOUT,
+            Request::Have { .. }
+            | Request::Put { .. }
+            | Request::Commit { .. }
+            | Request::Sync { .. }
+            | Request::Get { .. }
+            | Request::Catalog { .. } => CALL_TIMEOUT,
+        };
+        let bytes = tokio::time::timeout(limit, rx)
             .await
             .map_err(|_| "timed out".to_string())?
             .map_err(|_| "the agent is stopping".to_string())??;
