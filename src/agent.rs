@@ -378,7 +378,7 @@ impl Agent {
             })
             .map(|(id, m)| {
                 (
-                    *id,
+                    id,
                     m.meta.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
                 )
             })

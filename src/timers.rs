@@ -1,18 +1,40 @@
 //! A queue of timed items, earliest first and first-in-first-out among equals: the driver side of the
 //! sans-IO cores' timers, shared by the agent's event loop and the simulator. The insertion order
 //! breaks ties so that a run is reproducible.
+//!
+//! It is a calendar queue. Items due in the current millisecond wait in a small heap; items due in
+//! the next few seconds wait unsorted in one bucket per millisecond, and are sorted only when their
+//! millisecond comes; later ones wait in a second heap. A simulator of 10,000 nodes keeps about a
+//! hundred thousand items pending and pops twenty million a minute, nearly all due within a second:
+//! a single heap sifted every pop through a dozen levels, a fifth of the run time.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
+/// Width of a bucket.
+const BUCKET_NANOS: u64 = 1_000_000;
+/// Buckets in the ring: how far ahead, in buckets, items are kept unsorted.
+const RING: u64 = 4096;
+
+/// Due time in nanoseconds, insertion number, slot of the item.
+type Key = (u64, u64, u32);
+
 /// Items due at points in time.
 ///
-/// The heap orders small keys (due time in nanoseconds, insertion number, slot); the items wait in
-/// a slab. A simulator's items carry whole packets, and sifting those through the heap was a
-/// quarter of its run time.
+/// Keys are small (due time, insertion number, slot); the items wait in a slab, so that sorting
+/// never moves them: a simulator's items carry whole packets.
 pub struct TimerQueue<T> {
-    heap: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    /// Keys of the current bucket and of any earlier one.
+    near: BinaryHeap<Reverse<Key>>,
+    /// Keys of the next `RING - 1` buckets, bucket `b` at `b % RING`, unsorted.
+    ring: Vec<Vec<Key>>,
+    /// Keys in the ring.
+    in_ring: usize,
+    /// Keys of later buckets.
+    far: BinaryHeap<Reverse<Key>>,
+    /// The current bucket.
+    cursor: u64,
     slots: Vec<Option<T>>,
     free: Vec<u32>,
     seq: u64,
@@ -21,7 +43,11 @@ pub struct TimerQueue<T> {
 impl<T> Default for TimerQueue<T> {
     fn default() -> Self {
         TimerQueue {
-            heap: BinaryHeap::new(),
+            near: BinaryHeap::new(),
+            ring: (0..RING).map(|_| Vec::new()).collect(),
+            in_ring: 0,
+            far: BinaryHeap::new(),
+            cursor: 0,
             slots: Vec::new(),
             free: Vec::new(),
             seq: 0,
@@ -31,6 +57,10 @@ impl<T> Default for TimerQueue<T> {
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn bucket(key: &Key) -> u64 {
+    key.0 / BUCKET_NANOS
 }
 
 impl<T> TimerQueue<T> {
@@ -48,19 +78,72 @@ impl<T> TimerQueue<T> {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.heap.push(Reverse((nanos(at), self.seq, slot)));
+        self.file((nanos(at), self.seq, slot));
+    }
+
+    /// Puts a key where its bucket says.
+    fn file(&mut self, key: Key) {
+        let b = bucket(&key);
+        if b <= self.cursor {
+            self.near.push(Reverse(key));
+        } else if b - self.cursor < RING {
+            self.ring[(b % RING) as usize].push(key);
+            self.in_ring += 1;
+        } else {
+            self.far.push(Reverse(key));
+        }
+    }
+
+    /// Makes the earliest key the top of `near`, moving the cursor to its bucket; false when the
+    /// queue is empty.
+    fn settle(&mut self) -> bool {
+        if !self.near.is_empty() {
+            return true;
+        }
+        let next = if self.in_ring > 0 {
+            // The earliest non-empty bucket of the ring is the earliest of all: `far` holds
+            // only buckets past the ring's end.
+            (self.cursor + 1..self.cursor + RING)
+                .find(|b| !self.ring[(b % RING) as usize].is_empty())
+        } else {
+            self.far.peek().map(|Reverse(key)| bucket(key))
+        };
+        let Some(next) = next else {
+            return false;
+        };
+        self.cursor = next;
+        let keys = std::mem::take(&mut self.ring[(next % RING) as usize]);
+        self.in_ring -= keys.len();
+        self.near.extend(keys.into_iter().map(Reverse));
+        // The ring now reaches further: bring in the far keys that fall inside it.
+        while let Some(Reverse(key)) = self.far.peek() {
+            if bucket(key) - self.cursor >= RING {
+                break;
+            }
+            let Some(Reverse(key)) = self.far.pop() else {
+                break;
+            };
+            self.file(key);
+        }
+        !self.near.is_empty()
     }
 
     /// When the earliest item is due.
-    pub fn next_due(&self) -> Option<Duration> {
-        self.heap
+    pub fn next_due(&mut self) -> Option<Duration> {
+        if !self.settle() {
+            return None;
+        }
+        self.near
             .peek()
             .map(|Reverse((at, _, _))| Duration::from_nanos(*at))
     }
 
     /// Takes the earliest item with its due time.
     pub fn pop(&mut self) -> Option<(Duration, T)> {
-        let Reverse((at, _, slot)) = self.heap.pop()?;
+        if !self.settle() {
+            return None;
+        }
+        let Reverse((at, _, slot)) = self.near.pop()?;
         let item = self.slots[slot as usize].take()?;
         self.free.push(slot);
         Some((Duration::from_nanos(at), item))
@@ -79,6 +162,7 @@ impl<T> TimerQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn items_come_out_by_time_then_in_insertion_order() {
@@ -93,5 +177,65 @@ mod tests {
         assert_eq!(q.pop_due(ms(10)), Some("b"));
         assert_eq!(q.pop(), Some((ms(20), "c")));
         assert_eq!(q.pop(), None);
+    }
+
+    #[test]
+    fn items_far_past_the_ring_and_in_the_past_keep_their_order() {
+        let mut q = TimerQueue::default();
+        let s = Duration::from_secs;
+        q.push(s(3600), "an hour");
+        q.push(s(5), "five seconds");
+        q.push(s(3600), "an hour, later");
+        assert_eq!(q.pop(), Some((s(5), "five seconds")));
+        q.push(s(1), "in the past");
+        assert_eq!(q.pop(), Some((s(1), "in the past")));
+        assert_eq!(q.pop(), Some((s(3600), "an hour")));
+        assert_eq!(q.pop(), Some((s(3600), "an hour, later")));
+        assert_eq!(q.pop(), None);
+    }
+
+    proptest! {
+        /// Whatever is pushed, in whatever order and interleaved with pops, comes out as a
+        /// stable sort by due time would give it.
+        #[test]
+        fn the_queue_pops_what_a_stable_sort_by_time_gives(
+            ops in proptest::collection::vec(
+                prop_oneof![
+                    // Due within a bucket or two, within the ring, or past it.
+                    (0u64..3_000_000).prop_map(Some),
+                    (0u64..5_000_000_000).prop_map(Some),
+                    (0u64..40_000_000_000).prop_map(Some),
+                    Just(None),
+                ],
+                1..400,
+            )
+        ) {
+            let mut q = TimerQueue::default();
+            let mut model: Vec<(u64, usize)> = Vec::new();
+            let mut now = 0u64;
+            for (i, op) in ops.into_iter().enumerate() {
+                match op {
+                    // Drivers schedule from the current time onwards.
+                    Some(delay) => {
+                        q.push(Duration::from_nanos(now + delay), i);
+                        model.push((now + delay, i));
+                    }
+                    None => {
+                        model.sort_by_key(|(at, _)| *at);
+                        let expected = (!model.is_empty()).then(|| model.remove(0));
+                        let got = q.pop().map(|(at, i)| (nanos(at), i));
+                        prop_assert_eq!(got, expected);
+                        if let Some((at, _)) = got {
+                            now = at;
+                        }
+                    }
+                }
+            }
+            model.sort_by_key(|(at, _)| *at);
+            for expected in model {
+                prop_assert_eq!(q.pop().map(|(at, i)| (nanos(at), i)), Some(expected));
+            }
+            prop_assert_eq!(q.pop(), None);
+        }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod mesh;
 pub mod swim;
+pub mod table;
 
 use serde::{Deserialize, Serialize};
 

@@ -27,13 +27,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
-use std::hash::Hash;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+
+use super::table::{MemberId, Table};
 
 /// Proves that an alive or leave announcement was made by its subject (a signature in the agent;
 /// trivially true in the simulator, whose nodes cannot lie).
@@ -374,6 +375,39 @@ struct Relay<Id> {
     requester_seq: u32,
 }
 
+/// Open probes or relays by sequence number. There are a handful at a time, so a short vector
+/// beats a hash map: no hashing, and one allocation to touch instead of two.
+#[derive(Debug)]
+struct BySeq<V>(Vec<(u32, V)>);
+
+impl<V> Default for BySeq<V> {
+    fn default() -> Self {
+        BySeq(Vec::new())
+    }
+}
+
+impl<V> BySeq<V> {
+    fn insert(&mut self, seq: u32, v: V) {
+        match self.get_mut(seq) {
+            Some(old) => *old = v,
+            None => self.0.push((seq, v)),
+        }
+    }
+
+    fn get(&self, seq: u32) -> Option<&V> {
+        self.0.iter().find(|(s, _)| *s == seq).map(|(_, v)| v)
+    }
+
+    fn get_mut(&mut self, seq: u32) -> Option<&mut V> {
+        self.0.iter_mut().find(|(s, _)| *s == seq).map(|(_, v)| v)
+    }
+
+    fn remove(&mut self, seq: u32) -> Option<V> {
+        let i = self.0.iter().position(|(s, _)| *s == seq)?;
+        Some(self.0.swap_remove(i).1)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Broadcast<Id, M, P> {
     update: Update<Id, M, P>,
@@ -381,7 +415,7 @@ struct Broadcast<Id, M, P> {
 }
 
 /// The SWIM + Lifeguard state machine of one node.
-pub struct Swim<Id, M, A: Authority<Id, M>> {
+pub struct Swim<Id: MemberId, M, A: Authority<Id, M>> {
     me: Id,
     inc: u64,
     meta: M,
@@ -389,7 +423,7 @@ pub struct Swim<Id, M, A: Authority<Id, M>> {
     auth: A,
     config: SwimConfig,
     rng: StdRng,
-    members: HashMap<Id, Member<M, A::Proof>>,
+    members: Id::Table<Member<M, A::Proof>>,
     /// Every member ever known, in arrival order: deterministic iteration and O(1) random picks.
     all: Vec<Id>,
     /// Members to contact again while this node knows no live member.
@@ -397,8 +431,8 @@ pub struct Swim<Id, M, A: Authority<Id, M>> {
     probe_order: Vec<Id>,
     probe_next: usize,
     /// Open probes by sequence number (they may overlap: the indirect phase outlasts a period).
-    probes: HashMap<u32, Probe<Id>>,
-    relays: HashMap<u32, Relay<Id>>,
+    probes: BySeq<Probe<Id>>,
+    relays: BySeq<Relay<Id>>,
     suspicion_confirmers: HashMap<Id, HashSet<Id>>,
     /// Accusers already sent our latest refutation directly.
     refuted_to: Vec<Id>,
@@ -417,7 +451,7 @@ type Pkt<Id, M, A> = Packet<Id, M, <A as Authority<Id, M>>::Proof>;
 
 impl<Id, M, A> Swim<Id, M, A>
 where
-    Id: Copy + Eq + Hash + Ord + Debug,
+    Id: MemberId,
     M: Clone + PartialEq + Debug,
     A: Authority<Id, M>,
 {
@@ -447,13 +481,13 @@ where
             auth,
             config,
             rng,
-            members: HashMap::new(),
+            members: Default::default(),
             all: Vec::new(),
             seeds: Vec::new(),
             probe_order: Vec::new(),
             probe_next: 0,
-            probes: HashMap::new(),
-            relays: HashMap::new(),
+            probes: BySeq::default(),
+            relays: BySeq::default(),
             suspicion_confirmers: HashMap::new(),
             refuted_to: Vec::new(),
             push_pull_phased: false,
@@ -496,8 +530,8 @@ where
     }
 
     /// Every other member this node knows.
-    pub fn members(&self) -> impl Iterator<Item = (&Id, &Member<M, A::Proof>)> {
-        self.members.iter()
+    pub fn members(&self) -> impl Iterator<Item = (Id, &Member<M, A::Proof>)> {
+        self.members.entries()
     }
 
     /// One member.
@@ -533,7 +567,7 @@ where
     /// Starts from a converged table (simulators and tests): `id` is known alive at `inc`, and
     /// nothing is gossiped about it.
     pub fn assume_alive(&mut self, id: Id, inc: u64, meta: M, proof: A::Proof, now: Duration) {
-        if id == self.me || self.members.contains_key(&id) {
+        if id == self.me || self.members.contains(&id) {
             return;
         }
         self.members.insert(
@@ -614,7 +648,7 @@ where
             Timer::ProbeTimeout { seq } => self.probe_timeout(seq, now),
             Timer::IndirectTimeout { seq } => self.indirect_timeout(seq, now),
             Timer::RelayTimeout { seq } => {
-                if let Some(relay) = self.relays.remove(&seq) {
+                if let Some(relay) = self.relays.remove(seq) {
                     self.send(
                         relay.requester,
                         Message::Nack {
@@ -672,7 +706,7 @@ where
                 ));
             }
             Message::Nack { seq } => {
-                if let Some(p) = self.probes.get_mut(&seq) {
+                if let Some(p) = self.probes.get_mut(seq) {
                     p.nacks += 1;
                 }
             }
@@ -702,7 +736,7 @@ where
     }
 
     fn handle_ack(&mut self, seq: u32, now: Duration) {
-        if let Some(relay) = self.relays.remove(&seq) {
+        if let Some(relay) = self.relays.remove(seq) {
             self.send(
                 relay.requester,
                 Message::Ack {
@@ -711,7 +745,7 @@ where
             );
             return;
         }
-        let Some(p) = self.probes.remove(&seq) else {
+        let Some(p) = self.probes.remove(seq) else {
             return;
         };
         let target = p.target;
@@ -787,7 +821,7 @@ where
     }
 
     fn probe_timeout(&mut self, seq: u32, now: Duration) {
-        let Some(target) = self.probes.get(&seq).map(|p| p.target) else {
+        let Some(target) = self.probes.get(seq).map(|p| p.target) else {
             return;
         };
         let helpers = self.random_members(self.config.indirect_checks, |id, m| {
@@ -796,7 +830,7 @@ where
         for h in &helpers {
             self.send(*h, Message::PingReq { seq, target });
         }
-        if let Some(p) = self.probes.get_mut(&seq) {
+        if let Some(p) = self.probes.get_mut(seq) {
             p.expected_nacks = helpers.len() as u32;
         }
         // The indirect path is three hops, not one: it gets its own, longer window.
@@ -807,7 +841,7 @@ where
 
     fn indirect_timeout(&mut self, seq: u32, now: Duration) {
         // An acked probe was removed already; this timer is then stale.
-        let Some(p) = self.probes.remove(&seq) else {
+        let Some(p) = self.probes.remove(seq) else {
             return;
         };
         // Lifeguard: helpers that neither acked nor nacked suggest the fault is ours.
@@ -1076,23 +1110,30 @@ where
                     self.rejected.bad_proof += 1;
                     false
                 } else {
-                    if !self.members.contains_key(id) {
-                        self.all.push(*id);
+                    match self.members.get_mut(id) {
+                        Some(m) => {
+                            m.inc = *inc;
+                            m.proof = proof.clone();
+                            m.suspicion = None;
+                        }
+                        None => {
+                            self.all.push(*id);
+                            self.members.insert(
+                                *id,
+                                Member {
+                                    inc: *inc,
+                                    meta: meta.clone(),
+                                    proof: proof.clone(),
+                                    liveness: Liveness::Left,
+                                    since: Stamp::at(now),
+                                    last_ack: Stamp::NEVER,
+                                    last_announce: Stamp::NEVER,
+                                    last_ack_seq: 0,
+                                    suspicion: None,
+                                },
+                            );
+                        }
                     }
-                    let m = self.members.entry(*id).or_insert_with(|| Member {
-                        inc: *inc,
-                        meta: meta.clone(),
-                        proof: proof.clone(),
-                        liveness: Liveness::Left,
-                        since: Stamp::at(now),
-                        last_ack: Stamp::NEVER,
-                        last_announce: Stamp::NEVER,
-                        last_ack_seq: 0,
-                        suspicion: None,
-                    });
-                    m.inc = *inc;
-                    m.proof = proof.clone();
-                    m.suspicion = None;
                     self.suspicion_confirmers.remove(id);
                     self.set_liveness(*id, Liveness::Left, now);
                     true
