@@ -6,18 +6,19 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dci_proto::control::{ChannelInfo, EventInfo, MemberInfo};
 use dci_proto::notice::{FailureNotice, Level, Part, NOTICE_APP};
-use dci_proto::{Envelope, Limits};
+use dci_proto::Envelope;
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{identify, mdns, Multiaddr, PeerId, Swarm};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{one_line, Config};
 use crate::control::{self, Query};
@@ -30,6 +31,7 @@ use crate::net::backoff::Backoff;
 use crate::net::{self, Behaviour, BehaviourEvent, NetError, PROTOCOL_VERSION};
 use crate::notice::{self, Dedup};
 use crate::resources::{Resources, Sampler};
+use crate::router::{self, MessengerHandle};
 use crate::timers::TimerQueue;
 
 /// How long a leaving agent waits for its peers to acknowledge.
@@ -92,6 +94,12 @@ pub struct Agent {
     /// Members whose metadata says they are degraded, to publish the change once.
     degraded_members: HashSet<PeerId>,
     counters: Counters,
+    /// The envelope router's task: notices go out through it.
+    messenger: MessengerHandle,
+    /// The mesh as the router sees it; republished when membership or connections change.
+    view: watch::Sender<Arc<router::core::View>>,
+    /// Failure notices the router delivered here, with the peer that sent them.
+    notices_in: mpsc::Receiver<(Envelope, PeerId)>,
     /// The replication service's requests in flight, and its channels.
     replication: crate::replication::Link,
 }
@@ -104,7 +112,6 @@ struct Counters {
     membership_oversized: u64,
     membership_bad_streams: u64,
     envelopes_refused: u64,
-    envelopes_forged: u64,
     notices_sent: u64,
     notices_received: u64,
 }
@@ -151,7 +158,28 @@ impl Agent {
             config.degradation.sample_interval,
             fault_tx,
         ));
-        tokio::spawn(control::serve(listener, local_id.to_string(), query_tx));
+        let (view, view_rx) = watch::channel(Arc::new(router::core::View {
+            local: local_id.to_string(),
+            local_blade: Some(config.name.clone()),
+            ..Default::default()
+        }));
+        let (notice_tx, notices_in) = mpsc::channel(256);
+        let (messenger, messenger_handle) = router::Messenger::new(router::Setup {
+            local: local_id,
+            blade: Some(config.name.clone()),
+            control: swarm.behaviour().stream.new_control(),
+            view: view_rx,
+            notices: notice_tx,
+            db: Some(db.clone()),
+            config: config.messaging.clone(),
+        });
+        tokio::spawn(messenger.run());
+        tokio::spawn(control::serve(
+            listener,
+            local_id.to_string(),
+            query_tx,
+            messenger_handle.clone(),
+        ));
 
         let (replication, service) = start_replication(&config, &db, &data_dir, local_id)?;
         let mut sampler = Sampler::new(data_dir.path());
@@ -209,6 +237,9 @@ impl Agent {
             data_dir,
             queries,
             disk_faults,
+            messenger: messenger_handle,
+            view,
+            notices_in,
         };
         agent.apply_outputs();
         service(agent.events.subscribe());
@@ -218,6 +249,11 @@ impl Agent {
     /// This node's id.
     pub fn local_id(&self) -> PeerId {
         self.local_id
+    }
+
+    /// A handle to this agent's envelope router, for in-process clients (benchmarks, tests).
+    pub fn messenger(&self) -> MessengerHandle {
+        self.messenger.clone()
     }
 
     fn now(&self) -> Duration {
@@ -252,6 +288,7 @@ impl Agent {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(query) = self.queries.recv() => self.on_query(query),
                 Some(reason) = self.disk_faults.recv() => self.on_disk_fault(reason),
+                Some((env, peer)) = self.notices_in.recv() => self.on_notice(env, peer),
                 Some(cmd) = self.replication.next_command() => self.on_replication(cmd),
             }
         }
@@ -292,6 +329,31 @@ impl Agent {
                 Output::DeclaredDead(id) => self.declare_dead(id),
             }
         }
+        self.sync_view();
+    }
+
+    /// Tells the router who is in the mesh, when that changed.
+    fn sync_view(&mut self) {
+        let view = router::view_of(
+            &self.local_id,
+            &self.config.name,
+            self.swim.members().map(|(id, m)| {
+                let up = matches!(
+                    m.liveness,
+                    Liveness::Alive | Liveness::UnreachableLink | Liveness::Suspect
+                );
+                (id, m.meta.name.as_str(), up)
+            }),
+            &self.connected,
+            &self.config.messaging.groups,
+        );
+        self.view.send_if_modified(|old| {
+            let changed = old.peers != view.peers;
+            if changed {
+                *old = Arc::new(view);
+            }
+            changed
+        });
     }
 
     fn publish(&mut self, id: PeerId, kind: EventKind, detail: String) {
@@ -366,29 +428,11 @@ impl Agent {
             app: NOTICE_APP.into(),
             instance: None,
         };
-        let bytes = notice::envelope(sender, &notice).to_xml().into_bytes();
-        let targets: Vec<(PeerId, Vec<Multiaddr>)> = self
-            .swim
-            .members()
-            .filter(|(_, m)| {
-                matches!(
-                    m.liveness,
-                    Liveness::Alive | Liveness::UnreachableLink | Liveness::Suspect
-                )
-            })
-            .map(|(id, m)| {
-                (
-                    id,
-                    m.meta.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
-                )
-            })
-            .collect();
-        for (to, addrs) in targets {
-            self.counters.notices_sent += 1;
-            self.swarm
-                .behaviour_mut()
-                .envelopes
-                .send_request_with_addresses(&to, bytes.clone(), addrs);
+        let env = notice::envelope(sender, &notice);
+        self.counters.notices_sent +=
+            self.view.borrow().peers.iter().filter(|p| p.up).count() as u64;
+        if !self.messenger.try_send(env) {
+            tracing::warn!("the router is saturated; a failure notice was not broadcast");
         }
     }
 
@@ -523,6 +567,7 @@ impl Agent {
                 ..
             } => {
                 if self.connected.insert(peer_id) {
+                    self.sync_view();
                     tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
                 }
                 if let Some(seed) = self.seed_dials.remove(&connection_id) {
@@ -541,6 +586,7 @@ impl Agent {
                 ..
             } => {
                 self.connected.remove(&peer_id);
+                self.sync_view();
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
@@ -567,7 +613,6 @@ impl Agent {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Membership(event)) => self.on_membership(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Envelopes(event)) => self.on_envelope(event),
             SwarmEvent::Behaviour(BehaviourEvent::Blocks(event)) => {
                 let swim = &self.swim;
                 self.replication
@@ -644,41 +689,13 @@ impl Agent {
         }
     }
 
-    fn on_envelope(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
-        let request_response::Event::Message {
-            peer,
-            message:
-                request_response::Message::Request {
-                    request, channel, ..
-                },
-            ..
-        } = event
-        else {
-            if let request_response::Event::OutboundFailure { peer, error, .. } = event {
-                tracing::debug!(%peer, "envelope not delivered: {error}");
-            }
-            return;
-        };
-        let _ = self
-            .swarm
-            .behaviour_mut()
-            .envelopes
-            .send_response(channel, Vec::new());
-        let env = match Envelope::from_xml(&request, &Limits::default()) {
-            Ok(env) => env,
-            Err(e) => {
-                self.counters.envelopes_refused += 1;
-                return tracing::warn!(%peer, "refused envelope: {e}");
-            }
-        };
-        // The transport authenticated the peer; an envelope may not claim another sender.
-        if env.sender.node != peer.to_string() {
-            self.counters.envelopes_forged += 1;
-            return tracing::warn!(%peer, claimed = %env.sender.node, "refused envelope: sender is not the connected peer");
-        }
+    /// A failure notice the router delivered (it checked that a peer's notice is its own).
+    fn on_notice(&mut self, env: Envelope, peer: PeerId) {
         match notice::from_envelope(&env) {
             Some(Ok(n)) => {
-                self.counters.notices_received += 1;
+                if peer != self.local_id {
+                    self.counters.notices_received += 1;
+                }
                 self.receive_notice(&n, &env.sender.node);
             }
             Some(Err(e)) => {
@@ -686,7 +703,7 @@ impl Agent {
                 tracing::warn!(%peer, "refused failure notice: {e}");
             }
             None => {
-                tracing::warn!(%peer, app = ?env.target.app, "dropped envelope: no application here handles it")
+                tracing::warn!(%peer, kind = %env.kind, "dropped a failure-notice envelope that is not an event")
             }
         }
     }
@@ -737,7 +754,6 @@ impl Agent {
                     ("membership-bad-streams", c.membership_bad_streams),
                     ("membership-forged", self.swim.rejected().bad_proof),
                     ("envelopes-refused", c.envelopes_refused),
-                    ("envelopes-forged", c.envelopes_forged),
                     ("notices-sent", c.notices_sent),
                     ("notices-received", c.notices_received),
                 ];

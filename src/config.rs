@@ -151,6 +151,9 @@ pub struct FileConfig {
     /// Sustained degradation.
     #[serde(default)]
     pub degradation: DegradationFile,
+    /// `[messaging]`: groups, message log, peerlets.
+    #[serde(default)]
+    pub messaging: crate::router::MessagingConfig,
     /// Backup and replication.
     #[serde(default)]
     pub backup: BackupFile,
@@ -212,6 +215,8 @@ pub struct Config {
     pub page: PageConfig,
     /// The sustained-degradation detector.
     pub degradation: DegradationConfig,
+    /// Envelope routing, peerlets and the message log.
+    pub messaging: crate::router::MessagingConfig,
     /// Backup and replication.
     pub backup: BackupConfig,
 }
@@ -377,6 +382,7 @@ impl Config {
             membership,
             page,
             degradation,
+            messaging: file.messaging,
             backup,
         })
     }

@@ -10,8 +10,11 @@
 //! - [`store`]: blocks (content-defined chunks, BLAKE3 ids) and the archive catalog.
 //! - [`backup`]: scanning a tree into archives (snapshot, delta) and restoring them.
 //! - [`replication`]: placement of a blade's holders, and the block protocol between nodes.
+//! - [`failover`]: the seat table and the sans-IO election of a blade's holder.
 //! - [`net`]: the libp2p shell (transport, admission by cluster key, discovery, framing).
 //! - [`control`]: the local control socket that carries XML envelopes from `dcish`.
+//! - [`peerlet_host`], [`router`]: peerlet instances, and envelope routing over the mesh with the
+//!   message log.
 //! - [`agent`]: the one event loop that owns the swarm and drives the cores.
 //! - [`shell`]: `dcish`, the operator's client.
 //! - [`sim`]: the deterministic simulator that runs the protocol cores at scale.
@@ -24,11 +27,14 @@ pub mod control;
 pub mod datadir;
 pub mod degradation;
 pub mod events;
+pub mod failover;
 pub mod membership;
 pub mod net;
 pub mod notice;
+pub mod peerlet_host;
 pub mod replication;
 pub mod resources;
+pub mod router;
 pub mod shell;
 pub mod sim;
 pub mod store;

@@ -225,6 +225,13 @@ pub(crate) fn escape_text(out: &mut String, s: &str) {
 }
 
 fn escape(out: &mut String, s: &str, attribute: bool) {
+    // Most names and ids are plain printable ASCII: copy them at once.
+    if s.bytes()
+        .all(|b| (0x20..0x7F).contains(&b) && !matches!(b, b'&' | b'<' | b'>' | b'"'))
+    {
+        out.push_str(s);
+        return;
+    }
     let mut run = 0;
     for (i, c) in s.char_indices() {
         let replacement = match c {

@@ -4,6 +4,9 @@
 //! core on N simulated nodes and prints a JSON summary. Faults: `--stall-ms`, `--slow-ms`,
 //! `--restart-after-s`, `--partition N --partition-at-s S --partition-for-s S`. The same arguments
 //! give the same run.
+//!
+//! `dci-sim election --schedules N --seed S` runs the real election core under N random fault
+//! schedules and exits non-zero if any of them let two nodes act as one blade.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -86,9 +89,48 @@ enum Command {
         #[arg(long)]
         confirmations: Option<u32>,
     },
+    /// Blade elections under random fault schedules (crashes, restarts, partitions, pauses,
+    /// loss, operator moves), checked for split-brain after every event; prints a JSON summary.
+    Election {
+        /// Schedules to run; schedule k uses seed `seed + k`.
+        #[arg(long, default_value_t = 1000)]
+        schedules: u64,
+        /// Seed of the first schedule (replay a failing one with `--schedules 1`).
+        #[arg(long, env = "DCI_SIM_SEED", default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+fn print_json(summary: &impl serde::Serialize) -> ExitCode {
+    match serde_json::to_string_pretty(summary) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dci-sim: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Election { schedules, seed } => {
+            eprintln!("dci-sim: replay with DCI_SIM_SEED={seed}");
+            let summary = dci::sim::election::run_many(seed, schedules);
+            let broken = summary.first_violation.is_some();
+            let code = print_json(&summary);
+            if broken {
+                return ExitCode::FAILURE;
+            }
+            code
+        }
+        membership @ Command::Membership { .. } => run_membership(membership),
+    }
+}
+
+fn run_membership(command: Command) -> ExitCode {
     let Command::Membership {
         nodes,
         seed,
@@ -111,7 +153,10 @@ fn main() -> ExitCode {
         partition,
         partition_at_s,
         partition_for_s,
-    } = Cli::parse().command;
+    } = command
+    else {
+        return ExitCode::from(2);
+    };
     let bad = |what: &str| {
         eprintln!("dci-sim: {what}");
         ExitCode::from(2)
@@ -178,12 +223,5 @@ fn main() -> ExitCode {
         cfg.swim.expected_confirmations = k.max(1);
     }
     eprintln!("dci-sim: replay with DCI_SIM_SEED={seed}");
-    let summary = run(cfg);
-    match serde_json::to_string_pretty(&summary) {
-        Ok(json) => {
-            println!("{json}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => bad(&e.to_string()),
-    }
+    print_json(&run(cfg))
 }

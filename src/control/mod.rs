@@ -73,14 +73,20 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 }
 
 /// Accepts control connections until the agent stops.
-pub async fn serve(listener: UnixListener, node_id: String, queries: mpsc::Sender<Query>) {
+pub async fn serve(
+    listener: UnixListener,
+    node_id: String,
+    queries: mpsc::Sender<Query>,
+    messenger: crate::router::MessengerHandle,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let node_id = node_id.clone();
                 let queries = queries.clone();
+                let messenger = messenger.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, &node_id, &queries).await {
+                    if let Err(e) = serve_connection(stream, &node_id, &queries, &messenger).await {
                         tracing::debug!("control connection ended: {e}");
                     }
                 });
@@ -106,6 +112,7 @@ async fn serve_connection(
     mut stream: UnixStream,
     node_id: &str,
     queries: &mpsc::Sender<Query>,
+    messenger: &crate::router::MessengerHandle,
 ) -> Result<(), String> {
     let me = Sender {
         node: node_id.to_string(),
@@ -137,7 +144,13 @@ async fn serve_connection(
         };
         let reply = match Envelope::from_xml(&bytes, &limits) {
             Err(e) => error_envelope(&me, "bad-envelope", &e.to_string()),
-            Ok(request) => answer(&me, &request, queries).await,
+            // Anything not for the control app is an envelope to route (`dcish send`, `log`, ...).
+            Ok(request)
+                if request.target.app.as_deref() != Some(dci_proto::control::CONTROL_APP) =>
+            {
+                crate::router::control::answer(&me, request, messenger).await
+            }
+            Ok(request) => answer(&me, &request, queries, messenger).await,
         };
         frame::write_frame(&mut stream, reply.to_xml().as_bytes())
             .await
@@ -159,7 +172,12 @@ fn error_envelope(me: &Sender, code: &str, message: &str) -> Envelope {
     env
 }
 
-async fn answer(me: &Sender, request: &Envelope, queries: &mpsc::Sender<Query>) -> Envelope {
+async fn answer(
+    me: &Sender,
+    request: &Envelope,
+    queries: &mpsc::Sender<Query>,
+    messenger: &crate::router::MessengerHandle,
+) -> Envelope {
     let fail =
         |code: &str, msg: &str| request.reply_to(me.clone(), Kind::Error, error_payload(code, msg));
     if let Some(backup) = dci_proto::backup::BackupRequest::from_payload(&request.payload) {
@@ -185,9 +203,13 @@ async fn answer(me: &Sender, request: &Envelope, queries: &mpsc::Sender<Query>) 
         ControlRequest::Events => ask(queries, Query::Events)
             .await
             .map(|e| events_to_payload(&e)),
-        ControlRequest::Counters => ask(queries, Query::Counters)
-            .await
-            .map(|c| counters_to_payload(&c)),
+        ControlRequest::Counters => match ask(queries, Query::Counters).await {
+            Some(mut c) => {
+                c.extend(messenger.stats().await);
+                Some(counters_to_payload(&c))
+            }
+            None => None,
+        },
     };
     match payload {
         Some(p) => request.reply_to(me.clone(), Kind::Reply, p),

@@ -29,8 +29,6 @@ use codec::FrameCodec;
 pub const PROTOCOL_VERSION: &str = "/dci/1";
 /// The membership gossip protocol.
 pub const MEMBERSHIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/membership/1");
-/// The envelope protocol: one framed XML envelope per request, an empty frame as the answer.
-pub const ENVELOPE_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/envelope/1");
 /// How long a connection upgrade (private network, noise, yamux) may take.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a membership request waits for its answer.
@@ -60,9 +58,8 @@ mod behaviour {
         pub mdns: Toggle<mdns::tokio::Behaviour>,
         /// Membership gossip, length-prefixed frames capped at the membership message limit.
         pub membership: request_response::Behaviour<FrameCodec>,
-        /// XML envelopes between agents (failure notices so far), one per stream, capped at the
-        /// envelope limit.
-        pub envelopes: request_response::Behaviour<FrameCodec>,
+        /// Long-lived envelope streams, driven by the router's messenger task.
+        pub stream: libp2p_stream::Behaviour,
         /// Blocks and archives between a blade's owner and its holders (`crate::replication`).
         pub blocks: request_response::Behaviour<FrameCodec>,
     }
@@ -153,15 +150,7 @@ pub fn build_swarm(
                     .with_request_timeout(REQUEST_TIMEOUT)
                     .with_max_concurrent_streams(64),
             ),
-            envelopes: request_response::Behaviour::with_codec(
-                FrameCodec {
-                    max_bytes: dci_proto::DEFAULT_MAX_ENVELOPE_BYTES,
-                },
-                [(ENVELOPE_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(REQUEST_TIMEOUT)
-                    .with_max_concurrent_streams(64),
-            ),
+            stream: libp2p_stream::Behaviour::new(),
             blocks: request_response::Behaviour::with_codec(
                 FrameCodec {
                     max_bytes: crate::replication::protocol::MAX_FRAME_BYTES,

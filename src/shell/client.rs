@@ -88,7 +88,34 @@ impl Client {
             app: Some("control".into()),
             instance: None,
         };
-        let request = Envelope::request(sender, target, payload);
+        let reply = self
+            .exchange_within(&Envelope::request(sender, target, payload), timeout)
+            .await?;
+        match reply.kind {
+            Kind::Reply => Ok(reply.payload),
+            Kind::Error => {
+                let (code, message) = dci_proto::control::error_from_payload(&reply.payload)
+                    .unwrap_or_else(|| ("error".into(), "the agent refused the request".into()));
+                Err(ClientError::Refused { code, message })
+            }
+            Kind::Request | Kind::Event => Err(ClientError::Protocol {
+                path: self.path.clone(),
+                reason: format!("unexpected {} envelope in reply", reply.kind),
+            }),
+        }
+    }
+
+    /// Sends any envelope to the agent and returns the envelope it answers with.
+    pub async fn exchange(&mut self, request: &Envelope) -> Result<Envelope, ClientError> {
+        self.exchange_within(request, REQUEST_TIMEOUT).await
+    }
+
+    /// [`Client::exchange`] with its own time limit.
+    pub async fn exchange_within(
+        &mut self,
+        request: &Envelope,
+        timeout: Duration,
+    ) -> Result<Envelope, ClientError> {
         let path = self.path.clone();
         let proto = |reason: String| ClientError::Protocol {
             path: path.clone(),
@@ -111,18 +138,6 @@ impl Client {
             max_payload_bytes: MAX_REPLY_BYTES,
             ..Limits::default()
         };
-        let reply = Envelope::from_xml(&bytes, &limits).map_err(|e| proto(e.to_string()))?;
-        match reply.kind {
-            Kind::Reply => Ok(reply.payload),
-            Kind::Error => {
-                let (code, message) = dci_proto::control::error_from_payload(&reply.payload)
-                    .unwrap_or_else(|| ("error".into(), "the agent refused the request".into()));
-                Err(ClientError::Refused { code, message })
-            }
-            Kind::Request | Kind::Event => Err(proto(format!(
-                "unexpected {} envelope in reply",
-                reply.kind
-            ))),
-        }
+        Envelope::from_xml(&bytes, &limits).map_err(|e| proto(e.to_string()))
     }
 }

@@ -5,6 +5,8 @@
 
 pub mod backup;
 pub mod client;
+pub mod msg;
+pub mod task;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -50,6 +52,17 @@ pub enum Command {
     Status,
     /// The recent membership events seen by this agent, oldest first.
     Events,
+    /// Send an envelope to a peerlet (a blade, node, group or everyone) and show the answers.
+    Send(msg::SendArgs),
+    /// Show the message log: envelopes this agent sent and received.
+    Log(msg::LogArgs),
+    /// Send logged envelopes again, with new ids, to the same or another destination.
+    Replay(msg::ReplayArgs),
+    /// Run a task document: steps sent to peerlets in order, outputs feeding later inputs.
+    Run {
+        /// The task document (XML, `urn:dci:task:1`).
+        task: PathBuf,
+    },
     /// Back a blade up now.
     #[command(subcommand)]
     Backup(backup::BackupCommand),
@@ -114,6 +127,10 @@ pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
                 (_, false) => nodes_table(&members, color, false),
             }
         }
+        Command::Send(args) => msg::send(&mut client, args, cli.json).await?,
+        Command::Log(args) => msg::log(&mut client, args, cli.json).await?,
+        Command::Replay(args) => msg::replay(&mut client, args, cli.json).await?,
+        Command::Run { task } => task::run(&mut client, task, cli.json).await?,
         Command::Backup(c) => backup::backup(&mut client, c, cli.json).await?,
         Command::Archives { blade } => backup::archives(&mut client, blade, cli.json).await?,
         Command::Restore(c) => backup::restore(&mut client, c, cli.json).await?,

@@ -1,0 +1,944 @@
+//! The election core: who holds each blade, and how a replacement takes it without ever letting two
+//! nodes act as one blade. Sans-IO: it takes messages, membership changes and ticks with `now`, and
+//! returns messages to send, records to persist and changes to act on.
+//!
+//! **Seats and epochs.** The seat table maps a blade to its holder and epoch. An entry only ever
+//! moves to a higher epoch, and only a won claim makes one.
+//!
+//! **Claims and promises.** A candidate claims a blade at `epoch + 1`. A voter grants at most one
+//! claimant per (blade, epoch): it keeps the highest epoch it promised for each blade, persists it
+//! before answering, and refuses any claim at or below it from someone else. A claim wins with
+//! grants from a majority of the known members (dead ones included), so two claims at one epoch
+//! cannot both win, and the minority side of a partition never wins at all. Every node ranks the
+//! candidates the same way ([`super::rank`]), so usually one claims and no vote is split.
+//!
+//! **Leases.** Winning an epoch is not enough to act: the holder acts only while it holds a lease,
+//! renewed every `renew_interval` by a majority. A voter that acked a renewal (or granted a claim)
+//! at time `t` grants no other claim for that blade before `t + lease`, and a voter refuses to renew
+//! an epoch older than its promise. The holder's lease runs from when it *sent* the renewal, less a
+//! margin for clock-rate drift, so it always ends before any majority can grant a successor. A
+//! holder cut off from a majority therefore stops on its own (self-fencing), and a paused or
+//! restarted holder acts again only after a fresh majority renews it.
+//!
+//! **Restarts.** Seats and promises are durable ([`Durable`]); lease acks are not, so a restarted
+//! voter grants nothing for one lease.
+//!
+//! Call order: feed [`Election::handle_message`], [`Election::handle_member`] and
+//! [`Election::handle_tick`] (at the time of each [`Output::SetTimer`]) with `now`, then take
+//! [`Election::drain_outputs`] and carry them out in order: an [`Output::Persist`] must be durable
+//! before any message after it is sent.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::rank;
+
+/// A blade's name.
+pub type Blade = String;
+
+/// Who holds a blade, at which epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seat<Id> {
+    /// The node holding the blade.
+    pub holder: Id,
+    /// The epoch it won.
+    pub epoch: u64,
+}
+
+/// Why a claim is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reason {
+    /// The holder is dead (in the claimant's view, and each voter checks its own).
+    Failure,
+    /// The holder released the blade for an operator's move to the claimant.
+    Move,
+}
+
+/// The election protocol's messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message<Id> {
+    /// Grant me `blade` at `epoch`.
+    Claim {
+        /// The blade.
+        blade: Blade,
+        /// The epoch claimed.
+        epoch: u64,
+        /// Why.
+        reason: Reason,
+    },
+    /// Granted: I promise no other claimant this epoch or below.
+    Grant {
+        /// The blade.
+        blade: Blade,
+        /// The epoch granted.
+        epoch: u64,
+    },
+    /// Refused (a claim or a renewal); here is what I know.
+    Refuse {
+        /// The blade.
+        blade: Blade,
+        /// The epoch refused.
+        epoch: u64,
+        /// My seat entry for the blade.
+        seat: Option<Seat<Id>>,
+        /// The highest epoch I promised for the blade (0 for none).
+        promised: u64,
+    },
+    /// I won `blade` at this seat.
+    Won {
+        /// The blade.
+        blade: Blade,
+        /// The new seat.
+        seat: Seat<Id>,
+    },
+    /// Renew my lease on `blade` at `epoch`.
+    Renew {
+        /// The blade.
+        blade: Blade,
+        /// The holder's epoch.
+        epoch: u64,
+        /// The renewal round, to match the answers.
+        round: u64,
+    },
+    /// Renewed.
+    Renewed {
+        /// The blade.
+        blade: Blade,
+        /// The holder's epoch.
+        epoch: u64,
+        /// The round answered.
+        round: u64,
+    },
+    /// I stopped acting as `blade` at `epoch` so that `to` can claim it (an operator's move).
+    Release {
+        /// The blade.
+        blade: Blade,
+        /// The epoch released.
+        epoch: u64,
+        /// The node that should claim it.
+        to: Id,
+    },
+    /// My whole seat table (anti-entropy).
+    Seats {
+        /// Every seat I know.
+        seats: Vec<(Blade, Seat<Id>)>,
+    },
+}
+
+/// Timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// Renewals, claims and seat gossip are due.
+    Tick,
+}
+
+/// What the core asks its driver to do, or tells it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output<Id> {
+    /// Send this message.
+    Send(Id, Message<Id>),
+    /// Call `handle_tick` at this time.
+    SetTimer(Duration, Timer),
+    /// Write [`Election::durable`] to stable storage before sending anything that follows.
+    Persist,
+    /// This node now holds `blade` at `epoch` (it acts once its lease is granted).
+    Acquired {
+        /// The blade.
+        blade: Blade,
+        /// The epoch won.
+        epoch: u64,
+    },
+    /// This node must stop acting as `blade` at once: a higher epoch exists, or it released it.
+    Lost {
+        /// The blade.
+        blade: Blade,
+        /// The epoch it held.
+        epoch: u64,
+    },
+    /// The seat table changed.
+    SeatChanged {
+        /// The blade.
+        blade: Blade,
+        /// Its new seat.
+        seat: Seat<Id>,
+    },
+}
+
+/// What survives a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Durable<Id> {
+    /// The seat table.
+    pub seats: BTreeMap<Blade, Seat<Id>>,
+    /// For each blade, the highest epoch promised and to whom.
+    pub promises: BTreeMap<Blade, (u64, Id)>,
+}
+
+impl<Id> Default for Durable<Id> {
+    fn default() -> Self {
+        Durable {
+            seats: BTreeMap::new(),
+            promises: BTreeMap::new(),
+        }
+    }
+}
+
+/// Settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ElectionConfig {
+    /// How long a renewal or a grant holds voters back from granting a successor.
+    pub lease: Duration,
+    /// The holder's lease ends this fraction of `lease` early, against clock-rate drift.
+    pub drift_margin: f64,
+    /// Time between the holder's renewal rounds.
+    pub renew_interval: Duration,
+    /// How long a claim may take before it is given up (and before the next candidate in rank
+    /// order claims in its place).
+    pub claim_timeout: Duration,
+    /// Time between ticks.
+    pub tick: Duration,
+    /// Ticks between seat-table exchanges with one random member.
+    pub gossip_ticks: u32,
+}
+
+impl Default for ElectionConfig {
+    fn default() -> Self {
+        ElectionConfig {
+            lease: Duration::from_millis(1500),
+            drift_margin: 0.1,
+            renew_interval: Duration::from_millis(300),
+            claim_timeout: Duration::from_millis(1000),
+            tick: Duration::from_millis(50),
+            gossip_ticks: 20,
+        }
+    }
+}
+
+/// A member as the membership layer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberView {
+    /// Alive on some liveness channel (not confirmed dead, not left).
+    pub alive: bool,
+    /// May take a blade over (a spare, or a node that holds none and is allowed to).
+    pub candidate: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Claim<Id> {
+    epoch: u64,
+    /// When to give up and try again (randomized, so that rival claimants fall out of step).
+    retry_at: Duration,
+    grants: BTreeSet<Id>,
+}
+
+/// The holder's lease on one blade. Each voter's latest ack counts from when the round it
+/// answers was sent, so acks to different rounds add up: under loss, a majority rarely answers one
+/// round in full, but keeps answering.
+#[derive(Debug, Clone)]
+struct Lease<Id> {
+    epoch: u64,
+    until: Duration,
+    /// Rounds of this lease still young enough to matter, with when each was sent.
+    rounds: BTreeMap<u64, Duration>,
+    /// When the last round was sent.
+    last_sent: Option<Duration>,
+    /// For each voter, the sending time of the latest round it acked.
+    acked_sent: BTreeMap<Id, Duration>,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    view: MemberView,
+    /// When this node saw it die (for the candidates' turns).
+    dead_since: Option<Duration>,
+}
+
+/// One node's election state.
+pub struct Election<Id> {
+    me: Id,
+    candidate: bool,
+    config: ElectionConfig,
+    started: Duration,
+    durable: Durable<Id>,
+    members: BTreeMap<Id, Member>,
+    /// When this node last acked a renewal of, or granted a claim on, each blade.
+    acked: BTreeMap<Blade, Duration>,
+    /// Blades released by their holder for a move: (epoch, target, when heard).
+    released: BTreeMap<Blade, (u64, Id, Duration)>,
+    /// When this node made its promise for each blade (not durable: after a restart nobody is
+    /// deferred to).
+    promised_at: BTreeMap<Blade, Duration>,
+    /// The highest promise others reported for each blade, so the next claim goes above it.
+    promised_seen: BTreeMap<Blade, u64>,
+    claims: BTreeMap<Blade, Claim<Id>>,
+    leases: BTreeMap<Blade, Lease<Id>>,
+    ticks: u64,
+    /// The last renewal round sent.
+    round: u64,
+    rng: StdRng,
+    out: Vec<Output<Id>>,
+}
+
+impl<Id> Election<Id>
+where
+    Id: Copy + Ord + Hash + Debug,
+{
+    /// A node starting (or restarting) with what it persisted. Arms the tick.
+    pub fn new(
+        me: Id,
+        candidate: bool,
+        durable: Durable<Id>,
+        config: ElectionConfig,
+        seed: u64,
+        now: Duration,
+    ) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut e = Election {
+            round: rng.gen::<u64>() | 1,
+            me,
+            candidate,
+            started: now,
+            durable,
+            members: BTreeMap::new(),
+            acked: BTreeMap::new(),
+            released: BTreeMap::new(),
+            promised_seen: BTreeMap::new(),
+            promised_at: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            ticks: 0,
+            rng,
+            out: Vec::new(),
+            config,
+        };
+        e.out
+            .push(Output::SetTimer(now + e.config.tick, Timer::Tick));
+        e
+    }
+
+    /// What must survive a restart.
+    pub fn durable(&self) -> &Durable<Id> {
+        &self.durable
+    }
+
+    /// The seat table.
+    pub fn seats(&self) -> &BTreeMap<Blade, Seat<Id>> {
+        &self.durable.seats
+    }
+
+    /// Whether this node may act as `blade` now: it holds the seat and a lease that has not run out.
+    pub fn serving(&self, blade: &str, now: Duration) -> Option<u64> {
+        let seat = self.durable.seats.get(blade)?;
+        let lease = self.leases.get(blade)?;
+        (seat.holder == self.me && lease.epoch == seat.epoch && now < lease.until)
+            .then_some(seat.epoch)
+    }
+
+    /// Takes what the driver must do.
+    pub fn drain_outputs(&mut self) -> std::vec::Drain<'_, Output<Id>> {
+        self.out.drain(..)
+    }
+
+    /// The membership layer's view of a member changed (or it is new: it then counts in every
+    /// quorum from now on).
+    pub fn handle_member(&mut self, id: Id, view: MemberView, now: Duration) {
+        if id == self.me {
+            return;
+        }
+        let m = self.members.entry(id).or_insert(Member {
+            view,
+            dead_since: None,
+        });
+        if m.view.alive && !view.alive {
+            m.dead_since = Some(now);
+        } else if view.alive {
+            m.dead_since = None;
+        }
+        m.view = view;
+    }
+
+    /// An operator removes a member for good: it no longer counts in quorums.
+    pub fn forget(&mut self, id: Id) {
+        self.members.remove(&id);
+    }
+
+    /// An operator moves `blade`, held here, to `to`: this node stops acting as it at once and
+    /// tells everyone, so that `to` claims it without waiting for the lease to run out.
+    pub fn release(&mut self, blade: &str, to: Id, now: Duration) {
+        let Some(seat) = self.durable.seats.get(blade).copied() else {
+            return;
+        };
+        if seat.holder != self.me || to == self.me {
+            return;
+        }
+        self.fence(blade, seat.epoch);
+        self.released.insert(blade.into(), (seat.epoch, to, now));
+        self.broadcast(Message::Release {
+            blade: blade.into(),
+            epoch: seat.epoch,
+            to,
+        });
+    }
+
+    /// A message from `from` (authenticated by the transport).
+    pub fn handle_message(&mut self, from: Id, msg: Message<Id>, now: Duration) {
+        match msg {
+            Message::Claim {
+                blade,
+                epoch,
+                reason,
+            } => self.handle_claim(from, blade, epoch, reason, now),
+            Message::Grant { blade, epoch } => self.handle_grant(from, blade, epoch, now),
+            Message::Refuse {
+                blade,
+                epoch: _,
+                seat,
+                promised,
+            } => self.handle_refuse(blade, seat, promised),
+            Message::Won { blade, seat } => {
+                if seat.holder == from {
+                    self.learn(&blade, seat);
+                }
+            }
+            Message::Renew {
+                blade,
+                epoch,
+                round,
+            } => self.handle_renew(from, blade, epoch, round, now),
+            Message::Renewed {
+                blade,
+                epoch,
+                round,
+            } => self.handle_renewed(from, blade, epoch, round),
+            Message::Release { blade, epoch, to } => {
+                let held = self
+                    .durable
+                    .seats
+                    .get(&blade)
+                    .is_some_and(|s| s.holder == from && s.epoch == epoch);
+                if held {
+                    self.released.insert(blade, (epoch, to, now));
+                }
+            }
+            Message::Seats { seats } => {
+                for (blade, seat) in seats {
+                    self.learn(&blade, seat);
+                }
+            }
+        }
+    }
+
+    /// Renewals, claims and gossip.
+    pub fn handle_tick(&mut self, now: Duration) {
+        self.ticks += 1;
+        self.out
+            .push(Output::SetTimer(now + self.config.tick, Timer::Tick));
+        self.renew(now);
+        self.repeat_releases();
+        self.claim_vacant(now);
+        if self
+            .ticks
+            .is_multiple_of(u64::from(self.config.gossip_ticks.max(1)))
+        {
+            let seats: Vec<_> = self
+                .durable
+                .seats
+                .iter()
+                .map(|(b, s)| (b.clone(), *s))
+                .collect();
+            let live: Vec<Id> = self
+                .members
+                .iter()
+                .filter(|(_, m)| m.view.alive)
+                .map(|(id, _)| *id)
+                .collect();
+            if let Some(peer) = live.choose(&mut self.rng) {
+                self.out.push(Output::Send(*peer, Message::Seats { seats }));
+            }
+        }
+    }
+
+    fn alive(&self, id: Id) -> bool {
+        id == self.me || self.members.get(&id).is_some_and(|m| m.view.alive)
+    }
+
+    /// Grants needed: a majority of every known member, dead ones included, and this node.
+    fn quorum(&self) -> usize {
+        let voters = self.members.len() + 1;
+        voters / 2 + 1
+    }
+
+    fn broadcast(&mut self, msg: Message<Id>) {
+        for id in self.members.keys() {
+            self.out.push(Output::Send(*id, msg.clone()));
+        }
+    }
+
+    fn renew(&mut self, now: Duration) {
+        let held: Vec<(Blade, u64)> = self
+            .durable
+            .seats
+            .iter()
+            .filter(|(b, s)| {
+                s.holder == self.me && self.released.get(*b).is_none_or(|(e, _, _)| *e != s.epoch)
+            })
+            .map(|(b, s)| (b.clone(), s.epoch))
+            .collect();
+        for (blade, epoch) in held {
+            // A promise above our epoch means a successor may be elected: never renew under it.
+            if self
+                .durable
+                .promises
+                .get(&blade)
+                .is_some_and(|(p, _)| *p > epoch)
+            {
+                self.fence(&blade, epoch);
+                continue;
+            }
+            let fresh = Lease {
+                epoch,
+                until: Duration::ZERO,
+                rounds: BTreeMap::new(),
+                last_sent: None,
+                acked_sent: BTreeMap::new(),
+            };
+            let lease = self.leases.entry(blade.clone()).or_insert(fresh.clone());
+            if lease.epoch != epoch {
+                *lease = fresh;
+            }
+            if lease
+                .last_sent
+                .is_some_and(|t| now < t + self.config.renew_interval)
+            {
+                continue;
+            }
+            // Rounds are numbered across leases and lives, from a random start: an answer to a
+            // round of an earlier lease must never count for a new one.
+            self.round = self.round.wrapping_add(1);
+            let round = self.round;
+            let horizon = now.saturating_sub(self.config.lease);
+            lease.rounds.retain(|_, sent| *sent >= horizon);
+            lease.rounds.insert(round, now);
+            lease.last_sent = Some(now);
+            lease.acked_sent.insert(self.me, now);
+            self.acked.insert(blade.clone(), now);
+            self.count_renewal(&blade);
+            self.broadcast(Message::Renew {
+                blade,
+                epoch,
+                round,
+            });
+        }
+    }
+
+    /// A release is said again every few ticks until the blade changes hands: voters that missed
+    /// it would refuse the move's claim while the (alive) holder is, to them, still holding.
+    fn repeat_releases(&mut self) {
+        if !self.ticks.is_multiple_of(4) {
+            return;
+        }
+        let pending: Vec<(Blade, u64, Id)> = self
+            .released
+            .iter()
+            .filter(|(b, (e, _, _))| {
+                self.durable
+                    .seats
+                    .get(*b)
+                    .is_some_and(|s| s.holder == self.me && s.epoch == *e)
+            })
+            .map(|(b, (e, to, _))| (b.clone(), *e, *to))
+            .collect();
+        for (blade, epoch, to) in pending {
+            self.broadcast(Message::Release { blade, epoch, to });
+        }
+    }
+
+    /// The lease runs `holder_lease` from the oldest of the latest rounds acked by a quorum:
+    /// each of those voters acked no earlier than that round was sent, so none of them grants a
+    /// successor before the lease ends.
+    fn count_renewal(&mut self, blade: &str) {
+        let quorum = self.quorum();
+        let lease_len = self.holder_lease();
+        if let Some(lease) = self.leases.get_mut(blade) {
+            let mut sent: Vec<Duration> = lease.acked_sent.values().copied().collect();
+            sent.sort_unstable_by(|a, b| b.cmp(a));
+            if let Some(oldest) = sent.get(quorum.saturating_sub(1)) {
+                lease.until = lease.until.max(*oldest + lease_len);
+            }
+        }
+    }
+
+    fn holder_lease(&self) -> Duration {
+        self.config
+            .lease
+            .mul_f64((1.0 - self.config.drift_margin).clamp(0.0, 1.0))
+    }
+
+    /// Claims the blades whose holder is gone, when it is this node's turn; and claims again, at
+    /// a higher epoch, a blade this node holds but may no longer renew (a claimant that won
+    /// promises for a successor died before it won, and the holder is alive, so nobody else would).
+    fn claim_vacant(&mut self, now: Duration) {
+        let mine: Vec<(Blade, u64)> = self
+            .durable
+            .seats
+            .iter()
+            .filter(|(_, s)| s.holder == self.me)
+            .map(|(b, s)| (b.clone(), s.epoch))
+            .collect();
+        for (blade, epoch) in &mine {
+            let promised = self.durable.promises.get(blade).map_or(0, |(e, _)| *e);
+            let seen = self.promised_seen.get(blade).copied().unwrap_or(0);
+            let released = self.released.get(blade).is_some_and(|(e, _, _)| e == epoch);
+            if promised.max(seen) > *epoch && !released {
+                if let Some(c) = self.claims.get(blade) {
+                    if now < c.retry_at {
+                        continue;
+                    }
+                    self.claims.remove(blade);
+                }
+                if self.deferring(blade, *epoch, now) {
+                    continue;
+                }
+                self.start_claim(blade.clone(), *epoch, Reason::Failure, now);
+            }
+        }
+        if !self.candidate || !mine.is_empty() {
+            return;
+        }
+        let vacant: Vec<(Blade, Seat<Id>)> = self
+            .durable
+            .seats
+            .iter()
+            .map(|(b, s)| (b.clone(), *s))
+            .collect();
+        for (blade, seat) in vacant {
+            if let Some(c) = self.claims.get(&blade) {
+                if now < c.retry_at {
+                    continue;
+                }
+                self.claims.remove(&blade);
+            }
+            if self.deferring(&blade, seat.epoch, now) {
+                continue;
+            }
+            // When the seat fell vacant in this node's view, and who should claim first.
+            let (since, first) = match self.released.get(&blade) {
+                Some((e, to, at)) if *e == seat.epoch => (*at, Some(*to)),
+                _ => match self.members.get(&seat.holder) {
+                    Some(m) if !m.view.alive => (m.dead_since.unwrap_or(now), None),
+                    _ => continue,
+                },
+            };
+            let eligible: Vec<Id> = std::iter::once(self.me)
+                .chain(
+                    self.members
+                        .iter()
+                        .filter(|(_, m)| m.view.alive && m.view.candidate)
+                        .map(|(id, _)| *id),
+                )
+                .filter(|id| !self.durable.seats.values().any(|s| s.holder == *id))
+                .collect();
+            let mut order = rank::ranked(&blade, eligible);
+            if let Some(to) = first {
+                if let Some(i) = order.iter().position(|id| *id == to) {
+                    let t = order.remove(i);
+                    order.insert(0, t);
+                }
+            }
+            let Some(turn) = order.iter().position(|id| *id == self.me) else {
+                continue;
+            };
+            if now < since + self.config.claim_timeout * turn as u32 {
+                continue;
+            }
+            let reason = if first.is_some() {
+                Reason::Move
+            } else {
+                Reason::Failure
+            };
+            self.start_claim(blade, seat.epoch, reason, now);
+            // One blade at a time: a node holds at most one.
+            return;
+        }
+    }
+
+    /// Whether this node recently promised the blade to a live rival claimant, which should be
+    /// given the time to win before this node competes.
+    fn deferring(&self, blade: &str, seat_epoch: u64, now: Duration) -> bool {
+        match (
+            self.durable.promises.get(blade),
+            self.promised_at.get(blade),
+        ) {
+            (Some((e, to)), Some(at)) => {
+                *to != self.me
+                    && *e > seat_epoch
+                    && self.alive(*to)
+                    && now < *at + self.config.claim_timeout * 2
+            }
+            _ => false,
+        }
+    }
+
+    fn start_claim(&mut self, blade: Blade, seat_epoch: u64, reason: Reason, now: Duration) {
+        let promised = self.durable.promises.get(&blade).map_or(0, |(e, _)| *e);
+        let seen = self.promised_seen.get(&blade).copied().unwrap_or(0);
+        let epoch = seat_epoch.max(promised).max(seen) + 1;
+        // This node votes too, by the same rules as any voter.
+        if self.may_grant(&blade, epoch, self.me, now).is_err() {
+            return;
+        }
+        self.promise(&blade, epoch, self.me, now);
+        let retry_at = now
+            + self
+                .config
+                .claim_timeout
+                .mul_f64(1.0 + self.rng.gen::<f64>());
+        self.claims.insert(
+            blade.clone(),
+            Claim {
+                epoch,
+                retry_at,
+                grants: BTreeSet::from([self.me]),
+            },
+        );
+        self.out.push(Output::Persist);
+        self.broadcast(Message::Claim {
+            blade: blade.clone(),
+            epoch,
+            reason,
+        });
+        self.check_won(&blade, now);
+    }
+
+    /// Why this node would refuse `claimant` the blade at `epoch`, if it would.
+    fn may_grant(
+        &self,
+        blade: &str,
+        epoch: u64,
+        claimant: Id,
+        now: Duration,
+    ) -> Result<(), &'static str> {
+        let seat = self.durable.seats.get(blade);
+        if seat.is_some_and(|s| epoch <= s.epoch) {
+            return Err("stale epoch");
+        }
+        match self.durable.promises.get(blade) {
+            Some((e, c)) if *e == epoch && *c == claimant => return Ok(()),
+            Some((e, _)) if *e >= epoch => return Err("promised to another"),
+            _ => {}
+        }
+        if now < self.started + self.config.lease {
+            return Err("restarted within a lease");
+        }
+        let released = match (seat, self.released.get(blade)) {
+            (Some(s), Some((e, _, _))) => *e == s.epoch,
+            _ => false,
+        };
+        // The lease protects the holder from a successor; the holder itself claiming a higher
+        // epoch makes no second actor.
+        let by_holder = seat.is_some_and(|s| s.holder == claimant);
+        if !released
+            && !by_holder
+            && self
+                .acked
+                .get(blade)
+                .is_some_and(|t| now < *t + self.config.lease)
+        {
+            return Err("the holder's lease may still run");
+        }
+        if let Some(s) = seat {
+            if !released && !by_holder && self.alive(s.holder) {
+                return Err("the holder is alive");
+            }
+        }
+        if !self.alive(claimant) {
+            return Err("the claimant is not alive");
+        }
+        if self
+            .durable
+            .seats
+            .iter()
+            .any(|(b, s)| s.holder == claimant && b != blade)
+        {
+            return Err("the claimant holds another blade");
+        }
+        Ok(())
+    }
+
+    fn promise(&mut self, blade: &str, epoch: u64, to: Id, now: Duration) {
+        self.durable.promises.insert(blade.into(), (epoch, to));
+        self.promised_at.insert(blade.into(), now);
+        if let Some(seat) = self.durable.seats.get(blade).copied() {
+            if seat.holder == self.me && to != self.me {
+                self.fence(blade, seat.epoch);
+            }
+        }
+    }
+
+    fn handle_claim(&mut self, from: Id, blade: Blade, epoch: u64, _reason: Reason, now: Duration) {
+        match self.may_grant(&blade, epoch, from, now) {
+            Ok(()) => {
+                self.promise(&blade, epoch, from, now);
+                self.out.push(Output::Persist);
+                self.out
+                    .push(Output::Send(from, Message::Grant { blade, epoch }));
+            }
+            Err(_) => self.refuse(from, blade, epoch),
+        }
+    }
+
+    fn refuse(&mut self, to: Id, blade: Blade, epoch: u64) {
+        let seat = self.durable.seats.get(&blade).copied();
+        let promised = self.durable.promises.get(&blade).map_or(0, |(e, _)| *e);
+        self.out.push(Output::Send(
+            to,
+            Message::Refuse {
+                blade,
+                epoch,
+                seat,
+                promised,
+            },
+        ));
+    }
+
+    fn handle_grant(&mut self, from: Id, blade: Blade, epoch: u64, now: Duration) {
+        if let Some(c) = self.claims.get_mut(&blade) {
+            if c.epoch == epoch {
+                c.grants.insert(from);
+                self.check_won(&blade, now);
+            }
+        }
+    }
+
+    fn check_won(&mut self, blade: &str, now: Duration) {
+        let quorum = self.quorum();
+        let Some(c) = self.claims.get(blade) else {
+            return;
+        };
+        if c.grants.len() < quorum {
+            return;
+        }
+        let epoch = c.epoch;
+        self.claims.remove(blade);
+        let seat = Seat {
+            holder: self.me,
+            epoch,
+        };
+        if !self.learn(blade, seat) {
+            return;
+        }
+        // Winning gives no lease: a grant holds no voter back from granting a later claim, so
+        // the holder acts only once a majority renews it, which starts now.
+        self.out.push(Output::Acquired {
+            blade: blade.into(),
+            epoch,
+        });
+        self.broadcast(Message::Won {
+            blade: blade.into(),
+            seat,
+        });
+        self.renew(now);
+    }
+
+    fn handle_refuse(&mut self, blade: Blade, seat: Option<Seat<Id>>, promised: u64) {
+        let seen = self.promised_seen.entry(blade.clone()).or_insert(0);
+        *seen = (*seen).max(promised);
+        // A holder refused by some voters keeps its lease as long as a majority renews it; it will
+        // claim a higher epoch to get past their promises (see `claim_vacant`).
+        if let Some(seat) = seat {
+            self.learn(&blade, seat);
+        }
+    }
+
+    fn handle_renew(&mut self, from: Id, blade: Blade, epoch: u64, round: u64, now: Duration) {
+        let promised = self.durable.promises.get(&blade).map_or(0, |(e, _)| *e);
+        let known = self.durable.seats.get(&blade).map_or(0, |s| s.epoch);
+        if promised > epoch || known > epoch {
+            return self.refuse(from, blade, epoch);
+        }
+        if known < epoch {
+            // Its `Won` did not reach us; only a winner renews.
+            self.learn(
+                &blade,
+                Seat {
+                    holder: from,
+                    epoch,
+                },
+            );
+        }
+        self.acked.insert(blade.clone(), now);
+        self.out.push(Output::Send(
+            from,
+            Message::Renewed {
+                blade,
+                epoch,
+                round,
+            },
+        ));
+    }
+
+    fn handle_renewed(&mut self, from: Id, blade: Blade, epoch: u64, round: u64) {
+        let Some(lease) = self.leases.get_mut(&blade) else {
+            return;
+        };
+        // Only rounds of this lease count: an ack proves the voter held back from the time the
+        // round it answers was sent.
+        let Some(sent) = lease.rounds.get(&round).copied() else {
+            return;
+        };
+        if lease.epoch == epoch {
+            let latest = lease.acked_sent.entry(from).or_insert(sent);
+            *latest = (*latest).max(sent);
+            self.count_renewal(&blade);
+        }
+    }
+
+    /// Adopts a seat if it is newer than ours. Returns whether it was.
+    fn learn(&mut self, blade: &str, seat: Seat<Id>) -> bool {
+        let old = self.durable.seats.get(blade).copied();
+        if old.is_some_and(|s| s.epoch >= seat.epoch) {
+            return false;
+        }
+        self.durable.seats.insert(blade.into(), seat);
+        self.out.push(Output::Persist);
+        if let Some(old) = old {
+            if old.holder == self.me && seat.holder != self.me {
+                self.fence(blade, old.epoch);
+            }
+        }
+        if self
+            .claims
+            .get(blade)
+            .is_some_and(|c| c.epoch <= seat.epoch)
+        {
+            self.claims.remove(blade);
+        }
+        self.released.remove(blade);
+        self.out.push(Output::SeatChanged {
+            blade: blade.into(),
+            seat,
+        });
+        true
+    }
+
+    /// Stops acting as `blade` at once.
+    fn fence(&mut self, blade: &str, epoch: u64) {
+        // Tell the driver only if this node may have acted as the blade in this life.
+        if self
+            .leases
+            .remove(blade)
+            .is_some_and(|l| l.until > Duration::ZERO)
+        {
+            self.out.push(Output::Lost {
+                blade: blade.into(),
+                epoch,
+            });
+        }
+    }
+}

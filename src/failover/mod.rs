@@ -1,0 +1,7 @@
+//! Failover: which node holds each blade, and how a replacement is chosen when a holder fails.
+//!
+//! [`election`] is the sans-IO core: the seat table, claims and promises, majority quorums and the
+//! holder's lease. [`rank`] orders the candidates for a blade the same way on every node.
+
+pub mod election;
+pub mod rank;
