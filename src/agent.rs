@@ -100,6 +100,8 @@ pub struct Agent {
     view: watch::Sender<Arc<router::core::View>>,
     /// Failure notices the router delivered here, with the peer that sent them.
     notices_in: mpsc::Receiver<(Envelope, PeerId)>,
+    /// The replication service's requests in flight, and its channels.
+    replication: crate::replication::Link,
 }
 
 /// What the agent refused or relayed, for `dcish status` (the membership core counts forged
@@ -179,6 +181,7 @@ impl Agent {
             messenger_handle.clone(),
         ));
 
+        let (replication, service) = start_replication(&config, &db, &data_dir, local_id)?;
         let mut sampler = Sampler::new(data_dir.path());
         let meta = MemberMeta {
             name: config.name.clone(),
@@ -219,6 +222,7 @@ impl Agent {
             detector: Detector::new(config.degradation.clone()),
             degraded_members: HashSet::new(),
             counters: Counters::default(),
+            replication,
             seed_backoff: Backoff::default(),
             seeds_reached: HashSet::new(),
             seed_dials: HashMap::new(),
@@ -238,6 +242,7 @@ impl Agent {
             notices_in,
         };
         agent.apply_outputs();
+        service(agent.events.subscribe());
         Ok(agent)
     }
 
@@ -284,6 +289,7 @@ impl Agent {
                 Some(query) = self.queries.recv() => self.on_query(query),
                 Some(reason) = self.disk_faults.recv() => self.on_disk_fault(reason),
                 Some((env, peer)) = self.notices_in.recv() => self.on_notice(env, peer),
+                Some(cmd) = self.replication.next_command() => self.on_replication(cmd),
             }
         }
         self.leave().await;
@@ -607,6 +613,11 @@ impl Agent {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Membership(event)) => self.on_membership(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Blocks(event)) => {
+                let swim = &self.swim;
+                self.replication
+                    .on_event(event, |p| swim.member(p).map(|m| m.meta.name.clone()));
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -697,6 +708,29 @@ impl Agent {
         }
     }
 
+    /// Carries out a request of the replication service.
+    fn on_replication(&mut self, cmd: crate::replication::NetCommand) {
+        use crate::replication::NetCommand;
+        match cmd {
+            NetCommand::Send { to, request, reply } => {
+                let addrs = self
+                    .swim
+                    .member(&to)
+                    .map(|m| m.meta.addrs.iter().filter_map(|a| a.parse().ok()).collect())
+                    .unwrap_or_default();
+                let blocks = &mut self.swarm.behaviour_mut().blocks;
+                self.replication.send(blocks, to, request, addrs, reply);
+            }
+            NetCommand::Respond { token, response } => {
+                let blocks = &mut self.swarm.behaviour_mut().blocks;
+                self.replication.respond(blocks, token, response);
+            }
+            NetCommand::Members(reply) => {
+                let _ = reply.send(self.member_infos());
+            }
+        }
+    }
+
     fn advertise_listeners(&mut self) {
         let addrs = advertised(self.swarm.listeners());
         let mut meta = self.swim.meta().clone();
@@ -723,8 +757,12 @@ impl Agent {
                     ("notices-sent", c.notices_sent),
                     ("notices-received", c.notices_received),
                 ];
-                let _ = reply.send(rows.iter().map(|(n, v)| (n.to_string(), *v)).collect());
+                let mut rows: Vec<(String, u64)> =
+                    rows.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+                rows.extend(self.replication.counter_rows());
+                let _ = reply.send(rows);
             }
+            Query::Backup(call) => self.replication.control(call),
             Query::Events(reply) => {
                 let events = self
                     .events
@@ -888,6 +926,44 @@ impl Agent {
         }
         tracing::info!("dcid stopped; peers were told it left");
     }
+}
+
+/// Opens the block store and catalog and prepares the replication service; the returned closure
+/// starts it once the event hub exists.
+#[allow(clippy::type_complexity)]
+fn start_replication(
+    config: &Config,
+    db: &sled::Db,
+    data_dir: &DataDir,
+    local_id: PeerId,
+) -> Result<
+    (
+        crate::replication::Link,
+        impl FnOnce(tokio::sync::broadcast::Receiver<Event>),
+    ),
+    StartError,
+> {
+    use crate::replication::{channels, service::Service};
+    use crate::store::{catalog::SledCatalog, FsBlockStore};
+    let store_err = |e: crate::store::StoreError| StartError::Database {
+        path: data_dir.path().join("blocks"),
+        reason: one_line(&e.to_string()),
+    };
+    let store = FsBlockStore::open(&data_dir.path().join("blocks")).map_err(store_err)?;
+    let catalog = SledCatalog::open(db).map_err(store_err)?;
+    let (link, ch) = channels();
+    let service = Service::new(
+        std::sync::Arc::new(store),
+        std::sync::Arc::new(catalog),
+        config.backup.clone(),
+        (local_id, config.name.clone(), config.zone.clone()),
+        ch.net,
+        ch.stats,
+    );
+    let (inbound, control) = (ch.inbound, ch.control);
+    Ok((link, move |events| {
+        tokio::spawn(service.run(inbound, control, events));
+    }))
 }
 
 /// Writes `path` durably every `interval`, off the event loop (an fsync can take longer than a

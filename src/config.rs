@@ -16,6 +16,7 @@ use crate::degradation::DegradationConfig;
 use crate::membership::swim::SwimConfig;
 use crate::membership::Role;
 use crate::notice::PageConfig;
+use crate::replication::settings::{BackupConfig, BackupFile};
 use crate::resources::Metric;
 
 /// The port the agent listens on when no `--listen` is given.
@@ -153,6 +154,9 @@ pub struct FileConfig {
     /// `[messaging]`: groups, message log, peerlets.
     #[serde(default)]
     pub messaging: crate::router::MessagingConfig,
+    /// Backup and replication.
+    #[serde(default)]
+    pub backup: BackupFile,
 }
 
 /// What the command line says; `None` means "not given, use the file or the default".
@@ -178,6 +182,10 @@ pub struct Overrides {
     pub no_mdns: bool,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// `--backup-root`.
+    pub backup_root: Option<PathBuf>,
+    /// `--replication-factor`.
+    pub replication_factor: Option<usize>,
 }
 
 /// A complete, validated agent configuration.
@@ -209,6 +217,8 @@ pub struct Config {
     pub degradation: DegradationConfig,
     /// Envelope routing, peerlets and the message log.
     pub messaging: crate::router::MessagingConfig,
+    /// Backup and replication.
+    pub backup: BackupConfig,
 }
 
 impl Config {
@@ -345,6 +355,12 @@ impl Config {
             ));
         }
         let degradation = degradation_config(&file.degradation, &ms)?;
+        let backup = BackupConfig::from_file(
+            &file.backup,
+            cli.backup_root.clone(),
+            cli.replication_factor,
+        )
+        .map_err(|(field, value, reason)| invalid(field, &value, &reason))?;
 
         Ok(Config {
             name,
@@ -367,6 +383,7 @@ impl Config {
             page,
             degradation,
             messaging: file.messaging,
+            backup,
         })
     }
 }

@@ -7,6 +7,9 @@
 //!   sustained degradation.
 //! - [`membership`]: the sans-IO SWIM + Lifeguard core and the agent's signed instance of it.
 //! - [`events`], [`notice`]: membership events for subscribers, and failure notices.
+//! - [`store`]: blocks (content-defined chunks, BLAKE3 ids) and the archive catalog.
+//! - [`backup`]: scanning a tree into archives (snapshot, delta) and restoring them.
+//! - [`replication`]: placement of a blade's holders, and the block protocol between nodes.
 //! - [`failover`]: the seat table and the sans-IO election of a blade's holder.
 //! - [`net`]: the libp2p shell (transport, admission by cluster key, discovery, framing).
 //! - [`control`]: the local control socket that carries XML envelopes from `dcish`.
@@ -18,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod backup;
 pub mod config;
 pub mod control;
 pub mod datadir;
@@ -28,8 +32,10 @@ pub mod membership;
 pub mod net;
 pub mod notice;
 pub mod peerlet_host;
+pub mod replication;
 pub mod resources;
 pub mod router;
 pub mod shell;
 pub mod sim;
+pub mod store;
 pub mod timers;

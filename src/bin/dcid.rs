@@ -47,6 +47,12 @@ struct Cli {
     /// Log format [default: text]. Filter with RUST_LOG.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// The blade's data set, backed up onto other nodes.
+    #[arg(long, value_name = "DIR")]
+    backup_root: Option<PathBuf>,
+    /// How many other nodes hold this blade's backups [default: 2].
+    #[arg(long, value_name = "N")]
+    replication_factor: Option<usize>,
     #[command(subcommand)]
     command: Option<Tool>,
 }
@@ -64,6 +70,7 @@ enum Tool {
 const EXIT_BAD_INPUT: u8 = 2;
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     if let Some(Tool::Keygen { file }) = &cli.command {
         return keygen(file);
@@ -79,6 +86,8 @@ fn main() -> ExitCode {
         cluster_key: cli.cluster_key,
         no_mdns: cli.no_mdns,
         log_format: cli.log_format,
+        backup_root: cli.backup_root,
+        replication_factor: cli.replication_factor,
     };
     let config = match Config::load(&overrides) {
         Ok(c) => c,
@@ -100,6 +109,17 @@ fn main() -> ExitCode {
         agent.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// glibc gives each thread that allocates its own arena; with the blocking threads that read and
+/// write blocks, the fragments of many arenas doubled the agent's peak memory during a backup
+/// (104 MB against 54 MB with two arenas, on a 2 GiB tree), and two arenas were also faster.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {

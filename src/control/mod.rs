@@ -31,6 +31,8 @@ pub enum Query {
     Events(oneshot::Sender<Vec<EventInfo>>),
     /// The agent's counters, as shown by `dcish status`.
     Counters(oneshot::Sender<Vec<(String, u64)>>),
+    /// A backup command (`dcish backup`, `archives`, `restore`), for the replication service.
+    Backup(crate::replication::ControlCall),
 }
 
 /// Why the control socket could not be opened.
@@ -178,6 +180,18 @@ async fn answer(
 ) -> Envelope {
     let fail =
         |code: &str, msg: &str| request.reply_to(me.clone(), Kind::Error, error_payload(code, msg));
+    if let Some(backup) = dci_proto::backup::BackupRequest::from_payload(&request.payload) {
+        let answer = match backup {
+            Err(e) => Err(("bad-command".to_string(), e.to_string())),
+            Ok(b) => ask(queries, |tx| Query::Backup((b, tx)))
+                .await
+                .unwrap_or_else(|| Err(("stopping".into(), "the agent is shutting down".into()))),
+        };
+        return match answer {
+            Ok(p) => request.reply_to(me.clone(), Kind::Reply, p),
+            Err((code, msg)) => fail(&code, &msg),
+        };
+    }
     let command = match ControlRequest::from_payload(&request.payload) {
         Ok(c) => c,
         Err(e) => return fail("unknown-command", &e.to_string()),

@@ -33,6 +33,8 @@ pub const MEMBERSHIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/member
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a membership request waits for its answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a block-protocol request may take: a forwarded restore answers when it is done.
+const BLOCKS_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Connections without traffic are closed after this long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -58,6 +60,8 @@ mod behaviour {
         pub membership: request_response::Behaviour<FrameCodec>,
         /// Long-lived envelope streams, driven by the router's messenger task.
         pub stream: libp2p_stream::Behaviour,
+        /// Blocks and archives between a blade's owner and its holders (`crate::replication`).
+        pub blocks: request_response::Behaviour<FrameCodec>,
     }
 }
 
@@ -147,6 +151,15 @@ pub fn build_swarm(
                     .with_max_concurrent_streams(64),
             ),
             stream: libp2p_stream::Behaviour::new(),
+            blocks: request_response::Behaviour::with_codec(
+                FrameCodec {
+                    max_bytes: crate::replication::protocol::MAX_FRAME_BYTES,
+                },
+                [(crate::replication::BLOCKS_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(BLOCKS_REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(64),
+            ),
         });
     Ok(builder
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))

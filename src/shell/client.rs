@@ -68,6 +68,15 @@ impl Client {
 
     /// Sends `payload` to the agent's control app and returns the reply's payload.
     pub async fn request(&mut self, payload: Payload) -> Result<Payload, ClientError> {
+        self.request_within(payload, REQUEST_TIMEOUT).await
+    }
+
+    /// [`Client::request`] with its own time limit, for commands that run long (restores).
+    pub async fn request_within(
+        &mut self,
+        payload: Payload,
+        timeout: Duration,
+    ) -> Result<Payload, ClientError> {
         let sender = Sender {
             node: "dcish".into(),
             blade: None,
@@ -80,7 +89,7 @@ impl Client {
             instance: None,
         };
         let reply = self
-            .exchange(&Envelope::request(sender, target, payload))
+            .exchange_within(&Envelope::request(sender, target, payload), timeout)
             .await?;
         match reply.kind {
             Kind::Reply => Ok(reply.payload),
@@ -98,6 +107,15 @@ impl Client {
 
     /// Sends any envelope to the agent and returns the envelope it answers with.
     pub async fn exchange(&mut self, request: &Envelope) -> Result<Envelope, ClientError> {
+        self.exchange_within(request, REQUEST_TIMEOUT).await
+    }
+
+    /// [`Client::exchange`] with its own time limit.
+    pub async fn exchange_within(
+        &mut self,
+        request: &Envelope,
+        timeout: Duration,
+    ) -> Result<Envelope, ClientError> {
         let path = self.path.clone();
         let proto = |reason: String| ClientError::Protocol {
             path: path.clone(),
@@ -112,9 +130,9 @@ impl Client {
                 .map_err(|e| proto(e.to_string()))?
                 .ok_or_else(|| proto("the agent closed the connection".into()))
         };
-        let bytes = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        let bytes = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| ClientError::Timeout(self.path.clone(), REQUEST_TIMEOUT))??;
+            .map_err(|_| ClientError::Timeout(self.path.clone(), timeout))??;
         let limits = Limits {
             max_envelope_bytes: MAX_REPLY_BYTES,
             max_payload_bytes: MAX_REPLY_BYTES,

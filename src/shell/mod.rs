@@ -3,6 +3,7 @@
 //! Every command is an envelope to the local agent's control socket ([`client`]); output is a table
 //! on a terminal and JSON with `--json`, so scripts never parse tables.
 
+pub mod backup;
 pub mod client;
 pub mod msg;
 pub mod task;
@@ -62,6 +63,30 @@ pub enum Command {
         /// The task document (XML, `urn:dci:task:1`).
         task: PathBuf,
     },
+    /// Back a blade up now.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
+    /// A blade's archives: time, kind, size, files, completeness, holders.
+    Archives {
+        /// The blade.
+        blade: String,
+    },
+    /// Restore a blade's archives, sequentially up to one, or only some paths.
+    Restore(backup::RestoreCommand),
+    /// List a directory of a blade's latest archive, served by any node holding it.
+    Ls {
+        /// The blade.
+        blade: String,
+        /// A directory relative to its backup root [default: the root].
+        path: Option<String>,
+    },
+    /// Print a file of a blade's latest archive, served by any node holding it.
+    Cat {
+        /// The blade.
+        blade: String,
+        /// The file, relative to its backup root.
+        path: String,
+    },
 }
 
 /// A command's failure: one line for the user.
@@ -106,6 +131,18 @@ pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
         Command::Log(args) => msg::log(&mut client, args, cli.json).await?,
         Command::Replay(args) => msg::replay(&mut client, args, cli.json).await?,
         Command::Run { task } => task::run(&mut client, task, cli.json).await?,
+        Command::Backup(c) => backup::backup(&mut client, c, cli.json).await?,
+        Command::Archives { blade } => backup::archives(&mut client, blade, cli.json).await?,
+        Command::Restore(c) => backup::restore(&mut client, c, cli.json).await?,
+        Command::Ls { blade, path } => {
+            backup::ls(&mut client, blade, path.as_deref().unwrap_or(""), cli.json).await?
+        }
+        Command::Cat { blade, path } => {
+            // Bytes as they are, with no line added: a file is not a table.
+            let data = backup::cat(&mut client, blade, path).await?;
+            let _ = std::io::stdout().lock().write_all(&data);
+            return Ok(());
+        }
         Command::Events => {
             let payload = client.request(ControlRequest::Events.to_payload()).await?;
             let events = events_from_payload(&payload).map_err(protocol)?;

@@ -1,0 +1,237 @@
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+
+use super::manifest::{Entry, EntryKind, Manifest};
+use super::restore::Restorer;
+use super::*;
+use crate::store::catalog::MemCatalog;
+use crate::store::{BlockId, MemBlockStore, StoreError};
+
+fn settings(root: &Path) -> ScanSettings {
+    ScanSettings {
+        root: root.into(),
+        exclude_dirs: vec!["cache".into()],
+        exclude_exts: vec!["tmp".into()],
+        compress: true,
+    }
+}
+
+fn restore_upto(
+    store: &MemBlockStore,
+    catalog: &MemCatalog,
+    upto: u64,
+    target: &Path,
+    globs: Option<&globset::GlobSet>,
+) -> restore::RestoreStats {
+    let records = catalog.list("b").unwrap();
+    let src = LocalSource(store);
+    let mut r = Restorer::new(target, globs, &src).unwrap();
+    for rec in chain(&records, upto) {
+        r.apply(&load_manifest(rec, &src).unwrap()).unwrap();
+    }
+    r.finish().unwrap()
+}
+
+#[test]
+fn a_snapshot_then_a_delta_restore_the_tree_with_modes_and_symlinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir_all(root.join("a/b")).unwrap();
+    fs::create_dir_all(root.join("cache")).unwrap();
+    fs::write(root.join("a/b/big"), vec![7u8; 300_000]).unwrap();
+    fs::write(root.join("x.txt"), b"hello").unwrap();
+    fs::write(root.join("skip.tmp"), b"no").unwrap();
+    fs::write(root.join("cache/no"), b"no").unwrap();
+    fs::set_permissions(root.join("x.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    symlink("a/b/big", root.join("link")).unwrap();
+    let (store, catalog) = (MemBlockStore::default(), MemCatalog::default());
+
+    let (first, _) =
+        make_archive(&settings(&root), Method::Delta, &store, &catalog, "b", 1).unwrap();
+    assert_eq!(first.kind, ArchiveKind::Snapshot);
+    assert_eq!(first.files, 5);
+
+    fs::write(root.join("x.txt"), b"changed!").unwrap();
+    fs::write(root.join("new"), b"new file").unwrap();
+    let (second, stats) =
+        make_archive(&settings(&root), Method::Delta, &store, &catalog, "b", 2).unwrap();
+    assert_eq!(second.kind, ArchiveKind::Delta);
+    assert_eq!(stats.read, 2, "only the changed and the new file are read");
+    assert_eq!(second.files, 2);
+
+    let out = dir.path().join("out");
+    restore_upto(&store, &catalog, 2, &out, None);
+    assert_eq!(fs::read(out.join("x.txt")).unwrap(), b"changed!");
+    assert_eq!(fs::read(out.join("a/b/big")).unwrap(), vec![7u8; 300_000]);
+    assert_eq!(
+        fs::read_link(out.join("link")).unwrap(),
+        Path::new("a/b/big")
+    );
+    assert_eq!(
+        fs::metadata(out.join("x.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o640
+    );
+    assert!(!out.join("skip.tmp").exists() && !out.join("cache").exists());
+}
+
+#[test]
+fn sequential_restore_to_an_earlier_archive_overwrites_clashes_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("x"), b"v1").unwrap();
+    let (store, catalog) = (MemBlockStore::default(), MemCatalog::default());
+    make_archive(&settings(&root), Method::Delta, &store, &catalog, "b", 1).unwrap();
+    fs::write(root.join("x"), b"version 2").unwrap();
+    fs::write(root.join("y"), b"y2").unwrap();
+    make_archive(&settings(&root), Method::Delta, &store, &catalog, "b", 2).unwrap();
+
+    let out = dir.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    fs::write(out.join("w"), b"untouched").unwrap();
+    fs::write(out.join("x"), b"old local").unwrap();
+    restore_upto(&store, &catalog, 1, &out, None);
+    assert_eq!(fs::read(out.join("x")).unwrap(), b"v1");
+    assert!(!out.join("y").exists(), "archive 2 is not applied");
+    assert_eq!(fs::read(out.join("w")).unwrap(), b"untouched");
+}
+
+#[test]
+fn a_partial_restore_writes_only_the_selected_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir_all(root.join("docs")).unwrap();
+    fs::write(root.join("docs/a.md"), b"a").unwrap();
+    fs::write(root.join("b.bin"), b"b").unwrap();
+    let (store, catalog) = (MemBlockStore::default(), MemCatalog::default());
+    make_archive(&settings(&root), Method::Snapshot, &store, &catalog, "b", 1).unwrap();
+    let globs = globset::GlobSetBuilder::new()
+        .add(globset::Glob::new("docs/*.md").unwrap())
+        .build()
+        .unwrap();
+    let out = dir.path().join("out");
+    restore_upto(&store, &catalog, 1, &out, Some(&globs));
+    assert_eq!(fs::read(out.join("docs/a.md")).unwrap(), b"a");
+    assert!(!out.join("b.bin").exists());
+}
+
+#[test]
+fn a_restore_refuses_paths_that_escape_the_target_or_go_through_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let out = dir.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    symlink(&outside, out.join("trap")).unwrap();
+    let store = MemBlockStore::default();
+    let file = |path: &[u8]| Entry {
+        path: path.to_vec(),
+        kind: EntryKind::File,
+        mode: 0o644,
+        mtime_s: 0,
+        mtime_ns: 0,
+        size: 0,
+        target: None,
+        blocks: Vec::new(),
+    };
+    let evil = Manifest {
+        entries: vec![
+            file(b"../escape"),
+            file(b"/abs"),
+            file(b"a/../../escape2"),
+            file(b"trap/inside"),
+            file(b"fine"),
+        ],
+        deleted: Vec::new(),
+    };
+    let src = LocalSource(&store);
+    let mut r = Restorer::new(&out, None, &src).unwrap();
+    r.apply(&evil).unwrap();
+    let stats = r.finish().unwrap();
+    assert_eq!(stats.refused, 4);
+    assert_eq!(stats.entries, 1);
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    assert!(!dir.path().join("escape").exists());
+}
+
+#[test]
+fn special_and_unreadable_files_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("ok"), b"ok").unwrap();
+    let fifo = std::ffi::CString::new(root.join("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let (store, catalog) = (MemBlockStore::default(), MemCatalog::default());
+    let (rec, stats) =
+        make_archive(&settings(&root), Method::Snapshot, &store, &catalog, "b", 1).unwrap();
+    assert_eq!(stats.skipped, 1);
+    assert_eq!(rec.skipped, 1);
+    assert_eq!(rec.files, 1);
+}
+
+/// A store whose disk fills up after `room` blocks.
+struct FullDisk {
+    inner: MemBlockStore,
+    room: std::sync::atomic::AtomicUsize,
+}
+
+impl crate::store::BlockStore for FullDisk {
+    fn put(&self, id: &BlockId, encoded: &[u8]) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.room.fetch_sub(1, Ordering::SeqCst) == 0 {
+            self.room.store(0, Ordering::SeqCst);
+            return Err(StoreError::Io {
+                path: "blocks".into(),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            });
+        }
+        self.inner.put(id, encoded)
+    }
+    fn get(&self, id: &BlockId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(id)
+    }
+    fn touch(&self, id: &BlockId) -> Result<bool, StoreError> {
+        self.inner.touch(id)
+    }
+    fn remove(&self, id: &BlockId) -> Result<(), StoreError> {
+        self.inner.remove(id)
+    }
+    fn list(&self) -> Result<Vec<(BlockId, std::time::SystemTime)>, StoreError> {
+        self.inner.list()
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_backup_with_a_clear_error_and_no_archive_is_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+    for i in 0..10u8 {
+        fs::write(root.join(format!("f{i}")), vec![i; 1000]).unwrap();
+    }
+    let store = FullDisk {
+        inner: MemBlockStore::default(),
+        room: 4.into(),
+    };
+    let catalog = MemCatalog::default();
+    let err = make_archive(&settings(&root), Method::Delta, &store, &catalog, "b", 1).unwrap_err();
+    assert!(err.to_string().contains("No space left"), "{err}");
+    assert!(!err.to_string().contains('\n'));
+    assert!(catalog.list("b").unwrap().is_empty());
+    // Room again: the next run completes, reusing the blocks already written.
+    store.room.store(100, std::sync::atomic::Ordering::SeqCst);
+    let (rec, stats) =
+        make_archive(&settings(&root), Method::Delta, &store, &catalog, "b", 2).unwrap();
+    assert_eq!(rec.seq, 1);
+    assert!(
+        stats.new_blocks < 10,
+        "finished blocks were redone: {stats:?}"
+    );
+}

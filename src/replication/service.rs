@@ -1,0 +1,1686 @@
+//! The replication service: one task per node that makes this blade's archives, pushes them to
+//! their holders, keeps the holders in step (peersync), replaces dead holders (repair), ages and
+//! collects, answers other nodes' block requests, and restores.
+//!
+//! The owner drives everything about its blade's copies: every sync round it computes the holders
+//! from the live member table ([`placement::holders`]), tells each holder which archives exist
+//! (`Sync`), and pushes each archive a holder lacks: `Have` to learn which blocks are missing there,
+//! `Put` for those only, then `Commit`. A holder commits an archive only when every block it names
+//! is durable there, so a committed archive is restorable from that holder alone. A holder that
+//! was away is simply behind at the next round, and gets only what it lacks. A holder dead past the
+//! repair grace drops out of the candidates, so the next node in placement order takes its place.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dci_proto::backup::{
+    archives_to_payload, restored_to_payload, ArchiveInfo, BackupRequest, RestoreArgs,
+    RestoreSummary,
+};
+use dci_proto::control::MemberInfo;
+use dci_proto::Payload;
+use futures::{StreamExt, TryStreamExt};
+use libp2p::PeerId;
+use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
+
+use super::placement::{self, Candidate, Placement};
+use super::protocol::{self, Request, Response, MAX_HAVE_IDS, MAX_PUT_BLOCKS};
+use super::settings::{next_due, BackupConfig};
+use super::{ControlCall, Inbound, NetCommand};
+use crate::backup::restore::{BlockSource, Restorer};
+use crate::backup::scan::ScanSettings;
+use crate::backup::{archive_blocks, chain, load_manifest, make_archive, LocalSource};
+use crate::events::{Event, EventKind};
+use crate::store::catalog::{ArchiveRecord, Catalog};
+use crate::store::{decode_verified, BlockId, BlockStore};
+
+/// How long one block-protocol request may take before it is given up.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a forwarded operator command may take; the block protocol's own limit is the same.
+const FORWARDED_TIMEOUT: Duration = Duration::from_secs(3600);
+/// `Put` batches in flight to one holder.
+const PUSH_PARALLEL: usize = 8;
+/// How long continuous mode lets a burst of changes settle before it makes an archive.
+const CHANGE_SETTLE: Duration = Duration::from_millis(300);
+/// Inbound requests handled at once.
+const INBOUND_PARALLEL: usize = 16;
+
+/// The service's ends of the channels to the event loop.
+pub struct Channels {
+    /// Commands to the event loop.
+    pub net: mpsc::Sender<NetCommand>,
+    /// Requests from peers.
+    pub inbound: mpsc::Receiver<Inbound>,
+    /// Operators' commands.
+    pub control: mpsc::Receiver<ControlCall>,
+    /// Counters shared with the event loop.
+    pub stats: Arc<super::Stats>,
+}
+
+/// An error for the operator: a code and one line.
+type Failure = (String, String);
+
+fn fail(code: &str, msg: impl std::fmt::Display) -> Failure {
+    (code.into(), crate::config::one_line(&msg.to_string()))
+}
+
+/// Everything the service's tasks share.
+pub struct Service {
+    store: Arc<dyn BlockStore>,
+    catalog: Arc<dyn Catalog>,
+    cfg: BackupConfig,
+    me: PeerId,
+    name: String,
+    zone: String,
+    net: mpsc::Sender<NetCommand>,
+    /// Making an archive and collecting garbage exclude each other.
+    store_lock: Mutex<()>,
+    /// One sync round at a time; it alone updates holders and acknowledgements.
+    sync_lock: Mutex<()>,
+    /// A sync was asked for while one ran: the running one goes round again.
+    resync: std::sync::atomic::AtomicBool,
+    /// When each member was last seen to die or leave, for the repair grace.
+    gone_since: std::sync::Mutex<HashMap<PeerId, Instant>>,
+    started: Instant,
+    stats: Arc<super::Stats>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs blocking work off the event loop's threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("worker failed: {e}"))
+}
+
+impl Service {
+    /// A service over `store` and `catalog` for this node (its id, name and zone).
+    pub fn new(
+        store: Arc<dyn BlockStore>,
+        catalog: Arc<dyn Catalog>,
+        cfg: BackupConfig,
+        (me, name, zone): (PeerId, String, String),
+        net: mpsc::Sender<NetCommand>,
+        stats: Arc<super::Stats>,
+    ) -> Arc<Service> {
+        Arc::new(Service {
+            store,
+            catalog,
+            cfg,
+            me,
+            name,
+            zone,
+            net,
+            store_lock: Mutex::new(()),
+            sync_lock: Mutex::new(()),
+            resync: std::sync::atomic::AtomicBool::new(false),
+            gone_since: std::sync::Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            stats,
+        })
+    }
+
+    /// Runs until the agent stops (its channels close).
+    pub async fn run(
+        self: Arc<Self>,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut control: mpsc::Receiver<ControlCall>,
+        mut events: broadcast::Receiver<Event>,
+    ) {
+        let mut sync = tokio::time::interval(self.cfg.sync_interval);
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gc = tokio::time::interval(self.cfg.gc_interval);
+        gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        gc.tick().await; // not at start-up
+        let mut scrub = tokio::time::interval(self.cfg.scrub_interval);
+        scrub.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        scrub.tick().await;
+        let slots = Arc::new(tokio::sync::Semaphore::new(INBOUND_PARALLEL));
+        let (_watcher, mut changes) = match self.watch() {
+            Some((w, rx)) => (Some(w), Some(rx)),
+            None => (None, None),
+        };
+        // In continuous mode the first archive is made at start; later ones a moment after a
+        // change, so that a burst of writes makes one archive.
+        let mut change_due: Option<tokio::time::Instant> =
+            changes.as_ref().map(|_| tokio::time::Instant::now());
+        let continuous_running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        loop {
+            let due = next_due(&self.cfg.schedule, now_ms() / 1000)
+                .map(|at| Duration::from_secs(at).saturating_sub(Duration::from_millis(now_ms())))
+                .unwrap_or(Duration::from_secs(86_400));
+            tokio::select! {
+                request = inbound.recv() => {
+                    let Some(request) = request else { return };
+                    let Ok(permit) = slots.clone().acquire_owned().await else { return };
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let token = request.token;
+                        let response = me.handle(request).await;
+                        let _ = me.net.send(NetCommand::Respond { token, response: protocol::encode(&response) }).await;
+                        drop(permit);
+                    });
+                }
+                call = control.recv() => {
+                    let Some((request, reply)) = call else { return };
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let _ = reply.send(me.control(request, true).await);
+                    });
+                }
+                event = events.recv() => match event {
+                    Ok(e) => self.on_event(&e),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = sync.tick() => self.clone().spawn_sync(),
+                Some(()) = async { changes.as_mut()?.recv().await }, if changes.is_some() => {
+                    change_due.get_or_insert_with(|| tokio::time::Instant::now() + CHANGE_SETTLE);
+                }
+                _ = tokio::time::sleep_until(change_due.unwrap_or_else(tokio::time::Instant::now)), if change_due.is_some() => {
+                    use std::sync::atomic::Ordering;
+                    if continuous_running.swap(true, Ordering::SeqCst) {
+                        // One continuous backup at a time; this change is taken after it.
+                        change_due = Some(tokio::time::Instant::now() + CHANGE_SETTLE);
+                        continue;
+                    }
+                    change_due = None;
+                    let (me, running) = (self.clone(), continuous_running.clone());
+                    tokio::spawn(async move {
+                        if let Err((_, e)) = me.backup(false).await {
+                            tracing::error!("continuous backup failed: {e}");
+                        }
+                        running.store(false, Ordering::SeqCst);
+                    });
+                }
+                _ = scrub.tick() => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.scrub().await });
+                }
+                _ = gc.tick() => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.collect().await });
+                }
+                _ = tokio::time::sleep(due), if !self.cfg.schedule.is_empty() => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        if let Err((_, e)) = me.backup(false).await {
+                            tracing::error!("scheduled backup failed: {e}");
+                        }
+                    });
+                    // Past the due second, so the same rule does not fire twice.
+                    tokio::time::sleep(Duration::from_millis(1100)).await;
+                }
+            }
+        }
+    }
+
+    fn on_event(self: &Arc<Self>, e: &Event) {
+        let mut gone = self.gone_since.lock().unwrap_or_else(|p| p.into_inner());
+        match e.kind {
+            EventKind::Dead | EventKind::Left => {
+                gone.entry(e.id).or_insert_with(Instant::now);
+            }
+            EventKind::Joined | EventKind::Alive => {
+                gone.remove(&e.id);
+                drop(gone);
+                // A returning holder is synced at once rather than at the next round.
+                self.clone().spawn_sync();
+            }
+            EventKind::Suspect
+            | EventKind::MetaChanged
+            | EventKind::LinkUnreachable
+            | EventKind::Degraded
+            | EventKind::Recovered => {}
+        }
+    }
+
+    fn spawn_sync(self: Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        self.resync.store(true, Ordering::SeqCst);
+        tokio::spawn(async move {
+            if let Ok(_guard) = self.sync_lock.try_lock() {
+                // A new archive made during a round is pushed by the next one, at once.
+                while self.resync.swap(false, Ordering::SeqCst) {
+                    self.sync_round().await;
+                }
+            }
+        });
+    }
+
+    /// Watches the backup root when continuous mode is on: every change wakes `changes`.
+    fn watch(&self) -> Option<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
+        use notify::Watcher;
+        let root = self.cfg.root.as_ref().filter(|_| self.cfg.continuous)?;
+        let (tx, rx) = mpsc::channel(1);
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let is_read = event.as_ref().is_ok_and(|e| e.kind.is_access());
+            if !is_read {
+                let _ = tx.try_send(());
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!("continuous backup off: cannot watch: {e}");
+                return None;
+            }
+        };
+        if let Err(e) = watcher.watch(root, notify::RecursiveMode::Recursive) {
+            tracing::error!(root = %root.display(), "continuous backup off: cannot watch: {e}");
+            return None;
+        }
+        tracing::info!(root = %root.display(), "continuous backup: watching for changes");
+        Some((watcher, rx))
+    }
+
+    async fn call(&self, to: PeerId, request: &Request) -> Result<Response, String> {
+        let (tx, rx) = oneshot::channel();
+        self.net
+            .send(NetCommand::Send {
+                to,
+                request: protocol::encode(request),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| "the agent is stopping".to_string())?;
+        // A forwarded operator command (a restore) answers when it is done.
+        let limit = match request {
+            Request::Control(_) => FORWARDED_TIMEOUT,
+            Request::Have { .. }
+            | Request::Put { .. }
+            | Request::Commit { .. }
+            | Request::Sync { .. }
+            | Request::Get { .. }
+            | Request::Catalog { .. } => CALL_TIMEOUT,
+        };
+        let bytes = tokio::time::timeout(limit, rx)
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|_| "the agent is stopping".to_string())??;
+        match protocol::decode(&bytes)? {
+            Response::Refused(why) => Err(format!("refused: {why}")),
+            other => Ok(other),
+        }
+    }
+
+    async fn members(&self) -> Vec<MemberInfo> {
+        let (tx, rx) = oneshot::channel();
+        if self.net.send(NetCommand::Members(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    fn placement(&self) -> Placement {
+        Placement {
+            factor: self.cfg.factor,
+            manual: self.cfg.holders.clone(),
+            zones: self.cfg.zones.clone(),
+        }
+    }
+
+    /// The holders for this blade, and which of them can be reached now. A member dead or gone
+    /// for less than the repair grace still counts as a holder (it may come back), so its data
+    /// is not moved for a blip; past the grace the next node in placement order replaces it.
+    fn holders(&self, members: &[MemberInfo]) -> (Vec<String>, HashSet<String>) {
+        let me = self.me.to_string();
+        self.holders_for(&self.name, &me, &self.zone, &self.placement(), members)
+    }
+
+    /// [`Service::holders`] for any blade, owned by `owner_id`.
+    fn holders_for(
+        &self,
+        blade: &str,
+        owner_id: &str,
+        owner_zone: &str,
+        placement: &Placement,
+        members: &[MemberInfo],
+    ) -> (Vec<String>, HashSet<String>) {
+        let gone = self.gone_since.lock().unwrap_or_else(|p| p.into_inner());
+        let mut candidates = Vec::new();
+        let mut reachable = HashSet::new();
+        for m in members.iter().filter(|m| m.id != owner_id) {
+            let up = matches!(m.state.as_str(), "alive" | "suspect" | "unreachable-link");
+            let within_grace = m
+                .id
+                .parse::<PeerId>()
+                .ok()
+                .map(|id| {
+                    gone.get(&id).copied().unwrap_or(self.started).elapsed() < self.cfg.repair_grace
+                })
+                .unwrap_or(false);
+            if up || within_grace {
+                candidates.push(Candidate {
+                    id: m.id.clone(),
+                    name: m.name.clone(),
+                    zone: m.zone.clone(),
+                });
+            }
+            if up {
+                reachable.insert(m.id.clone());
+            }
+        }
+        let holders = placement::holders(blade, owner_id, owner_zone, &candidates, placement);
+        (holders, reachable)
+    }
+
+    /// With `grace`, whether the member named `blade` has been dead or gone for longer than the
+    /// repair grace, or is unknown (the deputy's question). Without, whether it is known and not
+    /// up (the entitlement question: a name nobody knows entitles no one).
+    fn owner_gone(&self, members: &[MemberInfo], blade: &str, grace: bool) -> bool {
+        let Some(m) = members.iter().find(|m| m.name == blade) else {
+            return grace;
+        };
+        if matches!(m.state.as_str(), "alive" | "suspect" | "unreachable-link") {
+            return false;
+        }
+        let gone = self.gone_since.lock().unwrap_or_else(|p| p.into_inner());
+        let since =
+            m.id.parse::<PeerId>()
+                .ok()
+                .and_then(|id| gone.get(&id).copied())
+                .unwrap_or(self.started);
+        !grace || since.elapsed() >= self.cfg.repair_grace
+    }
+
+    /// Repair without the owner: for every blade held here whose node has been gone past the
+    /// grace, a holder that is still in that blade's placement brings the other holders up to
+    /// date from its own copy (they report what they have with `Catalog`; nothing is forgotten).
+    async fn deputy_round(&self) {
+        let Ok(all) = self.catalog.all() else {
+            return;
+        };
+        let blades: std::collections::BTreeSet<String> = all
+            .iter()
+            .filter(|r| r.blade != self.name)
+            .map(|r| r.blade.clone())
+            .collect();
+        if blades.is_empty() {
+            return;
+        }
+        let members = self.members().await;
+        let me = self.me.to_string();
+        for blade in blades {
+            if !self.owner_gone(&members, &blade, true) {
+                continue;
+            }
+            let records: Vec<ArchiveRecord> =
+                all.iter().filter(|r| r.blade == blade).cloned().collect();
+            let factor = records.iter().map(|r| r.factor).max().unwrap_or(0) as usize;
+            let owner_id = members
+                .iter()
+                .find(|m| m.name == blade)
+                .map(|m| m.id.clone())
+                .unwrap_or_default();
+            let placement = Placement {
+                factor,
+                ..Placement::default()
+            };
+            let (holders, reachable) =
+                self.holders_for(&blade, &owner_id, "", &placement, &members);
+            if !holders.contains(&me) {
+                continue;
+            }
+            for h in holders
+                .iter()
+                .filter(|h| **h != me && reachable.contains(*h))
+            {
+                let Ok(peer) = h.parse::<PeerId>() else {
+                    continue;
+                };
+                let theirs: Vec<u64> = match self
+                    .call(
+                        peer,
+                        &Request::Catalog {
+                            blade: blade.clone(),
+                        },
+                    )
+                    .await
+                {
+                    Ok(Response::Records(rs)) => rs.iter().map(|r| r.seq).collect(),
+                    Ok(_) | Err(_) => continue,
+                };
+                for r in records.iter().filter(|r| !theirs.contains(&r.seq)) {
+                    match self.push(peer, r).await {
+                        Ok(()) => {
+                            tracing::info!(%blade, archive = r.seq, holder = %h, "repaired a gone node's archive from this holder's copy")
+                        }
+                        Err(e) => {
+                            tracing::warn!(%blade, holder = %h, "repair from this holder failed: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One peersync round for this blade: age, place, and bring every reachable holder up to date.
+    async fn sync_round(&self) {
+        self.deputy_round().await;
+        if self.cfg.root.is_none() {
+            return;
+        }
+        if let Err(e) = self.age().await {
+            tracing::warn!("aging failed: {e}");
+        }
+        let Ok(records) = self.catalog.list(&self.name) else {
+            return;
+        };
+        if records.is_empty() {
+            return;
+        }
+        let members = self.members().await;
+        let (holders, reachable) = self.holders(&members);
+        for r in &records {
+            if r.holders != holders || r.factor != self.cfg.factor as u64 {
+                let mut r = r.clone();
+                r.holders = holders.clone();
+                r.factor = self.cfg.factor as u64;
+                let _ = self.catalog.put(&r);
+            }
+        }
+        let keep: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        let count_incomplete = |me: &Self| {
+            let n = me
+                .catalog
+                .list(&me.name)
+                .map(|rs| rs.iter().filter(|r| !r.complete()).count())
+                .unwrap_or(0);
+            me.stats
+                .under_replicated
+                .store(n as u64, std::sync::atomic::Ordering::Relaxed);
+        };
+        let jobs = holders
+            .iter()
+            .filter(|h| reachable.contains(*h))
+            .filter_map(|h| h.parse::<PeerId>().ok())
+            .map(|h| self.sync_holder(h, keep.clone()));
+        let results = futures::future::join_all(jobs).await;
+        for (peer, result) in results {
+            let held = match result {
+                Ok(held) => held,
+                Err(e) => {
+                    tracing::warn!(holder = %peer, "peersync failed: {e}");
+                    continue;
+                }
+            };
+            for seq in held {
+                self.mark_acked(seq, &peer.to_string());
+            }
+        }
+        count_incomplete(self);
+        self.release_former_holders(&holders, &reachable).await;
+    }
+
+    /// Once every archive is complete on the current holders, nodes that held it before (a
+    /// placement change, a manual list edited) are told to forget this blade, and their garbage
+    /// collection frees the space. Never earlier: until then they are copies that count.
+    async fn release_former_holders(&self, holders: &[String], reachable: &HashSet<String>) {
+        let Ok(records) = self.catalog.list(&self.name) else {
+            return;
+        };
+        if records.is_empty() || !records.iter().all(|r| r.complete()) {
+            return;
+        }
+        let former: HashSet<String> = records
+            .iter()
+            .flat_map(|r| r.acked.iter())
+            .filter(|a| !holders.contains(a) && reachable.contains(*a))
+            .cloned()
+            .collect();
+        for node in former {
+            let Ok(peer) = node.parse::<PeerId>() else {
+                continue;
+            };
+            let forget = Request::Sync {
+                blade: self.name.clone(),
+                keep: Vec::new(),
+            };
+            match self.call(peer, &forget).await {
+                Ok(_) => {
+                    tracing::info!(node = %node, "former holder released: it is no longer in the placement");
+                    for r in &records {
+                        if r.acked.contains(&node) {
+                            let mut r = r.clone();
+                            r.acked.retain(|a| *a != node);
+                            let _ = self.catalog.put(&r);
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(node = %node, "cannot release former holder: {e}"),
+            }
+        }
+    }
+
+    fn mark_acked(&self, seq: u64, holder: &str) {
+        let Ok(records) = self.catalog.list(&self.name) else {
+            return;
+        };
+        if let Some(r) = records.iter().find(|r| r.seq == seq) {
+            if !r.acked.iter().any(|a| a == holder) {
+                let mut r = r.clone();
+                r.acked.push(holder.into());
+                let _ = self.catalog.put(&r);
+            }
+        }
+    }
+
+    /// Tells one holder which archives exist, and pushes those it lacks, oldest first.
+    async fn sync_holder(
+        &self,
+        holder: PeerId,
+        keep: Vec<u64>,
+    ) -> (PeerId, Result<Vec<u64>, String>) {
+        let result = async {
+            let held = match self
+                .call(
+                    holder,
+                    &Request::Sync {
+                        blade: self.name.clone(),
+                        keep: keep.clone(),
+                    },
+                )
+                .await?
+            {
+                Response::Held(h) => h,
+                other => return Err(format!("unexpected answer {other:?}")),
+            };
+            let mut have: Vec<u64> = held.into_iter().filter(|s| keep.contains(s)).collect();
+            let records = self.catalog.list(&self.name).map_err(|e| e.to_string())?;
+            let lacking: Vec<&ArchiveRecord> =
+                records.iter().filter(|r| !have.contains(&r.seq)).collect();
+            for r in lacking {
+                self.push(holder, r).await?;
+                have.push(r.seq);
+                self.mark_acked(r.seq, &holder.to_string());
+            }
+            Ok(have)
+        }
+        .await;
+        (holder, result)
+    }
+
+    /// Pushes one archive to one holder: only the blocks it lacks, then the record.
+    async fn push(&self, holder: PeerId, record: &ArchiveRecord) -> Result<(), String> {
+        let store = self.store.clone();
+        let r = record.clone();
+        let mut ids: Vec<BlockId> = blocking(move || archive_blocks(&r, &LocalSource(&*store)))
+            .await?
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        ids.sort();
+        let mut missing = Vec::new();
+        for batch in ids.chunks(MAX_HAVE_IDS) {
+            let request = Request::Have {
+                blade: record.blade.clone(),
+                ids: batch.to_vec(),
+            };
+            match self.call(holder, &request).await? {
+                Response::Missing(m) => {
+                    missing.extend(m.into_iter().filter(|id| batch.contains(id)))
+                }
+                other => return Err(format!("unexpected answer {other:?}")),
+            }
+        }
+        let batches: Vec<Vec<BlockId>> =
+            missing.chunks(MAX_PUT_BLOCKS).map(<[_]>::to_vec).collect();
+        futures::stream::iter(batches)
+            .map(|batch| async move {
+                let store = self.store.clone();
+                let blocks = blocking(move || {
+                    batch
+                        .into_iter()
+                        .map(|id| match store.get(&id) {
+                            Ok(Some(b)) => Ok((id, protocol::Bytes(b))),
+                            Ok(None) => Err(format!("block {id:?} vanished from the local store")),
+                            Err(e) => Err(e.to_string()),
+                        })
+                        .collect::<Result<Vec<_>, String>>()
+                })
+                .await??;
+                let (n, size) = (
+                    blocks.len() as u64,
+                    blocks.iter().map(|(_, b)| b.0.len() as u64).sum::<u64>(),
+                );
+                super::Stats::add(&self.stats.pushed_blocks, n);
+                super::Stats::add(&self.stats.pushed_bytes, size);
+                match self
+                    .call(
+                        holder,
+                        &Request::Put {
+                            blade: record.blade.clone(),
+                            blocks,
+                        },
+                    )
+                    .await?
+                {
+                    Response::Done => Ok(()),
+                    other => Err(format!("unexpected answer {other:?}")),
+                }
+            })
+            .buffer_unordered(PUSH_PARALLEL)
+            .try_collect::<Vec<()>>()
+            .await?;
+        match self
+            .call(
+                holder,
+                &Request::Commit {
+                    record: record.clone(),
+                },
+            )
+            .await?
+        {
+            Response::Done => {
+                tracing::info!(holder = %holder, archive = record.seq, blocks = missing.len(), "archive pushed");
+                Ok(())
+            }
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    /// Removes this blade's archives past the aging period, but never one a kept archive needs:
+    /// everything from the latest snapshot at or before the oldest kept archive stays.
+    async fn age(&self) -> Result<(), String> {
+        let Some(aging) = self.cfg.aging else {
+            return Ok(());
+        };
+        let records = self.catalog.list(&self.name).map_err(|e| e.to_string())?;
+        let cutoff = now_ms().saturating_sub(aging.as_millis() as u64);
+        let Some(oldest_kept) = records
+            .iter()
+            .position(|r| r.time_ms >= cutoff)
+            .or(records.len().checked_sub(1))
+        else {
+            return Ok(());
+        };
+        let start = records[..=oldest_kept]
+            .iter()
+            .rposition(|r| r.kind == crate::store::catalog::ArchiveKind::Snapshot)
+            .unwrap_or(0);
+        for r in &records[..start] {
+            tracing::info!(archive = r.seq, "aging removes archive");
+            self.catalog
+                .remove(&r.blade, r.seq)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Removes blocks no archive in the catalog references, once older than the grace. Stops
+    /// without removing anything if any manifest cannot be read.
+    pub async fn collect(self: &Arc<Self>) -> u64 {
+        let _guard = self.store_lock.lock().await;
+        let (store, catalog, grace) = (self.store.clone(), self.catalog.clone(), self.cfg.gc_grace);
+        let result = blocking(move || -> Result<u64, String> {
+            let mut live: HashSet<BlockId> = HashSet::new();
+            for r in catalog.all().map_err(|e| e.to_string())? {
+                live.extend(archive_blocks(&r, &LocalSource(&*store)).map_err(|e| e.to_string())?);
+            }
+            let now = SystemTime::now();
+            let mut removed = 0;
+            for (id, t) in store.list().map_err(|e| e.to_string())? {
+                let old = now.duration_since(t).unwrap_or_default() >= grace;
+                if old && !live.contains(&id) {
+                    store.remove(&id).map_err(|e| e.to_string())?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .and_then(|r| r);
+        match result {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(blocks = n, "garbage collection removed unreferenced blocks");
+                }
+                let held = self
+                    .catalog
+                    .all()
+                    .map(|rs| rs.iter().filter(|r| r.blade != self.name).count())
+                    .unwrap_or(0);
+                self.stats
+                    .held_archives
+                    .store(held as u64, std::sync::atomic::Ordering::Relaxed);
+                n
+            }
+            Err(e) => {
+                tracing::warn!("garbage collection skipped: {e}");
+                0
+            }
+        }
+    }
+
+    /// Reads every stored block and checks it against its id. A corrupt block is removed; an
+    /// archive of this blade that needed it gets it back from a holder that has it, and an
+    /// archive held for another blade is forgotten, so that its owner pushes it again at the next
+    /// sync round (only the missing blocks cross the network).
+    pub async fn scrub(self: &Arc<Self>) {
+        let _guard = self.store_lock.lock().await;
+        let store = self.store.clone();
+        let bad = blocking(move || -> Result<u64, String> {
+            let mut bad = 0;
+            for (id, _) in store.list().map_err(|e| e.to_string())? {
+                let ok =
+                    matches!(store.get(&id), Ok(Some(enc)) if decode_verified(&id, &enc).is_ok());
+                if !ok {
+                    tracing::error!(block = ?id, "scrub found a corrupt block; removed");
+                    store.remove(&id).map_err(|e| e.to_string())?;
+                    bad += 1;
+                }
+            }
+            Ok(bad)
+        })
+        .await
+        .and_then(|r| r);
+        let bad = match bad {
+            Ok(n) => n,
+            Err(e) => return tracing::warn!("scrub stopped: {e}"),
+        };
+        super::Stats::add(&self.stats.corrupt, bad);
+        if bad == 0 {
+            return;
+        }
+        for r in self.catalog.all().unwrap_or_default() {
+            let store = self.store.clone();
+            let rec = r.clone();
+            let whole = blocking(move || {
+                archive_blocks(&rec, &LocalSource(&*store))
+                    .map(|ids| ids.iter().all(|id| store.touch(id).unwrap_or(false)))
+                    .unwrap_or(false)
+            })
+            .await
+            .unwrap_or(false);
+            if whole {
+                continue;
+            }
+            if r.blade != self.name {
+                tracing::warn!(blade = %r.blade, archive = r.seq, "held archive damaged; forgotten until its owner pushes it again");
+                let _ = self.catalog.remove(&r.blade, r.seq);
+                continue;
+            }
+            let source = NetSource {
+                service: self.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                peers: r.acked.iter().filter_map(|p| p.parse().ok()).collect(),
+            };
+            let compress = self.cfg.compress;
+            let seq = r.seq;
+            let repaired = blocking(move || -> Result<(), String> {
+                let store = source.service.store.clone();
+                let refetch = |ids: Vec<BlockId>| -> Result<(), String> {
+                    let missing: Vec<BlockId> = ids
+                        .into_iter()
+                        .filter(|id| !store.touch(id).unwrap_or(false))
+                        .collect();
+                    for batch in missing.chunks(MAX_PUT_BLOCKS) {
+                        let plain = source.fetch(batch)?;
+                        let blocks: Vec<(BlockId, Vec<u8>)> = batch
+                            .iter()
+                            .zip(plain)
+                            .map(|(id, p)| (*id, crate::store::encode(&p, compress)))
+                            .collect();
+                        store.put_many(&blocks).map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                };
+                refetch(r.manifest.clone())?;
+                let m = load_manifest(&r, &LocalSource(&*store)).map_err(|e| e.to_string())?;
+                refetch(m.block_ids().copied().collect())
+            })
+            .await
+            .and_then(|x| x);
+            match repaired {
+                Ok(()) => {
+                    tracing::info!(archive = seq, "scrub repaired the archive from its holders")
+                }
+                Err(e) => tracing::error!(archive = seq, "scrub cannot repair the archive: {e}"),
+            }
+        }
+    }
+
+    /// Makes an archive now and pushes it; with `wait`, answers once it is complete.
+    async fn backup(self: &Arc<Self>, wait: bool) -> Result<ArchiveRecord, Failure> {
+        let Some(root) = self.cfg.root.clone() else {
+            return Err(fail(
+                "no-backup-root",
+                format!("{} has no backup root (--backup-root)", self.name),
+            ));
+        };
+        let settings = ScanSettings {
+            root,
+            exclude_dirs: self.cfg.exclude_dirs.clone(),
+            exclude_exts: self.cfg.exclude_exts.clone(),
+            compress: self.cfg.compress,
+        };
+        let record = {
+            let _guard = self.store_lock.lock().await;
+            let (store, catalog, method, blade) = (
+                self.store.clone(),
+                self.catalog.clone(),
+                self.cfg.method,
+                self.name.clone(),
+            );
+            let (record, stats) = blocking(move || {
+                make_archive(&settings, method, &*store, &*catalog, &blade, now_ms())
+            })
+            .await
+            .map_err(|e| fail("backup-failed", e))?
+            .map_err(|e| fail("backup-failed", e))?;
+            // Completeness is judged against the factor of the owner, wherever it is read.
+            let mut record = record;
+            record.factor = self.cfg.factor as u64;
+            self.catalog
+                .put(&record)
+                .map_err(|e| fail("backup-failed", e))?;
+            tracing::info!(
+                archive = record.seq,
+                kind = record.kind.as_str(),
+                files = stats.files,
+                read = stats.read,
+                new_blocks = stats.new_blocks,
+                skipped = stats.skipped,
+                "archive made"
+            );
+            record
+        };
+        if !wait {
+            self.clone().spawn_sync();
+            return Ok(record);
+        }
+        {
+            let _guard = self.sync_lock.lock().await;
+            self.sync_round().await;
+        }
+        let record = self
+            .catalog
+            .list(&self.name)
+            .ok()
+            .and_then(|rs| rs.into_iter().find(|r| r.seq == record.seq))
+            .unwrap_or(record);
+        if record.complete() {
+            return Ok(record);
+        }
+        let members = self.members().await;
+        let lacking: Vec<String> = record
+            .holders
+            .iter()
+            .filter(|h| !record.acked.contains(h))
+            .map(|h| name_of(&members, h))
+            .collect();
+        Err(fail(
+            "incomplete",
+            format!(
+                "archive {} is stored here but incomplete: {} of {} holders have it{}",
+                record.seq,
+                record.holders.len() - lacking.len(),
+                self.cfg.factor,
+                if lacking.is_empty() {
+                    " (not enough live nodes)".to_string()
+                } else {
+                    format!("; lacking: {}", lacking.join(", "))
+                }
+            ),
+        ))
+    }
+
+    /// An operator's command. `forward` is false for a command another agent forwarded, so that
+    /// a command travels one hop at most.
+    pub async fn control(
+        self: &Arc<Self>,
+        request: BackupRequest,
+        forward: bool,
+    ) -> Result<Payload, Failure> {
+        match request {
+            BackupRequest::Now { blade, wait } => {
+                let blade = blade.unwrap_or_else(|| self.name.clone());
+                if blade != self.name {
+                    if !forward {
+                        return Err(fail(
+                            "not-here",
+                            format!("this node is {}, not {blade}", self.name),
+                        ));
+                    }
+                    return self
+                        .forward(
+                            &blade,
+                            BackupRequest::Now {
+                                blade: Some(blade.clone()),
+                                wait,
+                            },
+                        )
+                        .await;
+                }
+                let record = self.backup(wait).await?;
+                let members = self.members().await;
+                Ok(archives_to_payload(&[self.info(
+                    &record,
+                    &record.acked,
+                    &members,
+                )]))
+            }
+            BackupRequest::Archives { blade } => {
+                let (records, _) = self.gather(&blade).await;
+                Ok(archives_to_payload(&records))
+            }
+            BackupRequest::Ls { blade, path } => self.ls(&blade, &path).await,
+            BackupRequest::Cat { blade, path } => self.cat(&blade, &path).await,
+            BackupRequest::Restore(args) => match args.on.clone() {
+                Some(on) if on != self.name => {
+                    if !forward {
+                        return Err(fail(
+                            "not-here",
+                            format!("this node is {}, not {on}", self.name),
+                        ));
+                    }
+                    self.forward(
+                        &on,
+                        BackupRequest::Restore(RestoreArgs { on: None, ..args }),
+                    )
+                    .await
+                }
+                _ => {
+                    let summary = self.restore(args).await?;
+                    Ok(restored_to_payload(&summary))
+                }
+            },
+        }
+    }
+
+    async fn forward(&self, node: &str, request: BackupRequest) -> Result<Payload, Failure> {
+        let members = self.members().await;
+        let Some(m) = members
+            .iter()
+            .find(|m| m.name == node && m.state == "alive")
+        else {
+            return Err(fail("no-such-node", format!("no live node named {node}")));
+        };
+        let peer: PeerId =
+            m.id.parse()
+                .map_err(|_| fail("no-such-node", "bad member id"))?;
+        let xml = request.to_payload().as_str().to_string();
+        match self.call(peer, &Request::Control(xml)).await {
+            Ok(Response::Control(Ok(xml))) => Payload::new(xml)
+                .map_err(|e| fail("bad-reply", format!("{node} answered badly: {e}"))),
+            Ok(Response::Control(Err(f))) => Err(f),
+            Ok(other) => Err(fail("bad-reply", format!("{node} answered {other:?}"))),
+            Err(e) => Err(fail("unreachable", format!("{node}: {e}"))),
+        }
+    }
+
+    fn info(&self, r: &ArchiveRecord, have: &[String], members: &[MemberInfo]) -> ArchiveInfo {
+        ArchiveInfo {
+            id: r.seq,
+            time_ms: r.time_ms,
+            kind: r.kind.as_str().into(),
+            bytes: r.bytes,
+            files: r.files,
+            skipped: r.skipped,
+            complete: r.complete(),
+            holders: have.iter().map(|h| name_of(members, h)).collect(),
+            lacking: r
+                .holders
+                .iter()
+                .filter(|h| !r.acked.contains(h))
+                .map(|h| name_of(members, h))
+                .collect(),
+        }
+    }
+
+    /// Every live node's records of `blade`, merged by archive: the listing, and for each archive
+    /// the record and the nodes that hold it.
+    async fn gather(
+        &self,
+        blade: &str,
+    ) -> (
+        Vec<ArchiveInfo>,
+        BTreeMap<u64, (ArchiveRecord, Vec<PeerId>)>,
+    ) {
+        let members = self.members().await;
+        let me = self.me.to_string();
+        let peers: Vec<PeerId> = members
+            .iter()
+            .filter(|m| m.state == "alive" && m.id != me)
+            .filter_map(|m| m.id.parse().ok())
+            .collect();
+        let request = Request::Catalog {
+            blade: blade.into(),
+        };
+        let answers =
+            futures::future::join_all(peers.iter().map(|p| self.call(*p, &request))).await;
+        let mut merged: BTreeMap<u64, (ArchiveRecord, Vec<PeerId>)> = BTreeMap::new();
+        let owner = members
+            .iter()
+            .find(|m| m.name == blade)
+            .map(|m| m.id.clone());
+        let mut add = |peer: PeerId, records: Vec<ArchiveRecord>| {
+            for r in records.into_iter().filter(|r| r.blade == blade) {
+                let from_owner = owner.as_deref() == Some(&peer.to_string());
+                let slot = merged
+                    .entry(r.seq)
+                    .or_insert_with(|| (r.clone(), Vec::new()));
+                if from_owner {
+                    slot.0 = r;
+                }
+                slot.1.push(peer);
+            }
+        };
+        add(self.me, self.catalog.list(blade).unwrap_or_default());
+        for (p, a) in peers.iter().zip(answers) {
+            if let Ok(Response::Records(rs)) = a {
+                add(*p, rs);
+            }
+        }
+        let infos = merged
+            .values()
+            .map(|(r, have)| {
+                let holders: Vec<String> = have
+                    .iter()
+                    .map(|p| p.to_string())
+                    .filter(|p| Some(p) != owner.as_ref())
+                    .collect();
+                let mut info = self.info(r, &holders, &members);
+                // Without the owner's record, count the holders that answered.
+                if owner.is_none() || !have.iter().any(|p| Some(p.to_string()) == owner) {
+                    info.complete = holders.len() as u64 >= r.factor.max(1);
+                    info.lacking.clear();
+                }
+                info
+            })
+            .collect();
+        (infos, merged)
+    }
+
+    /// The latest archived tree of `blade`, read from whichever live nodes hold it: the seeds'
+    /// read redirection, which serves a blade's files while its node is down.
+    async fn archived_tree(
+        self: &Arc<Self>,
+        blade: &str,
+    ) -> Result<(BTreeMap<Vec<u8>, crate::backup::manifest::Entry>, NetSource), Failure> {
+        let (_, merged) = self.gather(blade).await;
+        let Some(last) = merged.keys().next_back().copied() else {
+            return Err(fail(
+                "no-archive",
+                format!("no node holds an archive of {blade}"),
+            ));
+        };
+        let records: Vec<ArchiveRecord> = merged.values().map(|(r, _)| r.clone()).collect();
+        let mut peers: Vec<PeerId> = Vec::new();
+        for (_, have) in merged.values() {
+            for p in have {
+                if *p != self.me && !peers.contains(p) {
+                    peers.push(*p);
+                }
+            }
+        }
+        let source = NetSource {
+            service: self.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            peers,
+        };
+        blocking(move || {
+            crate::backup::tree_at(&records, last, &source)
+                .map(|tree| (tree, source))
+                .map_err(|e| fail("unreadable", e))
+        })
+        .await
+        .map_err(|e| fail("unreadable", e))?
+    }
+
+    async fn ls(self: &Arc<Self>, blade: &str, path: &str) -> Result<Payload, Failure> {
+        use crate::backup::manifest::EntryKind;
+        let (tree, _) = self.archived_tree(blade).await?;
+        let dir = path.trim_matches('/').as_bytes().to_vec();
+        let under = |p: &[u8]| {
+            let rest = if dir.is_empty() {
+                Some(p)
+            } else {
+                p.strip_prefix(dir.as_slice())
+                    .and_then(|r| r.strip_prefix(b"/"))
+            };
+            rest.is_some_and(|r| !r.is_empty() && !r.contains(&b'/'))
+        };
+        let entries: Vec<dci_proto::backup::ListEntry> = tree
+            .values()
+            .filter(|e| under(&e.path) || e.path == dir && e.kind != EntryKind::Dir)
+            .map(|e| dci_proto::backup::ListEntry {
+                path: String::from_utf8_lossy(&e.path).into_owned(),
+                kind: match e.kind {
+                    EntryKind::File => "file",
+                    EntryKind::Dir => "dir",
+                    EntryKind::Symlink => "symlink",
+                }
+                .into(),
+                size: e.size,
+                mode: e.mode,
+                mtime: e.mtime_s.max(0) as u64,
+                target: e
+                    .target
+                    .as_ref()
+                    .map(|t| String::from_utf8_lossy(t).into_owned()),
+            })
+            .collect();
+        if entries.is_empty() && !dir.is_empty() && !tree.contains_key(&dir) {
+            return Err(fail(
+                "no-such-path",
+                format!("{blade} has no {path} in its latest archive"),
+            ));
+        }
+        Ok(dci_proto::backup::listing_to_payload(&entries))
+    }
+
+    async fn cat(self: &Arc<Self>, blade: &str, path: &str) -> Result<Payload, Failure> {
+        use crate::backup::manifest::EntryKind;
+        /// Larger files are restored, not printed: the reply travels whole.
+        const MAX_CAT_BYTES: u64 = 16 << 20;
+        let (tree, source) = self.archived_tree(blade).await?;
+        let key = path.trim_matches('/').as_bytes().to_vec();
+        let Some(entry) = tree.get(&key).cloned() else {
+            return Err(fail(
+                "no-such-path",
+                format!("{blade} has no {path} in its latest archive"),
+            ));
+        };
+        if entry.kind != EntryKind::File {
+            return Err(fail("not-a-file", format!("{path} is not a regular file")));
+        }
+        if entry.size > MAX_CAT_BYTES {
+            return Err(fail(
+                "too-large",
+                format!(
+                    "{path} has {} bytes; use dcish restore --path for files over {MAX_CAT_BYTES}",
+                    entry.size
+                ),
+            ));
+        }
+        let data = blocking(move || source.fetch(&entry.blocks).map(|b| b.concat()))
+            .await
+            .map_err(|e| fail("unreadable", e))?
+            .map_err(|e| fail("unreadable", e))?;
+        Ok(dci_proto::backup::file_to_payload(path, &data))
+    }
+
+    /// Restores on this node.
+    async fn restore(self: &Arc<Self>, args: RestoreArgs) -> Result<RestoreSummary, Failure> {
+        let target: PathBuf = match (&args.to, &self.cfg.root) {
+            (Some(to), _) => to.into(),
+            (None, Some(root)) => root.clone(),
+            (None, None) => {
+                return Err(fail(
+                    "no-target",
+                    format!("{} has no backup root; give --to DIR", self.name),
+                ))
+            }
+        };
+        if !target.is_absolute() {
+            return Err(fail(
+                "bad-target",
+                format!("{} is not an absolute path", target.display()),
+            ));
+        }
+        let globs = if args.paths.is_empty() {
+            None
+        } else {
+            let mut b = globset::GlobSetBuilder::new();
+            for p in &args.paths {
+                // As in a shell: `*` stays within one name, `**` crosses directories.
+                let glob = globset::GlobBuilder::new(p)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| fail("bad-path", format!("--path {p}: {e}")))?;
+                b.add(glob);
+            }
+            Some(b.build().map_err(|e| fail("bad-path", e))?)
+        };
+        let (_, merged) = self.gather(&args.blade).await;
+        let Some(last) = merged.keys().next_back().copied() else {
+            return Err(fail(
+                "no-archive",
+                format!("no node holds an archive of {}", args.blade),
+            ));
+        };
+        let upto = args.archive.unwrap_or(last);
+        if !merged.contains_key(&upto) {
+            return Err(fail(
+                "no-archive",
+                format!("{} has no archive {upto}", args.blade),
+            ));
+        }
+        let records: Vec<ArchiveRecord> = merged.values().map(|(r, _)| r.clone()).collect();
+        let chain: Vec<ArchiveRecord> = chain(&records, upto).into_iter().cloned().collect();
+        let mut peers: Vec<PeerId> = Vec::new();
+        for r in &chain {
+            for p in &merged[&r.seq].1 {
+                if *p != self.me && !peers.contains(p) {
+                    peers.push(*p);
+                }
+            }
+        }
+        let source = NetSource {
+            service: self.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            peers,
+        };
+        let node = self.name.clone();
+        let stats = blocking(
+            move || -> Result<(u64, crate::backup::restore::RestoreStats), String> {
+                let mut restorer =
+                    Restorer::new(&target, globs.as_ref(), &source).map_err(|e| e.to_string())?;
+                for r in &chain {
+                    let m = load_manifest(r, &source).map_err(|e| e.to_string())?;
+                    restorer.apply(&m).map_err(|e| e.to_string())?;
+                }
+                Ok((
+                    chain.len() as u64,
+                    restorer.finish().map_err(|e| e.to_string())?,
+                ))
+            },
+        )
+        .await
+        .map_err(|e| fail("restore-failed", e))?
+        .map_err(|e| fail("restore-failed", e))?;
+        let target = args
+            .to
+            .clone()
+            .or(self.cfg.root.as_ref().map(|r| r.display().to_string()))
+            .unwrap_or_default();
+        tracing::info!(blade = %args.blade, upto, entries = stats.1.entries, "restored");
+        Ok(RestoreSummary {
+            node,
+            target,
+            archives: stats.0,
+            entries: stats.1.entries,
+            bytes: stats.1.bytes,
+            refused: stats.1.refused,
+        })
+    }
+
+    /// A peer's request. Only a blade's owner (the member of that name) may push, commit or sync
+    /// its data; anyone in the mesh (admitted by the cluster key) may read blocks and catalogs.
+    async fn handle(self: &Arc<Self>, inbound: Inbound) -> Response {
+        let request: Request = match protocol::decode(&inbound.request) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(peer = %inbound.peer, "{e}");
+                super::Stats::add(&self.stats.refused, 1);
+                return Response::Refused(e);
+            }
+        };
+        let owner_of = |blade: &str| inbound.peer_name.as_deref() == Some(blade);
+        // While a blade's node is down, the holders of its data repair each other's copies.
+        let members = match &request {
+            Request::Have { .. } | Request::Put { .. } | Request::Commit { .. } => {
+                self.members().await
+            }
+            Request::Sync { .. }
+            | Request::Get { .. }
+            | Request::Catalog { .. }
+            | Request::Control(_) => Vec::new(),
+        };
+        let may_push = |blade: &str| owner_of(blade) || self.owner_gone(&members, blade, false);
+        let refuse = |blade: &str| {
+            super::Stats::add(&self.stats.refused, 1);
+            tracing::warn!(peer = %inbound.peer, %blade, "refused a push for a blade the peer does not own");
+            Response::Refused(format!("only {blade} may push its own data"))
+        };
+        let store = self.store.clone();
+        let catalog = self.catalog.clone();
+        let stats = self.stats.clone();
+        let done = |r: Result<Response, String>| r.unwrap_or_else(Response::Refused);
+        match request {
+            Request::Have { blade, ids } => {
+                if !may_push(&blade) {
+                    return refuse(&blade);
+                }
+                if ids.len() > MAX_HAVE_IDS {
+                    return Response::Refused("too many ids".into());
+                }
+                done(
+                    blocking(move || {
+                        let mut missing = Vec::new();
+                        for id in ids {
+                            if !store.touch(&id).map_err(|e| e.to_string())? {
+                                missing.push(id);
+                            }
+                        }
+                        Ok(Response::Missing(missing))
+                    })
+                    .await
+                    .and_then(|r| r),
+                )
+            }
+            Request::Put { blade, blocks } => {
+                if !may_push(&blade) {
+                    return refuse(&blade);
+                }
+                if blocks.len() > MAX_PUT_BLOCKS {
+                    return Response::Refused("too many blocks".into());
+                }
+                done(
+                    blocking(move || {
+                        let blocks: Vec<(BlockId, Vec<u8>)> =
+                            blocks.into_iter().map(|(id, b)| (id, b.0)).collect();
+                        for (id, enc) in &blocks {
+                            if let Err(e) = decode_verified(id, enc) {
+                                super::Stats::add(&stats.corrupt, 1);
+                                return Err(e.to_string());
+                            }
+                        }
+                        store.put_many(&blocks).map_err(|e| e.to_string())?;
+                        super::Stats::add(&stats.received_blocks, blocks.len() as u64);
+                        Ok(Response::Done)
+                    })
+                    .await
+                    .and_then(|r| r),
+                )
+            }
+            Request::Commit { record } => {
+                if !may_push(&record.blade) {
+                    return refuse(&record.blade);
+                }
+                done(
+                    blocking(move || {
+                        let ids = archive_blocks(&record, &LocalSource(&*store))
+                            .map_err(|e| e.to_string())?;
+                        let mut lacking = 0;
+                        for id in &ids {
+                            if !store.touch(id).map_err(|e| e.to_string())? {
+                                lacking += 1;
+                            }
+                        }
+                        if lacking > 0 {
+                            return Err(format!(
+                                "{lacking} blocks of archive {} are not here",
+                                record.seq
+                            ));
+                        }
+                        catalog.put(&record).map_err(|e| e.to_string())?;
+                        Ok(Response::Done)
+                    })
+                    .await
+                    .and_then(|r| r),
+                )
+            }
+            Request::Sync { blade, keep } => {
+                if !owner_of(&blade) {
+                    return refuse(&blade);
+                }
+                done((|| {
+                    let mut held = Vec::new();
+                    for r in catalog.list(&blade).map_err(|e| e.to_string())? {
+                        if keep.contains(&r.seq) {
+                            held.push(r.seq);
+                        } else {
+                            tracing::info!(%blade, archive = r.seq, "the owner no longer keeps this archive; forgotten");
+                            catalog.remove(&blade, r.seq).map_err(|e| e.to_string())?;
+                        }
+                    }
+                    Ok(Response::Held(held))
+                })())
+            }
+            Request::Get { ids } => {
+                if ids.len() > MAX_PUT_BLOCKS {
+                    return Response::Refused("too many ids".into());
+                }
+                done(
+                    blocking(move || {
+                        ids.iter()
+                            .map(|id| {
+                                store
+                                    .get(id)
+                                    .map(|b| b.map(protocol::Bytes))
+                                    .map_err(|e| e.to_string())
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                            .map(Response::Blocks)
+                    })
+                    .await
+                    .and_then(|r| r),
+                )
+            }
+            Request::Catalog { blade } => done(
+                catalog
+                    .list(&blade)
+                    .map(Response::Records)
+                    .map_err(|e| e.to_string()),
+            ),
+            Request::Control(xml) => {
+                let parsed = Payload::new(xml)
+                    .ok()
+                    .and_then(|p| BackupRequest::from_payload(&p))
+                    .and_then(Result::ok);
+                let Some(request) = parsed else {
+                    return Response::Refused("not a backup command".into());
+                };
+                tracing::info!(peer = %inbound.peer, "running a backup command forwarded by a peer");
+                Response::Control(
+                    self.control(request, false)
+                        .await
+                        .map(|p| p.as_str().to_string()),
+                )
+            }
+        }
+    }
+}
+
+fn name_of(members: &[MemberInfo], id: &str) -> String {
+    members
+        .iter()
+        .find(|m| m.id == id)
+        .map(|m| m.name.clone())
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// Blocks for a restore: the local store first, then the holders, spread over them in parallel,
+/// each block checked against its id; a missing or corrupt block is asked of the next holder.
+struct NetSource {
+    service: Arc<Service>,
+    runtime: tokio::runtime::Handle,
+    peers: Vec<PeerId>,
+}
+
+impl BlockSource for NetSource {
+    fn fetch(&self, ids: &[BlockId]) -> Result<Vec<Vec<u8>>, String> {
+        let mut out: Vec<Option<Vec<u8>>> = ids
+            .iter()
+            .map(|id| {
+                self.service
+                    .store
+                    .get(id)
+                    .ok()
+                    .flatten()
+                    .and_then(|enc| decode_verified(id, &enc).ok())
+            })
+            .collect();
+        let mut attempt = 0;
+        while out.iter().any(Option::is_none) {
+            if attempt >= self.peers.len() {
+                let missing = out.iter().filter(|b| b.is_none()).count();
+                return Err(format!(
+                    "{missing} blocks are on no reachable holder (or corrupt on all)"
+                ));
+            }
+            let wanted: Vec<usize> = (0..ids.len()).filter(|i| out[*i].is_none()).collect();
+            // Spread the blocks over the holders, shifted on every retry.
+            let mut per_peer: HashMap<PeerId, Vec<usize>> = HashMap::new();
+            for (k, i) in wanted.iter().enumerate() {
+                let p = self.peers[(k + attempt) % self.peers.len()];
+                per_peer.entry(p).or_default().push(*i);
+            }
+            let fetched =
+                self.runtime
+                    .block_on(futures::future::join_all(per_peer.into_iter().flat_map(
+                        |(peer, idx)| {
+                            idx.chunks(MAX_PUT_BLOCKS)
+                                .map(|c| {
+                                    let c = c.to_vec();
+                                    let request = Request::Get {
+                                        ids: c.iter().map(|i| ids[*i]).collect(),
+                                    };
+                                    let service = self.service.clone();
+                                    async move { (peer, c, service.call(peer, &request).await) }
+                                })
+                                .collect::<Vec<_>>()
+                        },
+                    )));
+            for (peer, idx, answer) in fetched {
+                let blocks = match answer {
+                    Ok(Response::Blocks(b)) if b.len() == idx.len() => b,
+                    Ok(_) | Err(_) => continue,
+                };
+                for (i, enc) in idx.into_iter().zip(blocks) {
+                    match enc.map(|e| decode_verified(&ids[i], &e.0)) {
+                        Some(Ok(plain)) => out[i] = Some(plain),
+                        Some(Err(e)) => {
+                            super::Stats::add(&self.service.stats.corrupt, 1);
+                            tracing::warn!(%peer, "{e}; asking another holder")
+                        }
+                        None => {}
+                    }
+                }
+            }
+            attempt += 1;
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::catalog::{ArchiveKind, MemCatalog};
+    use crate::store::{encode, MemBlockStore};
+
+    fn service() -> (Arc<Service>, Arc<MemBlockStore>, Arc<MemCatalog>) {
+        let (store, catalog) = (
+            Arc::new(MemBlockStore::default()),
+            Arc::new(MemCatalog::default()),
+        );
+        let (net, _rx) = mpsc::channel(1);
+        let s = Service::new(
+            store.clone(),
+            catalog.clone(),
+            BackupConfig::default(),
+            (PeerId::random(), "holder".into(), "z".into()),
+            net,
+            Arc::default(),
+        );
+        (s, store, catalog)
+    }
+
+    async fn ask(s: &Arc<Service>, from: &str, request: Request) -> Response {
+        s.handle(Inbound {
+            peer: PeerId::random(),
+            peer_name: Some(from.into()),
+            token: 0,
+            request: protocol::encode(&request),
+        })
+        .await
+    }
+
+    fn record(manifest: Vec<BlockId>) -> ArchiveRecord {
+        ArchiveRecord {
+            blade: "b1".into(),
+            seq: 1,
+            kind: ArchiveKind::Snapshot,
+            time_ms: 0,
+            manifest,
+            bytes: 0,
+            files: 0,
+            skipped: 0,
+            blocks: 1,
+            factor: 1,
+            holders: Vec::new(),
+            acked: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_blades_owner_may_push_and_a_corrupt_block_is_never_stored() {
+        let (s, store, catalog) = service();
+        let body = b"block body".to_vec();
+        let id = BlockId::of(&body);
+        let put = |b: Vec<u8>| Request::Put {
+            blade: "b1".into(),
+            blocks: vec![(id, protocol::Bytes(b))],
+        };
+        let refused = ask(&s, "mallory", put(encode(&body, false))).await;
+        assert!(matches!(refused, Response::Refused(_)), "{refused:?}");
+        let corrupt = ask(&s, "b1", put(encode(b"other body", false))).await;
+        assert!(matches!(corrupt, Response::Refused(_)), "{corrupt:?}");
+        assert!(store.list().unwrap().is_empty());
+        let garbage = s
+            .handle(Inbound {
+                peer: PeerId::random(),
+                peer_name: Some("b1".into()),
+                token: 0,
+                request: vec![0xFF; 64],
+            })
+            .await;
+        assert!(matches!(garbage, Response::Refused(_)));
+        assert_eq!(
+            s.stats.refused.load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        assert_eq!(
+            s.stats.corrupt.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+
+        // A commit naming a block that is not here is refused; once it is, the record is kept.
+        let manifest = crate::backup::manifest::Manifest::default();
+        let mem = MemBlockStore::default();
+        let manifest_ids = manifest.store(&mem, false).unwrap();
+        let commit = Request::Commit {
+            record: record(manifest_ids.clone()),
+        };
+        assert!(matches!(
+            ask(&s, "b1", commit.clone()).await,
+            Response::Refused(_)
+        ));
+        assert!(catalog.all().unwrap().is_empty());
+        let blocks = manifest_ids
+            .iter()
+            .map(|id| (*id, protocol::Bytes(mem.get(id).unwrap().unwrap())))
+            .collect();
+        let stored = ask(
+            &s,
+            "b1",
+            Request::Put {
+                blade: "b1".into(),
+                blocks,
+            },
+        )
+        .await;
+        assert!(matches!(stored, Response::Done), "{stored:?}");
+        assert!(matches!(
+            ask(&s, "mallory", commit.clone()).await,
+            Response::Refused(_)
+        ));
+        assert!(matches!(ask(&s, "b1", commit).await, Response::Done));
+        assert_eq!(catalog.list("b1").unwrap().len(), 1);
+
+        // The owner's sync makes the holder forget what it no longer keeps.
+        let held = ask(
+            &s,
+            "b1",
+            Request::Sync {
+                blade: "b1".into(),
+                keep: vec![],
+            },
+        )
+        .await;
+        assert!(matches!(held, Response::Held(h) if h.is_empty()));
+        assert!(catalog.list("b1").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,324 @@
+//! The `[backup]` settings: what is backed up, how, when, and where to.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::backup::Method;
+
+/// The `[backup]` table of the config file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupFile {
+    /// The blade's data set.
+    pub root: Option<PathBuf>,
+    /// Holders per blade, besides its own node.
+    pub replication_factor: Option<usize>,
+    /// Directory names (or paths relative to the root) left out.
+    pub exclude_dirs: Option<Vec<String>>,
+    /// File extensions left out.
+    pub exclude_extensions: Option<Vec<String>>,
+    /// `snapshot` or `delta`.
+    pub method: Option<Method>,
+    /// zstd-compress blocks.
+    pub compress: Option<bool>,
+    /// When to back up: `hourly`, `daily HH:MM`, `weekly DAY HH:MM`, `every DURATION` (UTC).
+    pub schedule: Option<Vec<String>>,
+    /// Archives older than this are removed, e.g. `30d`.
+    pub aging: Option<String>,
+    /// Only nodes in these zones hold data.
+    pub zones: Option<Vec<String>>,
+    /// Node names that hold this blade's data instead of the automatic choice.
+    pub holders: Option<Vec<String>>,
+    /// How long a holder must be dead before another takes its place, e.g. `60s`.
+    pub repair_grace: Option<String>,
+    /// Time between peersync rounds, e.g. `2s`.
+    pub sync_interval: Option<String>,
+    /// Time between garbage collections, e.g. `10m`.
+    pub gc_interval: Option<String>,
+    /// An unreferenced block younger than this is kept (a push may still need it), e.g. `1h`.
+    pub gc_grace: Option<String>,
+    /// Time between scrubs (every stored block read and checked), e.g. `1d`.
+    pub scrub_interval: Option<String>,
+    /// Watch the root (inotify) and back changes up as they happen.
+    pub continuous: Option<bool>,
+}
+
+/// One schedule rule, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// At the top of every hour.
+    Hourly,
+    /// Every day at this second of the day.
+    Daily(u64),
+    /// Every week on this day (0 = Monday) at this second of the day.
+    Weekly(u64, u64),
+    /// Every so many seconds since the epoch.
+    Every(u64),
+}
+
+/// Validated backup settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupConfig {
+    /// The data set; `None` on a node that only holds others' data.
+    pub root: Option<PathBuf>,
+    /// Holders per blade.
+    pub factor: usize,
+    /// Directory exclusions.
+    pub exclude_dirs: Vec<String>,
+    /// Extension exclusions.
+    pub exclude_exts: Vec<String>,
+    /// Snapshot or delta.
+    pub method: Method,
+    /// zstd.
+    pub compress: bool,
+    /// When to back up.
+    pub schedule: Vec<Rule>,
+    /// Archive age limit.
+    pub aging: Option<Duration>,
+    /// Zones allowed to hold data.
+    pub zones: Vec<String>,
+    /// Manual holders.
+    pub holders: Vec<String>,
+    /// Dead time before repair.
+    pub repair_grace: Duration,
+    /// Peersync period.
+    pub sync_interval: Duration,
+    /// Garbage collection period.
+    pub gc_interval: Duration,
+    /// Minimum age of a collected block.
+    pub gc_grace: Duration,
+    /// Scrub period.
+    pub scrub_interval: Duration,
+    /// Back changes up as they happen.
+    pub continuous: bool,
+}
+
+/// A bad setting: field, value, reason.
+pub type SettingError = (&'static str, String, String);
+
+/// Parses `90s`, `5m`, `2h`, `30d`, `1w` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "ms" => return Some(Duration::from_millis(n)),
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return None,
+    };
+    Some(Duration::from_secs(n.checked_mul(mult)?))
+}
+
+fn time_of_day(s: &str) -> Option<u64> {
+    let (h, m) = s.split_once(':')?;
+    let (h, m): (u64, u64) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 3600 + m * 60)
+}
+
+/// Parses one schedule rule.
+pub fn parse_rule(s: &str) -> Option<Rule> {
+    let words: Vec<&str> = s.split_whitespace().collect();
+    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    match words.as_slice() {
+        ["hourly"] => Some(Rule::Hourly),
+        ["daily"] => Some(Rule::Daily(0)),
+        ["daily", t] => Some(Rule::Daily(time_of_day(t)?)),
+        ["weekly"] => Some(Rule::Weekly(0, 0)),
+        ["weekly", d, t] => Some(Rule::Weekly(
+            DAYS.iter().position(|x| d.eq_ignore_ascii_case(x))? as u64,
+            time_of_day(t)?,
+        )),
+        ["every", d] => {
+            let d = parse_duration(d)?.as_secs();
+            (d > 0).then_some(Rule::Every(d))
+        }
+        _ => None,
+    }
+}
+
+/// The first time strictly after `now` (seconds since the epoch, UTC) that a rule fires.
+pub fn next_due(rules: &[Rule], now: u64) -> Option<u64> {
+    rules
+        .iter()
+        .map(|r| {
+            let (period, offset) = match *r {
+                Rule::Hourly => (3600, 0),
+                Rule::Daily(t) => (86_400, t),
+                // The epoch was a Thursday: Monday 00:00 is 4 days later in the week's cycle.
+                Rule::Weekly(day, t) => (604_800, (4 * 86_400 + day * 86_400 + t) % 604_800),
+                Rule::Every(p) => (p, 0),
+            };
+            // The last firing at or before now, then one period on.
+            let (now, period, offset) = (i128::from(now), i128::from(period), i128::from(offset));
+            let last = now - (now - offset).rem_euclid(period);
+            (last + period) as u64
+        })
+        .min()
+}
+
+impl BackupConfig {
+    /// Validates the file's table with the command line's `--backup-root` and
+    /// `--replication-factor` over it.
+    pub fn from_file(
+        file: &BackupFile,
+        root: Option<PathBuf>,
+        factor: Option<usize>,
+    ) -> Result<BackupConfig, SettingError> {
+        let dur = |field: &'static str, v: &Option<String>, d: Duration| match v {
+            None => Ok(d),
+            Some(s) => parse_duration(s).ok_or_else(|| {
+                (
+                    field,
+                    s.clone(),
+                    "not a duration like 90s, 5m, 2h, 30d".to_string(),
+                )
+            }),
+        };
+        let schedule = file
+            .schedule
+            .iter()
+            .flatten()
+            .map(|s| {
+                parse_rule(s).ok_or_else(|| {
+                    (
+                        "backup.schedule",
+                        s.clone(),
+                        "expected hourly, daily HH:MM, weekly DAY HH:MM or every DURATION".into(),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let factor = factor.or(file.replication_factor).unwrap_or(2);
+        if factor > 16 {
+            return Err((
+                "replication-factor",
+                factor.to_string(),
+                "at most 16".into(),
+            ));
+        }
+        let sync_interval = dur(
+            "backup.sync_interval",
+            &file.sync_interval,
+            Duration::from_secs(2),
+        )?;
+        if sync_interval.is_zero() {
+            return Err((
+                "backup.sync_interval",
+                "0".into(),
+                "must be greater than zero".into(),
+            ));
+        }
+        let gc_interval = dur(
+            "backup.gc_interval",
+            &file.gc_interval,
+            Duration::from_secs(600),
+        )?;
+        if gc_interval.is_zero() {
+            return Err((
+                "backup.gc_interval",
+                "0".into(),
+                "must be greater than zero".into(),
+            ));
+        }
+        Ok(BackupConfig {
+            root: root.or(file.root.clone()),
+            factor,
+            exclude_dirs: file.exclude_dirs.clone().unwrap_or_default(),
+            exclude_exts: file.exclude_extensions.clone().unwrap_or_default(),
+            method: file.method.unwrap_or(Method::Delta),
+            compress: file.compress.unwrap_or(true),
+            schedule,
+            aging: file
+                .aging
+                .as_ref()
+                .map(|a| dur("backup.aging", &Some(a.clone()), Duration::ZERO))
+                .transpose()?,
+            zones: file.zones.clone().unwrap_or_default(),
+            holders: file.holders.clone().unwrap_or_default(),
+            repair_grace: dur(
+                "backup.repair_grace",
+                &file.repair_grace,
+                Duration::from_secs(60),
+            )?,
+            sync_interval,
+            gc_interval,
+            gc_grace: dur("backup.gc_grace", &file.gc_grace, Duration::from_secs(3600))?,
+            scrub_interval: match dur(
+                "backup.scrub_interval",
+                &file.scrub_interval,
+                Duration::from_secs(86_400),
+            )? {
+                d if d.is_zero() => {
+                    return Err((
+                        "backup.scrub_interval",
+                        "0".into(),
+                        "must be greater than zero".into(),
+                    ))
+                }
+                d => d,
+            },
+            continuous: file.continuous.unwrap_or(false),
+        })
+    }
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig::from_file(&BackupFile::default(), None, None)
+            .unwrap_or_else(|_| unreachable!("the defaults are valid"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_rules_parse_and_bad_ones_are_refused() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(
+            parse_duration("30d"),
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(parse_duration("5x"), None);
+        assert_eq!(parse_rule("daily 02:30"), Some(Rule::Daily(9000)));
+        assert_eq!(parse_rule("weekly sun 00:00"), Some(Rule::Weekly(6, 0)));
+        assert_eq!(parse_rule("daily 25:00"), None);
+        assert_eq!(parse_rule("every 0s"), None);
+        let file = BackupFile {
+            schedule: Some(vec!["sometimes".into()]),
+            ..BackupFile::default()
+        };
+        assert_eq!(
+            BackupConfig::from_file(&file, None, None).unwrap_err().0,
+            "backup.schedule"
+        );
+    }
+
+    #[test]
+    fn the_next_due_time_follows_each_rule() {
+        // 1970-01-05 was a Monday; 1 hour and 10 s past midnight.
+        let monday = 4 * 86_400;
+        let now = monday + 3610;
+        assert_eq!(next_due(&[Rule::Hourly], now), Some(monday + 7200));
+        assert_eq!(
+            next_due(&[Rule::Daily(1800)], now),
+            Some(monday + 86_400 + 1800)
+        );
+        assert_eq!(next_due(&[Rule::Daily(7200)], now), Some(monday + 7200));
+        assert_eq!(next_due(&[Rule::Weekly(0, 7200)], now), Some(monday + 7200));
+        assert_eq!(next_due(&[Rule::Weekly(1, 0)], now), Some(monday + 86_400));
+        assert_eq!(next_due(&[Rule::Every(60)], now), Some(now - 10 + 60));
+        assert_eq!(
+            next_due(&[Rule::Hourly, Rule::Every(60)], now),
+            Some(now - 10 + 60)
+        );
+        assert_eq!(next_due(&[], now), None);
+    }
+}

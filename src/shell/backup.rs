@@ -1,0 +1,311 @@
+//! `dcish backup now`, `archives` and `restore`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use dci_proto::backup::{
+    archives_from_payload, restored_from_payload, ArchiveInfo, BackupRequest, RestoreArgs,
+};
+
+use super::client::{Client, ClientError};
+
+/// Waited backups and restores move whole data sets; they get this long.
+const LONG_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// `dcish backup ...`.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Make an archive now and return when every holder has it (exit 0) or it failed.
+    Now {
+        /// The blade [default: the agent's own].
+        blade: Option<String>,
+        /// Return once the archive is made, without waiting for the holders.
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+/// `dcish restore ...`.
+#[derive(Debug, Args)]
+pub struct RestoreCommand {
+    /// The blade whose archives are restored.
+    pub blade: String,
+    /// Restore sequentially up to and including this archive [default: the latest].
+    #[arg(long, value_name = "ID")]
+    pub archive: Option<u64>,
+    /// Restore only paths matching this glob (relative to the backup root); repeatable.
+    #[arg(long = "path", value_name = "GLOB")]
+    pub paths: Vec<String>,
+    /// Directory to restore into, on the restoring node [default: its backup root].
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
+    /// The node (by name) that restores [default: the agent's own].
+    #[arg(long, value_name = "NODE")]
+    pub on: Option<String>,
+}
+
+fn protocol(e: dci_proto::ProtoError) -> ClientError {
+    ClientError::Protocol {
+        path: PathBuf::from("control socket"),
+        reason: e.to_string(),
+    }
+}
+
+fn time(ms: u64) -> String {
+    // UTC, to the second, without a date crate: days since the epoch to a civil date.
+    let s = ms / 1000;
+    let (days, rem) = (s / 86_400, s % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+/// The `archives --json` document.
+pub fn archives_json(archives: &[ArchiveInfo]) -> String {
+    let rows: Vec<serde_json::Value> = archives
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "id": a.id,
+                "time": a.time_ms,
+                "kind": a.kind,
+                "bytes": a.bytes,
+                "files": a.files,
+                "skipped": a.skipped,
+                "complete": a.complete,
+                "holders": a.holders,
+                "lacking": a.lacking,
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".into())
+}
+
+fn archives_text(archives: &[ArchiveInfo]) -> String {
+    if archives.is_empty() {
+        return "no archives".into();
+    }
+    let mut out = format!(
+        "{:>4}  {:<19}  {:<8}  {:>10}  {:>7}  {:<10}  {}\n",
+        "ID", "TIME (UTC)", "KIND", "BYTES", "FILES", "COMPLETE", "HOLDERS"
+    );
+    for a in archives {
+        let complete = if a.complete {
+            "yes".to_string()
+        } else if a.lacking.is_empty() {
+            "no".to_string()
+        } else {
+            format!("no (lacking: {})", a.lacking.join(", "))
+        };
+        out.push_str(&format!(
+            "{:>4}  {:<19}  {:<8}  {:>10}  {:>7}  {:<10}  {}\n",
+            a.id,
+            time(a.time_ms),
+            a.kind,
+            bytes(a.bytes),
+            a.files,
+            complete,
+            a.holders.join(", ")
+        ));
+    }
+    out.trim_end().to_string()
+}
+
+/// `dcish backup now`.
+pub async fn backup(
+    client: &mut Client,
+    command: &BackupCommand,
+    json: bool,
+) -> Result<String, ClientError> {
+    let BackupCommand::Now { blade, no_wait } = command;
+    let request = BackupRequest::Now {
+        blade: blade.clone(),
+        wait: !no_wait,
+    };
+    let payload = client
+        .request_within(request.to_payload(), LONG_TIMEOUT)
+        .await?;
+    let archives = archives_from_payload(&payload).map_err(protocol)?;
+    Ok(match (json, archives.first()) {
+        (true, _) => archives_json(&archives),
+        (false, Some(a)) if a.complete => format!(
+            "archive {} ({}, {} files, {}) is complete on {}",
+            a.id,
+            a.kind,
+            a.files,
+            bytes(a.bytes),
+            if a.holders.is_empty() {
+                "this node (replication factor 0)".to_string()
+            } else {
+                a.holders.join(", ")
+            }
+        ),
+        (false, Some(a)) => format!(
+            "archive {} ({}, {} files, {}) made; pushing to the holders",
+            a.id,
+            a.kind,
+            a.files,
+            bytes(a.bytes)
+        ),
+        (false, None) => "no archive made".into(),
+    })
+}
+
+/// `dcish archives BLADE`.
+pub async fn archives(client: &mut Client, blade: &str, json: bool) -> Result<String, ClientError> {
+    let request = BackupRequest::Archives {
+        blade: blade.into(),
+    };
+    let payload = client
+        .request_within(request.to_payload(), Duration::from_secs(120))
+        .await?;
+    let archives = archives_from_payload(&payload).map_err(protocol)?;
+    Ok(if json {
+        archives_json(&archives)
+    } else {
+        archives_text(&archives)
+    })
+}
+
+/// `dcish ls BLADE [PATH]`.
+pub async fn ls(
+    client: &mut Client,
+    blade: &str,
+    path: &str,
+    json: bool,
+) -> Result<String, ClientError> {
+    let request = BackupRequest::Ls {
+        blade: blade.into(),
+        path: path.into(),
+    };
+    let payload = client
+        .request_within(request.to_payload(), Duration::from_secs(120))
+        .await?;
+    let entries = dci_proto::backup::listing_from_payload(&payload).map_err(protocol)?;
+    if json {
+        let rows: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "path": e.path, "kind": e.kind, "size": e.size,
+                    "mode": format!("{:o}", e.mode), "mtime": e.mtime, "target": e.target,
+                })
+            })
+            .collect();
+        return Ok(serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".into()));
+    }
+    Ok(entries
+        .iter()
+        .map(|e| {
+            let name = e.path.rsplit('/').next().unwrap_or(&e.path);
+            let suffix = match (&e.kind[..], &e.target) {
+                ("dir", _) => "/".to_string(),
+                (_, Some(t)) => format!(" -> {t}"),
+                _ => String::new(),
+            };
+            format!("{:04o}  {:>10}  {name}{suffix}", e.mode, bytes(e.size))
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// `dcish cat BLADE PATH`: the file's bytes.
+pub async fn cat(client: &mut Client, blade: &str, path: &str) -> Result<Vec<u8>, ClientError> {
+    let request = BackupRequest::Cat {
+        blade: blade.into(),
+        path: path.into(),
+    };
+    let payload = client
+        .request_within(request.to_payload(), Duration::from_secs(300))
+        .await?;
+    dci_proto::backup::file_from_payload(&payload).map_err(protocol)
+}
+
+/// `dcish restore BLADE ...`.
+pub async fn restore(
+    client: &mut Client,
+    c: &RestoreCommand,
+    json: bool,
+) -> Result<String, ClientError> {
+    // A relative target means the shell's directory when the local agent restores; another
+    // node has no such directory, so there it must be absolute.
+    let to = match &c.to {
+        Some(p) if p.is_relative() && c.on.is_none() => Some(
+            std::env::current_dir()
+                .map(|d| d.join(p))
+                .unwrap_or_else(|_| p.clone()),
+        ),
+        other => other.clone(),
+    };
+    let request = BackupRequest::Restore(RestoreArgs {
+        blade: c.blade.clone(),
+        archive: c.archive,
+        paths: c.paths.clone(),
+        to: to.map(|p| p.display().to_string()),
+        on: c.on.clone(),
+    });
+    let payload = client
+        .request_within(request.to_payload(), LONG_TIMEOUT)
+        .await?;
+    let r = restored_from_payload(&payload).map_err(protocol)?;
+    Ok(if json {
+        serde_json::json!({
+            "node": r.node,
+            "target": r.target,
+            "archives": r.archives,
+            "entries": r.entries,
+            "bytes": r.bytes,
+            "refused": r.refused,
+        })
+        .to_string()
+    } else {
+        format!(
+            "restored {} entries ({}) from {} archive(s) of {} into {} on {}{}",
+            r.entries,
+            bytes(r.bytes),
+            r.archives,
+            c.blade,
+            r.target,
+            r.node,
+            if r.refused > 0 {
+                format!("; refused {} unsafe entries", r.refused)
+            } else {
+                String::new()
+            }
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_printed_as_utc_dates() {
+        assert_eq!(time(0), "1970-01-01 00:00:00");
+        assert_eq!(time(1_700_000_000_000), "2023-11-14 22:13:20");
+        assert_eq!(time(951_782_400_000), "2000-02-29 00:00:00");
+    }
+}
