@@ -287,7 +287,7 @@ pub struct Election<Id> {
 
 impl<Id> Election<Id>
 where
-    Id: Copy + Ord + Hash + Debug,
+    Id: Copy + Ord + Hash + Debug + std::fmt::Display,
 {
     /// A node starting (or restarting) with what it persisted. Arms the tick.
     pub fn new(

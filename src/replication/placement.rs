@@ -28,8 +28,9 @@ pub struct Placement {
     pub zones: Vec<String>,
 }
 
-/// The rendezvous score of `node` for `blade`.
-fn score(blade: &str, node: &str) -> u64 {
+/// The rendezvous score of `node` (its id as text) for `blade`; higher ranks first. Failover ranks
+/// a blade's candidate successors with it too, so both agree on every node.
+pub fn score(blade: &str, node: &str) -> u64 {
     let mut h = blake3::Hasher::new();
     h.update(blade.as_bytes());
     h.update(&[0]);
