@@ -106,6 +106,17 @@ fn config(dir: &Path, name: &str, body: &str) -> String {
     path.display().to_string()
 }
 
+/// Starts the blade `b1`, backing `root` up with the config file `cfg`, onto `factor` holders when
+/// given (else the config file's or the default).
+fn start_owner(dir: &Path, port: u16, root: &Path, factor: Option<u32>, cfg: &str) -> Node {
+    let factor = factor.map(|f| f.to_string());
+    let mut args = vec!["--backup-root", root.to_str().unwrap(), "--config", cfg];
+    if let Some(f) = &factor {
+        args.extend(["--replication-factor", f.as_str()]);
+    }
+    Node::start(dir, "b1", port, &[], &args)
+}
+
 fn all_alive(nodes: &[&Node], n: usize) {
     let converged = wait_until(Duration::from_secs(30), || {
         nodes.iter().all(|node| {
@@ -126,20 +137,7 @@ fn a_blade_backed_up_twice_is_restored_exactly_on_another_node_after_its_data_di
     make_tree(&root);
     let cfg = config(tmp.path(), "b1", "[backup]\nexclude_dirs = [\"cache\"]\n");
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let b1 = Node::start(
-        tmp.path(),
-        "b1",
-        ports[0],
-        &[],
-        &[
-            "--backup-root",
-            root.to_str().unwrap(),
-            "--replication-factor",
-            "2",
-            "--config",
-            &cfg,
-        ],
-    );
+    let b1 = start_owner(tmp.path(), ports[0], &root, Some(2), &cfg);
     let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &[]);
     let b3 = Node::start(tmp.path(), "b3", ports[2], &[ports[0]], &[]);
     all_alive(&[&b1, &b2, &b3], 3);
@@ -295,13 +293,7 @@ fn a_holder_killed_and_restarted_catches_up_by_peersync_with_only_the_blocks_it_
         "[backup]\nmethod = \"snapshot\"\nsync_interval = \"500ms\"\n",
     );
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let b1 = Node::start(
-        tmp.path(),
-        "b1",
-        ports[0],
-        &[],
-        &["--backup-root", root.to_str().unwrap(), "--config", &cfg],
-    );
+    let b1 = start_owner(tmp.path(), ports[0], &root, None, &cfg);
     let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &[]);
     let b3 = Node::start(tmp.path(), "b3", ports[2], &[ports[0]], &[]);
     all_alive(&[&b1, &b2, &b3], 3);
@@ -366,20 +358,7 @@ fn a_holder_killed_for_good_is_replaced_and_the_factor_restored() {
         "[backup]\nrepair_grace = \"2s\"\nsync_interval = \"500ms\"\n",
     );
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let b1 = Node::start(
-        tmp.path(),
-        "b1",
-        ports[0],
-        &[],
-        &[
-            "--backup-root",
-            root.to_str().unwrap(),
-            "--replication-factor",
-            "2",
-            "--config",
-            &cfg,
-        ],
-    );
+    let b1 = start_owner(tmp.path(), ports[0], &root, Some(2), &cfg);
     let mut others: Vec<Node> = (1..4)
         .map(|i| {
             Node::start(
@@ -451,13 +430,7 @@ fn aging_removes_old_archives_and_only_their_unreferenced_blocks() {
     let body = "[backup]\nmethod = \"snapshot\"\naging = \"3s\"\nsync_interval = \"500ms\"\ngc_interval = \"1s\"\ngc_grace = \"1s\"\n";
     let cfg = config(tmp.path(), "all", body);
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let b1 = Node::start(
-        tmp.path(),
-        "b1",
-        ports[0],
-        &[],
-        &["--backup-root", root.to_str().unwrap(), "--config", &cfg],
-    );
+    let b1 = start_owner(tmp.path(), ports[0], &root, None, &cfg);
     let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &["--config", &cfg]);
     let b3 = Node::start(tmp.path(), "b3", ports[2], &[ports[0]], &["--config", &cfg]);
     all_alive(&[&b1, &b2, &b3], 3);
@@ -584,20 +557,7 @@ fn corrupt_blocks_are_found_by_the_scrub_and_fetched_again_from_another_copy() {
         "[backup]\nscrub_interval = \"1s\"\nsync_interval = \"500ms\"\n",
     );
     let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
-    let b1 = Node::start(
-        tmp.path(),
-        "b1",
-        ports[0],
-        &[],
-        &[
-            "--backup-root",
-            root.to_str().unwrap(),
-            "--replication-factor",
-            "1",
-            "--config",
-            &cfg,
-        ],
-    );
+    let b1 = start_owner(tmp.path(), ports[0], &root, Some(1), &cfg);
     let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &["--config", &cfg]);
     all_alive(&[&b1, &b2], 2);
     ok(b1.dcish(&["backup", "now"]));
@@ -640,20 +600,7 @@ fn continuous_mode_ships_a_change_to_the_holders_within_moments() {
     fs::write(root.join("first"), b"there at start").unwrap();
     let cfg = config(tmp.path(), "b1", "[backup]\ncontinuous = true\n");
     let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
-    let b1 = Node::start(
-        tmp.path(),
-        "b1",
-        ports[0],
-        &[],
-        &[
-            "--backup-root",
-            root.to_str().unwrap(),
-            "--replication-factor",
-            "1",
-            "--config",
-            &cfg,
-        ],
-    );
+    let b1 = start_owner(tmp.path(), ports[0], &root, Some(1), &cfg);
     let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &[]);
     all_alive(&[&b1, &b2], 2);
     let complete = |n: usize| {
@@ -759,20 +706,7 @@ fn without_the_owner_the_surviving_holder_restores_the_factor() {
         "[backup]\nrepair_grace = \"2s\"\nsync_interval = \"500ms\"\n",
     );
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let b1 = Node::start(
-        tmp.path(),
-        "b1",
-        ports[0],
-        &[],
-        &[
-            "--backup-root",
-            root.to_str().unwrap(),
-            "--replication-factor",
-            "2",
-            "--config",
-            &cfg,
-        ],
-    );
+    let b1 = start_owner(tmp.path(), ports[0], &root, Some(2), &cfg);
     let mut others: Vec<Node> = (1..4)
         .map(|i| {
             Node::start(
