@@ -1115,19 +1115,7 @@ impl Service {
             ));
         };
         let records: Vec<ArchiveRecord> = merged.values().map(|(r, _)| r.clone()).collect();
-        let mut peers: Vec<PeerId> = Vec::new();
-        for (_, have) in merged.values() {
-            for p in have {
-                if *p != self.me && !peers.contains(p) {
-                    peers.push(*p);
-                }
-            }
-        }
-        let source = NetSource {
-            service: self.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            peers,
-        };
+        let source = self.net_source(merged.values().map(|(_, have)| have));
         blocking(move || {
             crate::backup::tree_at(&records, last, &source)
                 .map(|tree| (tree, source))
@@ -1258,19 +1246,7 @@ impl Service {
         }
         let records: Vec<ArchiveRecord> = merged.values().map(|(r, _)| r.clone()).collect();
         let chain: Vec<ArchiveRecord> = chain(&records, upto).into_iter().cloned().collect();
-        let mut peers: Vec<PeerId> = Vec::new();
-        for r in &chain {
-            for p in &merged[&r.seq].1 {
-                if *p != self.me && !peers.contains(p) {
-                    peers.push(*p);
-                }
-            }
-        }
-        let source = NetSource {
-            service: self.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            peers,
-        };
+        let source = self.net_source(chain.iter().map(|r| &merged[&r.seq].1));
         let node = self.name.clone();
         let stats = blocking(
             move || -> Result<(u64, crate::backup::restore::RestoreStats), String> {
@@ -1479,6 +1455,26 @@ fn name_of(members: &[MemberInfo], id: &str) -> String {
         .find(|m| m.id == id)
         .map(|m| m.name.clone())
         .unwrap_or_else(|| id.to_string())
+}
+
+impl Service {
+    /// A block source over the nodes, other than this one, that hold any of these archives.
+    fn net_source<'a>(
+        self: &Arc<Self>,
+        holders: impl Iterator<Item = &'a Vec<PeerId>>,
+    ) -> NetSource {
+        let mut peers: Vec<PeerId> = Vec::new();
+        for p in holders.flatten() {
+            if *p != self.me && !peers.contains(p) {
+                peers.push(*p);
+            }
+        }
+        NetSource {
+            service: self.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            peers,
+        }
+    }
 }
 
 /// Blocks for a restore: the local store first, then the holders, spread over them in parallel,

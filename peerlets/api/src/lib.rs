@@ -301,7 +301,8 @@ pub fn first_text(payload: &Payload) -> Option<String> {
     Some(unescape(&body[..close]))
 }
 
-fn unescape(s: &str) -> String {
+/// Decodes the five predefined entities (the reverse of [`escape`]).
+pub fn unescape(s: &str) -> String {
     s.replace("&lt;", "<")
         .replace("&gt;", ">")
         .replace("&quot;", "\"")

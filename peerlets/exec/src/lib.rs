@@ -12,7 +12,9 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dci_peerlet::{escape, Context, Envelope, Kind, Payload, Peerlet, PeerletType, Refusal, Uuid};
+use dci_peerlet::{
+    escape, unescape, Context, Envelope, Kind, Payload, Peerlet, PeerletType, Refusal, Uuid,
+};
 
 /// The exec peerlet's namespace.
 pub const NAMESPACE: &str = "urn:dci:exec:1";
@@ -139,14 +141,6 @@ pub fn args(payload: &Payload) -> Result<Vec<String>, Refusal> {
         rest = &after[end + 6..];
     }
     Ok(args)
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&amp;", "&")
 }
 
 /// Reads at most `cap` bytes of `r` and discards the rest; says whether anything was discarded.
