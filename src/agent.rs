@@ -952,10 +952,12 @@ fn start_replication(
     let store = FsBlockStore::open(&data_dir.path().join("blocks")).map_err(store_err)?;
     let catalog = SledCatalog::open(db).map_err(store_err)?;
     let (link, ch) = channels();
+    let mut backup = config.backup.clone();
+    backup.restore_into.push(data_dir.path().join("restores"));
     let service = Service::new(
         std::sync::Arc::new(store),
         std::sync::Arc::new(catalog),
-        config.backup.clone(),
+        backup,
         (local_id, config.name.clone(), config.zone.clone()),
         ch.net,
         ch.stats,

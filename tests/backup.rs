@@ -139,7 +139,18 @@ fn a_blade_backed_up_twice_is_restored_exactly_on_another_node_after_its_data_di
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let b1 = start_owner(tmp.path(), ports[0], &root, Some(2), &cfg);
     let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &[]);
-    let b3 = Node::start(tmp.path(), "b3", ports[2], &[ports[0]], &[]);
+    let b3_cfg = config(
+        tmp.path(),
+        "b3",
+        &format!("[backup]\nrestore_into = [{:?}]\n", tmp.path()),
+    );
+    let b3 = Node::start(
+        tmp.path(),
+        "b3",
+        ports[2],
+        &[ports[0]],
+        &["--config", &b3_cfg],
+    );
     all_alive(&[&b1, &b2, &b3], 3);
 
     let out = ok(b1.dcish(&["backup", "now"]));
@@ -206,6 +217,22 @@ fn a_blade_backed_up_twice_is_restored_exactly_on_another_node_after_its_data_di
         "a directory is not catted"
     );
 
+    // Another node's restore writes only where b3's operator allowed.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let refused = b2.dcish(&[
+        "restore",
+        "b1",
+        "--on",
+        "b3",
+        "--to",
+        elsewhere.path().join("x").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("may write only under"),
+        "{err}"
+    );
+    assert!(!elsewhere.path().join("x").exists());
     let full = tmp.path().join("restored-full");
     let out = ok(b2.dcish(&[
         "restore",

@@ -11,7 +11,7 @@
 //! repair grace drops out of the candidates, so the next node in placement order takes its place.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -990,7 +990,8 @@ impl Service {
                     .await
                 }
                 _ => {
-                    let summary = self.restore(args).await?;
+                    // `forward` is false exactly when another node asked.
+                    let summary = self.restore(args, !forward).await?;
                     Ok(restored_to_payload(&summary))
                 }
             },
@@ -1199,7 +1200,11 @@ impl Service {
     }
 
     /// Restores on this node.
-    async fn restore(self: &Arc<Self>, args: RestoreArgs) -> Result<RestoreSummary, Failure> {
+    async fn restore(
+        self: &Arc<Self>,
+        args: RestoreArgs,
+        from_peer: bool,
+    ) -> Result<RestoreSummary, Failure> {
         let target: PathBuf = match (&args.to, &self.cfg.root) {
             (Some(to), _) => to.into(),
             (None, Some(root)) => root.clone(),
@@ -1215,6 +1220,22 @@ impl Service {
                 "bad-target",
                 format!("{} is not an absolute path", target.display()),
             ));
+        }
+        // Any member of the mesh may forward a restore: it writes only where this node's
+        // operator allowed, not wherever the agent's user can.
+        if from_peer && args.to.is_some() {
+            let allowed = self.cfg.root.iter().chain(&self.cfg.restore_into);
+            if !allowed.clone().any(|dir| within(&target, dir)) {
+                let dirs: Vec<String> = allowed.map(|d| d.display().to_string()).collect();
+                return Err(fail(
+                    "target-not-allowed",
+                    format!(
+                        "a restore asked by another node may write only under {} ([backup] restore_into on {})",
+                        dirs.join(", "),
+                        self.name
+                    ),
+                ));
+            }
         }
         let globs = if args.paths.is_empty() {
             None
@@ -1457,6 +1478,36 @@ fn name_of(members: &[MemberInfo], id: &str) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
+/// Whether `target` lies inside `dir`, symlinks resolved: the longest part of `target` that exists
+/// is resolved, and what follows may not climb with `..`.
+fn within(target: &Path, dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    let mut existing = target;
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            // `..` at the end, or the root: nothing to resolve against.
+            _ => return false,
+        }
+    }
+    let Ok(mut resolved) = existing.canonicalize() else {
+        return false;
+    };
+    for name in rest.iter().rev() {
+        if name == ".." || name == "." {
+            return false;
+        }
+        resolved.push(name);
+    }
+    resolved.starts_with(&dir)
+}
+
 impl Service {
     /// A block source over the nodes, other than this one, that hold any of these archives.
     fn net_source<'a>(
@@ -1554,6 +1605,26 @@ impl BlockSource for NetSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restore_target_is_within_a_directory_only_without_climbing_or_symlinks_out() {
+        let base = tempfile::tempdir().unwrap();
+        let allowed = base.path().join("allowed");
+        let outside = base.path().join("outside");
+        std::fs::create_dir_all(&allowed).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, allowed.join("link")).unwrap();
+        assert!(within(&allowed.join("new/dir"), &allowed));
+        assert!(within(&allowed, &allowed));
+        assert!(!within(&outside.join("x"), &allowed));
+        assert!(!within(&allowed.join("new/../../outside/x"), &allowed));
+        assert!(!within(&allowed.join("../outside"), &allowed));
+        assert!(
+            !within(&allowed.join("link/x"), &allowed),
+            "a symlink out is followed"
+        );
+        assert!(!within(&allowed.join("x"), &base.path().join("missing")));
+    }
     use crate::store::catalog::{ArchiveKind, MemCatalog};
     use crate::store::{encode, MemBlockStore};
 

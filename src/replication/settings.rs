@@ -43,6 +43,9 @@ pub struct BackupFile {
     pub scrub_interval: Option<String>,
     /// Watch the root (inotify) and back changes up as they happen.
     pub continuous: Option<bool>,
+    /// Directories a restore asked by another node may write into, besides the backup root and
+    /// `<data-dir>/restores` (an operator on this node's own socket may restore anywhere).
+    pub restore_into: Option<Vec<PathBuf>>,
 }
 
 /// One schedule rule, in UTC.
@@ -93,6 +96,8 @@ pub struct BackupConfig {
     pub scrub_interval: Duration,
     /// Back changes up as they happen.
     pub continuous: bool,
+    /// Where a restore asked by another node may write (the backup root counts too).
+    pub restore_into: Vec<PathBuf>,
 }
 
 /// A bad setting: field, value, reason.
@@ -226,7 +231,16 @@ impl BackupConfig {
                 "must be greater than zero".into(),
             ));
         }
+        let restore_into = file.restore_into.clone().unwrap_or_default();
+        if let Some(dir) = restore_into.iter().find(|d| !d.is_absolute()) {
+            return Err((
+                "backup.restore_into",
+                dir.display().to_string(),
+                "must be an absolute path".into(),
+            ));
+        }
         Ok(BackupConfig {
+            restore_into,
             root: root.or(file.root.clone()),
             factor,
             exclude_dirs: file.exclude_dirs.clone().unwrap_or_default(),
