@@ -53,6 +53,12 @@ pub const EVENT_KINDS: [&str; 9] = [
     "recovered",
 ];
 
+/// Seat states as spelled on the wire, as the answering agent sees the seat: `held` (the holder
+/// is up, and serves it if it is the answering agent), `restoring` (the answering agent won it and
+/// is restoring its data), `down` (the holder is dead or left, or it is the answering agent and
+/// holds no lease: nobody serves the blade until an election moves it).
+pub const SEAT_STATES: [&str; 3] = ["held", "restoring", "down"];
+
 /// A command sent by `dcish` to its local agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlRequest {
@@ -63,6 +69,8 @@ pub enum ControlRequest {
     /// The agent's counters (refused input, notices), `<counters/>`; answered by
     /// [`counters_to_payload`].
     Counters,
+    /// The seat table, `<seats/>`; answered by [`seats_to_payload`].
+    Seats,
 }
 
 impl ControlRequest {
@@ -72,6 +80,7 @@ impl ControlRequest {
             ControlRequest::Nodes => "nodes",
             ControlRequest::Events => "events",
             ControlRequest::Counters => "counters",
+            ControlRequest::Seats => "seats",
         }
     }
 
@@ -91,6 +100,7 @@ impl ControlRequest {
             "nodes" => ControlRequest::Nodes,
             "events" => ControlRequest::Events,
             "counters" => ControlRequest::Counters,
+            "seats" => ControlRequest::Seats,
             other => {
                 return Err(ProtoError::invalid(
                     "command",
@@ -147,6 +157,63 @@ pub struct ChannelInfo {
     pub last_ms: Option<u64>,
     /// One of [`CHANNEL_STATES`].
     pub state: String,
+}
+
+/// One row of the seat table (`dcish seats`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeatInfo {
+    /// The blade's name.
+    pub blade: String,
+    /// The holder's node id.
+    pub holder: String,
+    /// The holder's member name (empty when the answering agent does not know it).
+    pub holder_name: String,
+    /// The epoch the holder won.
+    pub epoch: u64,
+    /// One of [`SEAT_STATES`].
+    pub state: String,
+}
+
+/// The reply payload of [`ControlRequest::Seats`].
+pub fn seats_to_payload(seats: &[SeatInfo]) -> Payload {
+    let mut s = format!("<seats xmlns=\"{CONTROL_NAMESPACE}\">");
+    for seat in seats {
+        s.push_str("<seat");
+        push_attribute(&mut s, "blade", &seat.blade);
+        push_attribute(&mut s, "holder", &seat.holder);
+        push_attribute(&mut s, "holder-name", &seat.holder_name);
+        push_attribute(&mut s, "epoch", &seat.epoch.to_string());
+        push_attribute(&mut s, "state", &seat.state);
+        s.push_str("/>");
+    }
+    s.push_str("</seats>");
+    Payload::trusted(s)
+}
+
+/// Reads the reply payload of [`ControlRequest::Seats`]; refuses a state outside
+/// [`SEAT_STATES`].
+pub fn seats_from_payload(payload: &Payload) -> Result<Vec<SeatInfo>, ProtoError> {
+    let root = named_element(payload, "seats", CONTROL_NAMESPACE)?;
+    let [] = attributes(&root, "seats", [])?;
+    elements(&root, "seats", &["seat"])?
+        .into_iter()
+        .map(|e| {
+            let [blade, holder, holder_name, epoch, state] = attributes(
+                e,
+                "seat",
+                ["blade", "holder", "holder-name", "epoch", "state"],
+            )?;
+            no_content(e, "seat")?;
+            Ok(SeatInfo {
+                blade: required("seat/@blade", blade)?.to_owned(),
+                holder: required("seat/@holder", holder)?.to_owned(),
+                holder_name: required("seat/@holder-name", holder_name)?.to_owned(),
+                epoch: number("seat/@epoch", epoch)?,
+                state: one_of("seat/@state", required("seat/@state", state)?, &SEAT_STATES)?
+                    .to_owned(),
+            })
+        })
+        .collect()
 }
 
 /// The resource attributes, in [`MemberInfo::resources`] order.
@@ -725,6 +792,31 @@ mod tests {
             "<counters xmlns=\"{CONTROL_NAMESPACE}\"><counter name=\"x\" value=\"-1\"/></counters>"
         );
         assert!(counters_from_payload(&Payload::new(bad).unwrap()).is_err());
+    }
+
+    #[test]
+    fn the_seat_table_round_trips_and_refuses_unknown_states() {
+        let seats = vec![SeatInfo {
+            blade: "blade-<1>".into(),
+            holder: "12D3KooWx".into(),
+            holder_name: "spare & 1".into(),
+            epoch: 2,
+            state: "restoring".into(),
+        }];
+        let payload = seats_to_payload(&seats);
+        Payload::new(payload.as_str()).unwrap();
+        assert_eq!(seats_from_payload(&payload).unwrap(), seats);
+        assert_eq!(seats_from_payload(&seats_to_payload(&[])).unwrap(), []);
+        let mut bad = seats.clone();
+        bad[0].state = "vacant".into();
+        assert!(seats_from_payload(&seats_to_payload(&bad)).is_err());
+        let ns = CONTROL_NAMESPACE;
+        let extra = format!("<seats xmlns=\"{ns}\"><seat blade=\"b\" holder=\"h\" holder-name=\"\" epoch=\"1\" state=\"held\" x=\"1\"/></seats>");
+        assert!(seats_from_payload(&Payload::new(extra).unwrap()).is_err());
+        assert_eq!(
+            ControlRequest::from_payload(&ControlRequest::Seats.to_payload()).unwrap(),
+            ControlRequest::Seats
+        );
     }
 
     #[test]

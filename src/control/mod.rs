@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dci_proto::control::{
-    counters_to_payload, error_payload, events_to_payload, members_to_payload, ControlRequest,
-    EventInfo, MemberInfo,
+    counters_to_payload, error_payload, events_to_payload, members_to_payload, seats_to_payload,
+    ControlRequest, EventInfo, MemberInfo, SeatInfo,
 };
 use dci_proto::{frame, Envelope, Kind, Limits, Sender};
 use tokio::net::{UnixListener, UnixStream};
@@ -31,6 +31,8 @@ pub enum Query {
     Events(oneshot::Sender<Vec<EventInfo>>),
     /// The agent's counters, as shown by `dcish status`.
     Counters(oneshot::Sender<Vec<(String, u64)>>),
+    /// The seat table, as shown by `dcish seats`.
+    Seats(oneshot::Sender<Vec<SeatInfo>>),
     /// A backup command (`dcish backup`, `archives`, `restore`), for the replication service.
     Backup(crate::replication::ControlCall),
 }
@@ -203,6 +205,9 @@ async fn answer(
         ControlRequest::Events => ask(queries, Query::Events)
             .await
             .map(|e| events_to_payload(&e)),
+        ControlRequest::Seats => ask(queries, Query::Seats)
+            .await
+            .map(|s| seats_to_payload(&s)),
         ControlRequest::Counters => match ask(queries, Query::Counters).await {
             Some(mut c) => {
                 c.extend(messenger.stats().await);

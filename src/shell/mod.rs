@@ -13,8 +13,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use dci_proto::control::{
-    counters_from_payload, events_from_payload, members_from_payload, ControlRequest, EventInfo,
-    MemberInfo,
+    counters_from_payload, events_from_payload, members_from_payload, seats_from_payload,
+    ControlRequest, EventInfo, MemberInfo, SeatInfo,
 };
 
 use client::{Client, ClientError};
@@ -52,6 +52,8 @@ pub enum Command {
     Status,
     /// The recent membership events seen by this agent, oldest first.
     Events,
+    /// The seat table: which node holds each blade, at which epoch, and in what state.
+    Seats,
     /// Send an envelope to a peerlet (a blade, node, group or everyone) and show the answers.
     Send(msg::SendArgs),
     /// Show the message log: envelopes this agent sent and received.
@@ -142,6 +144,15 @@ pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
             let data = backup::cat(&mut client, blade, path).await?;
             let _ = std::io::stdout().lock().write_all(&data);
             return Ok(());
+        }
+        Command::Seats => {
+            let payload = client.request(ControlRequest::Seats.to_payload()).await?;
+            let seats = seats_from_payload(&payload).map_err(protocol)?;
+            if cli.json {
+                seats_json(&seats)
+            } else {
+                seats_table(&seats, color)
+            }
         }
         Command::Events => {
             let payload = client.request(ControlRequest::Events.to_payload()).await?;
@@ -241,9 +252,11 @@ fn table(header: &[&str], rows: &[Vec<String>], colored: Option<usize>, color: b
 
 fn state_color(state: &str) -> Option<&'static str> {
     match state {
-        "alive" | "ok" | "joined" | "recovered" => Some("32"),
-        "suspect" | "unreachable-link" | "link-unreachable" | "degraded" | "idle" => Some("33"),
-        "dead" | "failed" => Some("31"),
+        "alive" | "ok" | "joined" | "recovered" | "held" => Some("32"),
+        "suspect" | "unreachable-link" | "link-unreachable" | "degraded" | "idle" | "restoring" => {
+            Some("33")
+        }
+        "dead" | "failed" | "down" => Some("31"),
         "left" | "disabled" => Some("2"),
         _ => None,
     }
@@ -380,6 +393,45 @@ pub fn status_text(members: &[MemberInfo], counters: &[(String, u64)], color: bo
     out.push_str(&format!("counters: {}\n\n", counted.join(", ")));
     out.push_str(&channels_table(members, color));
     out
+}
+
+/// `dcish --json seats`: an array of `{blade, holder, holder_name, epoch, state}`.
+pub fn seats_json(seats: &[SeatInfo]) -> String {
+    let rows: Vec<serde_json::Value> = seats
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "blade": s.blade,
+                "holder": s.holder,
+                "holder_name": s.holder_name,
+                "epoch": s.epoch,
+                "state": s.state,
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".into())
+}
+
+/// `dcish seats`: one row per blade.
+pub fn seats_table(seats: &[SeatInfo], color: bool) -> String {
+    let rows: Vec<Vec<String>> = seats
+        .iter()
+        .map(|s| {
+            vec![
+                s.blade.clone(),
+                s.holder_name.clone(),
+                s.epoch.to_string(),
+                s.state.clone(),
+                s.holder.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["BLADE", "HOLDER", "EPOCH", "STATE", "HOLDER ID"],
+        &rows,
+        Some(3),
+        color,
+    )
 }
 
 fn events_json(events: &[EventInfo]) -> String {
