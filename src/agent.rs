@@ -110,6 +110,9 @@ pub struct Agent {
     /// Takeover restores that finished: blade, epoch, and the restore's answer.
     takeovers: mpsc::Receiver<Takeover>,
     takeover_tx: mpsc::Sender<Takeover>,
+    /// Hand-overs whose last backup finished: the blade and the node to hand it to.
+    handovers: mpsc::Receiver<(String, PeerId)>,
+    handover_tx: mpsc::Sender<(String, PeerId)>,
 }
 
 /// A takeover's restore, finished: the blade, the epoch won, and what the restore answered.
@@ -244,7 +247,10 @@ impl Agent {
             "dcid started"
         );
         let (takeover_tx, takeovers) = mpsc::channel(4);
+        let (handover_tx, handovers) = mpsc::channel(4);
         let mut agent = Agent {
+            handovers,
+            handover_tx,
             failover,
             restoring: None,
             takeovers,
@@ -326,6 +332,7 @@ impl Agent {
                 Some((env, peer)) = self.notices_in.recv() => self.on_notice(env, peer),
                 Some(cmd) = self.replication.next_command() => self.on_replication(cmd),
                 Some(done) = self.takeovers.recv() => self.on_takeover_done(done),
+                Some((blade, to)) = self.handovers.recv() => self.release(blade, to),
             }
         }
         self.leave().await;
@@ -418,9 +425,126 @@ impl Agent {
                     epoch,
                     holder,
                 } => self.stopped_acting(blade, epoch, holder),
+                Effect::HandOverAsked { from, blade, to } => {
+                    tracing::warn!(%blade, from = %self.member_name(&from), to = %self.member_name(&to), "asked to hand the blade over");
+                    self.hand_over(blade, to);
+                }
                 Effect::Changed => self.publish_seat(),
             }
         }
+    }
+
+    /// An operator's `dcish failover`: finds the holder and the successor, and asks the holder
+    /// to hand the blade over (this node, or another through `/dci/election/1`).
+    fn declare_failover(
+        &mut self,
+        blade: String,
+        to: Option<String>,
+    ) -> Result<dci_proto::control::HandoverInfo, (String, String)> {
+        let Some(seat) = self.failover.seats().get(&blade).copied() else {
+            return Err(("no-seat".into(), format!("no node holds blade {blade}")));
+        };
+        let target = match &to {
+            Some(name) => {
+                let found = self
+                    .swim
+                    .members()
+                    .find(|(_, m)| m.meta.name == *name)
+                    .map(|(id, _)| id);
+                match found {
+                    Some(id) if self.failover.is_candidate(&id) => id,
+                    Some(_) => {
+                        return Err((
+                            "not-a-spare".into(),
+                            format!("{name} is not a live spare holding no blade"),
+                        ))
+                    }
+                    None => return Err(("no-such-node".into(), format!("no member named {name}"))),
+                }
+            }
+            None => self.failover.best_spare(&blade).ok_or_else(|| {
+                (
+                    "no-spare".into(),
+                    format!("no live spare may take blade {blade}"),
+                )
+            })?,
+        };
+        if seat.holder == self.local_id {
+            self.hand_over(blade.clone(), target);
+        } else {
+            let up = self.swim.member(&seat.holder).is_some_and(|m| {
+                matches!(
+                    m.liveness,
+                    Liveness::Alive | Liveness::UnreachableLink | Liveness::Suspect
+                )
+            });
+            if !up {
+                return Err((
+                    "holder-down".into(),
+                    format!(
+                        "the holder of {blade} is down: the mesh elects its successor by itself"
+                    ),
+                ));
+            }
+            let bytes = failover::encode_wire(&failover::Wire::HandOver {
+                blade: blade.clone(),
+                to: target,
+            });
+            self.apply_effects(vec![Effect::Send(seat.holder, bytes)]);
+        }
+        Ok(dci_proto::control::HandoverInfo {
+            blade,
+            holder: seat.holder.to_string(),
+            epoch: seat.epoch,
+            to: target.to_string(),
+            to_name: self.member_name(&target),
+        })
+    }
+
+    /// Hands `blade`, held here, over to `to`. When it is this node's own data set, a last backup
+    /// is made and pushed to the holders first, so that the successor restores what is here now
+    /// (the hand-over goes on if it fails: the operator declared this node failed).
+    fn hand_over(&mut self, blade: String, to: PeerId) {
+        let held = self
+            .failover
+            .seats()
+            .get(&blade)
+            .is_some_and(|s| s.holder == self.local_id);
+        if !held {
+            tracing::warn!(%blade, "asked to hand over a blade this node does not hold");
+            return;
+        }
+        if blade != self.config.name || self.config.backup.root.is_none() {
+            return self.release(blade, to);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.replication.control((
+            dci_proto::backup::BackupRequest::Now {
+                blade: None,
+                wait: true,
+            },
+            tx,
+        ));
+        let done = self.handover_tx.clone();
+        tokio::spawn(async move {
+            match rx.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((code, msg))) => {
+                    tracing::error!(%blade, "last backup before the hand-over failed ({code}): {msg}")
+                }
+                Err(_) => {
+                    tracing::error!(%blade, "last backup before the hand-over: the backup service stopped")
+                }
+            }
+            let _ = done.send((blade, to)).await;
+        });
+    }
+
+    /// Stops acting as `blade` and lets `to` claim it.
+    fn release(&mut self, blade: String, to: PeerId) {
+        tracing::warn!(%blade, to = %self.member_name(&to), "releasing the blade");
+        let effects = self.failover.release(&blade, to, self.now());
+        self.apply_effects(effects);
     }
 
     /// This node won `blade`: unless it is its own data set, restore the blade's latest archive
@@ -520,7 +644,7 @@ impl Agent {
                 });
             }
             _ => {
-                tracing::warn!(%blade, epoch, "lease not renewed by a majority; not acting as the blade")
+                tracing::warn!(%blade, epoch, "not acting as the blade: released, or its lease was not renewed by a majority")
             }
         }
     }
@@ -1046,6 +1170,9 @@ impl Agent {
             Query::Backup(call) => self.replication.control(call),
             Query::Seats(reply) => {
                 let _ = reply.send(self.seat_infos());
+            }
+            Query::Failover { blade, to, reply } => {
+                let _ = reply.send(self.declare_failover(blade, to));
             }
             Query::Events(reply) => {
                 let events = self

@@ -213,3 +213,86 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
         answered_by(&b1, "b1")
     );
 }
+
+/// An operator declares a live blade failed: its node makes a last backup, hands the blade to the
+/// spare, which restores the data as it was at the hand-over and answers to the blade's name;
+/// the old node is a spare. Nonsense is refused in one line.
+#[test]
+fn a_declared_failover_moves_a_live_blade_with_its_latest_files_to_the_spare() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("b1-data");
+    make_tree(&root);
+    let spare_root = tmp.path().join("spare-data");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let b1 = Node::start(
+        tmp.path(),
+        "b1",
+        ports[0],
+        &[],
+        &["--backup-root", root.to_str().unwrap()],
+    );
+    let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &[]);
+    let spare = Node::start(
+        tmp.path(),
+        "spare",
+        ports[2],
+        &[ports[0]],
+        &[
+            "--role",
+            "spare",
+            "--backup-root",
+            spare_root.to_str().unwrap(),
+        ],
+    );
+    let (b1_id, spare_id) = (b1.id(), spare.id());
+    let seated = wait_until(Duration::from_secs(60), || {
+        [&b1, &b2, &spare].iter().all(|n| {
+            held_by(n, "b1", &b1_id, 1)
+                && n.members()
+                    .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 3)
+        })
+    });
+    assert!(seated.is_some(), "b1 was not seated: {:?}", seats(&b2));
+    let out = ok(b1.dcish(&["backup", "now"]));
+    assert!(out.contains("complete"), "{out}");
+    // Written after the last archive: only the hand-over's own backup carries it.
+    fs::write(
+        root.join("docs/late.md"),
+        b"written just before the failover\n",
+    )
+    .unwrap();
+
+    let out = b2.dcish(&["failover", "no-such-blade"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no-such-blade"), "{err}");
+    let out = b2.dcish(&["failover", "b1", "--to", "b2"]);
+    assert!(!out.status.success(), "b2 holds a blade and is no spare");
+
+    let out = ok(b2.dcish(&["failover", "b1"]));
+    assert!(out.contains("held by spare"), "{out}");
+    for n in [&b1, &b2, &spare] {
+        let moved = wait_until(Duration::from_secs(30), || held_by(n, "b1", &spare_id, 2));
+        assert!(moved.is_some(), "{}: {:?}", n.name, seat(n, "b1"));
+    }
+    let restored = wait_until(Duration::from_secs(60), || same_tree(&root, &spare_root));
+    assert!(
+        restored.is_some(),
+        "the spare's backup root differs from the blade's data:\n{}",
+        spare.log_text()
+    );
+    let demoted = wait_until(Duration::from_secs(30), || {
+        role_of(&b2, "b1").as_deref() == Some("spare")
+            && role_of(&b2, "spare").as_deref() == Some("active")
+    });
+    assert!(demoted.is_some(), "roles: {:?}", b2.members());
+    let routed = wait_until(Duration::from_secs(30), || {
+        answered_by(&b1, "b1") == [spare_id.clone()]
+    });
+    assert!(
+        routed.is_some(),
+        "blade:b1 answered by {:?}",
+        answered_by(&b1, "b1")
+    );
+}

@@ -71,6 +71,15 @@ pub enum ControlRequest {
     Counters,
     /// The seat table, `<seats/>`; answered by [`seats_to_payload`].
     Seats,
+    /// An operator declares `blade`'s holder failed: it hands the blade over to `to` (a node
+    /// name) or to the first spare in rank order, `<failover blade="B" to="N"/>`; answered by
+    /// [`handover_to_payload`] once the holder was asked.
+    Failover {
+        /// The blade.
+        blade: String,
+        /// The node that should take it, by name; the best-ranked spare when absent.
+        to: Option<String>,
+    },
 }
 
 impl ControlRequest {
@@ -81,15 +90,27 @@ impl ControlRequest {
             ControlRequest::Events => "events",
             ControlRequest::Counters => "counters",
             ControlRequest::Seats => "seats",
+            ControlRequest::Failover { .. } => "failover",
         }
     }
 
     /// The request payload.
     pub fn to_payload(&self) -> Payload {
-        Payload::trusted(format!(
-            "<{} xmlns=\"{CONTROL_NAMESPACE}\"/>",
-            self.element()
-        ))
+        let mut s = format!("<{} xmlns=\"{CONTROL_NAMESPACE}\"", self.element());
+        match self {
+            ControlRequest::Nodes
+            | ControlRequest::Events
+            | ControlRequest::Counters
+            | ControlRequest::Seats => {}
+            ControlRequest::Failover { blade, to } => {
+                push_attribute(&mut s, "blade", blade);
+                if let Some(to) = to {
+                    push_attribute(&mut s, "to", to);
+                }
+            }
+        }
+        s.push_str("/>");
+        Payload::trusted(s)
     }
 
     /// Reads a request payload: exactly one command element in the control namespace. An unknown
@@ -101,6 +122,14 @@ impl ControlRequest {
             "events" => ControlRequest::Events,
             "counters" => ControlRequest::Counters,
             "seats" => ControlRequest::Seats,
+            "failover" => {
+                let [blade, to] = attributes(&root, "failover", ["blade", "to"])?;
+                no_content(&root, "failover")?;
+                return Ok(ControlRequest::Failover {
+                    blade: required("failover/@blade", blade)?.to_owned(),
+                    to: to.map(str::to_owned),
+                });
+            }
             other => {
                 return Err(ProtoError::invalid(
                     "command",
@@ -108,7 +137,7 @@ impl ControlRequest {
                 ))
             }
         };
-        // Every command so far takes no arguments.
+        // The other commands take no arguments.
         let [] = attributes(&root, request.element(), [])?;
         no_content(&root, request.element())?;
         Ok(request)
@@ -214,6 +243,51 @@ pub fn seats_from_payload(payload: &Payload) -> Result<Vec<SeatInfo>, ProtoError
             })
         })
         .collect()
+}
+
+/// The answer to [`ControlRequest::Failover`]: who was asked to hand which blade to whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoverInfo {
+    /// The blade.
+    pub blade: String,
+    /// The holder's node id, asked to release it.
+    pub holder: String,
+    /// The epoch it holds (the successor claims a higher one).
+    pub epoch: u64,
+    /// The node id that should take it.
+    pub to: String,
+    /// Its member name.
+    pub to_name: String,
+}
+
+/// The reply payload of [`ControlRequest::Failover`].
+pub fn handover_to_payload(h: &HandoverInfo) -> Payload {
+    let mut s = format!("<handover xmlns=\"{CONTROL_NAMESPACE}\"");
+    push_attribute(&mut s, "blade", &h.blade);
+    push_attribute(&mut s, "holder", &h.holder);
+    push_attribute(&mut s, "epoch", &h.epoch.to_string());
+    push_attribute(&mut s, "to", &h.to);
+    push_attribute(&mut s, "to-name", &h.to_name);
+    s.push_str("/>");
+    Payload::trusted(s)
+}
+
+/// Reads the reply payload of [`ControlRequest::Failover`].
+pub fn handover_from_payload(payload: &Payload) -> Result<HandoverInfo, ProtoError> {
+    let root = named_element(payload, "handover", CONTROL_NAMESPACE)?;
+    let [blade, holder, epoch, to, to_name] = attributes(
+        &root,
+        "handover",
+        ["blade", "holder", "epoch", "to", "to-name"],
+    )?;
+    no_content(&root, "handover")?;
+    Ok(HandoverInfo {
+        blade: required("handover/@blade", blade)?.to_owned(),
+        holder: required("handover/@holder", holder)?.to_owned(),
+        epoch: number("handover/@epoch", epoch)?,
+        to: required("handover/@to", to)?.to_owned(),
+        to_name: required("handover/@to-name", to_name)?.to_owned(),
+    })
 }
 
 /// The resource attributes, in [`MemberInfo::resources`] order.
@@ -817,6 +891,39 @@ mod tests {
             ControlRequest::from_payload(&ControlRequest::Seats.to_payload()).unwrap(),
             ControlRequest::Seats
         );
+    }
+
+    #[test]
+    fn a_failover_request_and_its_handover_round_trip_and_the_blade_is_required() {
+        for to in [None, Some("spare <1>".to_string())] {
+            let r = ControlRequest::Failover {
+                blade: "b&1".into(),
+                to,
+            };
+            assert_eq!(ControlRequest::from_payload(&r.to_payload()).unwrap(), r);
+        }
+        let ns = CONTROL_NAMESPACE;
+        for bad in [
+            format!("<failover xmlns=\"{ns}\"/>"),
+            format!("<failover xmlns=\"{ns}\" blade=\"b\" now=\"yes\"/>"),
+            format!("<failover xmlns=\"{ns}\" blade=\"b\">x</failover>"),
+        ] {
+            let payload = Payload::new(bad.as_str()).unwrap();
+            assert!(
+                ControlRequest::from_payload(&payload).is_err(),
+                "accepted {bad}"
+            );
+        }
+        let h = HandoverInfo {
+            blade: "b1".into(),
+            holder: "12D3KooWa".into(),
+            epoch: 3,
+            to: "12D3KooWb".into(),
+            to_name: "spare".into(),
+        };
+        let payload = handover_to_payload(&h);
+        Payload::new(payload.as_str()).unwrap();
+        assert_eq!(handover_from_payload(&payload).unwrap(), h);
     }
 
     #[test]

@@ -33,6 +33,15 @@ pub enum Query {
     Counters(oneshot::Sender<Vec<(String, u64)>>),
     /// The seat table, as shown by `dcish seats`.
     Seats(oneshot::Sender<Vec<SeatInfo>>),
+    /// An operator declares a blade's holder failed (`dcish failover`).
+    Failover {
+        /// The blade.
+        blade: String,
+        /// The successor's name, if the operator chose it.
+        to: Option<String>,
+        /// The hand-over asked, or why not (code, message).
+        reply: oneshot::Sender<Result<dci_proto::control::HandoverInfo, (String, String)>>,
+    },
     /// A backup command (`dcish backup`, `archives`, `restore`), for the replication service.
     Backup(crate::replication::ControlCall),
 }
@@ -199,6 +208,17 @@ async fn answer(
         Err(e) => return fail("unknown-command", &e.to_string()),
     };
     let payload = match command {
+        ControlRequest::Failover { blade, to } => {
+            return match ask(queries, |reply| Query::Failover { blade, to, reply }).await {
+                Some(Ok(h)) => request.reply_to(
+                    me.clone(),
+                    Kind::Reply,
+                    dci_proto::control::handover_to_payload(&h),
+                ),
+                Some(Err((code, msg))) => fail(&code, &msg),
+                None => fail("stopping", "the agent is shutting down"),
+            };
+        }
         ControlRequest::Nodes => ask(queries, Query::Members)
             .await
             .map(|m| members_to_payload(&m)),

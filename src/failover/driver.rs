@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
 
 use super::election::{
     Blade, Durable, Election, ElectionConfig, MemberView, Message, Output, Seat,
@@ -65,23 +66,44 @@ pub enum MessageError {
 #[error("failover state in the database: {0}")]
 pub struct StoreError(String);
 
-/// Encodes a message for the wire.
+/// What travels on `/dci/election/1`: the core's messages, and an operator's request that a
+/// holder hand its blade over (a declared failover), which the core has no word for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Wire {
+    /// A message of the election core.
+    Election(Message<PeerId>),
+    /// Hand `blade` over to `to`: asked of its holder by the node where an operator ran
+    /// `dcish failover`.
+    HandOver {
+        /// The blade.
+        blade: Blade,
+        /// The node that should take it.
+        to: PeerId,
+    },
+}
+
+/// Encodes a core message for the wire.
 pub fn encode(msg: &Message<PeerId>) -> Vec<u8> {
-    postcard::to_stdvec(msg).unwrap_or_default()
+    encode_wire(&Wire::Election(msg.clone()))
+}
+
+/// Encodes anything that travels on the election protocol.
+pub fn encode_wire(wire: &Wire) -> Vec<u8> {
+    postcard::to_stdvec(wire).unwrap_or_default()
 }
 
 /// Decodes a message, checking sizes before and after.
-pub fn decode(bytes: &[u8]) -> Result<Message<PeerId>, MessageError> {
+pub fn decode(bytes: &[u8]) -> Result<Wire, MessageError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(MessageError::TooLarge);
     }
-    let msg: Message<PeerId> = postcard::from_bytes(bytes).map_err(|_| MessageError::Malformed)?;
-    if let Message::Seats { seats } = &msg {
+    let wire: Wire = postcard::from_bytes(bytes).map_err(|_| MessageError::Malformed)?;
+    if let Wire::Election(Message::Seats { seats }) = &wire {
         if seats.len() > MAX_SEATS {
             return Err(MessageError::TooLarge);
         }
     }
-    Ok(msg)
+    Ok(wire)
 }
 
 /// What the agent must do for the driver.
@@ -105,6 +127,15 @@ pub enum Effect {
         epoch: u64,
         /// Who holds it now, if known.
         holder: Option<Seat<PeerId>>,
+    },
+    /// A member asks this node to hand `blade` over to `to` (an operator declared a failover).
+    HandOverAsked {
+        /// The member that asked.
+        from: PeerId,
+        /// The blade.
+        blade: Blade,
+        /// The node that should take it.
+        to: PeerId,
     },
     /// The seat table, or what this node acts as, changed: republish the routing view and the
     /// member metadata.
@@ -265,13 +296,47 @@ impl Failover {
         bytes: &[u8],
         now: Duration,
     ) -> Result<Vec<Effect>, MessageError> {
-        let msg = decode(bytes).inspect_err(|_| self.refused += 1)?;
+        let wire = decode(bytes).inspect_err(|_| self.refused += 1)?;
         if !self.known.contains_key(&peer) {
             self.refused += 1;
             return Err(MessageError::NotMember);
         }
-        self.core.handle_message(peer, msg, now);
-        Ok(self.carry_out(now))
+        match wire {
+            Wire::Election(msg) => {
+                self.core.handle_message(peer, msg, now);
+                Ok(self.carry_out(now))
+            }
+            Wire::HandOver { blade, to } => Ok(vec![Effect::HandOverAsked {
+                from: peer,
+                blade,
+                to,
+            }]),
+        }
+    }
+
+    /// Stops acting as `blade` at once and tells every member that `to` should claim it (an
+    /// operator's failover or move). Does nothing unless this node holds it and `to` is another.
+    pub fn release(&mut self, blade: &str, to: PeerId, now: Duration) -> Vec<Effect> {
+        self.core.release(blade, to, now);
+        self.carry_out(now)
+    }
+
+    /// The node that should take `blade` over: the first live spare holding no blade, in the
+    /// rank order every node computes the same way.
+    pub fn best_spare(&self, blade: &str) -> Option<PeerId> {
+        let holders: Vec<PeerId> = self.core.seats().values().map(|s| s.holder).collect();
+        let spares = self
+            .known
+            .iter()
+            .filter(|(id, v)| v.alive && v.candidate && !holders.contains(id))
+            .map(|(id, _)| *id);
+        super::rank::ranked(blade, spares).into_iter().next()
+    }
+
+    /// Whether `id` may take a blade over: a live spare holding no blade.
+    pub fn is_candidate(&self, id: &PeerId) -> bool {
+        self.known.get(id).is_some_and(|v| v.alive && v.candidate)
+            && !self.core.seats().values().any(|s| s.holder == *id)
     }
 
     /// The tick: renewals, claims, gossip, and this node's own blade's first claim.
@@ -415,7 +480,7 @@ mod tests {
                 },
             )],
         };
-        assert_eq!(decode(&encode(&m)).unwrap(), m);
+        assert_eq!(decode(&encode(&m)).unwrap(), Wire::Election(m));
         assert_eq!(decode(b"\xff\xff\xff"), Err(MessageError::Malformed));
         assert_eq!(
             decode(&vec![0; MAX_MESSAGE_BYTES + 1]),

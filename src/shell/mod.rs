@@ -54,6 +54,18 @@ pub enum Command {
     Events,
     /// The seat table: which node holds each blade, at which epoch, and in what state.
     Seats,
+    /// Declare a blade's holder failed: it hands the blade to a spare, which restores its data.
+    /// Waits until the seat moved.
+    Failover {
+        /// The blade.
+        blade: String,
+        /// The node (by name) that takes it [default: the first spare in rank order].
+        #[arg(long)]
+        to: Option<String>,
+        /// Return once the holder was asked, without waiting for the seat to move.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Send an envelope to a peerlet (a blade, node, group or everyone) and show the answers.
     Send(msg::SendArgs),
     /// Show the message log: envelopes this agent sent and received.
@@ -153,6 +165,9 @@ pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
             } else {
                 seats_table(&seats, color)
             }
+        }
+        Command::Failover { blade, to, no_wait } => {
+            failover(&mut client, blade, to.clone(), *no_wait, cli.json).await?
         }
         Command::Events => {
             let payload = client.request(ControlRequest::Events.to_payload()).await?;
@@ -393,6 +408,69 @@ pub fn status_text(members: &[MemberInfo], counters: &[(String, u64)], color: bo
     out.push_str(&format!("counters: {}\n\n", counted.join(", ")));
     out.push_str(&channels_table(members, color));
     out
+}
+
+/// How long `dcish failover` waits for the seat to move.
+const FAILOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `dcish failover BLADE`: asks for the hand-over, then polls the seat table until the blade is
+/// held at a higher epoch (or [`FAILOVER_WAIT`] passes).
+async fn failover(
+    client: &mut Client,
+    blade: &str,
+    to: Option<String>,
+    no_wait: bool,
+    json: bool,
+) -> Result<String, ShellError> {
+    let protocol = |e: dci_proto::ProtoError| ClientError::Refused {
+        code: "protocol".into(),
+        message: e.to_string(),
+    };
+    let request = ControlRequest::Failover {
+        blade: blade.into(),
+        to,
+    };
+    let payload = client.request(request.to_payload()).await?;
+    let h = dci_proto::control::handover_from_payload(&payload).map_err(protocol)?;
+    let asked = format!(
+        "asked {} to hand {} (epoch {}) to {} ({})",
+        h.holder, h.blade, h.epoch, h.to_name, h.to
+    );
+    if no_wait {
+        return Ok(if json {
+            serde_json::json!({"blade": h.blade, "holder": h.holder, "epoch": h.epoch, "to": h.to, "to_name": h.to_name}).to_string()
+        } else {
+            asked
+        });
+    }
+    let deadline = std::time::Instant::now() + FAILOVER_WAIT;
+    loop {
+        let payload = client.request(ControlRequest::Seats.to_payload()).await?;
+        let seats = seats_from_payload(&payload).map_err(protocol)?;
+        if let Some(s) = seats
+            .iter()
+            .find(|s| s.blade == h.blade && s.epoch > h.epoch && s.state == "held")
+        {
+            return Ok(if json {
+                seats_json(std::slice::from_ref(s))
+            } else {
+                format!(
+                    "{}; {} is held by {} ({}) at epoch {}",
+                    asked, s.blade, s.holder_name, s.holder, s.epoch
+                )
+            });
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ClientError::Refused {
+                code: "not-moved".into(),
+                message: format!(
+                    "{asked}, but the seat did not move within {} s",
+                    FAILOVER_WAIT.as_secs()
+                ),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// `dcish --json seats`: an array of `{blade, holder, holder_name, epoch, state}`.
