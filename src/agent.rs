@@ -419,7 +419,12 @@ impl Agent {
                         .election
                         .send_request_with_addresses(&to, bytes, addrs);
                 }
-                Effect::TakeOver { blade, epoch } => self.take_over(blade, epoch),
+                Effect::TakeOver {
+                    blade,
+                    epoch,
+                    restore: true,
+                } => self.take_over(blade, epoch),
+                Effect::TakeOver { restore: false, .. } => {}
                 Effect::Stopped {
                     blade,
                     epoch,
@@ -547,12 +552,9 @@ impl Agent {
         self.apply_effects(effects);
     }
 
-    /// This node won `blade`: unless it is its own data set, restore the blade's latest archive
-    /// from its holders into this node's backup root (the same path as `dcish restore`).
+    /// This node won `blade` from another node: restore the blade's latest archive from its
+    /// holders into this node's backup root (the same path as `dcish restore`).
     fn take_over(&mut self, blade: String, epoch: u64) {
-        if blade == self.config.name {
-            return;
-        }
         tracing::warn!(%blade, epoch, "taking the blade over: restoring its data from its holders");
         self.restoring = Some((blade.clone(), epoch));
         let to = match &self.config.backup.root {

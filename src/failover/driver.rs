@@ -111,13 +111,17 @@ pub fn decode(bytes: &[u8]) -> Result<Wire, MessageError> {
 pub enum Effect {
     /// Send this (already encoded) message.
     Send(PeerId, Vec<u8>),
-    /// This node won `blade` and must bring its data here before serving it well: restore
-    /// it from its holders (only when the blade is not this node's own data set).
+    /// This node won `blade`.
     TakeOver {
         /// The blade.
         blade: Blade,
         /// The epoch won.
         epoch: u64,
+        /// Whether its data must be restored from its holders first: yes unless this node held
+        /// the seat before (it renewed past a rival's promise), or this is the blade's first
+        /// seat and the blade is this node's own data set. A node that wins back a blade it
+        /// lost has a stale copy, which is not trusted.
+        restore: bool,
     },
     /// This node lost `blade` to a higher epoch (or its lease ran out): it stopped acting as it.
     Stopped {
@@ -166,6 +170,8 @@ pub struct Failover {
     known: BTreeMap<PeerId, MemberView>,
     /// The blade this node acts as now, and under which epoch.
     acting: Option<(Blade, u64)>,
+    /// Each blade's holder as of the last step, to tell a takeover from a renewed seat.
+    holders: BTreeMap<Blade, PeerId>,
     /// When the core wants its next tick.
     due: Option<Duration>,
     /// Election messages refused (oversized, malformed, from non-members), for `dcish status`.
@@ -210,7 +216,13 @@ impl Failover {
             core.handle_member(id, gone, now);
             known.insert(id, gone);
         }
+        let holders = core
+            .seats()
+            .iter()
+            .map(|(b, s)| (b.clone(), s.holder))
+            .collect();
         let mut f = Failover {
+            holders,
             core,
             tree,
             settings,
@@ -375,7 +387,15 @@ impl Failover {
                 }
                 Output::Acquired { blade, epoch } => {
                     tracing::info!(%blade, epoch, "won the blade's seat");
-                    effects.push(Effect::TakeOver { blade, epoch });
+                    let restore = match self.holders.get(&blade) {
+                        Some(before) => *before != self.settings.me,
+                        None => blade != self.settings.name,
+                    };
+                    effects.push(Effect::TakeOver {
+                        blade,
+                        epoch,
+                        restore,
+                    });
                     changed = true;
                 }
                 Output::Lost { blade, epoch } => {
@@ -419,6 +439,12 @@ impl Failover {
         }
         self.update_candidacy();
         if changed {
+            self.holders = self
+                .core
+                .seats()
+                .iter()
+                .map(|(b, s)| (b.clone(), s.holder))
+                .collect();
             effects.push(Effect::Changed);
         }
         effects
@@ -502,53 +528,104 @@ mod tests {
         assert_eq!(f.refused, 1);
     }
 
-    /// Runs two drivers over a perfect network for `ticks` ticks of 50 ms.
-    fn run(a: &mut Failover, b: &mut Failover, from: Duration, ticks: u32) -> Duration {
-        let ids = [a.settings.me, b.settings.me];
+    /// Runs drivers over a perfect network for `ticks` ticks of 50 ms, skipping those in `down`
+    /// (crashed: they neither tick nor receive); returns the time reached and every takeover
+    /// (node, blade, restore).
+    fn run(
+        nodes: &mut [Failover],
+        down: &[PeerId],
+        from: Duration,
+        ticks: u32,
+    ) -> (Duration, Vec<(PeerId, Blade, bool)>) {
         let mut now = from;
+        let mut takeovers = Vec::new();
         for _ in 0..ticks {
             now += Duration::from_millis(50);
             let mut mail: Vec<(PeerId, PeerId, Vec<u8>)> = Vec::new();
-            for (i, f) in [&mut *a, &mut *b].into_iter().enumerate() {
+            let mut note = |at: PeerId, e: Effect, mail: &mut Vec<_>| match e {
+                Effect::Send(to, bytes) => mail.push((at, to, bytes)),
+                Effect::TakeOver { blade, restore, .. } => takeovers.push((at, blade, restore)),
+                _ => {}
+            };
+            for f in nodes.iter_mut().filter(|f| !down.contains(&f.settings.me)) {
+                let me = f.settings.me;
                 for e in f.handle_tick(now) {
-                    if let Effect::Send(to, bytes) = e {
-                        mail.push((ids[i], to, bytes));
-                    }
+                    note(me, e, &mut mail);
                 }
             }
             while let Some((from, to, bytes)) = mail.pop() {
-                let f = if to == ids[0] { &mut *a } else { &mut *b };
+                if down.contains(&to) {
+                    continue;
+                }
+                let Some(f) = nodes.iter_mut().find(|f| f.settings.me == to) else {
+                    continue;
+                };
                 for e in f.handle_message(from, &bytes, now).unwrap() {
-                    if let Effect::Send(next, bytes) = e {
-                        mail.push((to, next, bytes));
-                    }
+                    note(to, e, &mut mail);
                 }
             }
         }
-        now
+        (now, takeovers)
+    }
+
+    /// Drivers named `names` (a name starting with "spare" is a spare), each knowing the others
+    /// alive.
+    fn mesh(names: &[&str]) -> (Vec<Failover>, Vec<PeerId>, Vec<sled::Db>) {
+        let ids: Vec<PeerId> = names.iter().map(|_| PeerId::random()).collect();
+        let dbs: Vec<sled::Db> = names
+            .iter()
+            .map(|_| sled::Config::new().temporary(true).open().unwrap())
+            .collect();
+        let role = |n: &str| {
+            if n.starts_with("spare") {
+                Role::Spare
+            } else {
+                Role::Active
+            }
+        };
+        let mut nodes: Vec<Failover> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                Failover::open(
+                    &dbs[i],
+                    settings(ids[i], n, role(n)),
+                    i as u64,
+                    Duration::ZERO,
+                )
+                .unwrap()
+            })
+            .collect();
+        for (i, f) in nodes.iter_mut().enumerate() {
+            for (j, n) in names.iter().enumerate() {
+                if i != j {
+                    f.handle_member(ids[j], member_view(true, role(n), false), Duration::ZERO)
+                        .unwrap();
+                }
+            }
+        }
+        (nodes, ids, dbs)
     }
 
     #[test]
     fn an_active_node_seats_its_own_blade_and_a_restart_remembers_the_seat_and_the_members() {
-        let (da, db) = (
-            sled::Config::new().temporary(true).open().unwrap(),
-            sled::Config::new().temporary(true).open().unwrap(),
+        let (mut nodes, ids, dbs) = mesh(&["blade-a", "spare-b"]);
+        let (now, takeovers) = run(&mut nodes, &[], Duration::ZERO, 80);
+        assert_eq!(
+            takeovers,
+            [(ids[0], "blade-a".to_string(), false)],
+            "a node's own data set needs no restore at its first seat"
         );
-        let (ia, ib) = (PeerId::random(), PeerId::random());
-        let t0 = Duration::ZERO;
-        let mut a = Failover::open(&da, settings(ia, "blade-a", Role::Active), 1, t0).unwrap();
-        let mut b = Failover::open(&db, settings(ib, "spare-b", Role::Spare), 2, t0).unwrap();
-        a.handle_member(ib, member_view(true, Role::Spare, false), t0)
-            .unwrap();
-        b.handle_member(ia, member_view(true, Role::Active, false), t0)
-            .unwrap();
-        let now = run(&mut a, &mut b, t0, 80);
-        assert_eq!(a.acting(), Some(&("blade-a".to_string(), 1)));
-        assert_eq!(b.seats().get("blade-a").map(|s| s.holder), Some(ia));
-        assert_eq!(b.role(), Role::Spare);
-        drop(a);
+        assert_eq!(nodes[0].acting(), Some(&("blade-a".to_string(), 1)));
+        assert_eq!(
+            nodes[1].seats().get("blade-a").map(|s| s.holder),
+            Some(ids[0])
+        );
+        assert_eq!(nodes[1].role(), Role::Spare);
+        drop(nodes);
         // Restarted alone: it remembers its seat and that b counts, so it cannot renew alone.
-        let mut a = Failover::open(&da, settings(ia, "blade-a", Role::Active), 3, now).unwrap();
+        let mut a =
+            Failover::open(&dbs[0], settings(ids[0], "blade-a", Role::Active), 3, now).unwrap();
         assert_eq!(a.seats().get("blade-a").map(|s| s.epoch), Some(1));
         let mut later = now;
         for _ in 0..60 {
@@ -556,5 +633,38 @@ mod tests {
             a.handle_tick(later);
         }
         assert_eq!(a.acting(), None, "a majority of two is two");
+    }
+
+    #[test]
+    fn a_spare_that_wins_a_dead_holders_blade_restores_it_and_the_old_node_becomes_a_spare() {
+        let (mut nodes, ids, _dbs) = mesh(&["blade-a", "blade-c", "spare-b"]);
+        let (now, _) = run(&mut nodes, &[], Duration::ZERO, 80);
+        assert_eq!(nodes[2].seats().len(), 2, "{:?}", nodes[2].seats());
+        // blade-a's node crashes; the survivors' membership says so.
+        for f in &mut nodes[1..] {
+            f.handle_member(ids[0], member_view(false, Role::Active, true), now)
+                .unwrap();
+        }
+        let (now, takeovers) = run(&mut nodes, &ids[..1], now, 100);
+        assert_eq!(takeovers, [(ids[2], "blade-a".to_string(), true)]);
+        assert_eq!(
+            nodes[2].acting().map(|(b, e)| (b.as_str(), *e)),
+            Some(("blade-a", 2))
+        );
+        assert_eq!(nodes[2].role(), Role::Active);
+        // It comes back: the others' refusals teach it the higher epoch, and it is a spare.
+        for f in &mut nodes[1..] {
+            f.handle_member(ids[0], member_view(true, Role::Active, false), now)
+                .unwrap();
+        }
+        let (_, takeovers) = run(&mut nodes, &[], now, 60);
+        assert!(takeovers.is_empty(), "{takeovers:?}");
+        assert_eq!(
+            nodes[0].seats().get("blade-a").map(|s| s.holder),
+            Some(ids[2])
+        );
+        assert!(nodes[0].displaced());
+        assert_eq!(nodes[0].role(), Role::Spare);
+        assert_eq!(nodes[0].acting(), None);
     }
 }
