@@ -1260,6 +1260,7 @@ impl Agent {
             degraded: me.degraded,
             resources: resource_row(&me.resources),
             channels: Vec::new(),
+            blade: me.blade.clone(),
         }];
         for (id, m) in self.swim.members() {
             // Last sign of life: an ack, an announcement, or else when its state last changed.
@@ -1281,6 +1282,7 @@ impl Agent {
                 degraded: m.meta.degraded,
                 resources: resource_row(&m.meta.resources),
                 channels: self.channels(m, now),
+                blade: m.meta.blade.clone(),
             });
         }
         rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));

@@ -155,6 +155,18 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
         spare.log_text()
     );
     assert_eq!(seat(&b2, "b1").unwrap()["holder_name"], "spare");
+    // The spare announces the blade and its epoch in its member metadata.
+    let announced = wait_until(Duration::from_secs(30), || {
+        b3.members().is_some_and(|m| {
+            m.iter().any(|m| {
+                m["name"] == "spare"
+                    && m["blade"] == "b1"
+                    && m["epoch"].as_u64() >= Some(2)
+                    && m["role"] == "active"
+            })
+        })
+    });
+    assert!(announced.is_some(), "{:?}", b3.members());
 
     // It restored the blade's files from the holders into its backup root.
     let restored = wait_until(Duration::from_secs(60), || same_tree(&root, &spare_root));

@@ -171,6 +171,8 @@ pub struct MemberInfo {
     pub resources: [Option<u8>; 4],
     /// This agent's heartbeat status table for it (empty for the agent itself).
     pub channels: Vec<ChannelInfo>,
+    /// The blade it acts as now and the epoch of its seat, from its metadata.
+    pub blade: Option<(String, u64)>,
 }
 
 /// One row of the heartbeat status table: how one liveness channel sees one member.
@@ -333,6 +335,10 @@ pub fn members_to_payload(members: &[MemberInfo]) -> Payload {
                 push_attribute(&mut s, name, &v.to_string());
             }
         }
+        if let Some((blade, epoch)) = &m.blade {
+            push_attribute(&mut s, "blade", blade);
+            push_attribute(&mut s, "epoch", &epoch.to_string());
+        }
         if m.addrs.is_empty() && m.channels.is_empty() {
             s.push_str("/>");
             continue;
@@ -485,7 +491,7 @@ pub fn members_from_payload(payload: &Payload) -> Result<Vec<MemberInfo>, ProtoE
 }
 
 fn member(e: &Node) -> Result<MemberInfo, ProtoError> {
-    let [id, name, state, role, zone, incarnation, last_heard, version, degraded, cpu, memory, disk, load] =
+    let [id, name, state, role, zone, incarnation, last_heard, version, degraded, cpu, memory, disk, load, blade, epoch] =
         attributes(
             e,
             "member",
@@ -503,8 +509,16 @@ fn member(e: &Node) -> Result<MemberInfo, ProtoError> {
                 "memory",
                 "disk",
                 "load",
+                "blade",
+                "epoch",
             ],
         )?;
+    let blade = match (blade, epoch) {
+        (Some(b), e @ Some(_)) => Some((b.to_owned(), number("member/@epoch", e)?)),
+        (None, None) => None,
+        (Some(_), None) => return Err(ProtoError::MissingField("member/@epoch")),
+        (None, Some(_)) => return Err(ProtoError::MissingField("member/@blade")),
+    };
     let state = required("member/@state", state)?;
     if !STATES.contains(&state) {
         return Err(ProtoError::invalid(
@@ -577,6 +591,7 @@ fn member(e: &Node) -> Result<MemberInfo, ProtoError> {
             percent("member/@load", load)?,
         ],
         channels,
+        blade,
     })
 }
 
@@ -766,6 +781,7 @@ mod tests {
                 " /dns4/a&b\r\n ".into(),
             ],
             degraded: true,
+            blade: Some(("blade-<2>".into(), 7)),
             resources: [Some(12), None, Some(100), Some(255)],
             channels: vec![
                 ChannelInfo {
@@ -792,6 +808,7 @@ mod tests {
         bare.addrs.clear();
         bare.channels.clear();
         bare.resources = [None; 4];
+        bare.blade = None;
         let rows = vec![member(), bare];
         let payload = members_to_payload(&rows);
         Payload::new(payload.as_str()).unwrap();

@@ -225,6 +225,8 @@ pub fn nodes_json(members: &[MemberInfo]) -> String {
                 "degraded": m.degraded,
                 "resources": resources_json(m),
                 "channels": channels_json(m),
+                "blade": m.blade.as_ref().map(|(b, _)| b.clone()),
+                "epoch": m.blade.as_ref().map(|(_, e)| *e),
             })
         })
         .collect();
@@ -632,6 +634,7 @@ mod tests {
                 last_ms: Some(300),
                 state: "ok".into(),
             }],
+            blade: Some((name.into(), 1)),
         }
     }
 
@@ -670,6 +673,28 @@ mod tests {
         assert_eq!(row["state"], "left");
         assert_eq!(row["resources"]["load"], 120);
         assert_eq!(row["channels"][0]["serial"], 9);
+        assert_eq!(
+            (row["blade"].as_str(), row["epoch"].as_u64()),
+            (Some("a"), Some(1))
+        );
+    }
+
+    #[test]
+    fn seat_json_rows_carry_the_documented_fields() {
+        let seat = SeatInfo {
+            blade: "b1".into(),
+            holder: "12D3KooWs".into(),
+            holder_name: "spare".into(),
+            epoch: 2,
+            state: "held".into(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&seats_json(&[seat])).unwrap();
+        assert_eq!(v[0]["blade"], "b1");
+        assert_eq!(v[0]["holder"], "12D3KooWs");
+        assert_eq!(v[0]["holder_name"], "spare");
+        assert_eq!(v[0]["epoch"], 2);
+        assert_eq!(v[0]["state"], "held");
+        assert!(seats_table(&[], false).starts_with("BLADE"));
     }
 
     #[test]
