@@ -128,6 +128,10 @@ struct Counters {
     envelopes_refused: u64,
     notices_sent: u64,
     notices_received: u64,
+    /// Blades this node won from another node (each restored from the holders).
+    takeovers: u64,
+    /// Blades this node handed over on an operator's `dcish failover`.
+    handovers: u64,
 }
 
 /// Resource figures are re-announced when one moves by this many points.
@@ -548,6 +552,7 @@ impl Agent {
     /// Stops acting as `blade` and lets `to` claim it.
     fn release(&mut self, blade: String, to: PeerId) {
         tracing::warn!(%blade, to = %self.member_name(&to), "releasing the blade");
+        self.counters.handovers += 1;
         let effects = self.failover.release(&blade, to, self.now());
         self.apply_effects(effects);
     }
@@ -556,6 +561,7 @@ impl Agent {
     /// holders into this node's backup root (the same path as `dcish restore`).
     fn take_over(&mut self, blade: String, epoch: u64) {
         tracing::warn!(%blade, epoch, "taking the blade over: restoring its data from its holders");
+        self.counters.takeovers += 1;
         self.restoring = Some((blade.clone(), epoch));
         let to = match &self.config.backup.root {
             Some(_) => None,
@@ -1163,6 +1169,9 @@ impl Agent {
                     ("notices-received", c.notices_received),
                     ("election-refused", self.failover.refused),
                     ("election-persist-failures", self.failover.persist_failures),
+                    ("failover-takeovers", c.takeovers),
+                    ("failover-restoring", u64::from(self.restoring.is_some())),
+                    ("failover-handovers", c.handovers),
                 ];
                 let mut rows: Vec<(String, u64)> =
                     rows.iter().map(|(n, v)| (n.to_string(), *v)).collect();

@@ -154,6 +154,9 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
         live.iter().map(|n| seat(n, "b1")).collect::<Vec<_>>(),
         spare.log_text()
     );
+    // A figure, not a check: from kill -9 to every live node showing the new holder (polled
+    // every 100 ms through dcish, so it overstates).
+    eprintln!("b1 taken over in {:?}", taken.unwrap());
     assert_eq!(seat(&b2, "b1").unwrap()["holder_name"], "spare");
     // The spare announces the blade and its epoch in its member metadata.
     let announced = wait_until(Duration::from_secs(30), || {
@@ -195,6 +198,9 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
         "blade:b1 answered by {:?}",
         answered_by(&b2, "b1")
     );
+    let status: Value = serde_json::from_str(&ok(spare.dcish(&["--json", "status"]))).unwrap();
+    assert_eq!(status["counters"]["failover-takeovers"], 1, "{status}");
+    assert_eq!(status["counters"]["failover-restoring"], 0, "{status}");
 
     // The old node comes back with its data dir: it finds the higher epoch and is a spare.
     let b1 = Node::start(tmp.path(), "b1", ports[0], &[ports[1]], &b1_args);
