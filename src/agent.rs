@@ -510,6 +510,50 @@ impl Agent {
         })
     }
 
+    /// An operator's `dcish forget`: `node` (a name or id) no longer counts in quorums here,
+    /// and every live member is told to do the same.
+    fn forget(&mut self, node: &str) -> Result<(String, String), (String, String)> {
+        let by_name = self
+            .failover
+            .members()
+            .find(|(id, _)| self.member_name(id) == node)
+            .or_else(|| {
+                let id: PeerId = node.parse().ok()?;
+                self.failover.members().find(|(m, _)| *m == id)
+            });
+        let Some((id, alive)) = by_name else {
+            return Err((
+                "no-such-node".into(),
+                format!("{node} is not a member that counts in quorums"),
+            ));
+        };
+        if alive {
+            return Err((
+                "alive".into(),
+                format!("{node} is alive: only a dead or departed member can be forgotten"),
+            ));
+        }
+        match self.failover.forget(id) {
+            Ok(true) => {}
+            Ok(false) => return Err(("alive".into(), format!("{node} is alive"))),
+            Err(e) => return Err(("database".into(), e.to_string())),
+        }
+        tracing::warn!(member = %self.member_name(&id), %id, "forgotten: no longer counts in quorums");
+        let bytes = failover::encode_wire(&failover::Wire::Forget { node: id });
+        let live: Vec<PeerId> = self
+            .failover
+            .members()
+            .filter(|(_, alive)| *alive)
+            .map(|(m, _)| m)
+            .collect();
+        let sends = live
+            .into_iter()
+            .map(|to| Effect::Send(to, bytes.clone()))
+            .collect();
+        self.apply_effects(sends);
+        Ok((id.to_string(), self.member_name(&id)))
+    }
+
     /// Hands `blade`, held here, over to `to`. When it is this node's own data set, a last backup
     /// is made and pushed to the holders first, so that the successor restores what is here now
     /// (the hand-over goes on if it fails: the operator declared this node failed).
@@ -1184,6 +1228,9 @@ impl Agent {
             }
             Query::Failover { blade, to, reply } => {
                 let _ = reply.send(self.declare_failover(blade, to));
+            }
+            Query::Forget { node, reply } => {
+                let _ = reply.send(self.forget(&node));
             }
             Query::Events(reply) => {
                 let events = self

@@ -202,6 +202,15 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
     assert_eq!(status["counters"]["failover-takeovers"], 1, "{status}");
     assert_eq!(status["counters"]["failover-restoring"], 0, "{status}");
 
+    // Only a member that is gone may be forgotten; then it no longer counts in quorums.
+    let out = b2.dcish(&["forget", "b3"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("alive"), "{err}");
+    let out = ok(b2.dcish(&["forget", "b1"]));
+    assert!(out.contains(&b1_id), "{out}");
+
     // The old node comes back with its data dir: it finds the higher epoch and is a spare.
     let b1 = Node::start(tmp.path(), "b1", ports[0], &[ports[1]], &b1_args);
     let fenced = wait_until(Duration::from_secs(60), || {

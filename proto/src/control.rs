@@ -80,6 +80,13 @@ pub enum ControlRequest {
         /// The node that should take it, by name; the best-ranked spare when absent.
         to: Option<String>,
     },
+    /// An operator removes a dead or departed member for good, `<forget node="N"/>` (a name
+    /// or node id): it no longer counts in election quorums, on any live node. Answered by
+    /// [`forgotten_to_payload`].
+    Forget {
+        /// The member, by name or node id.
+        node: String,
+    },
 }
 
 impl ControlRequest {
@@ -91,6 +98,7 @@ impl ControlRequest {
             ControlRequest::Counters => "counters",
             ControlRequest::Seats => "seats",
             ControlRequest::Failover { .. } => "failover",
+            ControlRequest::Forget { .. } => "forget",
         }
     }
 
@@ -108,6 +116,7 @@ impl ControlRequest {
                     push_attribute(&mut s, "to", to);
                 }
             }
+            ControlRequest::Forget { node } => push_attribute(&mut s, "node", node),
         }
         s.push_str("/>");
         Payload::trusted(s)
@@ -128,6 +137,13 @@ impl ControlRequest {
                 return Ok(ControlRequest::Failover {
                     blade: required("failover/@blade", blade)?.to_owned(),
                     to: to.map(str::to_owned),
+                });
+            }
+            "forget" => {
+                let [node] = attributes(&root, "forget", ["node"])?;
+                no_content(&root, "forget")?;
+                return Ok(ControlRequest::Forget {
+                    node: required("forget/@node", node)?.to_owned(),
                 });
             }
             other => {
@@ -290,6 +306,26 @@ pub fn handover_from_payload(payload: &Payload) -> Result<HandoverInfo, ProtoErr
         to: required("handover/@to", to)?.to_owned(),
         to_name: required("handover/@to-name", to_name)?.to_owned(),
     })
+}
+
+/// The reply payload of [`ControlRequest::Forget`]: the member's node id and name.
+pub fn forgotten_to_payload(id: &str, name: &str) -> Payload {
+    let mut s = format!("<forgotten xmlns=\"{CONTROL_NAMESPACE}\"");
+    push_attribute(&mut s, "id", id);
+    push_attribute(&mut s, "name", name);
+    s.push_str("/>");
+    Payload::trusted(s)
+}
+
+/// Reads the reply payload of [`ControlRequest::Forget`] as `(id, name)`.
+pub fn forgotten_from_payload(payload: &Payload) -> Result<(String, String), ProtoError> {
+    let root = named_element(payload, "forgotten", CONTROL_NAMESPACE)?;
+    let [id, name] = attributes(&root, "forgotten", ["id", "name"])?;
+    no_content(&root, "forgotten")?;
+    Ok((
+        required("forgotten/@id", id)?.to_owned(),
+        required("forgotten/@name", name)?.to_owned(),
+    ))
 }
 
 /// The resource attributes, in [`MemberInfo::resources`] order.
@@ -911,7 +947,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failover_request_and_its_handover_round_trip_and_the_blade_is_required() {
+    fn failover_and_forget_requests_and_their_answers_round_trip_and_the_blade_is_required() {
         for to in [None, Some("spare <1>".to_string())] {
             let r = ControlRequest::Failover {
                 blade: "b&1".into(),
@@ -931,6 +967,14 @@ mod tests {
                 "accepted {bad}"
             );
         }
+        let r = ControlRequest::Forget { node: "b&1".into() };
+        assert_eq!(ControlRequest::from_payload(&r.to_payload()).unwrap(), r);
+        let p = forgotten_to_payload("12D3KooWa", "b<1>");
+        Payload::new(p.as_str()).unwrap();
+        assert_eq!(
+            forgotten_from_payload(&p).unwrap(),
+            ("12D3KooWa".to_string(), "b<1>".to_string())
+        );
         let h = HandoverInfo {
             blade: "b1".into(),
             holder: "12D3KooWa".into(),

@@ -42,6 +42,13 @@ pub enum Query {
         /// The hand-over asked, or why not (code, message).
         reply: oneshot::Sender<Result<dci_proto::control::HandoverInfo, (String, String)>>,
     },
+    /// An operator removes a dead or departed member from quorums (`dcish forget`).
+    Forget {
+        /// The member, by name or node id.
+        node: String,
+        /// Its (id, name), or why not (code, message).
+        reply: oneshot::Sender<Result<(String, String), (String, String)>>,
+    },
     /// A backup command (`dcish backup`, `archives`, `restore`), for the replication service.
     Backup(crate::replication::ControlCall),
 }
@@ -208,6 +215,17 @@ async fn answer(
         Err(e) => return fail("unknown-command", &e.to_string()),
     };
     let payload = match command {
+        ControlRequest::Forget { node } => {
+            return match ask(queries, |reply| Query::Forget { node, reply }).await {
+                Some(Ok((id, name))) => request.reply_to(
+                    me.clone(),
+                    Kind::Reply,
+                    dci_proto::control::forgotten_to_payload(&id, &name),
+                ),
+                Some(Err((code, msg))) => fail(&code, &msg),
+                None => fail("stopping", "the agent is shutting down"),
+            };
+        }
         ControlRequest::Failover { blade, to } => {
             return match ask(queries, |reply| Query::Failover { blade, to, reply }).await {
                 Some(Ok(h)) => request.reply_to(

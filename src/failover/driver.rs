@@ -80,6 +80,11 @@ pub enum Wire {
         /// The node that should take it.
         to: PeerId,
     },
+    /// An operator removed `node` for good: stop counting it in quorums, if it is gone here too.
+    Forget {
+        /// The member.
+        node: PeerId,
+    },
 }
 
 /// Encodes a core message for the wire.
@@ -290,12 +295,7 @@ impl Failover {
         let new = self.known.insert(id, view).is_none();
         if new {
             // It counts in quorums from now on, also after a restart.
-            let ids: Vec<PeerId> = self.known.keys().copied().collect();
-            let bytes = postcard::to_stdvec(&ids).unwrap_or_default();
-            self.tree
-                .insert(MEMBERS_KEY, bytes)
-                .and_then(|_| self.tree.flush())
-                .map_err(|e| StoreError(crate::config::one_line(&e.to_string())))?;
+            self.save_members()?;
         }
         self.core.handle_member(id, view, now);
         Ok(self.carry_out(now))
@@ -323,7 +323,41 @@ impl Failover {
                 blade,
                 to,
             }]),
+            Wire::Forget { node } => {
+                if let Err(e) = self.forget(node) {
+                    tracing::error!("{e}; {node} not forgotten");
+                }
+                Ok(Vec::new())
+            }
         }
+    }
+
+    /// Stops counting `node` in quorums, for good (until it is met again). Returns whether it
+    /// was forgotten: a member this node sees alive, or itself, is kept.
+    pub fn forget(&mut self, node: PeerId) -> Result<bool, StoreError> {
+        match self.known.get(&node) {
+            Some(v) if !v.alive => {}
+            Some(_) | None => return Ok(false),
+        }
+        self.known.remove(&node);
+        self.core.forget(node);
+        self.save_members()?;
+        Ok(true)
+    }
+
+    /// The members that count in quorums, as this node sees them: (id, alive).
+    pub fn members(&self) -> impl Iterator<Item = (PeerId, bool)> + '_ {
+        self.known.iter().map(|(id, v)| (*id, v.alive))
+    }
+
+    fn save_members(&self) -> Result<(), StoreError> {
+        let ids: Vec<PeerId> = self.known.keys().copied().collect();
+        let bytes = postcard::to_stdvec(&ids).unwrap_or_default();
+        self.tree
+            .insert(MEMBERS_KEY, bytes)
+            .and_then(|_| self.tree.flush())
+            .map(|_| ())
+            .map_err(|e| StoreError(crate::config::one_line(&e.to_string())))
     }
 
     /// Stops acting as `blade` at once and tells every member that `to` should claim it (an
@@ -633,6 +667,17 @@ mod tests {
             a.handle_tick(later);
         }
         assert_eq!(a.acting(), None, "a majority of two is two");
+        // The operator forgets b, which is gone for good: a alone is a majority again.
+        assert!(a.forget(ids[1]).unwrap());
+        for _ in 0..60 {
+            later += Duration::from_millis(50);
+            a.handle_tick(later);
+        }
+        assert_eq!(a.acting(), Some(&("blade-a".to_string(), 1)));
+        drop(a);
+        let a =
+            Failover::open(&dbs[0], settings(ids[0], "blade-a", Role::Active), 4, later).unwrap();
+        assert_eq!(a.members().count(), 0, "the forgetting is durable");
     }
 
     #[test]

@@ -54,6 +54,11 @@ pub enum Command {
     Events,
     /// The seat table: which node holds each blade, at which epoch, and in what state.
     Seats,
+    /// Remove a dead or departed member for good: it no longer counts in election quorums.
+    Forget {
+        /// The member, by name or node id.
+        node: String,
+    },
     /// Declare a blade's holder failed: it hands the blade to a spare, which restores its data.
     /// Waits until the seat moved.
     Failover {
@@ -164,6 +169,17 @@ pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
                 seats_json(&seats)
             } else {
                 seats_table(&seats, color)
+            }
+        }
+        Command::Forget { node } => {
+            let request = ControlRequest::Forget { node: node.clone() };
+            let payload = client.request(request.to_payload()).await?;
+            let (id, name) =
+                dci_proto::control::forgotten_from_payload(&payload).map_err(protocol)?;
+            if cli.json {
+                serde_json::json!({"id": id, "name": name}).to_string()
+            } else {
+                format!("forgot {name} ({id}): it no longer counts in election quorums")
             }
         }
         Command::Failover { blade, to, no_wait } => {
