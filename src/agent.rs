@@ -413,6 +413,15 @@ impl Agent {
         for effect in effects {
             match effect {
                 Effect::Send(to, bytes) => {
+                    // A member membership holds dead or gone is not dialled again and again: to
+                    // the core this is a lost message, which it is built to survive.
+                    let gone = self
+                        .swim
+                        .member(&to)
+                        .is_some_and(|m| matches!(m.liveness, Liveness::Dead | Liveness::Left));
+                    if gone {
+                        continue;
+                    }
                     let addrs: Vec<Multiaddr> = self
                         .swim
                         .member(&to)

@@ -53,7 +53,7 @@ pub enum MessageError {
     /// Larger than [`MAX_MESSAGE_BYTES`], or more seats than [`MAX_SEATS`].
     #[error("election message exceeds its limits")]
     TooLarge,
-    /// Not an election message.
+    /// Not an election message, or one naming a blade by a name no node may have.
     #[error("election message does not decode")]
     Malformed,
     /// From a node that is not a member: it may not vote.
@@ -107,6 +107,26 @@ pub fn decode(bytes: &[u8]) -> Result<Wire, MessageError> {
         if seats.len() > MAX_SEATS {
             return Err(MessageError::TooLarge);
         }
+    }
+    // A blade name may become a directory name (a takeover restores under it): only names a
+    // node could be given on its command line pass.
+    let valid = |b: &str| crate::config::validate_name("blade", b).is_ok();
+    let names_ok = match &wire {
+        Wire::Election(m) => match m {
+            Message::Claim { blade, .. }
+            | Message::Grant { blade, .. }
+            | Message::Refuse { blade, .. }
+            | Message::Won { blade, .. }
+            | Message::Renew { blade, .. }
+            | Message::Renewed { blade, .. }
+            | Message::Release { blade, .. } => valid(blade),
+            Message::Seats { seats } => seats.iter().all(|(b, _)| valid(b)),
+        },
+        Wire::HandOver { blade, .. } => valid(blade),
+        Wire::Forget { .. } => true,
+    };
+    if !names_ok {
+        return Err(MessageError::Malformed);
     }
     Ok(wire)
 }
@@ -542,6 +562,14 @@ mod tests {
         };
         assert_eq!(decode(&encode(&m)).unwrap(), Wire::Election(m));
         assert_eq!(decode(b"\xff\xff\xff"), Err(MessageError::Malformed));
+        let climbing = Message::Won {
+            blade: "..".into(),
+            seat: Seat {
+                holder: PeerId::random(),
+                epoch: 1,
+            },
+        };
+        assert_eq!(decode(&encode(&climbing)), Err(MessageError::Malformed));
         assert_eq!(
             decode(&vec![0; MAX_MESSAGE_BYTES + 1]),
             Err(MessageError::TooLarge)
