@@ -113,7 +113,15 @@ pub struct Agent {
     /// Hand-overs whose last backup finished: the blade and the node to hand it to.
     handovers: mpsc::Receiver<(String, PeerId)>,
     handover_tx: mpsc::Sender<(String, PeerId)>,
+    /// Down blades already alerted for, by (blade, epoch): one alert per outage.
+    no_spare_alerted: HashSet<(String, u64)>,
+    /// When to look for down blades with no spare next.
+    next_no_spare_check: Duration,
 }
+
+/// How long a blade's holder must have been gone, with no spare to take it, before the alert:
+/// long enough for a spare that is only slow to claim it first.
+const NO_SPARE_GRACE: Duration = Duration::from_secs(5);
 
 /// A takeover's restore, finished: the blade, the epoch won, and what the restore answered.
 type Takeover = (String, u64, Result<dci_proto::Payload, (String, String)>);
@@ -253,6 +261,8 @@ impl Agent {
         let (takeover_tx, takeovers) = mpsc::channel(4);
         let (handover_tx, handovers) = mpsc::channel(4);
         let mut agent = Agent {
+            no_spare_alerted: HashSet::new(),
+            next_no_spare_check: Duration::ZERO,
             handovers,
             handover_tx,
             failover,
@@ -351,6 +361,48 @@ impl Agent {
         if self.failover.due().is_some_and(|at| at <= now) {
             let effects = self.failover.handle_tick(now);
             self.apply_effects(effects);
+        }
+        if now >= self.next_no_spare_check {
+            self.next_no_spare_check = now + Duration::from_secs(1);
+            self.alert_down_blades(now);
+        }
+    }
+
+    /// A blade whose holder is gone and that no live spare may take stays down: say so once per
+    /// outage, naming the blade (an operator may add a spare, or bring the node back).
+    fn alert_down_blades(&mut self, now: Duration) {
+        let down: Vec<(String, u64, PeerId)> = self
+            .failover
+            .seats()
+            .iter()
+            .filter(|(_, seat)| {
+                self.swim.member(&seat.holder).is_some_and(|m| {
+                    matches!(m.liveness, Liveness::Dead | Liveness::Left)
+                        && now.saturating_sub(m.since()) >= NO_SPARE_GRACE
+                })
+            })
+            .map(|(b, s)| (b.clone(), s.epoch, s.holder))
+            .collect();
+        for (blade, epoch, holder) in down {
+            if self.failover.best_spare(&blade).is_some()
+                || !self.no_spare_alerted.insert((blade.clone(), epoch))
+            {
+                continue;
+            }
+            let detail = format!(
+                "blade {blade} is down: its holder {} ({holder}) is gone since epoch {epoch} and no live spare may take it; add a spare or bring the node back",
+                self.member_name(&holder)
+            );
+            tracing::error!("{detail}");
+            self.broadcast_notice(FailureNotice {
+                level: Level::Serious,
+                part: Part::Node,
+                id: format!("{blade}/no-spare/{epoch}"),
+                name: Some(blade),
+                address: None,
+                at_ms: unix_ms(),
+                detail,
+            });
         }
     }
 

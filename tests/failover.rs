@@ -323,3 +323,34 @@ fn a_declared_failover_moves_a_live_blade_with_its_latest_files_to_the_spare() {
         answered_by(&b1, "b1")
     );
 }
+
+/// With no spare, a blade whose node dies stays down (and is shown so), and every survivor gets
+/// a notice naming it.
+#[test]
+fn with_no_spare_a_dead_blade_stays_down_and_an_alert_names_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let b1 = Node::start(tmp.path(), "b1", ports[0], &[], &[]);
+    let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &[]);
+    let b3 = Node::start(tmp.path(), "b3", ports[2], &[ports[0]], &[]);
+    let b1_id = b1.id();
+    let seated = wait_until(Duration::from_secs(60), || {
+        [&b2, &b3].iter().all(|n| held_by(n, "b1", &b1_id, 1))
+    });
+    assert!(seated.is_some(), "{:?}", seats(&b2));
+    b1.signal(libc::SIGKILL);
+    drop(b1);
+    for n in [&b2, &b3] {
+        let alerted = wait_until(Duration::from_secs(60), || {
+            n.log_text().lines().any(|l| {
+                l.contains("failure notice: blade b1 is down") && l.contains("no live spare")
+            })
+        });
+        assert!(alerted.is_some(), "{}:\n{}", n.name, n.log_text());
+        let s = seat(n, "b1").unwrap();
+        assert_eq!(
+            (s["holder"].as_str(), s["state"].as_str()),
+            (Some(b1_id.as_str()), Some("down"))
+        );
+    }
+}
