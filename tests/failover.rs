@@ -354,3 +354,60 @@ fn with_no_spare_a_dead_blade_stays_down_and_an_alert_names_it() {
         );
     }
 }
+
+/// Two blades' nodes killed at once: the two spares take one each, and every survivor agrees.
+#[test]
+fn two_failures_at_once_take_two_spares() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let b1 = Node::start(tmp.path(), "b1", ports[0], &[], &[]);
+    let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &[]);
+    let b3 = Node::start(tmp.path(), "b3", ports[2], &[ports[0]], &[]);
+    let s1 = Node::start(
+        tmp.path(),
+        "s1",
+        ports[3],
+        &[ports[0]],
+        &["--role", "spare"],
+    );
+    let s2 = Node::start(
+        tmp.path(),
+        "s2",
+        ports[4],
+        &[ports[0]],
+        &["--role", "spare"],
+    );
+    let (b1_id, b2_id, s1_id, s2_id) = (b1.id(), b2.id(), s1.id(), s2.id());
+    let survivors = [&b3, &s1, &s2];
+    let seated = wait_until(Duration::from_secs(60), || {
+        survivors.iter().all(|n| {
+            held_by(n, "b1", &b1_id, 1)
+                && held_by(n, "b2", &b2_id, 1)
+                && n.members()
+                    .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 5)
+        })
+    });
+    assert!(seated.is_some(), "{:?}", seats(&b3));
+    b1.signal(libc::SIGKILL);
+    b2.signal(libc::SIGKILL);
+    drop((b1, b2));
+    let spares = [s1_id.as_str(), s2_id.as_str()];
+    let taken = wait_until(Duration::from_secs(60), || {
+        survivors.iter().all(|n| {
+            let holders: Vec<String> = ["b1", "b2"]
+                .iter()
+                .filter_map(|b| seat(n, b))
+                .filter(|s| s["state"] == "held" && s["epoch"].as_u64() >= Some(2))
+                .filter_map(|s| s["holder"].as_str().map(String::from))
+                .collect();
+            holders.len() == 2
+                && holders[0] != holders[1]
+                && holders.iter().all(|h| spares.contains(&h.as_str()))
+        })
+    });
+    assert!(
+        taken.is_some(),
+        "{:?}",
+        survivors.iter().map(|n| seats(n)).collect::<Vec<_>>()
+    );
+}
