@@ -407,7 +407,9 @@ fn two_failures_at_once_take_two_spares() {
     });
     assert!(
         taken.is_some(),
-        "{:?}",
-        survivors.iter().map(|n| seats(n)).collect::<Vec<_>>()
+        "{:?}\n{}\n{}",
+        survivors.iter().map(|n| seats(n)).collect::<Vec<_>>(),
+        s1.log_text(),
+        s2.log_text()
     );
 }

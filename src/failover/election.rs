@@ -640,6 +640,11 @@ where
         if !self.candidate || !mine.is_empty() {
             return;
         }
+        // One blade at a time, counting claims in flight: a second claim made while the first
+        // waits for its grants could win too, and one node would hold two blades.
+        if self.claims.values().any(|c| now < c.retry_at) {
+            return;
+        }
         let vacant: Vec<(Blade, Seat<Id>)> = self
             .durable
             .seats
@@ -855,6 +860,16 @@ where
         }
         let epoch = c.epoch;
         self.claims.remove(blade);
+        // A node holds at most one blade: a claim that completes after another was won is
+        // dropped (the seat stays vacant for the next candidate, above this promise).
+        if self
+            .durable
+            .seats
+            .iter()
+            .any(|(b, s)| s.holder == self.me && b != blade)
+        {
+            return;
+        }
         let seat = Seat {
             holder: self.me,
             epoch,
@@ -1039,6 +1054,68 @@ mod tests {
             );
         }
         assert_eq!(nodes[0].serving("blade-0", now), Some(1));
+    }
+
+    #[test]
+    fn a_spare_whose_claim_is_slow_does_not_claim_a_second_blade_meanwhile() {
+        // Two blades whose first candidate is the same spare (3, beside spare 4).
+        let names: Vec<String> = (0..100).map(|i| format!("blade-{i}")).collect();
+        let first = |b: &str| rank::ranked(b, [3u32, 4])[0];
+        let (a, b) = names
+            .iter()
+            .flat_map(|x| names.iter().map(move |y| (x, y)))
+            .find(|(x, y)| x != y && first(x) == 3 && first(y) == 3)
+            .expect("two blades ranking spare 3 first");
+        let mut durable = Durable::default();
+        durable.seats.insert(
+            a.clone(),
+            Seat {
+                holder: 0,
+                epoch: 1,
+            },
+        );
+        durable.seats.insert(
+            b.clone(),
+            Seat {
+                holder: 1,
+                epoch: 1,
+            },
+        );
+        let mut spare = Election::new(
+            3u32,
+            true,
+            durable,
+            ElectionConfig::default(),
+            7,
+            Duration::ZERO,
+        );
+        let t = Duration::from_secs(5);
+        for (id, alive, candidate) in [
+            (0, true, false),
+            (1, true, false),
+            (2, true, false),
+            (4, true, true),
+        ] {
+            spare.handle_member(id, MemberView { alive, candidate }, Duration::ZERO);
+        }
+        // Both holders die; the grants for the first claim are slow to come.
+        for id in [0, 1] {
+            let view = MemberView {
+                alive: false,
+                candidate: false,
+            };
+            spare.handle_member(id, view, t);
+        }
+        let mut claimed = BTreeSet::new();
+        for step in 0..10u32 {
+            spare.handle_tick(t + Duration::from_millis(50) * step);
+            for o in spare.drain_outputs() {
+                if let Output::Send(_, Message::Claim { blade, .. }) = o {
+                    claimed.insert(blade);
+                }
+            }
+        }
+        assert_eq!(claimed.len(), 1, "claimed {claimed:?}");
     }
 
     #[test]
