@@ -138,6 +138,15 @@ impl<T> TimerQueue<T> {
             .map(|Reverse((at, _, _))| Duration::from_nanos(*at))
     }
 
+    /// The earliest item, without taking it.
+    pub fn peek(&mut self) -> Option<&T> {
+        if !self.settle() {
+            return None;
+        }
+        let Reverse((_, _, slot)) = self.near.peek()?;
+        self.slots[*slot as usize].as_ref()
+    }
+
     /// Takes the earliest item with its due time.
     pub fn pop(&mut self) -> Option<(Duration, T)> {
         if !self.settle() {
@@ -172,6 +181,7 @@ mod tests {
         q.push(ms(10), "a");
         q.push(ms(10), "b");
         assert_eq!(q.next_due(), Some(ms(10)));
+        assert_eq!(q.peek(), Some(&"a"));
         assert_eq!(q.pop_due(ms(5)), None);
         assert_eq!(q.pop_due(ms(10)), Some("a"));
         assert_eq!(q.pop_due(ms(10)), Some("b"));

@@ -558,6 +558,12 @@ where
         }
     }
 
+    /// A hint for a driver that knows what comes next (the simulator): starts bringing `id`'s
+    /// entry into the cache. Changes nothing.
+    pub fn prefetch_member(&self, id: &Id) {
+        self.members.prefetch(id);
+    }
+
     /// Makes room for `n` more members at once (a simulator building large tables).
     pub fn reserve(&mut self, n: usize) {
         self.members.reserve(n);

@@ -41,6 +41,9 @@ pub trait Table<K, V>: Default {
     fn contains(&self, k: &K) -> bool {
         self.get(k).is_some()
     }
+    /// A hint that `k` is about to be looked up: starts bringing its entry into the cache. Changes
+    /// nothing.
+    fn prefetch(&self, _k: &K) {}
 }
 
 impl<K: Copy + Eq + Hash, V> Table<K, V> for HashMap<K, V> {
@@ -105,6 +108,11 @@ impl<V> Table<u32, V> for DenseTable<V> {
     fn reserve(&mut self, n: usize) {
         self.slots.reserve(n);
     }
+    fn prefetch(&self, k: &u32) {
+        if let Some(slot) = self.slots.get(*k as usize) {
+            prefetch(slot);
+        }
+    }
     fn entries<'a>(&'a self) -> impl Iterator<Item = (u32, &'a V)>
     where
         V: 'a,
@@ -114,6 +122,24 @@ impl<V> Table<u32, V> for DenseTable<V> {
             .enumerate()
             .filter_map(|(i, v)| Some((i as u32, v.as_ref()?)))
     }
+}
+
+/// Starts loading the cache lines that hold `value`, without waiting for them: a simulator of
+/// 10,000 nodes touches a random node and a random member entry per event, and a miss it has
+/// already asked for overlaps with the work before it.
+pub fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let start = value as *const T as *const i8;
+        for line in (0..std::mem::size_of::<T>()).step_by(64) {
+            // SAFETY: SSE is part of every x86_64 target; a prefetch never faults and never
+            // changes memory, and the address lies inside `value`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(line)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
 }
 
 impl MemberId for u32 {

@@ -5,7 +5,9 @@
 
 pub mod backup;
 pub mod client;
+pub mod exec;
 pub mod msg;
+pub mod nodeset;
 pub mod task;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -71,6 +73,10 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Run a command on a set of blades and gather the output (`dcish exec @all -- uname -n`).
+    Exec(exec::ExecArgs),
+    /// Expand a node set against the mesh, or fold it (`blade-[01-03]`).
+    Nodeset(exec::NodesetArgs),
     /// Send an envelope to a peerlet (a blade, node, group or everyone) and show the answers.
     Send(msg::SendArgs),
     /// Show the message log: envelopes this agent sent and received.
@@ -146,6 +152,8 @@ pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
                 (_, false) => nodes_table(&members, color, false),
             }
         }
+        Command::Exec(args) => exec::exec(&mut client, args, cli.json).await?,
+        Command::Nodeset(args) => exec::nodeset(&mut client, args, cli.json).await?,
         Command::Send(args) => msg::send(&mut client, args, cli.json).await?,
         Command::Log(args) => msg::log(&mut client, args, cli.json).await?,
         Command::Replay(args) => msg::replay(&mut client, args, cli.json).await?,
