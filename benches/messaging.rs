@@ -94,6 +94,7 @@ fn route() {
             connected: true,
         }],
         groups: Default::default(),
+        seats: Default::default(),
     });
     let limits = Limits::default();
     for kind in [Kind::Event, Kind::Request] {

@@ -25,6 +25,7 @@ use crate::control::{self, Query};
 use crate::datadir::{DataDir, DataDirError};
 use crate::degradation::{Detector, Transition};
 use crate::events::{Event, EventHub, EventKind};
+use crate::failover::driver::{self as failover, Effect, Failover};
 use crate::membership::mesh::{self, MemberMeta, MeshPacket, MeshSwim, Signer};
 use crate::membership::swim::{Liveness, Output, Timer};
 use crate::net::backoff::Backoff;
@@ -102,7 +103,28 @@ pub struct Agent {
     notices_in: mpsc::Receiver<(Envelope, PeerId)>,
     /// The replication service's requests in flight, and its channels.
     replication: crate::replication::Link,
+    /// The election driver: seat table, claims, leases.
+    failover: Failover,
+    /// The blade this node is restoring after winning it, with the epoch won.
+    restoring: Option<(String, u64)>,
+    /// Takeover restores that finished: blade, epoch, and the restore's answer.
+    takeovers: mpsc::Receiver<Takeover>,
+    takeover_tx: mpsc::Sender<Takeover>,
+    /// Hand-overs whose last backup finished: the blade and the node to hand it to.
+    handovers: mpsc::Receiver<(String, PeerId)>,
+    handover_tx: mpsc::Sender<(String, PeerId)>,
+    /// Down blades already alerted for, by (blade, epoch): one alert per outage.
+    no_spare_alerted: HashSet<(String, u64)>,
+    /// When to look for down blades with no spare next.
+    next_no_spare_check: Duration,
 }
+
+/// How long a blade's holder must have been gone, with no spare to take it, before the alert:
+/// long enough for a spare that is only slow to claim it first.
+const NO_SPARE_GRACE: Duration = Duration::from_secs(5);
+
+/// A takeover's restore, finished: the blade, the epoch won, and what the restore answered.
+type Takeover = (String, u64, Result<dci_proto::Payload, (String, String)>);
 
 /// What the agent refused or relayed, for `dcish status` (the membership core counts forged
 /// announcements itself).
@@ -114,6 +136,10 @@ struct Counters {
     envelopes_refused: u64,
     notices_sent: u64,
     notices_received: u64,
+    /// Blades this node won from another node (each restored from the holders).
+    takeovers: u64,
+    /// Blades this node handed over on an operator's `dcish failover`.
+    handovers: u64,
 }
 
 /// Resource figures are re-announced when one moves by this many points.
@@ -150,6 +176,22 @@ impl Agent {
         };
         let db = sled::open(data_dir.db_path()).map_err(db_err)?;
         let incarnation = next_incarnation(&db).map_err(db_err)?;
+        let failover = Failover::open(
+            &db,
+            failover::Settings {
+                me: local_id,
+                name: config.name.clone(),
+                role: config.role,
+                has_seeds: !config.join.is_empty(),
+                election: crate::failover::election::ElectionConfig::default(),
+            },
+            rand::random(),
+            Duration::ZERO,
+        )
+        .map_err(|e| StartError::Database {
+            path: data_dir.db_path(),
+            reason: e.to_string(),
+        })?;
         let listener = control::bind(&data_dir.socket_path())?;
         let (query_tx, queries) = mpsc::channel(64);
         let (fault_tx, disk_faults) = mpsc::channel(4);
@@ -191,6 +233,7 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").into(),
             resources: sampler.sample(),
             degraded: false,
+            blade: None,
         };
         let seed = rand::random();
         let swim = MeshSwim::new(
@@ -215,7 +258,17 @@ impl Agent {
             data_dir = %data_dir.path().display(),
             "dcid started"
         );
+        let (takeover_tx, takeovers) = mpsc::channel(4);
+        let (handover_tx, handovers) = mpsc::channel(4);
         let mut agent = Agent {
+            no_spare_alerted: HashSet::new(),
+            next_no_spare_check: Duration::ZERO,
+            handovers,
+            handover_tx,
+            failover,
+            restoring: None,
+            takeovers,
+            takeover_tx,
             events: EventHub::default(),
             notices_seen: Dedup::default(),
             sampler,
@@ -275,9 +328,11 @@ impl Agent {
         sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
-            let next = self
-                .timers
-                .next_due()
+            let due = match (self.timers.next_due(), self.failover.due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let next = due
                 .map(|at| self.started + at)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
@@ -290,6 +345,8 @@ impl Agent {
                 Some(reason) = self.disk_faults.recv() => self.on_disk_fault(reason),
                 Some((env, peer)) = self.notices_in.recv() => self.on_notice(env, peer),
                 Some(cmd) = self.replication.next_command() => self.on_replication(cmd),
+                Some(done) = self.takeovers.recv() => self.on_takeover_done(done),
+                Some((blade, to)) = self.handovers.recv() => self.release(blade, to),
             }
         }
         self.leave().await;
@@ -301,20 +358,69 @@ impl Agent {
             self.swim.handle_timer(timer, now);
         }
         self.apply_outputs();
+        if self.failover.due().is_some_and(|at| at <= now) {
+            let effects = self.failover.handle_tick(now);
+            self.apply_effects(effects);
+        }
+        if now >= self.next_no_spare_check {
+            self.next_no_spare_check = now + Duration::from_secs(1);
+            self.alert_down_blades(now);
+        }
+    }
+
+    /// A blade whose holder is gone and that no live spare may take stays down: say so once per
+    /// outage, naming the blade (an operator may add a spare, or bring the node back).
+    fn alert_down_blades(&mut self, now: Duration) {
+        let down: Vec<(String, u64, PeerId)> = self
+            .failover
+            .seats()
+            .iter()
+            .filter(|(_, seat)| {
+                self.swim.member(&seat.holder).is_some_and(|m| {
+                    matches!(m.liveness, Liveness::Dead | Liveness::Left)
+                        && now.saturating_sub(m.since()) >= NO_SPARE_GRACE
+                })
+            })
+            .map(|(b, s)| (b.clone(), s.epoch, s.holder))
+            .collect();
+        for (blade, epoch, holder) in down {
+            if self.failover.best_spare(&blade).is_some()
+                || !self.no_spare_alerted.insert((blade.clone(), epoch))
+            {
+                continue;
+            }
+            let detail = format!(
+                "blade {blade} is down: its holder {} ({holder}) is gone since epoch {epoch} and no live spare may take it; add a spare or bring the node back",
+                self.member_name(&holder)
+            );
+            tracing::error!("{detail}");
+            self.broadcast_notice(FailureNotice {
+                level: Level::Serious,
+                part: Part::Node,
+                id: format!("{blade}/no-spare/{epoch}"),
+                name: Some(blade),
+                address: None,
+                at_ms: unix_ms(),
+                detail,
+            });
+        }
     }
 
     /// Carries out what the membership core asked for.
     fn apply_outputs(&mut self) {
         let outputs: Vec<_> = self.swim.drain_outputs().collect();
+        let mut touched = Vec::new();
         for output in outputs {
             match output {
                 Output::Send(to, packet) => self.send_packet(to, &packet),
                 Output::SetTimer(at, timer) => self.timers.push(at, timer),
                 Output::Joined(id) => {
+                    touched.push(id);
                     self.log_change(id, Liveness::Alive);
                     self.publish(id, EventKind::Joined, String::new());
                 }
                 Output::Changed(id, liveness) => {
+                    touched.push(id);
                     self.log_change(id, liveness);
                     let kind = match liveness {
                         Liveness::Alive => EventKind::Alive,
@@ -325,18 +431,378 @@ impl Agent {
                     };
                     self.publish(id, kind, String::new());
                 }
-                Output::MetaChanged(id) => self.on_meta_changed(id),
+                Output::MetaChanged(id) => {
+                    touched.push(id);
+                    self.on_meta_changed(id)
+                }
                 Output::DeclaredDead(id) => self.declare_dead(id),
             }
+        }
+        self.sync_view();
+        for id in touched {
+            self.feed_member(id);
+        }
+    }
+
+    /// Tells the election driver how membership sees `id` now.
+    fn feed_member(&mut self, id: PeerId) {
+        let Some(m) = self.swim.member(&id) else {
+            return;
+        };
+        let up = matches!(
+            m.liveness,
+            Liveness::Alive | Liveness::UnreachableLink | Liveness::Suspect
+        );
+        let view = failover::member_view(up, m.meta.role, m.meta.blade.is_some());
+        match self.failover.handle_member(id, view, self.now()) {
+            Ok(effects) => self.apply_effects(effects),
+            Err(e) => tracing::error!("{e}; member {id} not recorded for quorums"),
+        }
+    }
+
+    /// Carries out what the election driver asked for, in order.
+    fn apply_effects(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Send(to, bytes) => {
+                    // A member membership holds dead or gone is not dialled again and again: to
+                    // the core this is a lost message, which it is built to survive.
+                    let gone = self
+                        .swim
+                        .member(&to)
+                        .is_some_and(|m| matches!(m.liveness, Liveness::Dead | Liveness::Left));
+                    if gone {
+                        continue;
+                    }
+                    let addrs: Vec<Multiaddr> = self
+                        .swim
+                        .member(&to)
+                        .map(|m| m.meta.addrs.iter().filter_map(|a| a.parse().ok()).collect())
+                        .unwrap_or_default();
+                    self.swarm
+                        .behaviour_mut()
+                        .election
+                        .send_request_with_addresses(&to, bytes, addrs);
+                }
+                Effect::TakeOver {
+                    blade,
+                    epoch,
+                    restore: true,
+                } => self.take_over(blade, epoch),
+                Effect::TakeOver { restore: false, .. } => {}
+                Effect::Stopped {
+                    blade,
+                    epoch,
+                    holder,
+                } => self.stopped_acting(blade, epoch, holder),
+                Effect::HandOverAsked { from, blade, to } => {
+                    tracing::warn!(%blade, from = %self.member_name(&from), to = %self.member_name(&to), "asked to hand the blade over");
+                    self.hand_over(blade, to);
+                }
+                Effect::Changed => self.publish_seat(),
+            }
+        }
+    }
+
+    /// An operator's `dcish failover`: finds the holder and the successor, and asks the holder
+    /// to hand the blade over (this node, or another through `/dci/election/1`).
+    fn declare_failover(
+        &mut self,
+        blade: String,
+        to: Option<String>,
+    ) -> Result<dci_proto::control::HandoverInfo, (String, String)> {
+        let Some(seat) = self.failover.seats().get(&blade).copied() else {
+            return Err(("no-seat".into(), format!("no node holds blade {blade}")));
+        };
+        let target = match &to {
+            Some(name) => {
+                let found = self
+                    .swim
+                    .members()
+                    .find(|(_, m)| m.meta.name == *name)
+                    .map(|(id, _)| id);
+                match found {
+                    Some(id) if self.failover.is_candidate(&id) => id,
+                    Some(_) => {
+                        return Err((
+                            "not-a-spare".into(),
+                            format!("{name} is not a live spare holding no blade"),
+                        ))
+                    }
+                    None => return Err(("no-such-node".into(), format!("no member named {name}"))),
+                }
+            }
+            None => self.failover.best_spare(&blade).ok_or_else(|| {
+                (
+                    "no-spare".into(),
+                    format!("no live spare may take blade {blade}"),
+                )
+            })?,
+        };
+        if seat.holder == self.local_id {
+            self.hand_over(blade.clone(), target);
+        } else {
+            let up = self.swim.member(&seat.holder).is_some_and(|m| {
+                matches!(
+                    m.liveness,
+                    Liveness::Alive | Liveness::UnreachableLink | Liveness::Suspect
+                )
+            });
+            if !up {
+                return Err((
+                    "holder-down".into(),
+                    format!(
+                        "the holder of {blade} is down: the mesh elects its successor by itself"
+                    ),
+                ));
+            }
+            let bytes = failover::encode_wire(&failover::Wire::HandOver {
+                blade: blade.clone(),
+                to: target,
+            });
+            self.apply_effects(vec![Effect::Send(seat.holder, bytes)]);
+        }
+        Ok(dci_proto::control::HandoverInfo {
+            blade,
+            holder: seat.holder.to_string(),
+            epoch: seat.epoch,
+            to: target.to_string(),
+            to_name: self.member_name(&target),
+        })
+    }
+
+    /// An operator's `dcish forget`: `node` (a name or id) no longer counts in quorums here,
+    /// and every live member is told to do the same.
+    fn forget(&mut self, node: &str) -> Result<(String, String), (String, String)> {
+        let by_name = self
+            .failover
+            .members()
+            .find(|(id, _)| self.member_name(id) == node)
+            .or_else(|| {
+                let id: PeerId = node.parse().ok()?;
+                self.failover.members().find(|(m, _)| *m == id)
+            });
+        let Some((id, alive)) = by_name else {
+            return Err((
+                "no-such-node".into(),
+                format!("{node} is not a member that counts in quorums"),
+            ));
+        };
+        if alive {
+            return Err((
+                "alive".into(),
+                format!("{node} is alive: only a dead or departed member can be forgotten"),
+            ));
+        }
+        match self.failover.forget(id) {
+            Ok(true) => {}
+            Ok(false) => return Err(("alive".into(), format!("{node} is alive"))),
+            Err(e) => return Err(("database".into(), e.to_string())),
+        }
+        tracing::warn!(member = %self.member_name(&id), %id, "forgotten: no longer counts in quorums");
+        let bytes = failover::encode_wire(&failover::Wire::Forget { node: id });
+        let live: Vec<PeerId> = self
+            .failover
+            .members()
+            .filter(|(_, alive)| *alive)
+            .map(|(m, _)| m)
+            .collect();
+        let sends = live
+            .into_iter()
+            .map(|to| Effect::Send(to, bytes.clone()))
+            .collect();
+        self.apply_effects(sends);
+        Ok((id.to_string(), self.member_name(&id)))
+    }
+
+    /// Hands `blade`, held here, over to `to`. When it is this node's own data set, a last backup
+    /// is made and pushed to the holders first, so that the successor restores what is here now
+    /// (the hand-over goes on if it fails: the operator declared this node failed).
+    fn hand_over(&mut self, blade: String, to: PeerId) {
+        let held = self
+            .failover
+            .seats()
+            .get(&blade)
+            .is_some_and(|s| s.holder == self.local_id);
+        if !held {
+            tracing::warn!(%blade, "asked to hand over a blade this node does not hold");
+            return;
+        }
+        if blade != self.config.name || self.config.backup.root.is_none() {
+            return self.release(blade, to);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.replication.control((
+            dci_proto::backup::BackupRequest::Now {
+                blade: None,
+                wait: true,
+            },
+            tx,
+        ));
+        let done = self.handover_tx.clone();
+        tokio::spawn(async move {
+            match rx.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((code, msg))) => {
+                    tracing::error!(%blade, "last backup before the hand-over failed ({code}): {msg}")
+                }
+                Err(_) => {
+                    tracing::error!(%blade, "last backup before the hand-over: the backup service stopped")
+                }
+            }
+            let _ = done.send((blade, to)).await;
+        });
+    }
+
+    /// Stops acting as `blade` and lets `to` claim it.
+    fn release(&mut self, blade: String, to: PeerId) {
+        tracing::warn!(%blade, to = %self.member_name(&to), "releasing the blade");
+        self.counters.handovers += 1;
+        let effects = self.failover.release(&blade, to, self.now());
+        self.apply_effects(effects);
+    }
+
+    /// This node won `blade` from another node: restore the blade's latest archive from its
+    /// holders into this node's backup root (the same path as `dcish restore`).
+    fn take_over(&mut self, blade: String, epoch: u64) {
+        tracing::warn!(%blade, epoch, "taking the blade over: restoring its data from its holders");
+        self.counters.takeovers += 1;
+        self.restoring = Some((blade.clone(), epoch));
+        let to = match &self.config.backup.root {
+            Some(_) => None,
+            None => Some(
+                self.data_dir
+                    .path()
+                    .join("blades")
+                    .join(&blade)
+                    .display()
+                    .to_string(),
+            ),
+        };
+        let request = dci_proto::backup::BackupRequest::Restore(dci_proto::backup::RestoreArgs {
+            blade: blade.clone(),
+            archive: None,
+            paths: Vec::new(),
+            to,
+            on: None,
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.replication.control((request, tx));
+        let done = self.takeover_tx.clone();
+        tokio::spawn(async move {
+            let answer = rx
+                .await
+                .unwrap_or_else(|_| Err(("stopping".into(), "the backup service stopped".into())));
+            let _ = done.send((blade, epoch, answer)).await;
+        });
+    }
+
+    /// A takeover's restore finished: say what happened to every member.
+    fn on_takeover_done(&mut self, (blade, epoch, answer): Takeover) {
+        if self.restoring.as_ref() == Some(&(blade.clone(), epoch)) {
+            self.restoring = None;
+        }
+        let me = format!("{} ({})", self.config.name, self.local_id);
+        let detail = match &answer {
+            Ok(p) => match dci_proto::backup::restored_from_payload(p) {
+                Ok(r) => format!(
+                    "blade {blade} taken over by {me} at epoch {epoch}: {} archives restored into {}, {} entries, {} bytes",
+                    r.archives, r.target, r.entries, r.bytes
+                ),
+                Err(e) => format!("blade {blade} taken over by {me} at epoch {epoch}; restore answer unreadable: {e}"),
+            },
+            Err((code, msg)) if code == "no-archive" => format!(
+                "blade {blade} taken over by {me} at epoch {epoch} with no data: {msg}"
+            ),
+            Err((code, msg)) => format!(
+                "blade {blade} taken over by {me} at epoch {epoch}, but its restore failed ({code}): {msg}"
+            ),
+        };
+        tracing::warn!("{detail}");
+        self.broadcast_notice(FailureNotice {
+            level: Level::Serious,
+            part: Part::Node,
+            id: format!("{blade}/takeover/{epoch}"),
+            name: Some(blade),
+            address: self.swim.meta().addrs.first().cloned(),
+            at_ms: unix_ms(),
+            detail,
+        });
+    }
+
+    /// This node stopped acting as `blade`: to a higher epoch (a notice says so), or because
+    /// its lease ran out (it may renew it).
+    fn stopped_acting(
+        &mut self,
+        blade: String,
+        epoch: u64,
+        holder: Option<crate::failover::election::Seat<PeerId>>,
+    ) {
+        match holder {
+            Some(seat) if seat.holder != self.local_id => {
+                let name = self.member_name(&seat.holder);
+                let detail = format!(
+                    "{} ({}) stopped acting as blade {blade} (epoch {epoch}): {name} ({}) holds it at epoch {}",
+                    self.config.name, self.local_id, seat.holder, seat.epoch
+                );
+                tracing::warn!("{detail}");
+                self.broadcast_notice(FailureNotice {
+                    level: Level::Serious,
+                    part: Part::Node,
+                    id: format!("{blade}/lost/{epoch}"),
+                    name: Some(blade),
+                    address: self.swim.meta().addrs.first().cloned(),
+                    at_ms: unix_ms(),
+                    detail,
+                });
+            }
+            _ => {
+                tracing::warn!(%blade, epoch, "not acting as the blade: released, or its lease was not renewed by a majority")
+            }
+        }
+    }
+
+    /// Announces what this node acts as (blade, epoch, role) and republishes the routing view.
+    fn publish_seat(&mut self) {
+        let mut meta = self.swim.meta().clone();
+        let blade = self.failover.acting().cloned();
+        let role = self.failover.role();
+        if meta.blade != blade || meta.role != role {
+            meta.blade = blade;
+            meta.role = role;
+            self.swim.set_meta(meta);
+            self.apply_outputs();
         }
         self.sync_view();
     }
 
     /// Tells the router who is in the mesh, when that changed.
     fn sync_view(&mut self) {
+        let acting = self.failover.acting().map(|(b, _)| b.clone());
+        let local_blade = match acting {
+            Some(b) => Some(b),
+            None if self.failover.displaced() => None,
+            None => Some(self.config.name.clone()),
+        };
+        let seats = self
+            .failover
+            .seats()
+            .iter()
+            .map(|(blade, seat)| {
+                let entry = if seat.holder != self.local_id {
+                    Some((seat.holder.to_string(), seat.epoch))
+                } else {
+                    self.failover
+                        .acting()
+                        .filter(|(b, _)| b == blade)
+                        .map(|(_, e)| (self.local_id.to_string(), *e))
+                };
+                (blade.clone(), entry)
+            })
+            .collect();
         let view = router::view_of(
             &self.local_id,
-            &self.config.name,
+            local_blade.as_deref(),
             self.swim.members().map(|(id, m)| {
                 let up = matches!(
                     m.liveness,
@@ -346,9 +812,12 @@ impl Agent {
             }),
             &self.connected,
             &self.config.messaging.groups,
+            seats,
         );
         self.view.send_if_modified(|old| {
-            let changed = old.peers != view.peers;
+            let changed = old.peers != view.peers
+                || old.seats != view.seats
+                || old.local_blade != view.local_blade;
             if changed {
                 *old = Arc::new(view);
             }
@@ -613,6 +1082,7 @@ impl Agent {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Membership(event)) => self.on_membership(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Election(event)) => self.on_election(event),
             SwarmEvent::Behaviour(BehaviourEvent::Blocks(event)) => {
                 let swim = &self.swim;
                 self.replication
@@ -689,6 +1159,52 @@ impl Agent {
         }
     }
 
+    fn on_election(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                // The answer only closes the stream: the election's answers are messages.
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .election
+                    .send_response(channel, Vec::new());
+                let now = self.now();
+                match self.failover.handle_message(peer, &request, now) {
+                    Ok(effects) => self.apply_effects(effects),
+                    Err(e @ failover::MessageError::NotMember) => {
+                        tracing::debug!(%peer, "{e}");
+                    }
+                    Err(e) => {
+                        tracing::warn!(%peer, "{e}; disconnecting");
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                    }
+                }
+            }
+            request_response::Event::Message {
+                message: request_response::Message::Response { .. },
+                ..
+            }
+            | request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                if let request_response::InboundFailure::Io(e) = &error {
+                    self.failover.refused += 1;
+                    tracing::warn!(%peer, "bad election stream ({}); disconnecting", one_line(&e.to_string()));
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::trace!(%peer, "election message not delivered: {error}");
+            }
+        }
+    }
+
     /// A failure notice the router delivered (it checked that a peer's notice is its own).
     fn on_notice(&mut self, env: Envelope, peer: PeerId) {
         match notice::from_envelope(&env) {
@@ -756,6 +1272,11 @@ impl Agent {
                     ("envelopes-refused", c.envelopes_refused),
                     ("notices-sent", c.notices_sent),
                     ("notices-received", c.notices_received),
+                    ("election-refused", self.failover.refused),
+                    ("election-persist-failures", self.failover.persist_failures),
+                    ("failover-takeovers", c.takeovers),
+                    ("failover-restoring", u64::from(self.restoring.is_some())),
+                    ("failover-handovers", c.handovers),
                 ];
                 let mut rows: Vec<(String, u64)> =
                     rows.iter().map(|(n, v)| (n.to_string(), *v)).collect();
@@ -763,6 +1284,15 @@ impl Agent {
                 let _ = reply.send(rows);
             }
             Query::Backup(call) => self.replication.control(call),
+            Query::Seats(reply) => {
+                let _ = reply.send(self.seat_infos());
+            }
+            Query::Failover { blade, to, reply } => {
+                let _ = reply.send(self.declare_failover(blade, to));
+            }
+            Query::Forget { node, reply } => {
+                let _ = reply.send(self.forget(&node));
+            }
             Query::Events(reply) => {
                 let events = self
                     .events
@@ -783,6 +1313,54 @@ impl Agent {
         }
     }
 
+    /// The seat table as this node sees it: the holder's name from membership, and whether it
+    /// serves the blade (up, or here with a lease), is restoring it here, or is down.
+    fn seat_infos(&self) -> Vec<dci_proto::control::SeatInfo> {
+        self.failover
+            .seats()
+            .iter()
+            .map(|(blade, seat)| {
+                let here = seat.holder == self.local_id;
+                let state = if here {
+                    let acting = self.failover.acting().is_some_and(|(b, _)| b == blade);
+                    let restoring = self
+                        .restoring
+                        .as_ref()
+                        .is_some_and(|(b, e)| b == blade && *e == seat.epoch);
+                    match (acting, restoring) {
+                        (_, true) => "restoring",
+                        (true, false) => "held",
+                        (false, false) => "down",
+                    }
+                } else {
+                    let up = self.swim.member(&seat.holder).is_some_and(|m| {
+                        matches!(
+                            m.liveness,
+                            Liveness::Alive | Liveness::UnreachableLink | Liveness::Suspect
+                        )
+                    });
+                    if up {
+                        "held"
+                    } else {
+                        "down"
+                    }
+                };
+                let holder_name = if here {
+                    self.config.name.clone()
+                } else {
+                    self.member_name(&seat.holder)
+                };
+                dci_proto::control::SeatInfo {
+                    blade: blade.clone(),
+                    holder: seat.holder.to_string(),
+                    holder_name,
+                    epoch: seat.epoch,
+                    state: state.into(),
+                }
+            })
+            .collect()
+    }
+
     fn member_infos(&self) -> Vec<MemberInfo> {
         let now = self.now();
         let me = self.swim.meta();
@@ -799,6 +1377,7 @@ impl Agent {
             degraded: me.degraded,
             resources: resource_row(&me.resources),
             channels: Vec::new(),
+            blade: me.blade.clone(),
         }];
         for (id, m) in self.swim.members() {
             // Last sign of life: an ack, an announcement, or else when its state last changed.
@@ -820,6 +1399,7 @@ impl Agent {
                 degraded: m.meta.degraded,
                 resources: resource_row(&m.meta.resources),
                 channels: self.channels(m, now),
+                blade: m.meta.blade.clone(),
             });
         }
         rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));

@@ -58,6 +58,7 @@ async fn a_lying_member_changes_nothing_and_is_counted() {
         version: "0".into(),
         resources: Default::default(),
         degraded: false,
+        blade: None,
     };
 
     // The liar: a real libp2p node with the cluster key, but its own identity.

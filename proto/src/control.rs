@@ -53,6 +53,12 @@ pub const EVENT_KINDS: [&str; 9] = [
     "recovered",
 ];
 
+/// Seat states as spelled on the wire, as the answering agent sees the seat: `held` (the holder
+/// is up, and serves it if it is the answering agent), `restoring` (the answering agent won it and
+/// is restoring its data), `down` (the holder is dead or left, or it is the answering agent and
+/// holds no lease: nobody serves the blade until an election moves it).
+pub const SEAT_STATES: [&str; 3] = ["held", "restoring", "down"];
+
 /// A command sent by `dcish` to its local agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlRequest {
@@ -63,6 +69,24 @@ pub enum ControlRequest {
     /// The agent's counters (refused input, notices), `<counters/>`; answered by
     /// [`counters_to_payload`].
     Counters,
+    /// The seat table, `<seats/>`; answered by [`seats_to_payload`].
+    Seats,
+    /// An operator declares `blade`'s holder failed: it hands the blade over to `to` (a node
+    /// name) or to the first spare in rank order, `<failover blade="B" to="N"/>`; answered by
+    /// [`handover_to_payload`] once the holder was asked.
+    Failover {
+        /// The blade.
+        blade: String,
+        /// The node that should take it, by name; the best-ranked spare when absent.
+        to: Option<String>,
+    },
+    /// An operator removes a dead or departed member for good, `<forget node="N"/>` (a name
+    /// or node id): it no longer counts in election quorums, on any live node. Answered by
+    /// [`forgotten_to_payload`].
+    Forget {
+        /// The member, by name or node id.
+        node: String,
+    },
 }
 
 impl ControlRequest {
@@ -72,15 +96,30 @@ impl ControlRequest {
             ControlRequest::Nodes => "nodes",
             ControlRequest::Events => "events",
             ControlRequest::Counters => "counters",
+            ControlRequest::Seats => "seats",
+            ControlRequest::Failover { .. } => "failover",
+            ControlRequest::Forget { .. } => "forget",
         }
     }
 
     /// The request payload.
     pub fn to_payload(&self) -> Payload {
-        Payload::trusted(format!(
-            "<{} xmlns=\"{CONTROL_NAMESPACE}\"/>",
-            self.element()
-        ))
+        let mut s = format!("<{} xmlns=\"{CONTROL_NAMESPACE}\"", self.element());
+        match self {
+            ControlRequest::Nodes
+            | ControlRequest::Events
+            | ControlRequest::Counters
+            | ControlRequest::Seats => {}
+            ControlRequest::Failover { blade, to } => {
+                push_attribute(&mut s, "blade", blade);
+                if let Some(to) = to {
+                    push_attribute(&mut s, "to", to);
+                }
+            }
+            ControlRequest::Forget { node } => push_attribute(&mut s, "node", node),
+        }
+        s.push_str("/>");
+        Payload::trusted(s)
     }
 
     /// Reads a request payload: exactly one command element in the control namespace. An unknown
@@ -91,6 +130,22 @@ impl ControlRequest {
             "nodes" => ControlRequest::Nodes,
             "events" => ControlRequest::Events,
             "counters" => ControlRequest::Counters,
+            "seats" => ControlRequest::Seats,
+            "failover" => {
+                let [blade, to] = attributes(&root, "failover", ["blade", "to"])?;
+                no_content(&root, "failover")?;
+                return Ok(ControlRequest::Failover {
+                    blade: required("failover/@blade", blade)?.to_owned(),
+                    to: to.map(str::to_owned),
+                });
+            }
+            "forget" => {
+                let [node] = attributes(&root, "forget", ["node"])?;
+                no_content(&root, "forget")?;
+                return Ok(ControlRequest::Forget {
+                    node: required("forget/@node", node)?.to_owned(),
+                });
+            }
             other => {
                 return Err(ProtoError::invalid(
                     "command",
@@ -98,7 +153,7 @@ impl ControlRequest {
                 ))
             }
         };
-        // Every command so far takes no arguments.
+        // The other commands take no arguments.
         let [] = attributes(&root, request.element(), [])?;
         no_content(&root, request.element())?;
         Ok(request)
@@ -132,6 +187,8 @@ pub struct MemberInfo {
     pub resources: [Option<u8>; 4],
     /// This agent's heartbeat status table for it (empty for the agent itself).
     pub channels: Vec<ChannelInfo>,
+    /// The blade it acts as now and the epoch of its seat, from its metadata.
+    pub blade: Option<(String, u64)>,
 }
 
 /// One row of the heartbeat status table: how one liveness channel sees one member.
@@ -147,6 +204,128 @@ pub struct ChannelInfo {
     pub last_ms: Option<u64>,
     /// One of [`CHANNEL_STATES`].
     pub state: String,
+}
+
+/// One row of the seat table (`dcish seats`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeatInfo {
+    /// The blade's name.
+    pub blade: String,
+    /// The holder's node id.
+    pub holder: String,
+    /// The holder's member name (empty when the answering agent does not know it).
+    pub holder_name: String,
+    /// The epoch the holder won.
+    pub epoch: u64,
+    /// One of [`SEAT_STATES`].
+    pub state: String,
+}
+
+/// The reply payload of [`ControlRequest::Seats`].
+pub fn seats_to_payload(seats: &[SeatInfo]) -> Payload {
+    let mut s = format!("<seats xmlns=\"{CONTROL_NAMESPACE}\">");
+    for seat in seats {
+        s.push_str("<seat");
+        push_attribute(&mut s, "blade", &seat.blade);
+        push_attribute(&mut s, "holder", &seat.holder);
+        push_attribute(&mut s, "holder-name", &seat.holder_name);
+        push_attribute(&mut s, "epoch", &seat.epoch.to_string());
+        push_attribute(&mut s, "state", &seat.state);
+        s.push_str("/>");
+    }
+    s.push_str("</seats>");
+    Payload::trusted(s)
+}
+
+/// Reads the reply payload of [`ControlRequest::Seats`]; refuses a state outside
+/// [`SEAT_STATES`].
+pub fn seats_from_payload(payload: &Payload) -> Result<Vec<SeatInfo>, ProtoError> {
+    let root = named_element(payload, "seats", CONTROL_NAMESPACE)?;
+    let [] = attributes(&root, "seats", [])?;
+    elements(&root, "seats", &["seat"])?
+        .into_iter()
+        .map(|e| {
+            let [blade, holder, holder_name, epoch, state] = attributes(
+                e,
+                "seat",
+                ["blade", "holder", "holder-name", "epoch", "state"],
+            )?;
+            no_content(e, "seat")?;
+            Ok(SeatInfo {
+                blade: required("seat/@blade", blade)?.to_owned(),
+                holder: required("seat/@holder", holder)?.to_owned(),
+                holder_name: required("seat/@holder-name", holder_name)?.to_owned(),
+                epoch: number("seat/@epoch", epoch)?,
+                state: one_of("seat/@state", required("seat/@state", state)?, &SEAT_STATES)?
+                    .to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// The answer to [`ControlRequest::Failover`]: who was asked to hand which blade to whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoverInfo {
+    /// The blade.
+    pub blade: String,
+    /// The holder's node id, asked to release it.
+    pub holder: String,
+    /// The epoch it holds (the successor claims a higher one).
+    pub epoch: u64,
+    /// The node id that should take it.
+    pub to: String,
+    /// Its member name.
+    pub to_name: String,
+}
+
+/// The reply payload of [`ControlRequest::Failover`].
+pub fn handover_to_payload(h: &HandoverInfo) -> Payload {
+    let mut s = format!("<handover xmlns=\"{CONTROL_NAMESPACE}\"");
+    push_attribute(&mut s, "blade", &h.blade);
+    push_attribute(&mut s, "holder", &h.holder);
+    push_attribute(&mut s, "epoch", &h.epoch.to_string());
+    push_attribute(&mut s, "to", &h.to);
+    push_attribute(&mut s, "to-name", &h.to_name);
+    s.push_str("/>");
+    Payload::trusted(s)
+}
+
+/// Reads the reply payload of [`ControlRequest::Failover`].
+pub fn handover_from_payload(payload: &Payload) -> Result<HandoverInfo, ProtoError> {
+    let root = named_element(payload, "handover", CONTROL_NAMESPACE)?;
+    let [blade, holder, epoch, to, to_name] = attributes(
+        &root,
+        "handover",
+        ["blade", "holder", "epoch", "to", "to-name"],
+    )?;
+    no_content(&root, "handover")?;
+    Ok(HandoverInfo {
+        blade: required("handover/@blade", blade)?.to_owned(),
+        holder: required("handover/@holder", holder)?.to_owned(),
+        epoch: number("handover/@epoch", epoch)?,
+        to: required("handover/@to", to)?.to_owned(),
+        to_name: required("handover/@to-name", to_name)?.to_owned(),
+    })
+}
+
+/// The reply payload of [`ControlRequest::Forget`]: the member's node id and name.
+pub fn forgotten_to_payload(id: &str, name: &str) -> Payload {
+    let mut s = format!("<forgotten xmlns=\"{CONTROL_NAMESPACE}\"");
+    push_attribute(&mut s, "id", id);
+    push_attribute(&mut s, "name", name);
+    s.push_str("/>");
+    Payload::trusted(s)
+}
+
+/// Reads the reply payload of [`ControlRequest::Forget`] as `(id, name)`.
+pub fn forgotten_from_payload(payload: &Payload) -> Result<(String, String), ProtoError> {
+    let root = named_element(payload, "forgotten", CONTROL_NAMESPACE)?;
+    let [id, name] = attributes(&root, "forgotten", ["id", "name"])?;
+    no_content(&root, "forgotten")?;
+    Ok((
+        required("forgotten/@id", id)?.to_owned(),
+        required("forgotten/@name", name)?.to_owned(),
+    ))
 }
 
 /// The resource attributes, in [`MemberInfo::resources`] order.
@@ -191,6 +370,10 @@ pub fn members_to_payload(members: &[MemberInfo]) -> Payload {
             if let Some(v) = value {
                 push_attribute(&mut s, name, &v.to_string());
             }
+        }
+        if let Some((blade, epoch)) = &m.blade {
+            push_attribute(&mut s, "blade", blade);
+            push_attribute(&mut s, "epoch", &epoch.to_string());
         }
         if m.addrs.is_empty() && m.channels.is_empty() {
             s.push_str("/>");
@@ -344,7 +527,7 @@ pub fn members_from_payload(payload: &Payload) -> Result<Vec<MemberInfo>, ProtoE
 }
 
 fn member(e: &Node) -> Result<MemberInfo, ProtoError> {
-    let [id, name, state, role, zone, incarnation, last_heard, version, degraded, cpu, memory, disk, load] =
+    let [id, name, state, role, zone, incarnation, last_heard, version, degraded, cpu, memory, disk, load, blade, epoch] =
         attributes(
             e,
             "member",
@@ -362,8 +545,16 @@ fn member(e: &Node) -> Result<MemberInfo, ProtoError> {
                 "memory",
                 "disk",
                 "load",
+                "blade",
+                "epoch",
             ],
         )?;
+    let blade = match (blade, epoch) {
+        (Some(b), e @ Some(_)) => Some((b.to_owned(), number("member/@epoch", e)?)),
+        (None, None) => None,
+        (Some(_), None) => return Err(ProtoError::MissingField("member/@epoch")),
+        (None, Some(_)) => return Err(ProtoError::MissingField("member/@blade")),
+    };
     let state = required("member/@state", state)?;
     if !STATES.contains(&state) {
         return Err(ProtoError::invalid(
@@ -436,6 +627,7 @@ fn member(e: &Node) -> Result<MemberInfo, ProtoError> {
             percent("member/@load", load)?,
         ],
         channels,
+        blade,
     })
 }
 
@@ -625,6 +817,7 @@ mod tests {
                 " /dns4/a&b\r\n ".into(),
             ],
             degraded: true,
+            blade: Some(("blade-<2>".into(), 7)),
             resources: [Some(12), None, Some(100), Some(255)],
             channels: vec![
                 ChannelInfo {
@@ -651,6 +844,7 @@ mod tests {
         bare.addrs.clear();
         bare.channels.clear();
         bare.resources = [None; 4];
+        bare.blade = None;
         let rows = vec![member(), bare];
         let payload = members_to_payload(&rows);
         Payload::new(payload.as_str()).unwrap();
@@ -725,6 +919,72 @@ mod tests {
             "<counters xmlns=\"{CONTROL_NAMESPACE}\"><counter name=\"x\" value=\"-1\"/></counters>"
         );
         assert!(counters_from_payload(&Payload::new(bad).unwrap()).is_err());
+    }
+
+    #[test]
+    fn the_seat_table_round_trips_and_refuses_unknown_states() {
+        let seats = vec![SeatInfo {
+            blade: "blade-<1>".into(),
+            holder: "12D3KooWx".into(),
+            holder_name: "spare & 1".into(),
+            epoch: 2,
+            state: "restoring".into(),
+        }];
+        let payload = seats_to_payload(&seats);
+        Payload::new(payload.as_str()).unwrap();
+        assert_eq!(seats_from_payload(&payload).unwrap(), seats);
+        assert_eq!(seats_from_payload(&seats_to_payload(&[])).unwrap(), []);
+        let mut bad = seats.clone();
+        bad[0].state = "vacant".into();
+        assert!(seats_from_payload(&seats_to_payload(&bad)).is_err());
+        let ns = CONTROL_NAMESPACE;
+        let extra = format!("<seats xmlns=\"{ns}\"><seat blade=\"b\" holder=\"h\" holder-name=\"\" epoch=\"1\" state=\"held\" x=\"1\"/></seats>");
+        assert!(seats_from_payload(&Payload::new(extra).unwrap()).is_err());
+        assert_eq!(
+            ControlRequest::from_payload(&ControlRequest::Seats.to_payload()).unwrap(),
+            ControlRequest::Seats
+        );
+    }
+
+    #[test]
+    fn failover_and_forget_requests_and_their_answers_round_trip_and_the_blade_is_required() {
+        for to in [None, Some("spare <1>".to_string())] {
+            let r = ControlRequest::Failover {
+                blade: "b&1".into(),
+                to,
+            };
+            assert_eq!(ControlRequest::from_payload(&r.to_payload()).unwrap(), r);
+        }
+        let ns = CONTROL_NAMESPACE;
+        for bad in [
+            format!("<failover xmlns=\"{ns}\"/>"),
+            format!("<failover xmlns=\"{ns}\" blade=\"b\" now=\"yes\"/>"),
+            format!("<failover xmlns=\"{ns}\" blade=\"b\">x</failover>"),
+        ] {
+            let payload = Payload::new(bad.as_str()).unwrap();
+            assert!(
+                ControlRequest::from_payload(&payload).is_err(),
+                "accepted {bad}"
+            );
+        }
+        let r = ControlRequest::Forget { node: "b&1".into() };
+        assert_eq!(ControlRequest::from_payload(&r.to_payload()).unwrap(), r);
+        let p = forgotten_to_payload("12D3KooWa", "b<1>");
+        Payload::new(p.as_str()).unwrap();
+        assert_eq!(
+            forgotten_from_payload(&p).unwrap(),
+            ("12D3KooWa".to_string(), "b<1>".to_string())
+        );
+        let h = HandoverInfo {
+            blade: "b1".into(),
+            holder: "12D3KooWa".into(),
+            epoch: 3,
+            to: "12D3KooWb".into(),
+            to_name: "spare".into(),
+        };
+        let payload = handover_to_payload(&h);
+        Payload::new(payload.as_str()).unwrap();
+        assert_eq!(handover_from_payload(&payload).unwrap(), h);
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dci_proto::control::{
-    counters_to_payload, error_payload, events_to_payload, members_to_payload, ControlRequest,
-    EventInfo, MemberInfo,
+    counters_to_payload, error_payload, events_to_payload, members_to_payload, seats_to_payload,
+    ControlRequest, EventInfo, MemberInfo, SeatInfo,
 };
 use dci_proto::{frame, Envelope, Kind, Limits, Sender};
 use tokio::net::{UnixListener, UnixStream};
@@ -31,6 +31,24 @@ pub enum Query {
     Events(oneshot::Sender<Vec<EventInfo>>),
     /// The agent's counters, as shown by `dcish status`.
     Counters(oneshot::Sender<Vec<(String, u64)>>),
+    /// The seat table, as shown by `dcish seats`.
+    Seats(oneshot::Sender<Vec<SeatInfo>>),
+    /// An operator declares a blade's holder failed (`dcish failover`).
+    Failover {
+        /// The blade.
+        blade: String,
+        /// The successor's name, if the operator chose it.
+        to: Option<String>,
+        /// The hand-over asked, or why not (code, message).
+        reply: oneshot::Sender<Result<dci_proto::control::HandoverInfo, (String, String)>>,
+    },
+    /// An operator removes a dead or departed member from quorums (`dcish forget`).
+    Forget {
+        /// The member, by name or node id.
+        node: String,
+        /// Its (id, name), or why not (code, message).
+        reply: oneshot::Sender<Result<(String, String), (String, String)>>,
+    },
     /// A backup command (`dcish backup`, `archives`, `restore`), for the replication service.
     Backup(crate::replication::ControlCall),
 }
@@ -197,12 +215,37 @@ async fn answer(
         Err(e) => return fail("unknown-command", &e.to_string()),
     };
     let payload = match command {
+        ControlRequest::Forget { node } => {
+            return match ask(queries, |reply| Query::Forget { node, reply }).await {
+                Some(Ok((id, name))) => request.reply_to(
+                    me.clone(),
+                    Kind::Reply,
+                    dci_proto::control::forgotten_to_payload(&id, &name),
+                ),
+                Some(Err((code, msg))) => fail(&code, &msg),
+                None => fail("stopping", "the agent is shutting down"),
+            };
+        }
+        ControlRequest::Failover { blade, to } => {
+            return match ask(queries, |reply| Query::Failover { blade, to, reply }).await {
+                Some(Ok(h)) => request.reply_to(
+                    me.clone(),
+                    Kind::Reply,
+                    dci_proto::control::handover_to_payload(&h),
+                ),
+                Some(Err((code, msg))) => fail(&code, &msg),
+                None => fail("stopping", "the agent is shutting down"),
+            };
+        }
         ControlRequest::Nodes => ask(queries, Query::Members)
             .await
             .map(|m| members_to_payload(&m)),
         ControlRequest::Events => ask(queries, Query::Events)
             .await
             .map(|e| events_to_payload(&e)),
+        ControlRequest::Seats => ask(queries, Query::Seats)
+            .await
+            .map(|s| seats_to_payload(&s)),
         ControlRequest::Counters => match ask(queries, Query::Counters).await {
             Some(mut c) => {
                 c.extend(messenger.stats().await);

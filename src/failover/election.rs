@@ -368,6 +368,35 @@ where
         self.members.remove(&id);
     }
 
+    /// Whether this node may take a blade over. A node changes its mind when it loses its own
+    /// blade to a higher epoch (it is a spare from then on) or starts acting as one.
+    pub fn set_candidate(&mut self, candidate: bool) {
+        self.candidate = candidate;
+    }
+
+    /// Claims `blade`, which no seat names yet, for this node: how a blade gets its first holder,
+    /// through the same majority as any later claim (at epoch 1, or above any promise seen).
+    /// Does nothing while the blade has a seat, while an earlier claim of it has not timed out,
+    /// or while this node holds another blade. A voter that knows a seat refuses with it, so a
+    /// node that missed the seat table learns it this way instead of winning.
+    pub fn claim_unseated(&mut self, blade: &str, now: Duration) {
+        if self.durable.seats.contains_key(blade)
+            || self.durable.seats.values().any(|s| s.holder == self.me)
+        {
+            return;
+        }
+        if let Some(c) = self.claims.get(blade) {
+            if now < c.retry_at {
+                return;
+            }
+            self.claims.remove(blade);
+        }
+        if self.deferring(blade, 0, now) {
+            return;
+        }
+        self.start_claim(blade.into(), 0, Reason::Failure, now);
+    }
+
     /// An operator moves `blade`, held here, to `to`: this node stops acting as it at once and
     /// tells everyone, so that `to` claims it without waiting for the lease to run out.
     pub fn release(&mut self, blade: &str, to: Id, now: Duration) {
@@ -611,6 +640,11 @@ where
         if !self.candidate || !mine.is_empty() {
             return;
         }
+        // One blade at a time, counting claims in flight: a second claim made while the first
+        // waits for its grants could win too, and one node would hold two blades.
+        if self.claims.values().any(|c| now < c.retry_at) {
+            return;
+        }
         let vacant: Vec<(Blade, Seat<Id>)> = self
             .durable
             .seats
@@ -826,6 +860,16 @@ where
         }
         let epoch = c.epoch;
         self.claims.remove(blade);
+        // A node holds at most one blade: a claim that completes after another was won is
+        // dropped (the seat stays vacant for the next candidate, above this promise).
+        if self
+            .durable
+            .seats
+            .iter()
+            .any(|(b, s)| s.holder == self.me && b != blade)
+        {
+            return;
+        }
         let seat = Seat {
             holder: self.me,
             epoch,
@@ -940,5 +984,172 @@ where
                 epoch,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Delivers every message among `nodes` (ids are indices) until none is left.
+    fn pump(nodes: &mut [Election<u32>], now: Duration) {
+        loop {
+            let mut mail = Vec::new();
+            for (i, n) in nodes.iter_mut().enumerate() {
+                for o in n.drain_outputs() {
+                    if let Output::Send(to, m) = o {
+                        mail.push((i as u32, to, m));
+                    }
+                }
+            }
+            if mail.is_empty() {
+                return;
+            }
+            for (from, to, m) in mail {
+                nodes[to as usize].handle_message(from, m, now);
+            }
+        }
+    }
+
+    fn mesh(n: u32, now: Duration) -> Vec<Election<u32>> {
+        let mut nodes: Vec<Election<u32>> = (0..n)
+            .map(|i| {
+                Election::new(
+                    i,
+                    false,
+                    Durable::default(),
+                    ElectionConfig::default(),
+                    u64::from(i),
+                    Duration::ZERO,
+                )
+            })
+            .collect();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            for j in 0..n {
+                if j != i as u32 {
+                    let view = MemberView {
+                        alive: true,
+                        candidate: false,
+                    };
+                    node.handle_member(j, view, now);
+                }
+            }
+        }
+        nodes
+    }
+
+    #[test]
+    fn an_unseated_blade_is_won_at_epoch_one_by_a_majority() {
+        let now = Duration::from_secs(5);
+        let mut nodes = mesh(3, now);
+        nodes[0].claim_unseated("blade-0", now);
+        pump(&mut nodes, now);
+        for n in &nodes {
+            assert_eq!(
+                n.seats().get("blade-0"),
+                Some(&Seat {
+                    holder: 0,
+                    epoch: 1
+                })
+            );
+        }
+        assert_eq!(nodes[0].serving("blade-0", now), Some(1));
+    }
+
+    #[test]
+    fn a_spare_whose_claim_is_slow_does_not_claim_a_second_blade_meanwhile() {
+        // Two blades whose first candidate is the same spare (3, beside spare 4).
+        let names: Vec<String> = (0..100).map(|i| format!("blade-{i}")).collect();
+        let first = |b: &str| rank::ranked(b, [3u32, 4])[0];
+        let (a, b) = names
+            .iter()
+            .flat_map(|x| names.iter().map(move |y| (x, y)))
+            .find(|(x, y)| x != y && first(x) == 3 && first(y) == 3)
+            .expect("two blades ranking spare 3 first");
+        let mut durable = Durable::default();
+        durable.seats.insert(
+            a.clone(),
+            Seat {
+                holder: 0,
+                epoch: 1,
+            },
+        );
+        durable.seats.insert(
+            b.clone(),
+            Seat {
+                holder: 1,
+                epoch: 1,
+            },
+        );
+        let mut spare = Election::new(
+            3u32,
+            true,
+            durable,
+            ElectionConfig::default(),
+            7,
+            Duration::ZERO,
+        );
+        let t = Duration::from_secs(5);
+        for (id, alive, candidate) in [
+            (0, true, false),
+            (1, true, false),
+            (2, true, false),
+            (4, true, true),
+        ] {
+            spare.handle_member(id, MemberView { alive, candidate }, Duration::ZERO);
+        }
+        // Both holders die; the grants for the first claim are slow to come.
+        for id in [0, 1] {
+            let view = MemberView {
+                alive: false,
+                candidate: false,
+            };
+            spare.handle_member(id, view, t);
+        }
+        let mut claimed = BTreeSet::new();
+        for step in 0..10u32 {
+            spare.handle_tick(t + Duration::from_millis(50) * step);
+            for o in spare.drain_outputs() {
+                if let Output::Send(_, Message::Claim { blade, .. }) = o {
+                    claimed.insert(blade);
+                }
+            }
+        }
+        assert_eq!(claimed.len(), 1, "claimed {claimed:?}");
+    }
+
+    #[test]
+    fn a_claim_of_a_seated_blade_as_unseated_teaches_the_claimant_the_seat() {
+        let now = Duration::from_secs(5);
+        let mut nodes = mesh(3, now);
+        nodes[0].claim_unseated("blade-0", now);
+        pump(&mut nodes, now);
+        // Node 2 restarts having lost its data: it no longer knows the seat.
+        nodes[2] = Election::new(
+            2,
+            false,
+            Durable::default(),
+            ElectionConfig::default(),
+            9,
+            Duration::ZERO,
+        );
+        for j in [0, 1] {
+            let view = MemberView {
+                alive: true,
+                candidate: false,
+            };
+            nodes[2].handle_member(j, view, now);
+        }
+        nodes[2].claim_unseated("blade-0", now);
+        pump(&mut nodes, now);
+        assert_eq!(
+            nodes[2].seats().get("blade-0"),
+            Some(&Seat {
+                holder: 0,
+                epoch: 1
+            }),
+            "the voters refused with the seat they know"
+        );
+        assert_eq!(nodes[2].serving("blade-0", now), None);
     }
 }

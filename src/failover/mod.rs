@@ -2,6 +2,8 @@
 //!
 //! [`election`] is the sans-IO core: the seat table, claims and promises, majority quorums and the
 //! holder's lease. [`rank`] orders the candidates for a blade the same way on every node.
+//! [`driver`] runs the core inside the agent: membership in, messages over libp2p, state in sled.
 
+pub mod driver;
 pub mod election;
 pub mod rank;

@@ -41,6 +41,8 @@ pub struct MemberMeta {
     pub resources: Resources,
     /// Whether a watched figure is in sustained degradation.
     pub degraded: bool,
+    /// The blade this node acts as now (from the seat table and its lease), and its epoch.
+    pub blade: Option<(String, u64)>,
 }
 
 impl MemberMeta {
@@ -48,6 +50,7 @@ impl MemberMeta {
         self.addrs.len() <= MAX_ADDRS
             && [&self.name, &self.zone, &self.version]
                 .into_iter()
+                .chain(self.blade.as_ref().map(|(b, _)| b))
                 .chain(&self.addrs)
                 .all(|f| f.len() <= MAX_FIELD_BYTES)
     }
@@ -151,6 +154,7 @@ mod tests {
             version: "0.1.0".into(),
             resources: Resources::default(),
             degraded: false,
+            blade: None,
         }
     }
 

@@ -29,6 +29,8 @@ use codec::FrameCodec;
 pub const PROTOCOL_VERSION: &str = "/dci/1";
 /// The membership gossip protocol.
 pub const MEMBERSHIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/membership/1");
+/// The election protocol (`crate::failover`).
+pub const ELECTION_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/election/1");
 /// How long a connection upgrade (private network, noise, yamux) may take.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a membership request waits for its answer.
@@ -62,6 +64,9 @@ mod behaviour {
         pub stream: libp2p_stream::Behaviour,
         /// Blocks and archives between a blade's owner and its holders (`crate::replication`).
         pub blocks: request_response::Behaviour<FrameCodec>,
+        /// Claims, grants, renewals and seat tables (`crate::failover`), frames capped at the
+        /// election message limit.
+        pub election: request_response::Behaviour<FrameCodec>,
     }
 }
 
@@ -159,6 +164,15 @@ pub fn build_swarm(
                 request_response::Config::default()
                     .with_request_timeout(BLOCKS_REQUEST_TIMEOUT)
                     .with_max_concurrent_streams(64),
+            ),
+            election: request_response::Behaviour::with_codec(
+                FrameCodec {
+                    max_bytes: crate::failover::driver::MAX_MESSAGE_BYTES,
+                },
+                [(ELECTION_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(256),
             ),
         });
     Ok(builder

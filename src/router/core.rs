@@ -45,15 +45,16 @@ pub struct Peer {
     pub connected: bool,
 }
 
-/// Resolves a blade name to the node holding it now and its epoch. The member table answers
-/// today (a member's name is its blade, epoch 0); the seat table replaces it with failover.
+/// Resolves a blade name to the node holding it now and its epoch: the seat table where it names
+/// the blade, else the member of that name (a blade no election has seated yet, or a spare's own
+/// name).
 pub trait SeatLookup {
     /// The node holding `blade` and the holder epoch, if anyone holds it.
     fn holder(&self, blade: &str) -> Option<(String, u64)>;
 }
 
 /// What the router knows of the mesh: itself, the members, the groups.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct View {
     /// This node's id.
     pub local: String,
@@ -63,10 +64,18 @@ pub struct View {
     pub peers: Vec<Peer>,
     /// Named groups: group name → blade names.
     pub groups: HashMap<String, Vec<String>>,
+    /// The seat table: blade → (holder node, epoch); `None` when this node holds the seat but
+    /// may not act as the blade now (no lease), so that nothing is delivered to it here.
+    pub seats: HashMap<String, Option<(String, u64)>>,
 }
 
 impl SeatLookup for View {
     fn holder(&self, blade: &str) -> Option<(String, u64)> {
+        if let Some(seat) = self.seats.get(blade) {
+            let (node, epoch) = seat.as_ref()?;
+            let up = *node == self.local || self.peer(node).is_some_and(|p| p.up);
+            return up.then(|| (node.clone(), *epoch));
+        }
         if self.local_blade.as_deref() == Some(blade) {
             return Some((self.local.clone(), 0));
         }
@@ -458,7 +467,20 @@ mod tests {
                 "web".to_string(),
                 vec!["blade-a".to_string(), "blade-c".to_string()],
             )]),
+            seats: HashMap::new(),
         }
+    }
+
+    #[test]
+    fn a_seat_overrides_the_member_name_and_an_unleased_local_seat_resolves_nowhere() {
+        let mut v = view();
+        assert_eq!(v.holder("blade-b"), Some(("b".into(), 0)));
+        v.seats.insert("blade-b".into(), Some(("c".into(), 4)));
+        assert_eq!(v.holder("blade-b"), Some(("c".into(), 4)));
+        v.seats.insert("blade-a".into(), None);
+        assert_eq!(v.holder("blade-a"), None, "held here without a lease");
+        v.peers[1].up = false;
+        assert_eq!(v.holder("blade-b"), None, "its holder is down");
     }
 
     fn env(from: &str, to: Destination, ttl: u8) -> Envelope {

@@ -977,17 +977,19 @@ async fn write_stream(
     let _ = stream.close().await;
 }
 
-/// The messaging view from the agent's member table.
+/// The messaging view from the agent's member table and seat table.
 pub fn view_of<'a>(
     local: &PeerId,
-    local_blade: &str,
+    local_blade: Option<&str>,
     members: impl Iterator<Item = (PeerId, &'a str, bool)>,
     connected: &std::collections::HashSet<PeerId>,
     groups: &HashMap<String, Vec<String>>,
+    seats: HashMap<String, Option<(String, u64)>>,
 ) -> View {
     View {
         local: local.to_string(),
-        local_blade: Some(local_blade.to_owned()),
+        local_blade: local_blade.map(str::to_owned),
+        seats,
         peers: members
             .map(|(id, name, up)| self::core::Peer {
                 node: id.to_string(),

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use dci_proto::control::{
-    counters_from_payload, events_from_payload, members_from_payload, ControlRequest, EventInfo,
-    MemberInfo,
+    counters_from_payload, events_from_payload, members_from_payload, seats_from_payload,
+    ControlRequest, EventInfo, MemberInfo, SeatInfo,
 };
 
 use client::{Client, ClientError};
@@ -54,6 +54,25 @@ pub enum Command {
     Status,
     /// The recent membership events seen by this agent, oldest first.
     Events,
+    /// The seat table: which node holds each blade, at which epoch, and in what state.
+    Seats,
+    /// Remove a dead or departed member for good: it no longer counts in election quorums.
+    Forget {
+        /// The member, by name or node id.
+        node: String,
+    },
+    /// Declare a blade's holder failed: it hands the blade to a spare, which restores its data.
+    /// Waits until the seat moved.
+    Failover {
+        /// The blade.
+        blade: String,
+        /// The node (by name) that takes it [default: the first spare in rank order].
+        #[arg(long)]
+        to: Option<String>,
+        /// Return once the holder was asked, without waiting for the seat to move.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Run a command on a set of blades and gather the output (`dcish exec @all -- uname -n`).
     Exec(exec::ExecArgs),
     /// Expand a node set against the mesh, or fold it (`blade-[01-03]`).
@@ -151,6 +170,29 @@ pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
             let _ = std::io::stdout().lock().write_all(&data);
             return Ok(());
         }
+        Command::Seats => {
+            let payload = client.request(ControlRequest::Seats.to_payload()).await?;
+            let seats = seats_from_payload(&payload).map_err(protocol)?;
+            if cli.json {
+                seats_json(&seats)
+            } else {
+                seats_table(&seats, color)
+            }
+        }
+        Command::Forget { node } => {
+            let request = ControlRequest::Forget { node: node.clone() };
+            let payload = client.request(request.to_payload()).await?;
+            let (id, name) =
+                dci_proto::control::forgotten_from_payload(&payload).map_err(protocol)?;
+            if cli.json {
+                serde_json::json!({"id": id, "name": name}).to_string()
+            } else {
+                format!("forgot {name} ({id}): it no longer counts in election quorums")
+            }
+        }
+        Command::Failover { blade, to, no_wait } => {
+            failover(&mut client, blade, to.clone(), *no_wait, cli.json).await?
+        }
         Command::Events => {
             let payload = client.request(ControlRequest::Events.to_payload()).await?;
             let events = events_from_payload(&payload).map_err(protocol)?;
@@ -207,6 +249,8 @@ pub fn nodes_json(members: &[MemberInfo]) -> String {
                 "degraded": m.degraded,
                 "resources": resources_json(m),
                 "channels": channels_json(m),
+                "blade": m.blade.as_ref().map(|(b, _)| b.clone()),
+                "epoch": m.blade.as_ref().map(|(_, e)| *e),
             })
         })
         .collect();
@@ -249,9 +293,11 @@ fn table(header: &[&str], rows: &[Vec<String>], colored: Option<usize>, color: b
 
 fn state_color(state: &str) -> Option<&'static str> {
     match state {
-        "alive" | "ok" | "joined" | "recovered" => Some("32"),
-        "suspect" | "unreachable-link" | "link-unreachable" | "degraded" | "idle" => Some("33"),
-        "dead" | "failed" => Some("31"),
+        "alive" | "ok" | "joined" | "recovered" | "held" => Some("32"),
+        "suspect" | "unreachable-link" | "link-unreachable" | "degraded" | "idle" | "restoring" => {
+            Some("33")
+        }
+        "dead" | "failed" | "down" => Some("31"),
         "left" | "disabled" => Some("2"),
         _ => None,
     }
@@ -390,6 +436,108 @@ pub fn status_text(members: &[MemberInfo], counters: &[(String, u64)], color: bo
     out
 }
 
+/// How long `dcish failover` waits for the seat to move.
+const FAILOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `dcish failover BLADE`: asks for the hand-over, then polls the seat table until the blade is
+/// held at a higher epoch (or [`FAILOVER_WAIT`] passes).
+async fn failover(
+    client: &mut Client,
+    blade: &str,
+    to: Option<String>,
+    no_wait: bool,
+    json: bool,
+) -> Result<String, ShellError> {
+    let protocol = |e: dci_proto::ProtoError| ClientError::Refused {
+        code: "protocol".into(),
+        message: e.to_string(),
+    };
+    let request = ControlRequest::Failover {
+        blade: blade.into(),
+        to,
+    };
+    let payload = client.request(request.to_payload()).await?;
+    let h = dci_proto::control::handover_from_payload(&payload).map_err(protocol)?;
+    let asked = format!(
+        "asked {} to hand {} (epoch {}) to {} ({})",
+        h.holder, h.blade, h.epoch, h.to_name, h.to
+    );
+    if no_wait {
+        return Ok(if json {
+            serde_json::json!({"blade": h.blade, "holder": h.holder, "epoch": h.epoch, "to": h.to, "to_name": h.to_name}).to_string()
+        } else {
+            asked
+        });
+    }
+    let deadline = std::time::Instant::now() + FAILOVER_WAIT;
+    loop {
+        let payload = client.request(ControlRequest::Seats.to_payload()).await?;
+        let seats = seats_from_payload(&payload).map_err(protocol)?;
+        if let Some(s) = seats
+            .iter()
+            .find(|s| s.blade == h.blade && s.epoch > h.epoch && s.state == "held")
+        {
+            return Ok(if json {
+                seats_json(std::slice::from_ref(s))
+            } else {
+                format!(
+                    "{}; {} is held by {} ({}) at epoch {}",
+                    asked, s.blade, s.holder_name, s.holder, s.epoch
+                )
+            });
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ClientError::Refused {
+                code: "not-moved".into(),
+                message: format!(
+                    "{asked}, but the seat did not move within {} s",
+                    FAILOVER_WAIT.as_secs()
+                ),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// `dcish --json seats`: an array of `{blade, holder, holder_name, epoch, state}`.
+pub fn seats_json(seats: &[SeatInfo]) -> String {
+    let rows: Vec<serde_json::Value> = seats
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "blade": s.blade,
+                "holder": s.holder,
+                "holder_name": s.holder_name,
+                "epoch": s.epoch,
+                "state": s.state,
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".into())
+}
+
+/// `dcish seats`: one row per blade.
+pub fn seats_table(seats: &[SeatInfo], color: bool) -> String {
+    let rows: Vec<Vec<String>> = seats
+        .iter()
+        .map(|s| {
+            vec![
+                s.blade.clone(),
+                s.holder_name.clone(),
+                s.epoch.to_string(),
+                s.state.clone(),
+                s.holder.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["BLADE", "HOLDER", "EPOCH", "STATE", "HOLDER ID"],
+        &rows,
+        Some(3),
+        color,
+    )
+}
+
 fn events_json(events: &[EventInfo]) -> String {
     let rows: Vec<serde_json::Value> = events
         .iter()
@@ -510,6 +658,7 @@ mod tests {
                 last_ms: Some(300),
                 state: "ok".into(),
             }],
+            blade: Some((name.into(), 1)),
         }
     }
 
@@ -548,6 +697,28 @@ mod tests {
         assert_eq!(row["state"], "left");
         assert_eq!(row["resources"]["load"], 120);
         assert_eq!(row["channels"][0]["serial"], 9);
+        assert_eq!(
+            (row["blade"].as_str(), row["epoch"].as_u64()),
+            (Some("a"), Some(1))
+        );
+    }
+
+    #[test]
+    fn seat_json_rows_carry_the_documented_fields() {
+        let seat = SeatInfo {
+            blade: "b1".into(),
+            holder: "12D3KooWs".into(),
+            holder_name: "spare".into(),
+            epoch: 2,
+            state: "held".into(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&seats_json(&[seat])).unwrap();
+        assert_eq!(v[0]["blade"], "b1");
+        assert_eq!(v[0]["holder"], "12D3KooWs");
+        assert_eq!(v[0]["holder_name"], "spare");
+        assert_eq!(v[0]["epoch"], 2);
+        assert_eq!(v[0]["state"], "held");
+        assert!(seats_table(&[], false).starts_with("BLADE"));
     }
 
     #[test]

@@ -60,6 +60,7 @@ fn member() -> impl Strategy<Value = MemberInfo> {
             any::<bool>(),
             any::<[Option<u8>; 4]>(),
             prop::collection::vec(channel(), 0..3),
+            prop::option::of((name(), any::<u64>())),
         ),
     )
         .prop_map(
@@ -67,7 +68,7 @@ fn member() -> impl Strategy<Value = MemberInfo> {
                 (id, name, state, role),
                 (zone, incarnation, last_heard_ms, version),
                 addrs,
-                (degraded, resources, channels),
+                (degraded, resources, channels, blade),
             )| {
                 MemberInfo {
                     id,
@@ -82,6 +83,7 @@ fn member() -> impl Strategy<Value = MemberInfo> {
                     degraded,
                     resources,
                     channels,
+                    blade,
                 }
             },
         )
@@ -120,6 +122,7 @@ fn a_nodes_exchange_travels_in_envelopes_that_validate() {
         addrs: vec!["/ip4/127.0.0.1/tcp/7946".into()],
         degraded: false,
         resources: [Some(3), Some(41), None, Some(120)],
+        blade: Some(("blade-01".into(), 1)),
         channels: vec![ChannelInfo {
             name: "relay".into(),
             enabled: true,

@@ -2,7 +2,9 @@
 
 use std::collections::HashSet;
 
-use dci_proto::control::{error_from_payload, members_from_payload, ControlRequest, CONTROL_APP};
+use dci_proto::control::{
+    error_from_payload, members_from_payload, seats_from_payload, ControlRequest, CONTROL_APP,
+};
 use dci_proto::{Destination, Kind};
 
 use crate::support::{example, example_files, parse, xmllint};
@@ -80,6 +82,13 @@ fn the_control_examples_carry_typed_control_payloads() {
     assert_eq!(
         (members[1].state.as_str(), members[1].role.as_str()),
         ("suspect", "spare")
+    );
+
+    let seats = parse(&example("control-seats-reply.xml")).unwrap();
+    let seats = seats_from_payload(&seats.payload).unwrap();
+    assert_eq!(
+        (seats[0].holder_name.as_str(), seats[0].epoch),
+        ("spare-1", 2)
     );
 
     let error = parse(&example("control-error.xml")).unwrap();
