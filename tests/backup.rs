@@ -5,10 +5,10 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, wait_until, Node};
+use common::{free_port, ok, wait_until, Node};
 use serde_json::Value;
 
 /// A small tree with what a restore must get right: nested dirs, an empty dir and file, modes,
@@ -31,16 +31,6 @@ fn make_tree(root: &Path) {
     fs::set_permissions(root.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
     symlink("docs/a.md", root.join("link")).unwrap();
     symlink("/nonexistent/target", root.join("dangling")).unwrap();
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "dcish failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn archives(node: &Node, blade: &str) -> Vec<Value> {

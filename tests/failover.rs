@@ -6,10 +6,10 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, wait_until, Node};
+use common::{free_port, ok, wait_until, Node};
 use serde_json::Value;
 
 /// A small data set: nested directories, a file larger than one chunk.
@@ -21,16 +21,6 @@ fn make_tree(root: &Path) {
     fs::write(root.join("big.bin"), &big).unwrap();
     fs::write(root.join("docs/a.md"), b"alpha\n").unwrap();
     fs::write(root.join("docs/deep/b.md"), b"beta\n").unwrap();
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "dcish failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `dcish --json seats` on `node`; empty if it failed.

@@ -11,6 +11,17 @@ use serde_json::Value;
 pub const DCID: &str = env!("CARGO_BIN_EXE_dcid");
 pub const DCISH: &str = env!("CARGO_BIN_EXE_dcish");
 
+/// The standard output of a `dcish` run that must succeed; otherwise fails showing both outputs.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "dcish failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
