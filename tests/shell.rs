@@ -150,6 +150,34 @@ fn exec_gathers_outputs_by_blade_and_names_every_blade_that_failed() {
         );
     }
 
+    // A script: sh quoting, comment lines, and a bad line that fails the run but not the lines
+    // after it; the same commands read from standard input.
+    let script = "# two commands\nexec b1 -- sh -c 'echo \"one  two\"'\nexec b1 -- 'unbalanced\nnodeset --fold @active\n";
+    let path = dir.path().join("ops.dcish");
+    std::fs::write(&path, script).unwrap();
+    let out = b1.dcish(&["-f", path.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert_eq!(
+        stdout,
+        "---------------\nb1\n---------------\none  two\nb[1-3]\n"
+    );
+    assert_eq!(
+        stderr.trim(),
+        "dcish: unbalanced quotes in: exec b1 -- 'unbalanced"
+    );
+    let mut child = std::process::Command::new(common::DCISH)
+        .arg("--agent")
+        .arg(b1.socket())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
+    let piped = child.wait_with_output().unwrap();
+    assert_eq!(text(&piped), (stdout, stderr));
+
     // A dead blade is reported as dead, and the others answer without waiting for it.
     let b3 = &nodes[2];
     b3.signal(9);

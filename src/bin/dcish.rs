@@ -7,6 +7,10 @@ use dci::shell::{repl, run, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.file.is_some() && cli.command.is_some() {
+        eprintln!("dcish: -f FILE runs the commands in FILE; give no command beside it");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

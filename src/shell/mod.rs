@@ -36,6 +36,10 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Run the commands of this script, one per line (quotes as in sh, `#` starts a comment line),
+    /// then exit; non-zero if any failed.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
     /// The command; none opens an interactive prompt.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -590,22 +594,46 @@ fn format_age(ms: u64) -> String {
 
 /// The interactive prompt: reads commands line by line until `exit` or end of input.
 pub async fn repl(cli: &Cli) -> bool {
+    if let Some(path) = &cli.file {
+        return match std::fs::File::open(path) {
+            Ok(f) => commands(cli, std::io::BufReader::new(f).lines(), false).await,
+            Err(e) => {
+                eprintln!("dcish: cannot read {}: {e}", path.display());
+                false
+            }
+        };
+    }
     let interactive = std::io::stdin().is_terminal();
+    commands(cli, std::io::stdin().lock().lines(), interactive).await
+}
+
+/// Runs commands line by line, with a prompt when `interactive`; false if any failed.
+async fn commands(
+    cli: &Cli,
+    mut lines: impl Iterator<Item = std::io::Result<String>>,
+    interactive: bool,
+) -> bool {
     let mut ok = true;
-    let mut lines = std::io::stdin().lock().lines();
     loop {
         if interactive {
             print!("dcish> ");
             let _ = std::io::stdout().flush();
         }
         let Some(Ok(line)) = lines.next() else { break };
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.first().copied() {
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
+        let Some(words) = shlex::split(&line) else {
+            eprintln!("dcish: unbalanced quotes in: {}", line.trim());
+            ok = false;
+            continue;
+        };
+        match words.first().map(String::as_str) {
             None => continue,
             Some("exit" | "quit") => break,
             Some(_) => {}
         }
-        let argv = std::iter::once("dcish").chain(words.iter().copied());
+        let argv = std::iter::once("dcish").chain(words.iter().map(String::as_str));
         match Cli::try_parse_from(argv) {
             Ok(Cli {
                 command: Some(command),
@@ -615,6 +643,7 @@ pub async fn repl(cli: &Cli) -> bool {
                 let one = Cli {
                     agent: cli.agent.clone(),
                     json: json || cli.json,
+                    file: None,
                     command: None,
                 };
                 if let Err(e) = run(&one, &command).await {
