@@ -66,6 +66,16 @@ fn answered_by(from: &Node, blade: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Waits until `blade:BLADE`, asked on `from`, is answered by node `id` alone.
+fn assert_answered_only_by(from: &Node, blade: &str, id: &str) {
+    let routed = wait_until(Duration::from_secs(30), || answered_by(from, blade) == [id]);
+    assert!(
+        routed.is_some(),
+        "blade:{blade} answered by {:?}",
+        answered_by(from, blade)
+    );
+}
+
 fn same_tree(a: &Path, b: &Path) -> bool {
     Command::new("diff")
         .arg("-r")
@@ -224,14 +234,7 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
         assert!(held.is_some(), "{}: {:?}", n.name, seat(n, "b1"));
     }
     // Even asked on the old node itself, the blade is served by the spare.
-    let routed = wait_until(Duration::from_secs(30), || {
-        answered_by(&b1, "b1") == [spare_id.clone()]
-    });
-    assert!(
-        routed.is_some(),
-        "blade:b1 answered by {:?}",
-        answered_by(&b1, "b1")
-    );
+    assert_answered_only_by(&b1, "b1", &spare_id);
 }
 
 /// An operator declares a live blade failed: its node makes a last backup, hands the blade to the
@@ -307,14 +310,7 @@ fn a_declared_failover_moves_a_live_blade_with_its_latest_files_to_the_spare() {
             && role_of(&b2, "spare").as_deref() == Some("active")
     });
     assert!(demoted.is_some(), "roles: {:?}", b2.members());
-    let routed = wait_until(Duration::from_secs(30), || {
-        answered_by(&b1, "b1") == [spare_id.clone()]
-    });
-    assert!(
-        routed.is_some(),
-        "blade:b1 answered by {:?}",
-        answered_by(&b1, "b1")
-    );
+    assert_answered_only_by(&b1, "b1", &spare_id);
 }
 
 /// With no spare, a blade whose node dies stays down (and is shown so), and every survivor gets
