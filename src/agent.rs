@@ -1109,7 +1109,17 @@ impl Agent {
         }
     }
 
-    fn on_membership(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+    /// Membership and election are one-way protocols: a request is a whole message and its
+    /// empty answer only closes the stream. Acknowledges a request and hands it back; an inbound
+    /// stream broken by an I/O error (the frame codec refused what the peer sent) disconnects
+    /// the peer and is counted by `on_bad_stream`; everything else needs nothing.
+    fn one_way_request(
+        &mut self,
+        protocol: &str,
+        event: request_response::Event<Vec<u8>, Vec<u8>>,
+        behaviour: fn(&mut Behaviour) -> &mut request_response::Behaviour<net::codec::FrameCodec>,
+        on_bad_stream: impl FnOnce(&mut Self),
+    ) -> Option<(PeerId, Vec<u8>)> {
         match event {
             request_response::Event::Message {
                 peer,
@@ -1119,88 +1129,73 @@ impl Agent {
                     },
                 ..
             } => {
-                // The answer is only the stream's acknowledgement: SWIM's own acks are packets.
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .membership
-                    .send_response(channel, Vec::new());
-                match mesh::decode(&request) {
-                    Ok(packet) => {
-                        let now = self.now();
-                        self.swim.handle_packet(peer, packet, now);
-                        self.apply_outputs();
-                    }
-                    Err(e) => {
-                        match e {
-                            mesh::PacketError::TooLarge => self.counters.membership_oversized += 1,
-                            mesh::PacketError::Malformed => self.counters.membership_malformed += 1,
-                        }
-                        tracing::warn!(%peer, "{e}; disconnecting");
-                        let _ = self.swarm.disconnect_peer_id(peer);
-                    }
-                }
+                let _ = behaviour(self.swarm.behaviour_mut()).send_response(channel, Vec::new());
+                Some((peer, request))
             }
             request_response::Event::Message {
                 message: request_response::Message::Response { .. },
                 ..
             }
-            | request_response::Event::ResponseSent { .. } => {}
+            | request_response::Event::ResponseSent { .. } => None,
             request_response::Event::InboundFailure { peer, error, .. } => {
                 if let request_response::InboundFailure::Io(e) = &error {
-                    self.counters.membership_bad_streams += 1;
-                    tracing::warn!(%peer, "bad membership stream ({}); disconnecting", one_line(&e.to_string()));
+                    on_bad_stream(self);
+                    tracing::warn!(%peer, "bad {protocol} stream ({}); disconnecting", one_line(&e.to_string()));
                     let _ = self.swarm.disconnect_peer_id(peer);
                 }
+                None
             }
             request_response::Event::OutboundFailure { peer, error, .. } => {
-                tracing::trace!(%peer, "membership packet not delivered: {error}");
+                tracing::trace!(%peer, "{protocol} message not delivered: {error}");
+                None
+            }
+        }
+    }
+
+    fn on_membership(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        let Some((peer, request)) = self.one_way_request(
+            "membership",
+            event,
+            |b| &mut b.membership,
+            |a| a.counters.membership_bad_streams += 1,
+        ) else {
+            return;
+        };
+        match mesh::decode(&request) {
+            Ok(packet) => {
+                let now = self.now();
+                self.swim.handle_packet(peer, packet, now);
+                self.apply_outputs();
+            }
+            Err(e) => {
+                match e {
+                    mesh::PacketError::TooLarge => self.counters.membership_oversized += 1,
+                    mesh::PacketError::Malformed => self.counters.membership_malformed += 1,
+                }
+                tracing::warn!(%peer, "{e}; disconnecting");
+                let _ = self.swarm.disconnect_peer_id(peer);
             }
         }
     }
 
     fn on_election(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
-        match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                // The answer only closes the stream: the election's answers are messages.
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .election
-                    .send_response(channel, Vec::new());
-                let now = self.now();
-                match self.failover.handle_message(peer, &request, now) {
-                    Ok(effects) => self.apply_effects(effects),
-                    Err(e @ failover::MessageError::NotMember) => {
-                        tracing::debug!(%peer, "{e}");
-                    }
-                    Err(e) => {
-                        tracing::warn!(%peer, "{e}; disconnecting");
-                        let _ = self.swarm.disconnect_peer_id(peer);
-                    }
-                }
+        let Some((peer, request)) = self.one_way_request(
+            "election",
+            event,
+            |b| &mut b.election,
+            |a| a.failover.refused += 1,
+        ) else {
+            return;
+        };
+        let now = self.now();
+        match self.failover.handle_message(peer, &request, now) {
+            Ok(effects) => self.apply_effects(effects),
+            Err(e @ failover::MessageError::NotMember) => {
+                tracing::debug!(%peer, "{e}");
             }
-            request_response::Event::Message {
-                message: request_response::Message::Response { .. },
-                ..
-            }
-            | request_response::Event::ResponseSent { .. } => {}
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                if let request_response::InboundFailure::Io(e) = &error {
-                    self.failover.refused += 1;
-                    tracing::warn!(%peer, "bad election stream ({}); disconnecting", one_line(&e.to_string()));
-                    let _ = self.swarm.disconnect_peer_id(peer);
-                }
-            }
-            request_response::Event::OutboundFailure { peer, error, .. } => {
-                tracing::trace!(%peer, "election message not delivered: {error}");
+            Err(e) => {
+                tracing::warn!(%peer, "{e}; disconnecting");
+                let _ = self.swarm.disconnect_peer_id(peer);
             }
         }
     }
