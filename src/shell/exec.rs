@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 
 use clap::Args;
 use dci_proto::control::{members_from_payload, ControlRequest, MemberInfo};
-use dci_proto::{Destination, Envelope, Kind, Payload, Sender, Target};
+use dci_proto::{Destination, Envelope, Kind, Payload, Target};
 use serde_json::json;
 
 use super::client::{Client, ClientError};
-use super::msg::{answers_of, children, inner};
+use super::msg::{answers_of, children, inner, operator, usage};
 use super::nodeset::{self, Candidate};
 use crate::router::core::NODE_SET_PREFIX;
 
@@ -74,13 +74,6 @@ impl Outcome {
 
     fn ok(&self) -> bool {
         self.error.is_none() && self.exit_code == Some(0)
-    }
-}
-
-fn usage(message: String) -> ClientError {
-    ClientError::Refused {
-        code: "usage".into(),
-        message,
     }
 }
 
@@ -205,12 +198,7 @@ pub async fn exec(client: &mut Client, args: &ExecArgs, json: bool) -> Result<St
     }
     if !reachable.is_empty() {
         let env = Envelope::request(
-            Sender {
-                node: "dcish".into(),
-                blade: None,
-                app: "control".into(),
-                instance: None,
-            },
+            operator(),
             Target {
                 to: Destination::Group(format!("{NODE_SET_PREFIX}{}", reachable.join(","))),
                 app: Some(dci_peerlet_exec::APP.into()),
@@ -336,6 +324,7 @@ fn gathered(outcomes: &BTreeMap<String, Outcome>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dci_proto::Sender;
 
     fn ok(stdout: &str) -> Outcome {
         Outcome {

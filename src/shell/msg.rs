@@ -68,7 +68,8 @@ pub struct ReplayArgs {
     pub to: Option<String>,
 }
 
-fn usage(message: String) -> ClientError {
+/// A usage error: one line for the user.
+pub(crate) fn usage(message: String) -> ClientError {
     ClientError::Refused {
         code: "usage".into(),
         message,
@@ -87,7 +88,8 @@ pub fn destination(s: &str) -> Result<Destination, ClientError> {
     }
 }
 
-fn operator() -> Sender {
+/// The sender of what `dcish` sends: this node's operator.
+pub(crate) fn operator() -> Sender {
     Sender {
         node: "dcish".into(),
         blade: None,
