@@ -414,6 +414,8 @@ impl Agent {
             match output {
                 Output::Send(to, packet) => self.send_packet(to, &packet),
                 Output::SetTimer(at, timer) => self.timers.push(at, timer),
+                // A moot timer does nothing when it fires; an agent has a few dozen.
+                Output::CancelTimer(_) => {}
                 Output::Joined(id) => {
                     touched.push(id);
                     self.log_change(id, Liveness::Alive);

@@ -277,6 +277,10 @@ pub enum Output<Id, M, P> {
     Send(Id, Packet<Id, M, P>),
     /// Call `handle_timer(timer)` at this time.
     SetTimer(Duration, Timer<Id>),
+    /// A timer set earlier became moot: the driver may drop it (handled anyway, it does
+    /// nothing). Nearly every probe is answered, and its timeout is then one of the most
+    /// frequent events of a large simulation.
+    CancelTimer(Timer<Id>),
     /// A member was heard of for the first time (it is `Alive`).
     Joined(Id),
     /// A known member's liveness changed.
@@ -438,6 +442,13 @@ pub struct Swim<Id: MemberId, M, A: Authority<Id, M>> {
     refuted_to: Vec<Id>,
     /// Whether the push-pull rhythm has been spread over its scaled interval.
     push_pull_phased: bool,
+    /// Whether a gossip tick is pending. With nothing to gossip none is: at 10,000 nodes, idle
+    /// ticks were an eighth of a simulation's events.
+    gossip_armed: bool,
+    /// When the last gossip tick ran: a re-armed tick keeps the rhythm.
+    gossip_last: Duration,
+    /// The latest time an event was handled at, for calls that come without one.
+    now: Duration,
     seq: u32,
     health: u32,
     queue: Vec<Broadcast<Id, M, A::Proof>>,
@@ -471,6 +482,7 @@ where
         let jitter = |rng: &mut StdRng, d: Duration| d.mul_f64(rng.gen::<f64>());
         let probe_at = now + jitter(&mut rng, config.probe_interval);
         let gossip_at = now + jitter(&mut rng, config.gossip_interval);
+        let config_gossip_interval = config.gossip_interval;
         let push_pull_at = now + jitter(&mut rng, config.push_pull_interval);
         let reconnect_at = now + jitter(&mut rng, config.reconnect_interval);
         let mut swim = Swim {
@@ -491,6 +503,9 @@ where
             suspicion_confirmers: HashMap::new(),
             refuted_to: Vec::new(),
             push_pull_phased: false,
+            gossip_armed: true,
+            gossip_last: gossip_at.saturating_sub(config_gossip_interval),
+            now,
             seq: 0,
             health: 0,
             queue: Vec::new(),
@@ -564,6 +579,13 @@ where
         self.members.prefetch(id);
     }
 
+    /// Like [`Swim::prefetch_member`], for the member the next probe will most likely go to.
+    pub fn prefetch_probe_target(&self) {
+        if let Some(id) = self.probe_order.get(self.probe_next) {
+            self.members.prefetch(id);
+        }
+    }
+
     /// Makes room for `n` more members at once (a simulator building large tables).
     pub fn reserve(&mut self, n: usize) {
         self.members.reserve(n);
@@ -610,6 +632,7 @@ where
             self.inc += 1;
             let alive = self.self_alive();
             self.enqueue(alive);
+            self.arm_gossip();
         }
     }
 
@@ -649,6 +672,7 @@ where
 
     /// Handles a timer set earlier.
     pub fn handle_timer(&mut self, timer: Timer<Id>, now: Duration) {
+        self.now = self.now.max(now);
         match timer {
             Timer::ProbeTick => self.probe_tick(now),
             Timer::ProbeTimeout { seq } => self.probe_timeout(seq, now),
@@ -668,10 +692,17 @@ where
             Timer::ReconnectTick => self.reconnect_tick(now),
             Timer::Suspicion { id, inc } => self.suspicion_expired(id, inc, now),
         }
+        self.arm_gossip();
     }
 
     /// Handles a packet from `from` (authenticated by the transport).
     pub fn handle_packet(&mut self, from: Id, packet: Pkt<Id, M, A>, now: Duration) {
+        self.now = self.now.max(now);
+        self.handle_message(from, packet, now);
+        self.arm_gossip();
+    }
+
+    fn handle_message(&mut self, from: Id, packet: Pkt<Id, M, A>, now: Duration) {
         for update in packet.updates {
             self.apply(update, now);
         }
@@ -754,6 +785,8 @@ where
         let Some(p) = self.probes.remove(seq) else {
             return;
         };
+        self.out
+            .push(Output::CancelTimer(Timer::ProbeTimeout { seq }));
         let target = p.target;
         self.health = self.health.saturating_sub(1);
         if let Some(m) = self.members.get_mut(&target) {
@@ -890,13 +923,15 @@ where
     }
 
     fn gossip_tick(&mut self, now: Duration) {
+        self.gossip_last = now;
+        if self.queue.is_empty() {
+            self.gossip_armed = false;
+            return;
+        }
         self.out.push(Output::SetTimer(
             now + self.config.gossip_interval,
             Timer::GossipTick,
         ));
-        if self.queue.is_empty() {
-            return;
-        }
         // Recently dead members are included, so that a wrongly declared one hears it and refutes.
         let targets = self.random_members(self.config.gossip_fanout, |_, m| {
             !matches!(m.liveness, Liveness::Left)
@@ -906,6 +941,23 @@ where
         for t in targets {
             self.send(t, Message::Gossip);
         }
+    }
+
+    /// Sets the gossip timer again once there is something to gossip, at the next tick of the
+    /// rhythm it kept before it went idle.
+    fn arm_gossip(&mut self) {
+        if self.gossip_armed || self.queue.is_empty() {
+            return;
+        }
+        let interval = self.config.gossip_interval.max(Duration::from_micros(1));
+        let since = self.now.saturating_sub(self.gossip_last);
+        let ticks = since.as_nanos().div_ceil(interval.as_nanos()).max(1);
+        let at = u32::try_from(ticks)
+            .ok()
+            .and_then(|t| interval.checked_mul(t))
+            .map_or(self.now, |d| self.gossip_last + d);
+        self.out.push(Output::SetTimer(at, Timer::GossipTick));
+        self.gossip_armed = true;
     }
 
     fn push_pull_tick(&mut self, now: Duration) {
@@ -1409,6 +1461,44 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn gossip_timers(n: &mut Core) -> Vec<Duration> {
+        n.drain_outputs()
+            .filter_map(|o| match o {
+                Output::SetTimer(at, Timer::GossipTick) => Some(at),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gossip_rests_while_there_is_nothing_to_say_and_resumes_on_its_rhythm() {
+        let mut a = node(1, &[2]);
+        // Its own announcement goes out, a few times, then the queue is empty.
+        let mut t = 0;
+        loop {
+            t += 100;
+            a.handle_timer(Timer::GossipTick, ms(t));
+            if gossip_timers(&mut a).is_empty() {
+                break;
+            }
+            assert!(t < 10_000, "the announcement never retired");
+        }
+        // News arrives between two ticks of the old rhythm: the next tick comes on it.
+        let news = Update::Alive {
+            id: 3,
+            inc: 1,
+            meta: 0,
+            proof: (),
+        };
+        a.handle_packet(2, gossip(vec![news]), ms(t + 250));
+        assert_eq!(gossip_timers(&mut a), vec![ms(t + 300)]);
+        // Armed once only.
+        a.handle_packet(2, gossip(vec![]), ms(t + 260));
+        assert!(gossip_timers(&mut a).is_empty());
+        a.handle_timer(Timer::GossipTick, ms(t + 300));
+        assert_eq!(gossip_timers(&mut a), vec![ms(t + 400)]);
     }
 
     #[test]

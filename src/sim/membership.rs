@@ -207,6 +207,9 @@ struct World {
     outputs: Vec<Output<u32, (), ()>>,
     /// Each node's current incarnation (a restart raises it).
     incarnation: Vec<u64>,
+    /// Each node's latest answered probe, whose timeout is dropped when it comes up without
+    /// touching the node (a node has one probe timeout pending at a time).
+    probes_answered: Vec<Option<u32>>,
     restarts: u32,
     heal_ms: Option<f64>,
     /// Detection and dissemination times of crashes already over (restarted nodes).
@@ -246,6 +249,10 @@ impl World {
                     self.push(at, to, Kind::Deliver { from: node, packet });
                 }
                 Output::SetTimer(at, timer) => self.push(at, node, Kind::Timer(timer)),
+                Output::CancelTimer(Timer::ProbeTimeout { seq }) => {
+                    self.probes_answered[node as usize] = Some(seq);
+                }
+                Output::CancelTimer(_) => {}
                 Output::Joined(subject) => self.observe(node, subject, Liveness::Alive, now),
                 Output::Changed(subject, liveness) => self.observe(node, subject, liveness, now),
                 Output::MetaChanged(_) | Output::DeclaredDead(_) => {}
@@ -267,18 +274,24 @@ impl World {
     }
 
     /// Before the next event is taken: asks for the member entries it will look up (its sender
-    /// and the first piggybacked subjects), all at once, in its node's table (which
-    /// [`World::prefetch_next_node`] asked for during the event before).
+    /// and the first piggybacked subjects, or the target of a probe), all at once, in its node's
+    /// table (which [`World::prefetch_next_node`] asked for during the event before).
     fn prefetch_next_members(&mut self) {
-        let Some((to, Kind::Deliver { from, packet })) = self.queue.peek() else {
+        let Some((to, kind)) = self.queue.peek() else {
             return;
         };
         let Some(node) = self.nodes.get(*to as usize).and_then(Option::as_ref) else {
             return;
         };
-        node.prefetch_member(from);
-        for update in packet.updates.iter().take(PREFETCH_UPDATES) {
-            node.prefetch_member(&update.subject());
+        match kind {
+            Kind::Deliver { from, packet } => {
+                node.prefetch_member(from);
+                for update in packet.updates.iter().take(PREFETCH_UPDATES) {
+                    node.prefetch_member(&update.subject());
+                }
+            }
+            Kind::Timer(Timer::ProbeTick) => node.prefetch_probe_target(),
+            _ => {}
         }
     }
 
@@ -346,6 +359,7 @@ impl World {
             self.nodes.push(Some(node));
             self.crashed_at.push(None);
             self.incarnation.push(1);
+            self.probes_answered.push(None);
         }
         self.live = n as usize;
         for i in 0..n {
@@ -373,6 +387,11 @@ impl World {
             if at > d {
                 break;
             }
+            if let Kind::Timer(Timer::ProbeTimeout { seq }) = kind {
+                if self.probes_answered[node as usize] == Some(seq) {
+                    continue;
+                }
+            }
             self.prefetch_next_node();
             let ev = Event { at, node, kind };
             self.events += 1;
@@ -389,6 +408,7 @@ impl World {
                     self.nodes.push(None);
                     self.crashed_at.push(None);
                     self.incarnation.push(1);
+                    self.probes_answered.push(None);
                 }
                 self.nodes[i] = Some(node);
                 self.live += 1;
@@ -639,6 +659,7 @@ pub fn run(cfg: SimConfig) -> Summary {
         falsely_dead: Default::default(),
         outputs: Vec::new(),
         incarnation: Vec::new(),
+        probes_answered: Vec::new(),
         restarts: 0,
         heal_ms: None,
         detect_done: Vec::new(),
