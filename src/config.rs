@@ -157,6 +157,78 @@ pub struct FileConfig {
     /// Backup and replication.
     #[serde(default)]
     pub backup: BackupFile,
+    /// `[fs]`: folders exported to operators.
+    #[serde(default)]
+    pub fs: FsFile,
+}
+
+/// `[fs]`: the folders this blade exports through the `fs` peerlet, and who may use them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsFile {
+    /// `export = [{ name = "logs", path = "/var/log/app", mode = "ro" }, ...]`.
+    #[serde(default)]
+    pub export: Vec<ExportFile>,
+    /// Blade names or node ids whose operators may use the exports.
+    #[serde(default)]
+    pub operators: Vec<String>,
+}
+
+/// One `[[fs.export]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportFile {
+    /// The name, the first component of its paths in `dcish`.
+    pub name: String,
+    /// The folder, absolute.
+    pub path: PathBuf,
+    /// `ro` (the default) or `rw`.
+    #[serde(default)]
+    pub mode: ExportMode,
+}
+
+/// Whether an export may be written.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportMode {
+    /// Read-only.
+    #[default]
+    Ro,
+    /// Read-write.
+    Rw,
+}
+
+fn fs_policy(file: FsFile) -> Result<dci_peerlet_fs::Policy, ConfigError> {
+    let mut exports: Vec<dci_peerlet_fs::Export> = Vec::new();
+    for e in file.export {
+        let bad_name = e.name.is_empty() || e.name.contains('/') || e.name == "." || e.name == "..";
+        if bad_name {
+            return Err(invalid(
+                "fs.export.name",
+                &e.name,
+                "must be one path component",
+            ));
+        }
+        if exports.iter().any(|x| x.name == e.name) {
+            return Err(invalid("fs.export.name", &e.name, "is exported twice"));
+        }
+        if !e.path.is_absolute() {
+            return Err(invalid(
+                "fs.export.path",
+                &e.path.display().to_string(),
+                "must be absolute",
+            ));
+        }
+        exports.push(dci_peerlet_fs::Export {
+            name: e.name,
+            path: e.path,
+            writable: e.mode == ExportMode::Rw,
+        });
+    }
+    Ok(dci_peerlet_fs::Policy {
+        exports,
+        operators: file.operators,
+    })
 }
 
 /// What the command line says; `None` means "not given, use the file or the default".
@@ -219,6 +291,8 @@ pub struct Config {
     pub messaging: crate::router::MessagingConfig,
     /// Backup and replication.
     pub backup: BackupConfig,
+    /// The exported folders and their operators.
+    pub fs: dci_peerlet_fs::Policy,
 }
 
 impl Config {
@@ -384,6 +458,7 @@ impl Config {
             degradation,
             messaging: file.messaging,
             backup,
+            fs: fs_policy(file.fs)?,
         })
     }
 }

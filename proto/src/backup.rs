@@ -35,21 +35,26 @@ pub enum BackupRequest {
     },
     /// `<restore ...><path>GLOB</path>...</restore>`; answered by [`restored_to_payload`].
     Restore(RestoreArgs),
-    /// `<ls blade=".." path=".."/>`: a directory of the blade's latest archived tree, from any
-    /// node that holds it; answered by [`listing_to_payload`].
+    /// `<ls blade=".." path=".." archive=".."/>`: a directory of the blade's archived tree (the
+    /// latest archive unless one is named), from any node that holds it; answered by
+    /// [`listing_to_payload`].
     Ls {
         /// The blade.
         blade: String,
         /// A directory (or file) relative to the backup root; empty for the root.
         path: String,
+        /// The archive whose tree is read; the latest when absent.
+        archive: Option<u64>,
     },
-    /// `<cat blade=".." path=".."/>`: one file of the blade's latest archived tree; answered by
-    /// [`file_to_payload`].
+    /// `<cat blade=".." path=".." archive=".."/>`: one file of the blade's archived tree (the
+    /// latest archive unless one is named); answered by [`file_to_payload`].
     Cat {
         /// The blade.
         blade: String,
         /// The file, relative to the backup root.
         path: String,
+        /// The archive whose tree is read; the latest when absent.
+        archive: Option<u64>,
     },
 }
 
@@ -243,7 +248,7 @@ pub struct RestoreSummary {
     pub refused: u64,
 }
 
-fn attr(s: &mut String, name: &str, value: &str) {
+pub(crate) fn attr(s: &mut String, name: &str, value: &str) {
     s.push(' ');
     s.push_str(name);
     s.push_str("=\"");
@@ -251,7 +256,7 @@ fn attr(s: &mut String, name: &str, value: &str) {
     s.push('"');
 }
 
-fn boolean(field: &'static str, value: Option<&str>) -> Result<bool, ProtoError> {
+pub(crate) fn boolean(field: &'static str, value: Option<&str>) -> Result<bool, ProtoError> {
     match value {
         Some("true") => Ok(true),
         Some("false") => Ok(false),
@@ -301,7 +306,16 @@ impl BackupRequest {
                 attr(&mut s, "xmlns", BACKUP_NAMESPACE);
                 s.push_str("/>");
             }
-            BackupRequest::Ls { blade, path } | BackupRequest::Cat { blade, path } => {
+            BackupRequest::Ls {
+                blade,
+                path,
+                archive,
+            }
+            | BackupRequest::Cat {
+                blade,
+                path,
+                archive,
+            } => {
                 s.push_str(if matches!(self, BackupRequest::Ls { .. }) {
                     "<ls"
                 } else {
@@ -309,6 +323,9 @@ impl BackupRequest {
                 });
                 attr(&mut s, "blade", blade);
                 attr(&mut s, "path", path);
+                if let Some(a) = archive {
+                    attr(&mut s, "archive", &a.to_string());
+                }
                 attr(&mut s, "xmlns", BACKUP_NAMESPACE);
                 s.push_str("/>");
             }
@@ -371,14 +388,25 @@ impl BackupRequest {
                 })
             }
             "ls" | "cat" => {
-                let [blade, path] = attributes(&root, "ls", ["blade", "path"])?;
+                let [blade, path, archive] = attributes(&root, "ls", ["blade", "path", "archive"])?;
                 no_content(&root, "ls")?;
                 let blade = required("ls/@blade", blade)?.to_owned();
                 let path = path.unwrap_or_default().to_owned();
+                let archive = archive
+                    .map(|a| number("ls/@archive", Some(a)))
+                    .transpose()?;
                 Ok(if root.local == "ls" {
-                    BackupRequest::Ls { blade, path }
+                    BackupRequest::Ls {
+                        blade,
+                        path,
+                        archive,
+                    }
                 } else {
-                    BackupRequest::Cat { blade, path }
+                    BackupRequest::Cat {
+                        blade,
+                        path,
+                        archive,
+                    }
                 })
             }
             "restore" => {
@@ -573,6 +601,7 @@ mod tests {
         let ls = BackupRequest::Ls {
             blade: "b".into(),
             path: "docs".into(),
+            archive: None,
         };
         assert_eq!(
             BackupRequest::from_payload(&ls.to_payload())
@@ -583,6 +612,7 @@ mod tests {
         let cat = BackupRequest::Cat {
             blade: "b".into(),
             path: "a".into(),
+            archive: Some(3),
         };
         assert_eq!(
             BackupRequest::from_payload(&cat.to_payload())
@@ -616,6 +646,7 @@ mod tests {
             BackupRequest::Ls {
                 blade: "b".into(),
                 path: "d".into(),
+                archive: Some(2),
             }
             .to_payload(),
             file_to_payload("f", b"bytes"),
