@@ -732,6 +732,38 @@ mod tests {
     }
 
     #[test]
+    fn exports_are_read_only_unless_said_and_bad_ones_are_refused() {
+        let file: FileConfig = toml::from_str(
+            "[fs]\noperators = ['b1']\nexport = [{ name = 'logs', path = '/var/log' }, { name = 'up', path = '/srv/up', mode = 'rw' }]\n",
+        )
+        .unwrap();
+        let c = Config::merge(file, &cli()).unwrap();
+        let modes: Vec<(&str, bool)> =
+            c.fs.exports
+                .iter()
+                .map(|e| (e.name.as_str(), e.writable))
+                .collect();
+        assert_eq!(modes, [("logs", false), ("up", true)]);
+        assert_eq!(c.fs.operators, ["b1"]);
+        for (bad, says) in [
+            ("export = [{ name = 'a/b', path = '/x' }]", "fs.export.name"),
+            ("export = [{ name = 'a', path = 'rel' }]", "fs.export.path"),
+            (
+                "export = [{ name = 'a', path = '/x' }, { name = 'a', path = '/y' }]",
+                "exported twice",
+            ),
+        ] {
+            let file: FileConfig = toml::from_str(&format!("[fs]\n{bad}\n")).unwrap();
+            let err = Config::merge(file, &cli()).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        assert!(toml::from_str::<FileConfig>(
+            "[fs]\nexport = [{ name = 'a', path = '/x', mode = 'rwx' }]"
+        )
+        .is_err());
+    }
+
+    #[test]
     fn the_probe_timeout_must_be_shorter_than_the_probe_interval() {
         let file: FileConfig =
             toml::from_str("[membership]\nprobe_interval_ms = 100\nprobe_timeout_ms = 100\n")
