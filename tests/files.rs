@@ -6,9 +6,8 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::Duration;
 
-use common::{free_port, ok, wait_until, Node};
+use common::{all_see_alive, free_port, ok, Node};
 use serde_json::Value;
 
 const BLADES: [&str; 3] = ["b1", "b2", "b3"];
@@ -53,13 +52,7 @@ fn mesh(root: &Path) -> Vec<Node> {
             &["--config", config.to_str().unwrap()],
         ));
     }
-    for n in &nodes {
-        wait_until(Duration::from_secs(20), || {
-            n.members()
-                .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 3)
-        })
-        .unwrap_or_else(|| panic!("{} never saw 3 alive members:\n{}", n.name, n.log_text()));
-    }
+    all_see_alive(&nodes, 3);
     nodes
 }
 

@@ -125,20 +125,44 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
 /// The reply to [`BackupRequest::Ls`].
 pub fn listing_to_payload(entries: &[ListEntry]) -> Payload {
     let mut s = format!("<listing xmlns=\"{BACKUP_NAMESPACE}\">");
+    push_entries(&mut s, entries);
+    s.push_str("</listing>");
+    Payload::trusted(s)
+}
+
+/// Appends one `<entry/>` per listing entry (the fs peerlet's answers use the same element).
+pub(crate) fn push_entries(s: &mut String, entries: &[ListEntry]) {
     for e in entries {
         s.push_str("<entry");
-        attr(&mut s, "path", &e.path);
-        attr(&mut s, "kind", &e.kind);
-        attr(&mut s, "size", &e.size.to_string());
-        attr(&mut s, "mode", &e.mode.to_string());
-        attr(&mut s, "mtime", &e.mtime.to_string());
+        attr(s, "path", &e.path);
+        attr(s, "kind", &e.kind);
+        attr(s, "size", &e.size.to_string());
+        attr(s, "mode", &e.mode.to_string());
+        attr(s, "mtime", &e.mtime.to_string());
         if let Some(t) = &e.target {
-            attr(&mut s, "target", t);
+            attr(s, "target", t);
         }
         s.push_str("/>");
     }
-    s.push_str("</listing>");
-    Payload::trusted(s)
+}
+
+/// Reads one `<entry/>` written by [`push_entries`].
+pub(crate) fn entry_from(e: &Node) -> Result<ListEntry, ProtoError> {
+    let [path, kind, size, mode, mtime, target] = attributes(
+        e,
+        "entry",
+        ["path", "kind", "size", "mode", "mtime", "target"],
+    )?;
+    no_content(e, "entry")?;
+    Ok(ListEntry {
+        path: required("entry/@path", path)?.to_owned(),
+        kind: required("entry/@kind", kind)?.to_owned(),
+        size: number("entry/@size", size)?,
+        mode: u32::try_from(number("entry/@mode", mode)?)
+            .map_err(|_| ProtoError::invalid("entry/@mode", "out of range"))?,
+        mtime: number("entry/@mtime", mtime)?,
+        target: target.map(str::to_owned),
+    })
 }
 
 /// Reads [`listing_to_payload`]'s output.
@@ -147,23 +171,7 @@ pub fn listing_from_payload(payload: &Payload) -> Result<Vec<ListEntry>, ProtoEr
     let [] = attributes(&root, "listing", [])?;
     children(&root, "listing", &["entry"])?
         .into_iter()
-        .map(|e| {
-            let [path, kind, size, mode, mtime, target] = attributes(
-                e,
-                "entry",
-                ["path", "kind", "size", "mode", "mtime", "target"],
-            )?;
-            no_content(e, "entry")?;
-            Ok(ListEntry {
-                path: required("entry/@path", path)?.to_owned(),
-                kind: required("entry/@kind", kind)?.to_owned(),
-                size: number("entry/@size", size)?,
-                mode: u32::try_from(number("entry/@mode", mode)?)
-                    .map_err(|_| ProtoError::invalid("entry/@mode", "out of range"))?,
-                mtime: number("entry/@mtime", mtime)?,
-                target: target.map(str::to_owned),
-            })
-        })
+        .map(entry_from)
         .collect()
 }
 
@@ -545,7 +553,7 @@ pub fn restored_from_payload(payload: &Payload) -> Result<RestoreSummary, ProtoE
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -625,8 +633,6 @@ mod tests {
     /// Every payload this module writes is valid under `proto/backup.xsd` (when xmllint exists).
     #[test]
     fn payloads_validate_against_the_schema() {
-        use std::io::Write;
-        use std::process::{Command, Stdio};
         let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/backup.xsd");
         let payloads = [
             BackupRequest::Now {
@@ -652,6 +658,13 @@ mod tests {
             file_to_payload("f", b"bytes"),
             restored_to_payload(&RestoreSummary::default()),
         ];
+        assert_valid(schema, &payloads);
+    }
+
+    /// Checks each payload against `schema` with xmllint, when this machine has it.
+    pub(crate) fn assert_valid(schema: &str, payloads: &[Payload]) {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
         for p in payloads {
             let Ok(mut child) = Command::new("xmllint")
                 .args(["--noout", "--schema", schema, "-"])

@@ -1,5 +1,5 @@
-//! Payloads of the `fs` peerlet (namespace [`FS_NAMESPACE`]): the folders a blade exports, read
-//! and written by `dcish` over the mesh.
+//! Payloads of the `fs` peerlet (namespace [`FS_NAMESPACE`], `proto/fs.xsd`): the folders a blade
+//! exports, read and written by `dcish` over the mesh.
 //!
 //! Every request names an export and a path relative to it (`/`-separated, no `..`). File bodies
 //! travel as base64 text in chunks of at most [`MAX_CHUNK`] bytes, so that one chunk and its
@@ -7,7 +7,7 @@
 //! payloads': one element, the declared attributes and children, nothing else.
 
 pub use crate::backup::ListEntry;
-use crate::backup::{attr, base64_decode, base64_encode, boolean};
+use crate::backup::{attr, base64_decode, base64_encode, boolean, entry_from, push_entries};
 use crate::control::{
     attributes, named_element, no_content, number, only_element, required, text_content,
 };
@@ -331,18 +331,7 @@ pub fn entries_to_payload(entries: &[ListEntry], truncated: bool) -> Payload {
         if truncated { "true" } else { "false" },
     );
     s.push('>');
-    for e in entries {
-        s.push_str("<entry");
-        attr(&mut s, "path", &e.path);
-        attr(&mut s, "kind", &e.kind);
-        attr(&mut s, "size", &e.size.to_string());
-        attr(&mut s, "mode", &e.mode.to_string());
-        attr(&mut s, "mtime", &e.mtime.to_string());
-        if let Some(t) = &e.target {
-            attr(&mut s, "target", t);
-        }
-        s.push_str("/>");
-    }
+    push_entries(&mut s, entries);
     s.push_str("</entries>");
     Payload::trusted(s)
 }
@@ -353,22 +342,7 @@ pub fn entries_from_payload(payload: &Payload) -> Result<(Vec<ListEntry>, bool),
     let [truncated] = attributes(&root, "entries", ["truncated"])?;
     let entries = children(&root, "entry")?
         .into_iter()
-        .map(|e| {
-            let [path, kind, size, mode, mtime, target] = attributes(
-                e,
-                "entry",
-                ["path", "kind", "size", "mode", "mtime", "target"],
-            )?;
-            Ok(ListEntry {
-                path: required("entry/@path", path)?.to_owned(),
-                kind: required("entry/@kind", kind)?.to_owned(),
-                size: number("entry/@size", size)?,
-                mode: u32::try_from(number("entry/@mode", mode)?)
-                    .map_err(|_| ProtoError::invalid("entry/@mode", "out of range"))?,
-                mtime: number("entry/@mtime", mtime)?,
-                target: target.map(str::to_owned),
-            })
-        })
+        .map(entry_from)
         .collect::<Result<_, ProtoError>>()?;
     Ok((entries, boolean("entries/@truncated", truncated)?))
 }
@@ -458,9 +432,8 @@ pub fn usage_from_payload(payload: &Payload) -> Result<Usage, ProtoError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_request_round_trips_and_unknown_attributes_are_refused() {
-        let requests = [
+    fn every_request() -> Vec<FsRequest> {
+        vec![
             FsRequest::Exports,
             FsRequest::List {
                 export: "logs".into(),
@@ -494,14 +467,51 @@ mod tests {
                 last: true,
                 data: vec![0, 1, 255],
             },
-        ];
-        for r in requests {
+        ]
+    }
+
+    #[test]
+    fn every_request_round_trips_and_unknown_attributes_are_refused() {
+        for r in every_request() {
             assert_eq!(FsRequest::from_payload(&r.to_payload()).unwrap(), r);
         }
         let bad = Payload::new("<list xmlns=\"urn:dci:fs:1\" export=\"a\" max=\"3\"/>").unwrap();
         assert!(FsRequest::from_payload(&bad).is_err());
         let bad = Payload::new("<rm xmlns=\"urn:dci:fs:1\" export=\"a\"/>").unwrap();
         assert!(FsRequest::from_payload(&bad).is_err());
+    }
+
+    /// Every payload this module writes is valid under `proto/fs.xsd` (when xmllint exists).
+    #[test]
+    fn payloads_validate_against_the_schema() {
+        let entry = ListEntry {
+            path: "a".into(),
+            kind: "file".into(),
+            size: 1,
+            mode: 0o644,
+            mtime: 2,
+            target: None,
+        };
+        let mut payloads: Vec<Payload> =
+            every_request().iter().map(FsRequest::to_payload).collect();
+        payloads.extend([
+            exports_to_payload(&[ExportInfo {
+                name: "logs".into(),
+                writable: true,
+            }]),
+            entries_to_payload(&[entry], false),
+            chunk_to_payload(&Chunk {
+                offset: 0,
+                total: 3,
+                data: b"abc".to_vec(),
+            }),
+            written_to_payload(3, true),
+            usage_to_payload(&Usage::default()),
+        ]);
+        crate::backup::tests::assert_valid(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/fs.xsd"),
+            &payloads,
+        );
     }
 
     #[test]
