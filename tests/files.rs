@@ -177,6 +177,37 @@ fn exported_folders_are_browsed_and_files_copied_both_ways_and_to_a_set() {
         );
     }
 
+    // get from a set: each blade's copy as NAME.BLADE; a blade without the file is named.
+    fs::write(dir.path().join("b3-files/up/etc.conf"), b"threads = 8\n").unwrap();
+    fs::remove_file(dir.path().join("b1-files/up/etc.conf")).unwrap();
+    let into = dir.path().join("gathered");
+    fs::create_dir(&into).unwrap();
+    let out = b1.dcish(&[
+        "get",
+        "up/etc.conf",
+        into.to_str().unwrap(),
+        "--from",
+        "@all",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stdout.contains("b2:up/etc.conf -> "), "{stdout}");
+    assert!(stdout.contains("b1: up/etc.conf: No such file"), "{stdout}");
+    assert_eq!(stderr.trim(), "dcish: get: 1 of 3 blade(s) failed: b1");
+    assert_eq!(
+        fs::read(into.join("etc.conf.b2")).unwrap(),
+        b"threads = 4\n"
+    );
+    assert_eq!(
+        fs::read(into.join("etc.conf.b3")).unwrap(),
+        b"threads = 8\n"
+    );
+    assert_eq!(
+        fs::read_dir(&into).unwrap().count(),
+        2,
+        "no partial copy is left"
+    );
+
     // A script keeps its working directory from line to line.
     let script = dir.path().join("browse.dcish");
     fs::write(

@@ -46,10 +46,14 @@ impl Default for Session {
 /// `dcish get`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// The file in the tree.
+    /// The file in the tree; with `--from`, `EXPORT/PATH` on each blade of the set.
     pub remote: String,
-    /// Where to write it; a directory keeps the remote name; `-` is standard output.
+    /// Where to write it; a directory keeps the remote name; `-` is standard output. With
+    /// `--from`, a directory that gets each blade's copy as `NAME.BLADE`.
     pub local: PathBuf,
+    /// Copy from every blade of this node set instead (`b[1-3]`, `@active`, ...).
+    #[arg(long, value_name = "SET")]
+    pub from: Option<String>,
 }
 
 /// `dcish put`.
@@ -465,6 +469,9 @@ pub async fn get(
     args: &GetArgs,
     json: bool,
 ) -> Result<String, ClientError> {
+    if let Some(set) = &args.from {
+        return get_from_set(client, set, args, json).await;
+    }
     let (abs, p) = resolve(session, Some(&args.remote))?;
     if args.local == Path::new("-") {
         cat(client, session, &args.remote).await?;
@@ -519,24 +526,8 @@ pub async fn put(
     };
     let (blades, export, path) = match &args.to {
         Some(set) => {
-            let payload = client.request(ControlRequest::Nodes.to_payload()).await?;
-            let candidates: Vec<nodeset::Candidate> = members_from_payload(&payload)
-                .map_err(protocol)?
-                .into_iter()
-                .filter(|m| m.state != "left")
-                .map(|m| nodeset::Candidate {
-                    name: m.name,
-                    role: m.role,
-                    zone: m.zone,
-                })
-                .collect();
-            let blades =
-                nodeset::resolve(set, None, &candidates).map_err(|e| usage(e.to_string()))?;
-            let abs = normalize("/", &remote)?;
-            let mut parts = abs.trim_start_matches('/').splitn(2, '/');
-            let export = parts.next().unwrap_or_default().to_owned();
-            let path = parts.next().unwrap_or_default().to_owned();
-            (blades, export, path)
+            let (export, path) = export_path(&remote)?;
+            (set_names(client, set).await?, export, path)
         }
         None => match resolve(session, Some(&remote))?.1 {
             Place::Export {
@@ -606,14 +597,26 @@ pub async fn put(
     } else {
         String::new()
     };
-    if failed.is_empty() {
-        return Ok(text);
-    }
     if args.to.is_none() {
         // One blade: its refusal is the whole story.
         if let Some((_, e)) = failed.pop_first() {
             return Err(e);
         }
+    }
+    outcome("put", text, failed, blades.len(), json)
+}
+
+/// The result of a copy to or from several blades: `text` when none failed; else `text` and each
+/// failure printed, and an error naming the blades that failed.
+fn outcome(
+    what: &str,
+    text: String,
+    failed: BTreeMap<String, ClientError>,
+    blades: usize,
+    json: bool,
+) -> Result<String, ClientError> {
+    if failed.is_empty() {
+        return Ok(text);
     }
     let mut out = std::io::stdout().lock();
     if !text.is_empty() {
@@ -626,14 +629,132 @@ pub async fn put(
     }
     let names: Vec<String> = failed.keys().cloned().collect();
     Err(ClientError::Refused {
-        code: "put".into(),
+        code: what.into(),
         message: format!(
-            "{} of {} blade(s) failed: {}",
+            "{} of {blades} blade(s) failed: {}",
             failed.len(),
-            blades.len(),
             nodeset::fold(&names)
         ),
     })
+}
+
+/// The members a node set names, resolved against the member table.
+async fn set_names(client: &mut Client, set: &str) -> Result<Vec<String>, ClientError> {
+    let payload = client.request(ControlRequest::Nodes.to_payload()).await?;
+    let candidates: Vec<nodeset::Candidate> = members_from_payload(&payload)
+        .map_err(protocol)?
+        .into_iter()
+        .filter(|m| m.state != "left")
+        .map(|m| nodeset::Candidate {
+            name: m.name,
+            role: m.role,
+            zone: m.zone,
+        })
+        .collect();
+    nodeset::resolve(set, None, &candidates).map_err(|e| usage(e.to_string()))
+}
+
+/// `EXPORT/PATH` (as `--to` and `--from` take it) split into the export and the path in it.
+fn export_path(remote: &str) -> Result<(String, String), ClientError> {
+    let abs = normalize("/", remote)?;
+    let mut parts = abs.trim_start_matches('/').splitn(2, '/');
+    let export = parts.next().unwrap_or_default().to_owned();
+    let path = parts.next().unwrap_or_default().to_owned();
+    Ok((export, path))
+}
+
+/// `get EXPORT/PATH DIR --from SET`: each blade's copy of the file into DIR as `NAME.BLADE` (as
+/// `rpdcp` does), one request per chunk to the blades still reading.
+async fn get_from_set(
+    client: &mut Client,
+    set: &str,
+    args: &GetArgs,
+    json: bool,
+) -> Result<String, ClientError> {
+    let (export, path) = export_path(&args.remote)?;
+    let name = path.rsplit('/').next().unwrap_or_default().to_owned();
+    if export.is_empty() || name.is_empty() {
+        return Err(usage(format!(
+            "{}: with --from, give EXPORT/PATH of a file",
+            args.remote
+        )));
+    }
+    if !args.local.is_dir() {
+        return Err(usage(format!(
+            "{}: with --from, LOCAL is a directory (each blade's copy is NAME.BLADE)",
+            args.local.display()
+        )));
+    }
+    let blades = set_names(client, set).await?;
+    let mut copies: BTreeMap<String, (PathBuf, std::fs::File, u64)> = BTreeMap::new();
+    for b in &blades {
+        let part = args.local.join(format!(".{name}.{b}.dcish-part"));
+        let file = std::fs::File::create(&part).map_err(|e| local_error(&part, e))?;
+        copies.insert(b.clone(), (part, file, 0));
+    }
+    let mut failed: BTreeMap<String, ClientError> = BTreeMap::new();
+    let mut live = blades.clone();
+    let mut offset = 0u64;
+    while !live.is_empty() {
+        let req = FsRequest::Read {
+            export: export.clone(),
+            path: path.clone(),
+            offset,
+            length: MAX_CHUNK,
+        };
+        let mut done = Vec::new();
+        for (blade, answer) in ask_all(client, &live, &req).await? {
+            let Some((part, file, size)) = copies.get_mut(&blade) else {
+                continue;
+            };
+            let written = answer
+                .and_then(|p| chunk_from_payload(&p).map_err(protocol))
+                .and_then(|c| {
+                    file.write_all(&c.data).map_err(|e| local_error(part, e))?;
+                    *size += c.data.len() as u64;
+                    Ok((c.data.len() as u64) < MAX_CHUNK || *size >= c.total)
+                });
+            match written {
+                Ok(true) => done.push(blade),
+                Ok(false) => {}
+                Err(e) => {
+                    failed.insert(blade, e);
+                }
+            }
+        }
+        live.retain(|b| !failed.contains_key(b) && !done.contains(b));
+        offset += MAX_CHUNK;
+    }
+    let mut rows = Vec::new();
+    for (blade, (part, file, size)) in copies {
+        if failed.contains_key(&blade) {
+            let _ = std::fs::remove_file(&part);
+            continue;
+        }
+        let target = args.local.join(format!("{name}.{blade}"));
+        file.sync_all().map_err(|e| local_error(&part, e))?;
+        std::fs::rename(&part, &target).map_err(|e| local_error(&target, e))?;
+        rows.push((blade, target, size));
+    }
+    let text = if json {
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(b, t, n)| json!({"blade": b, "to": t, "bytes": n}))
+            .collect();
+        serde_json::to_string_pretty(&rows).unwrap_or_default()
+    } else {
+        rows.iter()
+            .map(|(b, t, n)| {
+                format!(
+                    "{b}:{export}/{path} -> {} ({})",
+                    t.display(),
+                    backup::bytes(*n)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    outcome("get", text, failed, blades.len(), json)
 }
 
 /// Fills `buf` from `r` as far as the file goes; how many bytes it holds.

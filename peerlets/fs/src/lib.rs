@@ -30,6 +30,9 @@ pub const APP: &str = "fs";
 pub const MAX_WALK: u64 = 1_000_000;
 /// The prefix of upload temporary files, beside their target.
 pub const UPLOAD_PREFIX: &str = ".dci-upload-";
+/// An upload's temporary file untouched this long was abandoned; a new upload into the same
+/// directory removes it.
+pub const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// One exported folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -485,6 +488,9 @@ fn write(
     if fs::symlink_metadata(&temp).is_ok_and(|m| m.file_type().is_symlink()) {
         return Err(outside(export, &at.rel));
     }
+    if offset == 0 {
+        remove_abandoned(&dir);
+    }
     let mut file = if offset == 0 {
         OpenOptions::new()
             .write(true)
@@ -518,6 +524,28 @@ fn write(
             .map_err(|e| at.io(e))?;
     }
     Ok(written_to_payload(offset + data.len() as u64, last))
+}
+
+/// Removes the temporary files of uploads in `dir` untouched for [`ABANDONED_AFTER`] (a `dcish`
+/// stopped mid-copy, a blade left out of a `put` to a set). Best effort: what fails stays.
+fn remove_abandoned(dir: &Path) {
+    let Ok(items) = fs::read_dir(dir) else { return };
+    for item in items.flatten() {
+        let abandoned = item
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= ABANDONED_AFTER);
+        if abandoned
+            && item
+                .file_name()
+                .to_string_lossy()
+                .starts_with(UPLOAD_PREFIX)
+        {
+            let _ = fs::remove_file(item.path());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -684,6 +712,24 @@ mod tests {
         serve(&p, put("up", "f.bin", &id, 3, true, b"def")).unwrap();
         assert_eq!(fs::read(d.path().join("rw/f.bin")).unwrap(), b"abcdef");
         assert_eq!(fs::read_dir(d.path().join("rw")).unwrap().count(), 1);
+        // An upload abandoned long ago is cleared by the next one; a recent one is left alone.
+        let old = d.path().join(format!("rw/{UPLOAD_PREFIX}old"));
+        let recent = d.path().join(format!("rw/{UPLOAD_PREFIX}recent"));
+        fs::write(&old, b"x").unwrap();
+        fs::write(&recent, b"x").unwrap();
+        let long_ago = std::time::SystemTime::now() - ABANDONED_AFTER * 2;
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        serve(
+            &p,
+            put("up", "g", &Uuid::new_v4().to_string(), 0, true, b"g"),
+        )
+        .unwrap();
+        assert!(!old.exists() && recent.exists());
         assert_eq!(
             code(serve(&p, put("logs", "x", &id, 0, true, b"x"))),
             "read-only"
