@@ -269,9 +269,10 @@ fn dir_entry(name: &str) -> ListEntry {
     }
 }
 
-/// The entries of a place that is a directory (or the file it names).
-async fn list(client: &mut Client, p: &Place) -> Result<Vec<ListEntry>, ClientError> {
-    Ok(match p {
+/// The entries of a place that is a directory (or the file it names), and whether the blade
+/// cut the list short.
+async fn list(client: &mut Client, p: &Place) -> Result<(Vec<ListEntry>, bool), ClientError> {
+    let entries = match p {
         Place::Root => vec![dir_entry("archives"), dir_entry("blades")],
         Place::Blades | Place::Archives => blade_names(client)
             .await?
@@ -289,6 +290,17 @@ async fn list(client: &mut Client, p: &Place) -> Result<Vec<ListEntry>, ClientEr
                 })
                 .collect()
         }
+        Place::Export {
+            blade,
+            export,
+            path,
+        } => {
+            let req = FsRequest::List {
+                export: export.clone(),
+                path: path.clone(),
+            };
+            return entries_from_payload(&ask(client, blade, &req).await?).map_err(protocol);
+        }
         Place::ArchiveBlade(blade) => {
             let mut entries: Vec<ListEntry> = backup::archive_list(client, blade)
                 .await?
@@ -304,25 +316,13 @@ async fn list(client: &mut Client, p: &Place) -> Result<Vec<ListEntry>, ClientEr
             }
             entries
         }
-        Place::Export {
-            blade,
-            export,
-            path,
-        } => {
-            let req = FsRequest::List {
-                export: export.clone(),
-                path: path.clone(),
-            };
-            entries_from_payload(&ask(client, blade, &req).await?)
-                .map_err(protocol)?
-                .0
-        }
         Place::Archive {
             blade,
             archive,
             path,
         } => backup::ls(client, blade, path, *archive).await?,
-    })
+    };
+    Ok((entries, false))
 }
 
 /// `dcish ls [PATH]`.
@@ -333,12 +333,18 @@ pub async fn ls(
     json: bool,
 ) -> Result<String, ClientError> {
     let (_, p) = resolve(session, path)?;
-    let entries = list(client, &p).await?;
-    Ok(if json {
-        backup::listing_json(&entries)
-    } else {
-        backup::listing_text(&entries)
-    })
+    let (entries, truncated) = list(client, &p).await?;
+    if json {
+        return Ok(backup::listing_json(&entries));
+    }
+    let mut text = backup::listing_text(&entries);
+    if truncated {
+        text.push_str(&format!(
+            "\n(cut at {} entries to fit one answer; narrow it with find --name)",
+            entries.len()
+        ));
+    }
+    Ok(text)
 }
 
 /// `dcish cd [PATH]`: moves the session's working directory to a directory that exists.
@@ -812,7 +818,10 @@ pub async fn find(
     }
     let mut lines: Vec<String> = entries.iter().map(|e| e.path.clone()).collect();
     if truncated {
-        lines.push(format!("(stopped at {} entries; use --max)", entries.len()));
+        lines.push(format!(
+            "(stopped at {} entries: raise --max or narrow --name)",
+            entries.len()
+        ));
     }
     Ok(lines.join("\n"))
 }

@@ -111,19 +111,22 @@ pub fn serve(policy: &Policy, request: FsRequest) -> Result<Payload, Refusal> {
         FsRequest::List { export, path } => {
             let at = Resolved::existing(policy, &export, &path)?;
             let meta = at.metadata()?;
-            let entries = if meta.is_dir() {
-                let mut entries = Vec::new();
+            let mut entries = Entries::new(MAX_FIND);
+            let mut complete = true;
+            if meta.is_dir() {
                 for item in fs::read_dir(&at.real).map_err(|e| at.io(e))? {
                     let item = item.map_err(|e| at.io(e))?;
                     let rel = at.child(&item.file_name().to_string_lossy());
-                    entries.push(entry(&rel, &item.path())?);
+                    if !entries.push(entry(&rel, &item.path())?) {
+                        complete = false;
+                        break;
+                    }
                 }
-                entries.sort_by(|a, b| a.path.cmp(&b.path));
-                entries
+                entries.list.sort_by(|a, b| a.path.cmp(&b.path));
             } else {
-                vec![entry(&at.rel, &at.real)?]
-            };
-            Ok(entries_to_payload(&entries, false))
+                entries.push(entry(&at.rel, &at.real)?);
+            }
+            Ok(entries_to_payload(&entries.list, !complete))
         }
         FsRequest::Stat { export, path } => {
             let at = Resolved::existing(policy, &export, &path)?;
@@ -141,11 +144,12 @@ pub fn serve(policy: &Policy, request: FsRequest) -> Result<Payload, Refusal> {
                 )));
             }
             let at = Resolved::existing(policy, &export, &path)?;
-            let mut file = File::open(&at.real).map_err(|e| at.io(e))?;
-            let meta = file.metadata().map_err(|e| at.io(e))?;
-            if !meta.is_file() {
+            // Checked before opening: opening a FIFO would wait for a writer.
+            if !at.metadata()?.is_file() {
                 return Err(not_a_file(&at));
             }
+            let mut file = File::open(&at.real).map_err(|e| at.io(e))?;
+            let meta = file.metadata().map_err(|e| at.io(e))?;
             file.seek(SeekFrom::Start(offset)).map_err(|e| at.io(e))?;
             let mut data = Vec::with_capacity(length.min(meta.len()) as usize);
             file.take(length)
@@ -177,7 +181,7 @@ pub fn serve(policy: &Policy, request: FsRequest) -> Result<Payload, Refusal> {
                 )));
             }
             let at = Resolved::existing(policy, &export, &path)?;
-            let mut found = Vec::new();
+            let mut found = Entries::new(max);
             let mut failed = None;
             let complete = walk(&at, &mut |rel, p, _| {
                 let base = rel.rsplit('/').next().unwrap_or(rel);
@@ -190,19 +194,18 @@ pub fn serve(policy: &Policy, request: FsRequest) -> Result<Payload, Refusal> {
                 {
                     return true;
                 }
-                if found.len() as u64 >= max {
-                    return false;
-                }
                 match entry(rel, p) {
                     Ok(e) => found.push(e),
-                    Err(r) => failed = Some(r),
+                    Err(r) => {
+                        failed = Some(r);
+                        false
+                    }
                 }
-                failed.is_none()
             })?;
             if let Some(r) = failed {
                 return Err(r);
             }
-            Ok(entries_to_payload(&found, !complete))
+            Ok(entries_to_payload(&found.list, !complete))
         }
         FsRequest::Du { export, path } => {
             let at = Resolved::existing(policy, &export, &path)?;
@@ -219,6 +222,52 @@ pub fn serve(policy: &Policy, request: FsRequest) -> Result<Payload, Refusal> {
             Ok(usage_to_payload(&usage))
         }
     }
+}
+
+/// The entries of one answer: at most a count, and few enough bytes of XML that the answer fits
+/// in one envelope (1 MiB by default) with room to spare.
+struct Entries {
+    list: Vec<ListEntry>,
+    /// Bytes of XML the list takes, at most.
+    bytes: usize,
+    max: u64,
+}
+
+impl Entries {
+    /// Room for the XML of the entries of one answer.
+    const BUDGET: usize = 768 << 10;
+
+    fn new(max: u64) -> Entries {
+        Entries {
+            list: Vec::new(),
+            bytes: 0,
+            max,
+        }
+    }
+
+    /// Adds `e`; false, leaving it out, when the answer is full.
+    fn push(&mut self, e: ListEntry) -> bool {
+        // The attributes besides path and target take under 120 bytes.
+        let cost = 120 + escaped_len(&e.path) + e.target.as_deref().map_or(0, escaped_len);
+        if self.list.len() as u64 >= self.max || self.bytes + cost > Self::BUDGET {
+            return false;
+        }
+        self.bytes += cost;
+        self.list.push(e);
+        true
+    }
+}
+
+/// The length of `s` as an XML attribute value.
+fn escaped_len(s: &str) -> usize {
+    s.chars()
+        .map(|c| match c {
+            '&' => 5,
+            '<' | '>' => 4,
+            '"' | '\'' => 6,
+            c => c.len_utf8(),
+        })
+        .sum()
 }
 
 fn too_large(message: String) -> Refusal {
@@ -742,6 +791,24 @@ mod tests {
             code(serve(&p, put("up", "x", "../../etc", 0, true, b"x"))),
             "bad-payload"
         );
+    }
+
+    #[test]
+    fn a_listing_too_large_for_one_answer_is_cut_and_said_so() {
+        let d = tempfile::tempdir().unwrap();
+        let p = policy(d.path());
+        let long = "x".repeat(200);
+        for i in 0..4000 {
+            fs::write(d.path().join(format!("rw/{long}{i}")), b"").unwrap();
+        }
+        let list = FsRequest::List {
+            export: "up".into(),
+            path: "".into(),
+        };
+        let answer = serve(&p, list).unwrap();
+        let (entries, truncated) = entries_from_payload(&answer).unwrap();
+        assert!(truncated && entries.len() < 4000, "{}", entries.len());
+        assert!(answer.as_str().len() < 1 << 20);
     }
 
     #[test]
