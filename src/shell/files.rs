@@ -1,4 +1,5 @@
 //! The mesh's files as one tree: `ls`, `cd`, `pwd`, `cat`, `get`, `put`, `find` and `du` over
+//! two branches:
 //!
 //! - `/blades/<blade>/<export>/...`: the folders each blade exports (`[fs] export`), served by
 //!   its `fs` peerlet;
