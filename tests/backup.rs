@@ -207,6 +207,22 @@ fn a_blade_backed_up_twice_is_restored_exactly_on_another_node_after_its_data_di
         ids.contains(" 1/") && ids.contains(" 2/") && ids.contains(" latest/"),
         "{ids}"
     );
+    // find and du inside an archived tree.
+    let found = ok(b3.dcish(&["find", "/archives/b1/1", "--name", "*.md"]));
+    assert_eq!(
+        found,
+        "/archives/b1/1/docs/a.md\n/archives/b1/1/docs/deep/b.md\n"
+    );
+    let du: Value =
+        serde_json::from_str(&ok(b3.dcish(&["--json", "du", "/archives/b1/1/docs"]))).unwrap();
+    assert_eq!(
+        (
+            du["bytes"].as_u64(),
+            du["files"].as_u64(),
+            du["dirs"].as_u64()
+        ),
+        (Some(11), Some(2), Some(2))
+    );
     let out = b2.dcish(&["cat", "/archives/b1/latest/big.bin"]);
     assert!(out.status.success());
     assert_eq!(out.stdout, fs::read(root.join("big.bin")).unwrap());

@@ -35,9 +35,9 @@ pub enum BackupRequest {
     },
     /// `<restore ...><path>GLOB</path>...</restore>`; answered by [`restored_to_payload`].
     Restore(RestoreArgs),
-    /// `<ls blade=".." path=".." archive=".."/>`: a directory of the blade's archived tree (the
-    /// latest archive unless one is named), from any node that holds it; answered by
-    /// [`listing_to_payload`].
+    /// `<ls blade=".." path=".." archive=".." recursive=".."/>`: a directory of the blade's
+    /// archived tree (the latest archive unless one is named), from any node that holds it;
+    /// answered by [`listing_to_payload`].
     Ls {
         /// The blade.
         blade: String,
@@ -45,6 +45,8 @@ pub enum BackupRequest {
         path: String,
         /// The archive whose tree is read; the latest when absent.
         archive: Option<u64>,
+        /// Everything under the directory, at any depth, instead of its entries.
+        recursive: bool,
     },
     /// `<cat blade=".." path=".." archive=".."/>`: one file of the blade's archived tree (the
     /// latest archive unless one is named); answered by [`file_to_payload`].
@@ -318,6 +320,7 @@ impl BackupRequest {
                 blade,
                 path,
                 archive,
+                ..
             }
             | BackupRequest::Cat {
                 blade,
@@ -333,6 +336,12 @@ impl BackupRequest {
                 attr(&mut s, "path", path);
                 if let Some(a) = archive {
                     attr(&mut s, "archive", &a.to_string());
+                }
+                if let BackupRequest::Ls {
+                    recursive: true, ..
+                } = self
+                {
+                    attr(&mut s, "recursive", "true");
                 }
                 attr(&mut s, "xmlns", BACKUP_NAMESPACE);
                 s.push_str("/>");
@@ -396,7 +405,8 @@ impl BackupRequest {
                 })
             }
             "ls" | "cat" => {
-                let [blade, path, archive] = attributes(&root, "ls", ["blade", "path", "archive"])?;
+                let [blade, path, archive, recursive] =
+                    attributes(&root, "ls", ["blade", "path", "archive", "recursive"])?;
                 no_content(&root, "ls")?;
                 let blade = required("ls/@blade", blade)?.to_owned();
                 let path = path.unwrap_or_default().to_owned();
@@ -408,7 +418,13 @@ impl BackupRequest {
                         blade,
                         path,
                         archive,
+                        recursive: recursive
+                            .map(|r| boolean("ls/@recursive", Some(r)))
+                            .transpose()?
+                            .unwrap_or(false),
                     }
+                } else if recursive.is_some() {
+                    return Err(ProtoError::invalid("cat/@recursive", "unknown attribute"));
                 } else {
                     BackupRequest::Cat {
                         blade,
@@ -610,6 +626,7 @@ pub(crate) mod tests {
             blade: "b".into(),
             path: "docs".into(),
             archive: None,
+            recursive: true,
         };
         assert_eq!(
             BackupRequest::from_payload(&ls.to_payload())
@@ -653,6 +670,7 @@ pub(crate) mod tests {
                 blade: "b".into(),
                 path: "d".into(),
                 archive: Some(2),
+                recursive: true,
             }
             .to_payload(),
             file_to_payload("f", b"bytes"),

@@ -982,7 +982,8 @@ impl Service {
                 blade,
                 path,
                 archive,
-            } => self.ls(&blade, &path, archive).await,
+                recursive,
+            } => self.ls(&blade, &path, archive, recursive).await,
             BackupRequest::Cat {
                 blade,
                 path,
@@ -1149,8 +1150,11 @@ impl Service {
         blade: &str,
         path: &str,
         archive: Option<u64>,
+        recursive: bool,
     ) -> Result<Payload, Failure> {
         use crate::backup::manifest::EntryKind;
+        /// The reply travels whole: a larger recursive listing is refused.
+        const MAX_LISTED: usize = 100_000;
         let (tree, _) = self.archived_tree(blade, archive).await?;
         let dir = path.trim_matches('/').as_bytes().to_vec();
         let under = |p: &[u8]| {
@@ -1160,7 +1164,7 @@ impl Service {
                 p.strip_prefix(dir.as_slice())
                     .and_then(|r| r.strip_prefix(b"/"))
             };
-            rest.is_some_and(|r| !r.is_empty() && !r.contains(&b'/'))
+            rest.is_some_and(|r| !r.is_empty() && (recursive || !r.contains(&b'/')))
         };
         let entries: Vec<dci_proto::backup::ListEntry> = tree
             .values()
@@ -1182,6 +1186,15 @@ impl Service {
                     .map(|t| String::from_utf8_lossy(t).into_owned()),
             })
             .collect();
+        if entries.len() > MAX_LISTED {
+            return Err(fail(
+                "too-large",
+                format!(
+                    "{path} holds more than {MAX_LISTED} entries in {}; narrow the path",
+                    which(archive)
+                ),
+            ));
+        }
         if entries.is_empty() && !dir.is_empty() && !tree.contains_key(&dir) {
             return Err(fail(
                 "no-such-path",

@@ -215,17 +215,20 @@ pub(crate) fn listing_text(entries: &[ListEntry]) -> String {
         .join("\n")
 }
 
-/// A directory of a blade's archived tree (the latest archive unless one is named).
+/// A directory of a blade's archived tree (the latest archive unless one is named), or
+/// everything under it when `recursive`.
 pub async fn ls(
     client: &mut Client,
     blade: &str,
     path: &str,
     archive: Option<u64>,
+    recursive: bool,
 ) -> Result<Vec<ListEntry>, ClientError> {
     let request = BackupRequest::Ls {
         blade: blade.into(),
         path: path.into(),
         archive,
+        recursive,
     };
     let payload = client
         .request_within(request.to_payload(), Duration::from_secs(120))

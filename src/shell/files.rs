@@ -20,7 +20,7 @@ use dci_proto::backup::ListEntry;
 use dci_proto::control::{members_from_payload, ControlRequest};
 use dci_proto::fs::{
     chunk_from_payload, entries_from_payload, exports_from_payload, usage_from_payload,
-    written_from_payload, FsRequest, MAX_CHUNK, MAX_FIND,
+    written_from_payload, FsRequest, Usage, MAX_CHUNK, MAX_FIND,
 };
 use dci_proto::{Destination, Envelope, Kind, Payload, Target};
 use serde_json::json;
@@ -321,7 +321,7 @@ async fn list(client: &mut Client, p: &Place) -> Result<(Vec<ListEntry>, bool), 
             blade,
             archive,
             path,
-        } => backup::ls(client, blade, path, *archive).await?,
+        } => backup::ls(client, blade, path, *archive, false).await?,
     };
     Ok((entries, false))
 }
@@ -776,18 +776,25 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// The blade, export and path of a place under `/blades/B/EXPORT`, for find and du.
-fn exported(abs: &str, p: Place) -> Result<(String, String, String), ClientError> {
-    match p {
-        Place::Export {
-            blade,
-            export,
-            path,
-        } => Ok((blade, export, path)),
-        _ => Err(usage(format!(
-            "{abs}: find and du work inside /blades/<blade>/<export>"
-        ))),
+/// Everything under an archived path, at any depth, with tree paths.
+async fn archived_under(
+    client: &mut Client,
+    blade: &str,
+    archive: Option<u64>,
+    path: &str,
+) -> Result<Vec<ListEntry>, ClientError> {
+    let mut entries = backup::ls(client, blade, path, archive, true).await?;
+    let id = archive.map_or("latest".to_string(), |a| a.to_string());
+    for e in &mut entries {
+        e.path = format!("/archives/{blade}/{id}/{}", e.path);
     }
+    Ok(entries)
+}
+
+fn nowhere_to_search(abs: &str) -> ClientError {
+    usage(format!(
+        "{abs}: find and du work inside /blades/<blade>/<export> or /archives/<blade>/<archive>"
+    ))
 }
 
 /// `dcish find [PATH] [--name GLOB] [--max N]`: one path of the tree per line.
@@ -801,19 +808,48 @@ pub async fn find(
         return Err(usage(format!("--max must be between 1 and {MAX_FIND}")));
     }
     let (abs, p) = resolve(session, args.path.as_deref())?;
-    let (blade, export, path) = exported(&abs, p)?;
-    let req = FsRequest::Find {
-        export: export.clone(),
-        path,
-        name: args.name.clone(),
-        max: args.max,
+    let (mut entries, truncated) = match p {
+        Place::Export {
+            blade,
+            export,
+            path,
+        } => {
+            let req = FsRequest::Find {
+                export: export.clone(),
+                path,
+                name: args.name.clone(),
+                max: args.max,
+            };
+            let (mut entries, truncated) =
+                entries_from_payload(&ask(client, &blade, &req).await?).map_err(protocol)?;
+            for e in &mut entries {
+                e.path = format!("/blades/{blade}/{export}/{}", e.path);
+            }
+            (entries, truncated)
+        }
+        // An archive's tree is read whole by the agent: the match is made here.
+        Place::Archive {
+            blade,
+            archive,
+            path,
+        } => {
+            let mut hits: Vec<ListEntry> = archived_under(client, &blade, archive, &path)
+                .await?
+                .into_iter()
+                .filter(|e| {
+                    let base = e.path.rsplit('/').next().unwrap_or_default();
+                    args.name
+                        .as_ref()
+                        .is_none_or(|n| dci_peerlet_fs::glob(n.as_bytes(), base.as_bytes()))
+                })
+                .collect();
+            let truncated = hits.len() as u64 > args.max;
+            hits.truncate(args.max as usize);
+            (hits, truncated)
+        }
+        _ => return Err(nowhere_to_search(&abs)),
     };
-    let (mut entries, truncated) =
-        entries_from_payload(&ask(client, &blade, &req).await?).map_err(protocol)?;
     entries.sort_by(|a, b| a.path.cmp(&b.path));
-    for e in &mut entries {
-        e.path = format!("/blades/{blade}/{export}/{}", e.path);
-    }
     if json {
         return Ok(backup::listing_json(&entries));
     }
@@ -835,9 +871,39 @@ pub async fn du(
     json: bool,
 ) -> Result<String, ClientError> {
     let (abs, p) = resolve(session, path)?;
-    let (blade, export, path) = exported(&abs, p)?;
-    let u = usage_from_payload(&ask(client, &blade, &FsRequest::Du { export, path }).await?)
-        .map_err(protocol)?;
+    let u = match p {
+        Place::Export {
+            blade,
+            export,
+            path,
+        } => usage_from_payload(&ask(client, &blade, &FsRequest::Du { export, path }).await?)
+            .map_err(protocol)?,
+        Place::Archive {
+            blade,
+            archive,
+            path,
+        } => {
+            let entries = archived_under(client, &blade, archive, &path).await?;
+            // A file's listing is the file itself; a directory's holds what is under it.
+            let is_file = matches!(entries.as_slice(), [e] if e.path == abs && e.kind != "dir");
+            let mut u = Usage {
+                dirs: u64::from(!is_file),
+                ..Usage::default()
+            };
+            for e in &entries {
+                match e.kind.as_str() {
+                    "dir" => u.dirs += 1,
+                    "file" => {
+                        u.files += 1;
+                        u.bytes += e.size;
+                    }
+                    _ => {}
+                }
+            }
+            u
+        }
+        _ => return Err(nowhere_to_search(&abs)),
+    };
     Ok(if json {
         json!({"path": abs, "bytes": u.bytes, "files": u.files, "dirs": u.dirs, "truncated": u.truncated}).to_string()
     } else {

@@ -460,7 +460,7 @@ fn walk(
 }
 
 /// Whether `name` matches `pattern`, where `*` stands for any run of bytes and `?` for one.
-fn glob(pattern: &[u8], name: &[u8]) -> bool {
+pub fn glob(pattern: &[u8], name: &[u8]) -> bool {
     let (mut p, mut n) = (0, 0);
     // Where the last `*` was, and the name position it has covered up to.
     let mut star: Option<(usize, usize)> = None;
