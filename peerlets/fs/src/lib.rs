@@ -791,6 +791,13 @@ mod tests {
             code(serve(&p, put("up", "x", "../../etc", 0, true, b"x"))),
             "bad-payload"
         );
+        // A directory symlinked out of the folder is not written through.
+        std::os::unix::fs::symlink(d.path(), d.path().join("rw/out")).unwrap();
+        assert_eq!(
+            code(serve(&p, put("up", "out/x", &id, 0, true, b"x"))),
+            "outside-export"
+        );
+        assert!(!d.path().join("x").exists());
     }
 
     #[test]
