@@ -214,6 +214,7 @@ impl Agent {
             notices: notice_tx,
             db: Some(db.clone()),
             config: config.messaging.clone(),
+            fs: config.fs.clone(),
         });
         tokio::spawn(messenger.run());
         tokio::spawn(control::serve(

@@ -157,6 +157,78 @@ pub struct FileConfig {
     /// Backup and replication.
     #[serde(default)]
     pub backup: BackupFile,
+    /// `[fs]`: folders exported to operators.
+    #[serde(default)]
+    pub fs: FsFile,
+}
+
+/// `[fs]`: the folders this blade exports through the `fs` peerlet, and who may use them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsFile {
+    /// `export = [{ name = "logs", path = "/var/log/app", mode = "ro" }, ...]`.
+    #[serde(default)]
+    pub export: Vec<ExportFile>,
+    /// Blade names or node ids whose operators may use the exports.
+    #[serde(default)]
+    pub operators: Vec<String>,
+}
+
+/// One `[[fs.export]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportFile {
+    /// The name, the first component of its paths in `dcish`.
+    pub name: String,
+    /// The folder, absolute.
+    pub path: PathBuf,
+    /// `ro` (the default) or `rw`.
+    #[serde(default)]
+    pub mode: ExportMode,
+}
+
+/// Whether an export may be written.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportMode {
+    /// Read-only.
+    #[default]
+    Ro,
+    /// Read-write.
+    Rw,
+}
+
+fn fs_policy(file: FsFile) -> Result<dci_peerlet_fs::Policy, ConfigError> {
+    let mut exports: Vec<dci_peerlet_fs::Export> = Vec::new();
+    for e in file.export {
+        let bad_name = e.name.is_empty() || e.name.contains('/') || e.name == "." || e.name == "..";
+        if bad_name {
+            return Err(invalid(
+                "fs.export.name",
+                &e.name,
+                "must be one path component",
+            ));
+        }
+        if exports.iter().any(|x| x.name == e.name) {
+            return Err(invalid("fs.export.name", &e.name, "is exported twice"));
+        }
+        if !e.path.is_absolute() {
+            return Err(invalid(
+                "fs.export.path",
+                &e.path.display().to_string(),
+                "must be absolute",
+            ));
+        }
+        exports.push(dci_peerlet_fs::Export {
+            name: e.name,
+            path: e.path,
+            writable: e.mode == ExportMode::Rw,
+        });
+    }
+    Ok(dci_peerlet_fs::Policy {
+        exports,
+        operators: file.operators,
+    })
 }
 
 /// What the command line says; `None` means "not given, use the file or the default".
@@ -219,6 +291,8 @@ pub struct Config {
     pub messaging: crate::router::MessagingConfig,
     /// Backup and replication.
     pub backup: BackupConfig,
+    /// The exported folders and their operators.
+    pub fs: dci_peerlet_fs::Policy,
 }
 
 impl Config {
@@ -384,6 +458,7 @@ impl Config {
             degradation,
             messaging: file.messaging,
             backup,
+            fs: fs_policy(file.fs)?,
         })
     }
 }
@@ -654,6 +729,38 @@ mod tests {
     fn unknown_fields_in_the_file_are_refused_by_name() {
         let err = toml::from_str::<FileConfig>("nmae = 'x'").unwrap_err();
         assert!(err.message().contains("nmae"), "{}", err.message());
+    }
+
+    #[test]
+    fn exports_are_read_only_unless_said_and_bad_ones_are_refused() {
+        let file: FileConfig = toml::from_str(
+            "[fs]\noperators = ['b1']\nexport = [{ name = 'logs', path = '/var/log' }, { name = 'up', path = '/srv/up', mode = 'rw' }]\n",
+        )
+        .unwrap();
+        let c = Config::merge(file, &cli()).unwrap();
+        let modes: Vec<(&str, bool)> =
+            c.fs.exports
+                .iter()
+                .map(|e| (e.name.as_str(), e.writable))
+                .collect();
+        assert_eq!(modes, [("logs", false), ("up", true)]);
+        assert_eq!(c.fs.operators, ["b1"]);
+        for (bad, says) in [
+            ("export = [{ name = 'a/b', path = '/x' }]", "fs.export.name"),
+            ("export = [{ name = 'a', path = 'rel' }]", "fs.export.path"),
+            (
+                "export = [{ name = 'a', path = '/x' }, { name = 'a', path = '/y' }]",
+                "exported twice",
+            ),
+        ] {
+            let file: FileConfig = toml::from_str(&format!("[fs]\n{bad}\n")).unwrap();
+            let err = Config::merge(file, &cli()).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        assert!(toml::from_str::<FileConfig>(
+            "[fs]\nexport = [{ name = 'a', path = '/x', mode = 'rwx' }]"
+        )
+        .is_err());
     }
 
     #[test]

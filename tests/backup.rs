@@ -187,23 +187,49 @@ fn a_blade_backed_up_twice_is_restored_exactly_on_another_node_after_its_data_di
     fs::remove_dir_all(tmp.path().join("b1")).unwrap();
 
     // Read redirection: with the owner down, its files are listed and read from the holders.
-    let listing = ok(b2.dcish(&["ls", "b1", "docs"]));
+    let listing = ok(b2.dcish(&["ls", "/archives/b1/latest/docs"]));
     assert!(
         listing.contains("a.md") && listing.contains("new.md") && listing.contains("deep/"),
         "{listing}"
     );
-    let top = ok(b3.dcish(&["ls", "b1"]));
+    let top = ok(b3.dcish(&["ls", "/archives/b1/latest"]));
     assert!(
         top.contains("link -> docs/a.md") && !top.contains("cache"),
         "{top}"
     );
-    let cat = b3.dcish(&["cat", "b1", "docs/a.md"]);
+    let cat = b3.dcish(&["cat", "/archives/b1/latest/docs/a.md"]);
     assert_eq!(ok(cat), "alpha, second version\n");
-    let out = b2.dcish(&["cat", "b1", "big.bin"]);
+    // An older archive's tree, by id; the archives of a blade are its directories.
+    let cat = b3.dcish(&["cat", "/archives/b1/1/docs/a.md"]);
+    assert_eq!(ok(cat), "alpha\n");
+    let ids = ok(b3.dcish(&["ls", "/archives/b1"]));
+    assert!(
+        ids.contains(" 1/") && ids.contains(" 2/") && ids.contains(" latest/"),
+        "{ids}"
+    );
+    // find and du inside an archived tree.
+    let found = ok(b3.dcish(&["find", "/archives/b1/1", "--name", "*.md"]));
+    assert_eq!(
+        found,
+        "/archives/b1/1/docs/a.md\n/archives/b1/1/docs/deep/b.md\n"
+    );
+    let du: Value =
+        serde_json::from_str(&ok(b3.dcish(&["--json", "du", "/archives/b1/1/docs"]))).unwrap();
+    assert_eq!(
+        (
+            du["bytes"].as_u64(),
+            du["files"].as_u64(),
+            du["dirs"].as_u64()
+        ),
+        (Some(11), Some(2), Some(2))
+    );
+    let out = b2.dcish(&["cat", "/archives/b1/latest/big.bin"]);
     assert!(out.status.success());
     assert_eq!(out.stdout, fs::read(root.join("big.bin")).unwrap());
     assert!(
-        !b2.dcish(&["cat", "b1", "docs"]).status.success(),
+        !b2.dcish(&["cat", "/archives/b1/latest/docs"])
+            .status
+            .success(),
         "a directory is not catted"
     );
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, wait_until, Node};
+use common::{all_see_alive, free_port, wait_until, Node};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -40,13 +40,7 @@ fn mesh(root: &Path) -> Vec<Node> {
             &["--config", cfg],
         ));
     }
-    for n in &nodes {
-        wait_until(Duration::from_secs(20), || {
-            n.members()
-                .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 3)
-        })
-        .unwrap_or_else(|| panic!("{} never saw 3 alive members:\n{}", n.name, n.log_text()));
-    }
+    all_see_alive(&nodes, 3);
     nodes
 }
 

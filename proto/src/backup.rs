@@ -35,21 +35,28 @@ pub enum BackupRequest {
     },
     /// `<restore ...><path>GLOB</path>...</restore>`; answered by [`restored_to_payload`].
     Restore(RestoreArgs),
-    /// `<ls blade=".." path=".."/>`: a directory of the blade's latest archived tree, from any
-    /// node that holds it; answered by [`listing_to_payload`].
+    /// `<ls blade=".." path=".." archive=".." recursive=".."/>`: a directory of the blade's
+    /// archived tree (the latest archive unless one is named), from any node that holds it;
+    /// answered by [`listing_to_payload`].
     Ls {
         /// The blade.
         blade: String,
         /// A directory (or file) relative to the backup root; empty for the root.
         path: String,
+        /// The archive whose tree is read; the latest when absent.
+        archive: Option<u64>,
+        /// Everything under the directory, at any depth, instead of its entries.
+        recursive: bool,
     },
-    /// `<cat blade=".." path=".."/>`: one file of the blade's latest archived tree; answered by
-    /// [`file_to_payload`].
+    /// `<cat blade=".." path=".." archive=".."/>`: one file of the blade's archived tree (the
+    /// latest archive unless one is named); answered by [`file_to_payload`].
     Cat {
         /// The blade.
         blade: String,
         /// The file, relative to the backup root.
         path: String,
+        /// The archive whose tree is read; the latest when absent.
+        archive: Option<u64>,
     },
 }
 
@@ -120,20 +127,44 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
 /// The reply to [`BackupRequest::Ls`].
 pub fn listing_to_payload(entries: &[ListEntry]) -> Payload {
     let mut s = format!("<listing xmlns=\"{BACKUP_NAMESPACE}\">");
+    push_entries(&mut s, entries);
+    s.push_str("</listing>");
+    Payload::trusted(s)
+}
+
+/// Appends one `<entry/>` per listing entry (the fs peerlet's answers use the same element).
+pub(crate) fn push_entries(s: &mut String, entries: &[ListEntry]) {
     for e in entries {
         s.push_str("<entry");
-        attr(&mut s, "path", &e.path);
-        attr(&mut s, "kind", &e.kind);
-        attr(&mut s, "size", &e.size.to_string());
-        attr(&mut s, "mode", &e.mode.to_string());
-        attr(&mut s, "mtime", &e.mtime.to_string());
+        attr(s, "path", &e.path);
+        attr(s, "kind", &e.kind);
+        attr(s, "size", &e.size.to_string());
+        attr(s, "mode", &e.mode.to_string());
+        attr(s, "mtime", &e.mtime.to_string());
         if let Some(t) = &e.target {
-            attr(&mut s, "target", t);
+            attr(s, "target", t);
         }
         s.push_str("/>");
     }
-    s.push_str("</listing>");
-    Payload::trusted(s)
+}
+
+/// Reads one `<entry/>` written by [`push_entries`].
+pub(crate) fn entry_from(e: &Node) -> Result<ListEntry, ProtoError> {
+    let [path, kind, size, mode, mtime, target] = attributes(
+        e,
+        "entry",
+        ["path", "kind", "size", "mode", "mtime", "target"],
+    )?;
+    no_content(e, "entry")?;
+    Ok(ListEntry {
+        path: required("entry/@path", path)?.to_owned(),
+        kind: required("entry/@kind", kind)?.to_owned(),
+        size: number("entry/@size", size)?,
+        mode: u32::try_from(number("entry/@mode", mode)?)
+            .map_err(|_| ProtoError::invalid("entry/@mode", "out of range"))?,
+        mtime: number("entry/@mtime", mtime)?,
+        target: target.map(str::to_owned),
+    })
 }
 
 /// Reads [`listing_to_payload`]'s output.
@@ -142,23 +173,7 @@ pub fn listing_from_payload(payload: &Payload) -> Result<Vec<ListEntry>, ProtoEr
     let [] = attributes(&root, "listing", [])?;
     children(&root, "listing", &["entry"])?
         .into_iter()
-        .map(|e| {
-            let [path, kind, size, mode, mtime, target] = attributes(
-                e,
-                "entry",
-                ["path", "kind", "size", "mode", "mtime", "target"],
-            )?;
-            no_content(e, "entry")?;
-            Ok(ListEntry {
-                path: required("entry/@path", path)?.to_owned(),
-                kind: required("entry/@kind", kind)?.to_owned(),
-                size: number("entry/@size", size)?,
-                mode: u32::try_from(number("entry/@mode", mode)?)
-                    .map_err(|_| ProtoError::invalid("entry/@mode", "out of range"))?,
-                mtime: number("entry/@mtime", mtime)?,
-                target: target.map(str::to_owned),
-            })
-        })
+        .map(entry_from)
         .collect()
 }
 
@@ -243,7 +258,7 @@ pub struct RestoreSummary {
     pub refused: u64,
 }
 
-fn attr(s: &mut String, name: &str, value: &str) {
+pub(crate) fn attr(s: &mut String, name: &str, value: &str) {
     s.push(' ');
     s.push_str(name);
     s.push_str("=\"");
@@ -251,7 +266,7 @@ fn attr(s: &mut String, name: &str, value: &str) {
     s.push('"');
 }
 
-fn boolean(field: &'static str, value: Option<&str>) -> Result<bool, ProtoError> {
+pub(crate) fn boolean(field: &'static str, value: Option<&str>) -> Result<bool, ProtoError> {
     match value {
         Some("true") => Ok(true),
         Some("false") => Ok(false),
@@ -301,7 +316,17 @@ impl BackupRequest {
                 attr(&mut s, "xmlns", BACKUP_NAMESPACE);
                 s.push_str("/>");
             }
-            BackupRequest::Ls { blade, path } | BackupRequest::Cat { blade, path } => {
+            BackupRequest::Ls {
+                blade,
+                path,
+                archive,
+                ..
+            }
+            | BackupRequest::Cat {
+                blade,
+                path,
+                archive,
+            } => {
                 s.push_str(if matches!(self, BackupRequest::Ls { .. }) {
                     "<ls"
                 } else {
@@ -309,6 +334,15 @@ impl BackupRequest {
                 });
                 attr(&mut s, "blade", blade);
                 attr(&mut s, "path", path);
+                if let Some(a) = archive {
+                    attr(&mut s, "archive", &a.to_string());
+                }
+                if let BackupRequest::Ls {
+                    recursive: true, ..
+                } = self
+                {
+                    attr(&mut s, "recursive", "true");
+                }
                 attr(&mut s, "xmlns", BACKUP_NAMESPACE);
                 s.push_str("/>");
             }
@@ -371,14 +405,32 @@ impl BackupRequest {
                 })
             }
             "ls" | "cat" => {
-                let [blade, path] = attributes(&root, "ls", ["blade", "path"])?;
+                let [blade, path, archive, recursive] =
+                    attributes(&root, "ls", ["blade", "path", "archive", "recursive"])?;
                 no_content(&root, "ls")?;
                 let blade = required("ls/@blade", blade)?.to_owned();
                 let path = path.unwrap_or_default().to_owned();
+                let archive = archive
+                    .map(|a| number("ls/@archive", Some(a)))
+                    .transpose()?;
                 Ok(if root.local == "ls" {
-                    BackupRequest::Ls { blade, path }
+                    BackupRequest::Ls {
+                        blade,
+                        path,
+                        archive,
+                        recursive: recursive
+                            .map(|r| boolean("ls/@recursive", Some(r)))
+                            .transpose()?
+                            .unwrap_or(false),
+                    }
+                } else if recursive.is_some() {
+                    return Err(ProtoError::invalid("cat/@recursive", "unknown attribute"));
                 } else {
-                    BackupRequest::Cat { blade, path }
+                    BackupRequest::Cat {
+                        blade,
+                        path,
+                        archive,
+                    }
                 })
             }
             "restore" => {
@@ -517,7 +569,7 @@ pub fn restored_from_payload(payload: &Payload) -> Result<RestoreSummary, ProtoE
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -573,6 +625,8 @@ mod tests {
         let ls = BackupRequest::Ls {
             blade: "b".into(),
             path: "docs".into(),
+            archive: None,
+            recursive: true,
         };
         assert_eq!(
             BackupRequest::from_payload(&ls.to_payload())
@@ -583,6 +637,7 @@ mod tests {
         let cat = BackupRequest::Cat {
             blade: "b".into(),
             path: "a".into(),
+            archive: Some(3),
         };
         assert_eq!(
             BackupRequest::from_payload(&cat.to_payload())
@@ -595,8 +650,6 @@ mod tests {
     /// Every payload this module writes is valid under `proto/backup.xsd` (when xmllint exists).
     #[test]
     fn payloads_validate_against_the_schema() {
-        use std::io::Write;
-        use std::process::{Command, Stdio};
         let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/backup.xsd");
         let payloads = [
             BackupRequest::Now {
@@ -616,11 +669,20 @@ mod tests {
             BackupRequest::Ls {
                 blade: "b".into(),
                 path: "d".into(),
+                archive: Some(2),
+                recursive: true,
             }
             .to_payload(),
             file_to_payload("f", b"bytes"),
             restored_to_payload(&RestoreSummary::default()),
         ];
+        assert_valid(schema, &payloads);
+    }
+
+    /// Checks each payload against `schema` with xmllint, when this machine has it.
+    pub(crate) fn assert_valid(schema: &str, payloads: &[Payload]) {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
         for p in payloads {
             let Ok(mut child) = Command::new("xmllint")
                 .args(["--noout", "--schema", schema, "-"])

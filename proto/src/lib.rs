@@ -32,6 +32,7 @@ pub mod control;
 mod envelope;
 mod error;
 pub mod frame;
+pub mod fs;
 pub mod notice;
 mod xml;
 

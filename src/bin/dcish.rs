@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use dci::shell::{repl, run, Cli};
+use dci::shell::{files::Session, repl, run, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match &cli.command {
-            Some(command) => match run(&cli, command).await {
+            Some(command) => match run(&cli, command, &mut Session::default()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("dcish: {e}");

@@ -66,6 +66,11 @@ fn fail(code: &str, msg: impl std::fmt::Display) -> Failure {
     (code.into(), crate::config::one_line(&msg.to_string()))
 }
 
+/// An archive as named in messages: the one asked for, or the latest.
+fn which(archive: Option<u64>) -> String {
+    archive.map_or("its latest archive".into(), |a| format!("archive {a}"))
+}
+
 /// Everything the service's tasks share.
 pub struct Service {
     store: Arc<dyn BlockStore>,
@@ -973,8 +978,17 @@ impl Service {
                 let (records, _) = self.gather(&blade).await;
                 Ok(archives_to_payload(&records))
             }
-            BackupRequest::Ls { blade, path } => self.ls(&blade, &path).await,
-            BackupRequest::Cat { blade, path } => self.cat(&blade, &path).await,
+            BackupRequest::Ls {
+                blade,
+                path,
+                archive,
+                recursive,
+            } => self.ls(&blade, &path, archive, recursive).await,
+            BackupRequest::Cat {
+                blade,
+                path,
+                archive,
+            } => self.cat(&blade, &path, archive).await,
             BackupRequest::Restore(args) => match args.on.clone() {
                 Some(on) if on != self.name => {
                     if !forward {
@@ -1107,14 +1121,19 @@ impl Service {
     async fn archived_tree(
         self: &Arc<Self>,
         blade: &str,
+        archive: Option<u64>,
     ) -> Result<(BTreeMap<Vec<u8>, crate::backup::manifest::Entry>, NetSource), Failure> {
         let (_, merged) = self.gather(blade).await;
-        let Some(last) = merged.keys().next_back().copied() else {
+        let Some(latest) = merged.keys().next_back().copied() else {
             return Err(fail(
                 "no-archive",
                 format!("no node holds an archive of {blade}"),
             ));
         };
+        let last = archive.unwrap_or(latest);
+        if !merged.contains_key(&last) {
+            return Err(fail("no-archive", format!("{blade} has no archive {last}")));
+        }
         let records: Vec<ArchiveRecord> = merged.values().map(|(r, _)| r.clone()).collect();
         let source = self.net_source(merged.values().map(|(_, have)| have));
         blocking(move || {
@@ -1126,9 +1145,17 @@ impl Service {
         .map_err(|e| fail("unreadable", e))?
     }
 
-    async fn ls(self: &Arc<Self>, blade: &str, path: &str) -> Result<Payload, Failure> {
+    async fn ls(
+        self: &Arc<Self>,
+        blade: &str,
+        path: &str,
+        archive: Option<u64>,
+        recursive: bool,
+    ) -> Result<Payload, Failure> {
         use crate::backup::manifest::EntryKind;
-        let (tree, _) = self.archived_tree(blade).await?;
+        /// The reply travels whole: a larger recursive listing is refused.
+        const MAX_LISTED: usize = 100_000;
+        let (tree, _) = self.archived_tree(blade, archive).await?;
         let dir = path.trim_matches('/').as_bytes().to_vec();
         let under = |p: &[u8]| {
             let rest = if dir.is_empty() {
@@ -1137,7 +1164,7 @@ impl Service {
                 p.strip_prefix(dir.as_slice())
                     .and_then(|r| r.strip_prefix(b"/"))
             };
-            rest.is_some_and(|r| !r.is_empty() && !r.contains(&b'/'))
+            rest.is_some_and(|r| !r.is_empty() && (recursive || !r.contains(&b'/')))
         };
         let entries: Vec<dci_proto::backup::ListEntry> = tree
             .values()
@@ -1159,25 +1186,39 @@ impl Service {
                     .map(|t| String::from_utf8_lossy(t).into_owned()),
             })
             .collect();
+        if entries.len() > MAX_LISTED {
+            return Err(fail(
+                "too-large",
+                format!(
+                    "{path} holds more than {MAX_LISTED} entries in {}; narrow the path",
+                    which(archive)
+                ),
+            ));
+        }
         if entries.is_empty() && !dir.is_empty() && !tree.contains_key(&dir) {
             return Err(fail(
                 "no-such-path",
-                format!("{blade} has no {path} in its latest archive"),
+                format!("{blade} has no {path} in {}", which(archive)),
             ));
         }
         Ok(dci_proto::backup::listing_to_payload(&entries))
     }
 
-    async fn cat(self: &Arc<Self>, blade: &str, path: &str) -> Result<Payload, Failure> {
+    async fn cat(
+        self: &Arc<Self>,
+        blade: &str,
+        path: &str,
+        archive: Option<u64>,
+    ) -> Result<Payload, Failure> {
         use crate::backup::manifest::EntryKind;
         /// Larger files are restored, not printed: the reply travels whole.
         const MAX_CAT_BYTES: u64 = 16 << 20;
-        let (tree, source) = self.archived_tree(blade).await?;
+        let (tree, source) = self.archived_tree(blade, archive).await?;
         let key = path.trim_matches('/').as_bytes().to_vec();
         let Some(entry) = tree.get(&key).cloned() else {
             return Err(fail(
                 "no-such-path",
-                format!("{blade} has no {path} in its latest archive"),
+                format!("{blade} has no {path} in {}", which(archive)),
             ));
         };
         if entry.kind != EntryKind::File {

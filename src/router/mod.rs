@@ -46,7 +46,7 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_BATCH: usize = 512;
 /// Apps whose envelopes must come straight from their sender (no relay): their authority is
 /// the sender's identity.
-const AUTHENTICATED_APPS: [&str; 2] = [NOTICE_APP, "exec"];
+const AUTHENTICATED_APPS: [&str; 3] = [NOTICE_APP, "exec", dci_peerlet_fs::APP];
 /// The local app that answers log queries and replays.
 pub const MSGLOG_APP: &str = "msglog";
 /// Its namespace.
@@ -282,6 +282,8 @@ pub struct Setup {
     pub db: Option<sled::Db>,
     /// Settings.
     pub config: MessagingConfig,
+    /// What the `fs` peerlet exports, to whom.
+    pub fs: dci_peerlet_fs::Policy,
 }
 
 impl Messenger {
@@ -304,6 +306,7 @@ impl Messenger {
                 max_output: setup.config.exec_max_output,
             },
         )));
+        host.register(Arc::new(dci_peerlet_fs::FsType(setup.fs.clone())));
         for dir in &setup.config.peerlet_dirs {
             let (found, bad) = crate::peerlet_host::external::Manifest::scan(dir);
             for e in bad {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use dci_proto::backup::{
-    archives_from_payload, restored_from_payload, ArchiveInfo, BackupRequest, RestoreArgs,
+    archives_from_payload, restored_from_payload, ArchiveInfo, BackupRequest, ListEntry,
+    RestoreArgs,
 };
 
 use super::client::{Client, ClientError};
@@ -73,7 +74,7 @@ fn time(ms: u64) -> String {
     )
 }
 
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     match n {
         n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
         n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
@@ -175,13 +176,7 @@ pub async fn backup(
 
 /// `dcish archives BLADE`.
 pub async fn archives(client: &mut Client, blade: &str, json: bool) -> Result<String, ClientError> {
-    let request = BackupRequest::Archives {
-        blade: blade.into(),
-    };
-    let payload = client
-        .request_within(request.to_payload(), Duration::from_secs(120))
-        .await?;
-    let archives = archives_from_payload(&payload).map_err(protocol)?;
+    let archives = archive_list(client, blade).await?;
     Ok(if json {
         archives_json(&archives)
     } else {
@@ -189,34 +184,23 @@ pub async fn archives(client: &mut Client, blade: &str, json: bool) -> Result<St
     })
 }
 
-/// `dcish ls BLADE [PATH]`.
-pub async fn ls(
-    client: &mut Client,
-    blade: &str,
-    path: &str,
-    json: bool,
-) -> Result<String, ClientError> {
-    let request = BackupRequest::Ls {
-        blade: blade.into(),
-        path: path.into(),
-    };
-    let payload = client
-        .request_within(request.to_payload(), Duration::from_secs(120))
-        .await?;
-    let entries = dci_proto::backup::listing_from_payload(&payload).map_err(protocol)?;
-    if json {
-        let rows: Vec<serde_json::Value> = entries
-            .iter()
-            .map(|e| {
-                serde_json::json!({
-                    "path": e.path, "kind": e.kind, "size": e.size,
-                    "mode": format!("{:o}", e.mode), "mtime": e.mtime, "target": e.target,
-                })
+/// A listing as `--json` prints it.
+pub(crate) fn listing_json(entries: &[ListEntry]) -> String {
+    let rows: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "path": e.path, "kind": e.kind, "size": e.size,
+                "mode": format!("{:o}", e.mode), "mtime": e.mtime, "target": e.target,
             })
-            .collect();
-        return Ok(serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".into()));
-    }
-    Ok(entries
+        })
+        .collect();
+    serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".into())
+}
+
+/// A listing for people: mode, size, name (`/` after directories, `-> target` after links).
+pub(crate) fn listing_text(entries: &[ListEntry]) -> String {
+    entries
         .iter()
         .map(|e| {
             let name = e.path.rsplit('/').next().unwrap_or(&e.path);
@@ -228,19 +212,60 @@ pub async fn ls(
             format!("{:04o}  {:>10}  {name}{suffix}", e.mode, bytes(e.size))
         })
         .collect::<Vec<_>>()
-        .join("\n"))
+        .join("\n")
 }
 
-/// `dcish cat BLADE PATH`: the file's bytes.
-pub async fn cat(client: &mut Client, blade: &str, path: &str) -> Result<Vec<u8>, ClientError> {
+/// A directory of a blade's archived tree (the latest archive unless one is named), or
+/// everything under it when `recursive`.
+pub async fn ls(
+    client: &mut Client,
+    blade: &str,
+    path: &str,
+    archive: Option<u64>,
+    recursive: bool,
+) -> Result<Vec<ListEntry>, ClientError> {
+    let request = BackupRequest::Ls {
+        blade: blade.into(),
+        path: path.into(),
+        archive,
+        recursive,
+    };
+    let payload = client
+        .request_within(request.to_payload(), Duration::from_secs(120))
+        .await?;
+    dci_proto::backup::listing_from_payload(&payload).map_err(protocol)
+}
+
+/// A file of a blade's archived tree (the latest archive unless one is named): its bytes.
+pub async fn cat(
+    client: &mut Client,
+    blade: &str,
+    path: &str,
+    archive: Option<u64>,
+) -> Result<Vec<u8>, ClientError> {
     let request = BackupRequest::Cat {
         blade: blade.into(),
         path: path.into(),
+        archive,
     };
     let payload = client
         .request_within(request.to_payload(), Duration::from_secs(300))
         .await?;
     dci_proto::backup::file_from_payload(&payload).map_err(protocol)
+}
+
+/// A blade's archives.
+pub async fn archive_list(
+    client: &mut Client,
+    blade: &str,
+) -> Result<Vec<ArchiveInfo>, ClientError> {
+    let request = BackupRequest::Archives {
+        blade: blade.into(),
+    };
+    let payload = client
+        .request_within(request.to_payload(), Duration::from_secs(120))
+        .await?;
+    archives_from_payload(&payload).map_err(protocol)
 }
 
 /// `dcish restore BLADE ...`.

@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod client;
 pub mod exec;
+pub mod files;
 pub mod msg;
 pub mod nodeset;
 pub mod task;
@@ -102,27 +103,46 @@ pub enum Command {
     },
     /// Restore a blade's archives, sequentially up to one, or only some paths.
     Restore(backup::RestoreCommand),
-    /// List a directory of a blade's latest archive, served by any node holding it.
+    /// List a directory of the tree: `/blades/B/EXPORT/...` (exported folders) or
+    /// `/archives/B/ID|latest/...` (archived trees).
     Ls {
-        /// The blade.
-        blade: String,
-        /// A directory relative to its backup root [default: the root].
+        /// The directory [default: the working directory].
         path: Option<String>,
     },
-    /// Print a file of a blade's latest archive, served by any node holding it.
+    /// Change the working directory (kept for the prompt or script) [default: /].
+    Cd {
+        /// The directory.
+        path: Option<String>,
+    },
+    /// Print the working directory.
+    Pwd,
+    /// Print a file of the tree.
     Cat {
-        /// The blade.
-        blade: String,
-        /// The file, relative to its backup root.
+        /// The file.
         path: String,
+    },
+    /// Copy a file of the tree to a local file.
+    Get(files::GetArgs),
+    /// Copy a local file into an exported folder of one blade, or of every blade of a set.
+    Put(files::PutArgs),
+    /// List what is under a directory of an exported folder, at any depth.
+    Find(files::FindArgs),
+    /// Count the bytes, files and directories under a path of an exported folder.
+    Du {
+        /// The path [default: the working directory].
+        path: Option<String>,
     },
 }
 
 /// A command's failure: one line for the user.
 pub type ShellError = ClientError;
 
-/// Runs one command and prints its output.
-pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
+/// Runs one command and prints its output; `session` holds the working directory.
+pub async fn run(
+    cli: &Cli,
+    command: &Command,
+    session: &mut files::Session,
+) -> Result<(), ShellError> {
     let mut client = Client::connect(&cli.agent).await?;
     let protocol = |e: dci_proto::ProtoError| ClientError::Protocol {
         path: cli.agent.clone(),
@@ -165,15 +185,19 @@ pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
         Command::Backup(c) => backup::backup(&mut client, c, cli.json).await?,
         Command::Archives { blade } => backup::archives(&mut client, blade, cli.json).await?,
         Command::Restore(c) => backup::restore(&mut client, c, cli.json).await?,
-        Command::Ls { blade, path } => {
-            backup::ls(&mut client, blade, path.as_deref().unwrap_or(""), cli.json).await?
-        }
-        Command::Cat { blade, path } => {
-            // Bytes as they are, with no line added: a file is not a table.
-            let data = backup::cat(&mut client, blade, path).await?;
-            let _ = std::io::stdout().lock().write_all(&data);
-            return Ok(());
-        }
+        Command::Ls { path } => files::ls(&mut client, session, path.as_deref(), cli.json).await?,
+        Command::Cd { path } => return files::cd(&mut client, session, path.as_deref()).await,
+        Command::Pwd if cli.json => serde_json::Value::from(session.cwd.clone()).to_string(),
+        Command::Pwd => session.cwd.clone(),
+        // Bytes as they are, with no line added: a file is not a table.
+        Command::Cat { path } => return files::cat(&mut client, session, path).await,
+        Command::Get(args) => match files::get(&mut client, session, args, cli.json).await? {
+            text if text.is_empty() => return Ok(()),
+            text => text,
+        },
+        Command::Put(args) => files::put(&mut client, session, args, cli.json).await?,
+        Command::Find(args) => files::find(&mut client, session, args, cli.json).await?,
+        Command::Du { path } => files::du(&mut client, session, path.as_deref(), cli.json).await?,
         Command::Seats => {
             let payload = client.request(ControlRequest::Seats.to_payload()).await?;
             let seats = seats_from_payload(&payload).map_err(protocol)?;
@@ -614,9 +638,10 @@ async fn commands(
     interactive: bool,
 ) -> bool {
     let mut ok = true;
+    let mut session = files::Session::default();
     loop {
         if interactive {
-            print!("dcish> ");
+            print!("dcish:{}> ", session.cwd);
             let _ = std::io::stdout().flush();
         }
         let Some(Ok(line)) = lines.next() else { break };
@@ -646,7 +671,7 @@ async fn commands(
                     file: None,
                     command: None,
                 };
-                if let Err(e) = run(&one, &command).await {
+                if let Err(e) = run(&one, &command, &mut session).await {
                     eprintln!("dcish: {e}");
                     ok = false;
                 }

@@ -184,6 +184,24 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Dur
     None
 }
 
+/// Waits (20 s at most) until every node sees `n` members alive; else fails with the log of the
+/// first that does not.
+pub fn all_see_alive(nodes: &[Node], n: usize) {
+    for node in nodes {
+        wait_until(Duration::from_secs(20), || {
+            node.members()
+                .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == n)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{} never saw {n} alive members:\n{}",
+                node.name,
+                node.log_text()
+            )
+        });
+    }
+}
+
 /// Runs `dcid` with `args` expecting it to refuse to start; returns (exit code, stderr).
 pub fn dcid_refuses(args: &[&str]) -> (i32, String) {
     let mut child = Command::new(DCID)

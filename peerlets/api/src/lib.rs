@@ -78,6 +78,30 @@ impl Refusal {
 /// same way).
 pub use dci_proto::control::{error_from_payload, error_payload};
 
+/// The payloads of the `fs` peerlet, which `dcish` speaks too.
+pub use dci_proto::fs;
+
+/// Admits `sender` when it is an operator (a `control` or `task` app, i.e. `dcish` or a task
+/// runner) of a node or blade named in `operators`; else a `not-authorized` refusal saying it
+/// may not `what` here. Peerlets that act on the node (run commands, touch files) check this.
+pub fn check_operator(sender: &Sender, operators: &[String], what: &str) -> Result<(), Refusal> {
+    let allowed = matches!(sender.app.as_str(), "control" | "task")
+        && operators
+            .iter()
+            .any(|o| *o == sender.node || sender.blade.as_deref() == Some(o.as_str()));
+    if allowed {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        "not-authorized",
+        format!(
+            "{} ({}) is not an operator allowed to {what} here",
+            sender.blade.as_deref().unwrap_or(&sender.node),
+            sender.app
+        ),
+    ))
+}
+
 /// Escapes text for an XML attribute value or element content.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
