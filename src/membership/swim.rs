@@ -579,13 +579,6 @@ where
         self.members.prefetch(id);
     }
 
-    /// Like [`Swim::prefetch_member`], for the member the next probe will most likely go to.
-    pub fn prefetch_probe_target(&self) {
-        if let Some(id) = self.probe_order.get(self.probe_next) {
-            self.members.prefetch(id);
-        }
-    }
-
     /// Makes room for `n` more members at once (a simulator building large tables).
     pub fn reserve(&mut self, n: usize) {
         self.members.reserve(n);

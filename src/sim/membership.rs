@@ -274,24 +274,18 @@ impl World {
     }
 
     /// Before the next event is taken: asks for the member entries it will look up (its sender
-    /// and the first piggybacked subjects, or the target of a probe), all at once, in its node's
-    /// table (which [`World::prefetch_next_node`] asked for during the event before).
+    /// and the first piggybacked subjects), all at once, in its node's table (which
+    /// [`World::prefetch_next_node`] asked for during the event before).
     fn prefetch_next_members(&mut self) {
-        let Some((to, kind)) = self.queue.peek() else {
+        let Some((to, Kind::Deliver { from, packet })) = self.queue.peek() else {
             return;
         };
         let Some(node) = self.nodes.get(*to as usize).and_then(Option::as_ref) else {
             return;
         };
-        match kind {
-            Kind::Deliver { from, packet } => {
-                node.prefetch_member(from);
-                for update in packet.updates.iter().take(PREFETCH_UPDATES) {
-                    node.prefetch_member(&update.subject());
-                }
-            }
-            Kind::Timer(Timer::ProbeTick) => node.prefetch_probe_target(),
-            _ => {}
+        node.prefetch_member(from);
+        for update in packet.updates.iter().take(PREFETCH_UPDATES) {
+            node.prefetch_member(&update.subject());
         }
     }
 
