@@ -516,11 +516,14 @@ impl Agent {
         };
         let target = match &to {
             Some(name) => {
-                let found = self
-                    .swim
-                    .members()
-                    .find(|(_, m)| m.meta.name == *name)
-                    .map(|(id, _)| id);
+                let found = if *name == self.config.name {
+                    Some(self.local_id)
+                } else {
+                    self.swim
+                        .members()
+                        .find(|(_, m)| m.meta.name == *name)
+                        .map(|(id, _)| id)
+                };
                 match found {
                     Some(id) if self.failover.is_candidate(&id) => id,
                     Some(_) => {
@@ -1446,6 +1449,9 @@ impl Agent {
     }
 
     fn member_name(&self, id: &PeerId) -> String {
+        if *id == self.local_id {
+            return self.config.name.clone();
+        }
         self.swim
             .member(id)
             .map(|m| m.meta.name.clone())

@@ -387,22 +387,27 @@ impl Failover {
         self.carry_out(now)
     }
 
-    /// The node that should take `blade` over: the first live spare holding no blade, in the
-    /// rank order every node computes the same way.
+    /// The node that should take `blade` over: the first live spare holding no blade (this node
+    /// included), in the rank order every node computes the same way.
     pub fn best_spare(&self, blade: &str) -> Option<PeerId> {
-        let holders: Vec<PeerId> = self.core.seats().values().map(|s| s.holder).collect();
+        let me = std::iter::once(self.settings.me).filter(|id| self.is_candidate(id));
         let spares = self
             .known
-            .iter()
-            .filter(|(id, v)| v.alive && v.candidate && !holders.contains(id))
-            .map(|(id, _)| *id);
+            .keys()
+            .copied()
+            .filter(|id| self.is_candidate(id))
+            .chain(me);
         super::rank::ranked(blade, spares).into_iter().next()
     }
 
-    /// Whether `id` may take a blade over: a live spare holding no blade.
+    /// Whether `id` (a member, or this node) may take a blade over: a live spare holding no
+    /// blade.
     pub fn is_candidate(&self, id: &PeerId) -> bool {
-        self.known.get(id).is_some_and(|v| v.alive && v.candidate)
-            && !self.core.seats().values().any(|s| s.holder == *id)
+        let free = !self.core.seats().values().any(|s| s.holder == *id);
+        if *id == self.settings.me {
+            return free && self.role() == Role::Spare;
+        }
+        free && self.known.get(id).is_some_and(|v| v.alive && v.candidate)
     }
 
     /// The tick: renewals, claims, gossip, and this node's own blade's first claim.
