@@ -499,7 +499,12 @@ impl Agent {
                     tracing::warn!(%blade, from = %self.member_name(&from), to = %self.member_name(&to), "asked to hand the blade over");
                     self.hand_over(blade, to);
                 }
-                Effect::Changed => self.publish_seat(),
+                Effect::Changed => {
+                    let seats = self.failover.seats().iter();
+                    self.replication
+                        .set_seats(seats.map(|(b, s)| (b.clone(), (s.holder, s.epoch))));
+                    self.publish_seat();
+                }
             }
         }
     }
@@ -1541,7 +1546,7 @@ fn start_replication(
         backup,
         (local_id, config.name.clone(), config.zone.clone()),
         ch.net,
-        ch.stats,
+        (ch.stats, ch.seats),
     );
     let (inbound, control) = (ch.inbound, ch.control);
     Ok((link, move |events| {

@@ -755,6 +755,7 @@ impl Messenger {
             ("envelopes-expired".into(), d(DropReason::Expired)),
             ("envelopes-duplicate".into(), d(DropReason::Duplicate)),
             ("envelopes-unroutable".into(), d(DropReason::Unroutable)),
+            ("envelopes-stale-epoch".into(), d(DropReason::StaleEpoch)),
             (
                 "envelopes-answer-undeliverable".into(),
                 d(DropReason::UndeliverableAnswer),
