@@ -870,6 +870,19 @@ impl Service {
                 format!("{} has no backup root (--backup-root)", self.name),
             ));
         };
+        // Once another node holds this blade, what is here is a stale copy (or another blade's
+        // data restored here): an archive of it would be the blade's latest and restore wrong.
+        if let Some((holder, epoch)) = self.seats.get(&self.name) {
+            if holder != self.me {
+                return Err(fail(
+                    "not-holder",
+                    format!(
+                        "{} is held by another node since epoch {epoch}: this node makes no archive of it",
+                        self.name
+                    ),
+                ));
+            }
+        }
         let settings = ScanSettings {
             root,
             exclude_dirs: self.cfg.exclude_dirs.clone(),
@@ -1817,5 +1830,29 @@ mod tests {
             s.stats.refused.load(std::sync::atomic::Ordering::Relaxed),
             3
         );
+    }
+
+    #[tokio::test]
+    async fn a_node_whose_blade_is_held_elsewhere_makes_no_archive_of_it() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("f"), b"stale copy").unwrap();
+        let cfg = BackupConfig {
+            root: Some(root.path().into()),
+            ..BackupConfig::default()
+        };
+        let (net, _rx) = mpsc::channel(1);
+        let catalog = Arc::new(MemCatalog::default());
+        let s = Service::new(
+            Arc::new(MemBlockStore::default()),
+            catalog.clone(),
+            cfg,
+            (PeerId::random(), "b1".into(), "z".into()),
+            net,
+            (Arc::default(), Arc::default()),
+        );
+        s.seats.set([("b1".to_string(), (PeerId::random(), 2))]);
+        let (code, why) = s.backup(false).await.unwrap_err();
+        assert_eq!(code, "not-holder", "{why}");
+        assert!(catalog.all().unwrap().is_empty());
     }
 }
