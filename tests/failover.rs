@@ -467,7 +467,23 @@ fn move_cascade_and_swap_finish_with_every_blade_held_once_and_its_files_on_its_
                 fs::write(dir.join(format!("only-{name}.txt")), name.repeat(1000)).unwrap();
             }
         }
-        let mut args = vec!["--backup-root".to_string(), root.display().to_string()];
+        // Hooks that note, on each node, what it handed over and what it took.
+        let hooks = tmp.path().join(format!("{name}-hooks.toml"));
+        let log = tmp.path().join(format!("{name}-hooks.log"));
+        fs::write(
+            &hooks,
+            format!(
+                "[moves]\npre_command = [\"sh\", \"-c\", \"echo pre $DCI_BLADE $DCI_EPOCH $DCI_TO >> {0}\"]\npost_command = [\"sh\", \"-c\", \"echo post $DCI_BLADE $DCI_EPOCH $DCI_RESTORE >> {0}\"]\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        let mut args = vec![
+            "--backup-root".to_string(),
+            root.display().to_string(),
+            "--config".to_string(),
+            hooks.display().to_string(),
+        ];
         if i >= 3 {
             args.extend(["--role".to_string(), "spare".to_string()]);
         }
@@ -521,6 +537,23 @@ fn move_cascade_and_swap_finish_with_every_blade_held_once_and_its_files_on_its_
         restored.is_some(),
         "a's files are not on s:\n{}",
         node("s").log_text()
+    );
+    // The holder ran its pre-hand-over command, the taker its post-takeover one.
+    let hooks = |name: &str| fs::read_to_string(tmp.path().join(format!("{name}-hooks.log")));
+    let pre = hooks("a").unwrap();
+    let words: Vec<&str> = pre.split_whitespace().collect();
+    assert!(
+        matches!(words[..], ["pre", "a", epoch, "s"] if epoch.parse::<u64>().is_ok()),
+        "{pre:?}"
+    );
+    let ran = wait_until(Duration::from_secs(30), || {
+        hooks("s").is_ok_and(|l| l.starts_with("post a "))
+    });
+    assert!(ran.is_some(), "{:?}", hooks("s"));
+    assert!(
+        hooks("s").unwrap().trim_end().ends_with(" ok"),
+        "{:?}",
+        hooks("s")
     );
 
     // Cascade: b to the spare t first, then c onto the node b left.

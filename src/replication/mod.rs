@@ -161,6 +161,11 @@ impl Link {
         self.commands.recv().await
     }
 
+    /// The channel for operators' commands, for a task that must wait for room on it.
+    pub fn controller(&self) -> mpsc::Sender<ControlCall> {
+        self.control.clone()
+    }
+
     /// Hands an operator's command to the service; answers at once if it has stopped.
     pub fn control(&mut self, call: ControlCall) {
         if let Err(
