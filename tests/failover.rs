@@ -515,6 +515,8 @@ fn move_cascade_and_swap_finish_with_every_blade_held_once_and_its_files_on_its_
         ),
         (&["move", "--cascade", "a:b,b:a"][..], "loops"),
         (&["swap", "a", "a"][..], "itself"),
+        (&["move", "a", "--to", "s", "--at", "25:00"][..], "HH:MM"),
+        (&["swap", "a", "b", "--at", "soon"][..], "HH:MM"),
     ] {
         let out = asker.dcish(args);
         assert!(!out.status.success(), "{args:?}");

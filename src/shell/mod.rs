@@ -87,6 +87,9 @@ pub enum Command {
         blade1: String,
         /// The second blade.
         blade2: String,
+        /// Start at this time of day, `HH:MM` or `HH:MM:SS` UTC (the next one to come).
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
     },
     /// Run a command on a set of blades and gather the output (`dcish exec @all -- uname -n`).
     Exec(exec::ExecArgs),
@@ -209,8 +212,8 @@ pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
             failover(&mut client, blade, to.clone(), *no_wait, cli.json).await?
         }
         Command::Move(args) => moves::move_blades(&mut client, args, cli.json).await?,
-        Command::Swap { blade1, blade2 } => {
-            moves::swap(&mut client, blade1, blade2, cli.json).await?
+        Command::Swap { blade1, blade2, at } => {
+            moves::swap(&mut client, (blade1, blade2), at.as_deref(), cli.json).await?
         }
         Command::Events => {
             let payload = client.request(ControlRequest::Events.to_payload()).await?;

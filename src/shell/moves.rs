@@ -33,6 +33,55 @@ pub struct MoveArgs {
     /// colon when that one moves too, else onto the node of that name (a spare).
     #[arg(long, value_name = "LINKS")]
     pub cascade: Option<String>,
+    /// Start at this time of day, `HH:MM` or `HH:MM:SS` UTC (the next one to come); the plan is
+    /// checked now and again then.
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+}
+
+/// How long from `now` (seconds since the Unix epoch) until the next `HH:MM[:SS]` UTC (now
+/// itself included).
+pub fn until(at: &str, now: u64) -> Result<std::time::Duration, ShellError> {
+    let bad = || {
+        refused(
+            "bad-time",
+            format!("--at {at:?} is not HH:MM or HH:MM:SS (UTC)"),
+        )
+    };
+    let parts: Vec<u64> = at
+        .split(':')
+        .map(|p| {
+            (p.len() == 2 && p.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| p.parse().ok())
+                .flatten()
+                .ok_or_else(bad)
+        })
+        .collect::<Result<_, _>>()?;
+    let target = match parts[..] {
+        [h, m] if h < 24 && m < 60 => h * 3600 + m * 60,
+        [h, m, s] if h < 24 && m < 60 && s < 60 => h * 3600 + m * 60 + s,
+        _ => return Err(bad()),
+    };
+    let today = now % 86_400;
+    let wait = if target >= today {
+        target - today
+    } else {
+        86_400 - today + target
+    };
+    Ok(std::time::Duration::from_secs(wait))
+}
+
+/// Waits until `at`, if given, on a connection made again afterwards.
+async fn wait_for(client: &mut Client, at: Option<&str>) -> Result<bool, ShellError> {
+    let Some(at) = at else {
+        return Ok(false);
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    tokio::time::sleep(until(at, now)?).await;
+    client.reconnect().await?;
+    Ok(true)
 }
 
 /// One hand-over of a plan.
@@ -323,26 +372,43 @@ pub async fn move_blades(
     args: &MoveArgs,
     json: bool,
 ) -> Result<String, ShellError> {
-    let seats = fetch_seats(client).await?;
-    let members = fetch_members(client).await?;
-    let steps = match (&args.cascade, &args.blade, &args.to) {
-        (Some(text), _, _) => plan_cascade(&parse_cascade(text)?, &seats, &members)?,
-        (None, Some(blade), Some(to)) => plan_one(blade, to, &seats, &members)?,
-        _ => {
-            return Err(refused(
+    let plan =
+        |seats: &[SeatInfo], members: &[MemberInfo]| match (&args.cascade, &args.blade, &args.to) {
+            (Some(text), _, _) => plan_cascade(&parse_cascade(text)?, seats, members),
+            (None, Some(blade), Some(to)) => plan_one(blade, to, seats, members),
+            _ => Err(refused(
                 "usage",
                 "give BLADE --to NODE, or --cascade A:B,...".into(),
-            ))
-        }
-    };
+            )),
+        };
+    let mut steps = plan(&fetch_seats(client).await?, &fetch_members(client).await?)?;
+    if wait_for(client, args.at.as_deref()).await? {
+        steps = plan(&fetch_seats(client).await?, &fetch_members(client).await?)?;
+    }
     execute(client, &steps, json).await
 }
 
 /// `dcish swap`.
-pub async fn swap(client: &mut Client, a: &str, b: &str, json: bool) -> Result<String, ShellError> {
-    let seats = fetch_seats(client).await?;
-    let members = fetch_members(client).await?;
-    let steps = plan_swap(a, b, &seats, &members)?;
+pub async fn swap(
+    client: &mut Client,
+    (a, b): (&str, &str),
+    at: Option<&str>,
+    json: bool,
+) -> Result<String, ShellError> {
+    let mut steps = plan_swap(
+        a,
+        b,
+        &fetch_seats(client).await?,
+        &fetch_members(client).await?,
+    )?;
+    if wait_for(client, at).await? {
+        steps = plan_swap(
+            a,
+            b,
+            &fetch_seats(client).await?,
+            &fetch_members(client).await?,
+        )?;
+    }
     execute(client, &steps, json).await
 }
 
@@ -480,5 +546,29 @@ mod tests {
         members.retain(|m| m.role != "spare");
         let err = message(plan_swap("a", "b", &seats, &members).unwrap_err());
         assert!(err.contains("no live spare"), "{err}");
+    }
+
+    #[test]
+    fn a_time_of_day_is_waited_for_until_its_next_occurrence() {
+        let day = 86_400;
+        let ten = 10 * 3600;
+        let secs = |d: std::time::Duration| d.as_secs();
+        assert_eq!(secs(until("10:00", 5 * day + ten).unwrap()), 0);
+        assert_eq!(secs(until("10:00:30", 5 * day + ten).unwrap()), 30);
+        assert_eq!(secs(until("09:59", 5 * day + ten).unwrap()), day - 60);
+        assert_eq!(secs(until("23:59:59", 0).unwrap()), day - 1);
+        for bad in [
+            "24:00",
+            "10:60",
+            "9:00",
+            "10",
+            "10:00:00:00",
+            "aa:bb",
+            "",
+            "10:00:60",
+        ] {
+            let err = message(until(bad, 0).unwrap_err());
+            assert!(err.contains("HH:MM"), "{bad}: {err}");
+        }
     }
 }
