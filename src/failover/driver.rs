@@ -246,6 +246,12 @@ impl Failover {
             .iter()
             .map(|(b, s)| (b.clone(), s.holder))
             .collect();
+        // The core arms its first tick at birth: without it, a node that never hears of a member
+        // (the first one, alone) would never tick, nor claim its own blade.
+        let due = core.drain_outputs().find_map(|o| match o {
+            Output::SetTimer(at, _) => Some(at),
+            _ => None,
+        });
         let mut f = Failover {
             holders,
             core,
@@ -253,7 +259,7 @@ impl Failover {
             settings,
             known,
             acting: None,
-            due: None,
+            due,
             refused: 0,
             persist_failures: 0,
         };
@@ -744,5 +750,22 @@ mod tests {
         assert!(nodes[0].displaced());
         assert_eq!(nodes[0].role(), Role::Spare);
         assert_eq!(nodes[0].acting(), None);
+    }
+
+    #[test]
+    fn a_lone_first_node_ticks_from_the_start_and_seats_its_blade() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let me = PeerId::random();
+        let mut alone = settings(me, "b", Role::Active);
+        alone.has_seeds = false;
+        let mut f = Failover::open(&db, alone, 1, Duration::ZERO).unwrap();
+        // Driven as the agent drives it: a tick only when one is due.
+        for _ in 0..200 {
+            let Some(at) = f.due() else {
+                panic!("no tick due: the node would never claim its blade")
+            };
+            f.handle_tick(at);
+        }
+        assert_eq!(f.acting(), Some(&("b".to_string(), 1)));
     }
 }
