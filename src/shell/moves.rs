@@ -71,15 +71,24 @@ pub fn until(at: &str, now: u64) -> Result<std::time::Duration, ShellError> {
     Ok(std::time::Duration::from_secs(wait))
 }
 
-/// Waits until `at`, if given, on a connection made again afterwards.
-async fn wait_for(client: &mut Client, at: Option<&str>) -> Result<bool, ShellError> {
-    let Some(at) = at else {
-        return Ok(false);
-    };
+/// How long to wait for `at`, if given: checked before anything else, so that a malformed time
+/// is refused whatever the mesh looks like.
+fn wait_of(at: Option<&str>) -> Result<Option<std::time::Duration>, ShellError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    tokio::time::sleep(until(at, now)?).await;
+    at.map(|at| until(at, now)).transpose()
+}
+
+/// Waits `wait`, if given, on a connection made again afterwards; says whether it waited.
+async fn wait_for(
+    client: &mut Client,
+    wait: Option<std::time::Duration>,
+) -> Result<bool, ShellError> {
+    let Some(wait) = wait else {
+        return Ok(false);
+    };
+    tokio::time::sleep(wait).await;
     client.reconnect().await?;
     Ok(true)
 }
@@ -381,8 +390,9 @@ pub async fn move_blades(
                 "give BLADE --to NODE, or --cascade A:B,...".into(),
             )),
         };
+    let wait = wait_of(args.at.as_deref())?;
     let mut steps = plan(&fetch_seats(client).await?, &fetch_members(client).await?)?;
-    if wait_for(client, args.at.as_deref()).await? {
+    if wait_for(client, wait).await? {
         steps = plan(&fetch_seats(client).await?, &fetch_members(client).await?)?;
     }
     execute(client, &steps, json).await
@@ -395,13 +405,14 @@ pub async fn swap(
     at: Option<&str>,
     json: bool,
 ) -> Result<String, ShellError> {
+    let wait = wait_of(at)?;
     let mut steps = plan_swap(
         a,
         b,
         &fetch_seats(client).await?,
         &fetch_members(client).await?,
     )?;
-    if wait_for(client, at).await? {
+    if wait_for(client, wait).await? {
         steps = plan_swap(
             a,
             b,
