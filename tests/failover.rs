@@ -525,21 +525,30 @@ fn move_cascade_and_swap_finish_with_every_blade_held_once_and_its_files_on_its_
         assert!(err.contains(why), "{args:?}: {err}");
     }
 
+    // Every node agrees that each blade is held where `expect` says, and each blade of `moved`
+    // has its original files on its new holder.
+    let settled = |expect: &[(&str, &str)], moved: &[&str]| {
+        let agreed = wait_until(Duration::from_secs(30), || {
+            held_once(&all, &blades, expect).is_some()
+        });
+        assert!(agreed.is_some(), "{expect:?}: {:?}", seats(asker));
+        for blade in moved {
+            let on = expect.iter().find(|(b, _)| b == blade).unwrap().1;
+            let restored = wait_until(Duration::from_secs(60), || {
+                holds_tree(&orig(blade), &data(on))
+            });
+            assert!(
+                restored.is_some(),
+                "{blade}'s files are not on {on}:\n{}",
+                node(on).log_text()
+            );
+        }
+    };
+
     // One-to-one: a to the spare s, with its files.
     let out = ok(asker.dcish(&["move", "a", "--to", "s"]));
     assert!(out.contains("moved a to s"), "{out}");
-    let moved = wait_until(Duration::from_secs(30), || {
-        held_once(&all, &blades, &[("a", "s"), ("b", "b"), ("c", "c")]).is_some()
-    });
-    assert!(moved.is_some(), "{:?}", seats(asker));
-    let restored = wait_until(Duration::from_secs(60), || {
-        holds_tree(&orig("a"), &data("s"))
-    });
-    assert!(
-        restored.is_some(),
-        "a's files are not on s:\n{}",
-        node("s").log_text()
-    );
+    settled(&[("a", "s"), ("b", "b"), ("c", "c")], &["a"]);
     // The holder ran its pre-hand-over command, the taker its post-takeover one.
     let hooks = |name: &str| fs::read_to_string(tmp.path().join(format!("{name}-hooks.log")));
     let pre = hooks("a").unwrap();
@@ -565,39 +574,13 @@ fn move_cascade_and_swap_finish_with_every_blade_held_once_and_its_files_on_its_
         out.lines().next().unwrap().contains("moved b to t"),
         "{out}"
     );
-    let moved = wait_until(Duration::from_secs(30), || {
-        held_once(&all, &blades, &[("a", "s"), ("b", "t"), ("c", "b")]).is_some()
-    });
-    assert!(moved.is_some(), "{:?}", seats(asker));
-    for (blade, on) in [("b", "t"), ("c", "b")] {
-        let restored = wait_until(Duration::from_secs(60), || {
-            holds_tree(&orig(blade), &data(on))
-        });
-        assert!(
-            restored.is_some(),
-            "{blade}'s files are not on {on}:\n{}",
-            node(on).log_text()
-        );
-    }
+    settled(&[("a", "s"), ("b", "t"), ("c", "b")], &["b", "c"]);
 
     // Swap a (on s) and c (on b's node) through a spare (the nodes a or c, both free now).
     let out = ok(asker.dcish(&["--json", "swap", "a", "c"]));
     let steps: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(steps.as_array().map(Vec::len), Some(3), "{out}");
-    let swapped = wait_until(Duration::from_secs(30), || {
-        held_once(&all, &blades, &[("a", "b"), ("b", "t"), ("c", "s")]).is_some()
-    });
-    assert!(swapped.is_some(), "{:?}", seats(asker));
-    for (blade, on) in [("a", "b"), ("c", "s")] {
-        let restored = wait_until(Duration::from_secs(60), || {
-            holds_tree(&orig(blade), &data(on))
-        });
-        assert!(
-            restored.is_some(),
-            "{blade}'s files are not on {on}:\n{}",
-            node(on).log_text()
-        );
-    }
+    settled(&[("a", "b"), ("b", "t"), ("c", "s")], &["a", "c"]);
     // The blade's name follows it.
     assert_answered_only_by(node("a"), "a", &node("b").id());
 }
