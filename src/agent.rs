@@ -844,9 +844,14 @@ impl Agent {
                 (blade.clone(), entry)
             })
             .collect();
+        let local_epoch = local_blade
+            .as_ref()
+            .and_then(|b| self.failover.seats().get(b))
+            .filter(|s| s.holder == self.local_id)
+            .map(|s| s.epoch);
         let view = router::view_of(
             &self.local_id,
-            local_blade.as_deref(),
+            (local_blade.as_deref(), local_epoch),
             self.swim.members().map(|(id, m)| {
                 let up = matches!(
                     m.liveness,
@@ -861,7 +866,8 @@ impl Agent {
         self.view.send_if_modified(|old| {
             let changed = old.peers != view.peers
                 || old.seats != view.seats
-                || old.local_blade != view.local_blade;
+                || old.local_blade != view.local_blade
+                || old.local_epoch != view.local_epoch;
             if changed {
                 *old = Arc::new(view);
             }

@@ -60,6 +60,10 @@ pub struct View {
     pub local: String,
     /// The blade this node holds, if any.
     pub local_blade: Option<String>,
+    /// The epoch of that blade's seat while the seat table names this node, with or without a
+    /// lease: what its envelopes carry. A holder whose lease lapses a moment is not stale; one
+    /// replaced at a higher epoch is, to every node that knows it.
+    pub local_epoch: Option<u64>,
     /// Every other member.
     pub peers: Vec<Peer>,
     /// Named groups: group name → blade names.
@@ -300,18 +304,11 @@ impl Router {
         );
     }
 
-    /// Signs an envelope leaving this node with the blade it acts as now and that seat's epoch
-    /// (none while it holds no lease), whatever its client put there.
+    /// Signs an envelope leaving this node with the blade it acts as now and the epoch of its
+    /// seat, whatever its client put there.
     fn stamp(&self, env: &mut Envelope) {
         env.sender.blade = self.view.local_blade.clone();
-        env.epoch = env
-            .sender
-            .blade
-            .as_ref()
-            .and_then(|b| self.view.seats.get(b))
-            .and_then(|seat| seat.as_ref())
-            .filter(|(node, _)| *node == self.view.local)
-            .map(|(_, epoch)| *epoch);
+        env.epoch = self.view.local_blade.as_ref().and(self.view.local_epoch);
     }
 
     /// Whether a peer's envelope speaks for a blade under an epoch below the one the seat table
@@ -503,6 +500,7 @@ mod tests {
         View {
             local: "a".into(),
             local_blade: Some("blade-a".into()),
+            local_epoch: None,
             peers: vec![peer("b", true), peer("c", true), peer("d", false)],
             groups: HashMap::from([(
                 "web".to_string(),
@@ -768,6 +766,7 @@ mod tests {
     fn envelopes_leave_signed_with_the_seat_epoch_and_a_stale_sender_is_refused_and_counted() {
         let mut v = view();
         v.seats.insert("blade-a".into(), Some(("a".into(), 3)));
+        v.local_epoch = Some(3);
         v.seats.insert("blade-b".into(), Some(("c".into(), 5)));
         let mut r = Router::new(Arc::new(v));
         // Whatever the client said, the envelope leaves as this node's blade at its epoch.

@@ -981,7 +981,7 @@ async fn write_stream(
 /// The messaging view from the agent's member table and seat table.
 pub fn view_of<'a>(
     local: &PeerId,
-    local_blade: Option<&str>,
+    (local_blade, local_epoch): (Option<&str>, Option<u64>),
     members: impl Iterator<Item = (PeerId, &'a str, bool)>,
     connected: &std::collections::HashSet<PeerId>,
     groups: &HashMap<String, Vec<String>>,
@@ -990,6 +990,7 @@ pub fn view_of<'a>(
     View {
         local: local.to_string(),
         local_blade: local_blade.map(str::to_owned),
+        local_epoch,
         seats,
         peers: members
             .map(|(id, name, up)| self::core::Peer {
