@@ -87,6 +87,7 @@ fn route() {
     let view = Arc::new(View {
         local: "node-b".into(),
         local_blade: Some("blade-02".into()),
+        local_epoch: None,
         peers: vec![Peer {
             node: "node-a".into(),
             blade: Some("blade-01".into()),

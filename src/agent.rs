@@ -502,7 +502,12 @@ impl Agent {
                     tracing::warn!(%blade, from = %self.member_name(&from), to = %self.member_name(&to), "asked to hand the blade over");
                     self.hand_over(blade, to);
                 }
-                Effect::Changed => self.publish_seat(),
+                Effect::Changed => {
+                    let seats = self.failover.seats().iter();
+                    self.replication
+                        .set_seats(seats.map(|(b, s)| (b.clone(), (s.holder, s.epoch))));
+                    self.publish_seat();
+                }
             }
         }
     }
@@ -519,11 +524,14 @@ impl Agent {
         };
         let target = match &to {
             Some(name) => {
-                let found = self
-                    .swim
-                    .members()
-                    .find(|(_, m)| m.meta.name == *name)
-                    .map(|(id, _)| id);
+                let found = if *name == self.config.name {
+                    Some(self.local_id)
+                } else {
+                    self.swim
+                        .members()
+                        .find(|(_, m)| m.meta.name == *name)
+                        .map(|(id, _)| id)
+                };
                 match found {
                     Some(id) if self.failover.is_candidate(&id) => id,
                     Some(_) => {
@@ -618,39 +626,55 @@ impl Agent {
         Ok((id.to_string(), self.member_name(&id)))
     }
 
-    /// Hands `blade`, held here, over to `to`. When it is this node's own data set, a last backup
-    /// is made and pushed to the holders first, so that the successor restores what is here now
-    /// (the hand-over goes on if it fails: the operator declared this node failed).
+    /// Hands `blade`, held here, over to `to`: first the `[moves] pre_command`, if any, then, when
+    /// it is this node's own data set, a last backup pushed to the holders, so that the successor
+    /// restores what is here now. The hand-over goes on if either fails: the operator declared
+    /// this node failed, or asked for the move.
     fn hand_over(&mut self, blade: String, to: PeerId) {
-        let held = self
+        let Some(seat) = self
             .failover
             .seats()
             .get(&blade)
-            .is_some_and(|s| s.holder == self.local_id);
-        if !held {
+            .filter(|s| s.holder == self.local_id)
+            .copied()
+        else {
             tracing::warn!(%blade, "asked to hand over a blade this node does not hold");
             return;
-        }
-        if blade != self.config.name || self.config.backup.root.is_none() {
+        };
+        let hooks = self.config.moves.clone();
+        let backup = blade == self.config.name && self.config.backup.root.is_some();
+        if hooks.pre.is_empty() && !backup {
             return self.release(blade, to);
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.replication.control((
-            dci_proto::backup::BackupRequest::Now {
-                blade: None,
-                wait: true,
-            },
-            tx,
-        ));
+        let env = [
+            ("DCI_BLADE", blade.clone()),
+            ("DCI_EPOCH", seat.epoch.to_string()),
+            ("DCI_TO", self.member_name(&to)),
+        ];
+        let backups = self.replication.controller();
         let done = self.handover_tx.clone();
         tokio::spawn(async move {
-            match rx.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((code, msg))) => {
-                    tracing::error!(%blade, "last backup before the hand-over failed ({code}): {msg}")
+            if !hooks.pre.is_empty() {
+                match crate::hook::run(&hooks.pre, &env, hooks.timeout).await {
+                    Ok(()) => tracing::info!(%blade, "pre-hand-over command done"),
+                    Err(e) => tracing::error!(%blade, "pre-hand-over command failed: {e}"),
                 }
-                Err(_) => {
-                    tracing::error!(%blade, "last backup before the hand-over: the backup service stopped")
+            }
+            if backup {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let now = dci_proto::backup::BackupRequest::Now {
+                    blade: None,
+                    wait: true,
+                };
+                let _ = backups.send((now, tx)).await;
+                match rx.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((code, msg))) => {
+                        tracing::error!(%blade, "last backup before the hand-over failed ({code}): {msg}")
+                    }
+                    Err(_) => {
+                        tracing::error!(%blade, "last backup before the hand-over: the backup service stopped")
+                    }
                 }
             }
             let _ = done.send((blade, to)).await;
@@ -722,6 +746,26 @@ impl Agent {
             ),
         };
         tracing::warn!("{detail}");
+        let hooks = &self.config.moves;
+        if !hooks.post.is_empty() {
+            let restore = match &answer {
+                Ok(_) => "ok".to_string(),
+                Err((code, _)) => code.clone(),
+            };
+            let env = [
+                ("DCI_BLADE", blade.clone()),
+                ("DCI_EPOCH", epoch.to_string()),
+                ("DCI_RESTORE", restore),
+            ];
+            let (command, timeout) = (hooks.post.clone(), hooks.timeout);
+            let b = blade.clone();
+            tokio::spawn(async move {
+                match crate::hook::run(&command, &env, timeout).await {
+                    Ok(()) => tracing::info!(blade = %b, "post-takeover command done"),
+                    Err(e) => tracing::error!(blade = %b, "post-takeover command failed: {e}"),
+                }
+            });
+        }
         self.broadcast_notice(FailureNotice {
             level: Level::Serious,
             part: Part::Node,
@@ -803,9 +847,14 @@ impl Agent {
                 (blade.clone(), entry)
             })
             .collect();
+        let local_epoch = local_blade
+            .as_ref()
+            .and_then(|b| self.failover.seats().get(b))
+            .filter(|s| s.holder == self.local_id)
+            .map(|s| s.epoch);
         let view = router::view_of(
             &self.local_id,
-            local_blade.as_deref(),
+            (local_blade.as_deref(), local_epoch),
             self.swim.members().map(|(id, m)| {
                 let up = matches!(
                     m.liveness,
@@ -820,7 +869,8 @@ impl Agent {
         self.view.send_if_modified(|old| {
             let changed = old.peers != view.peers
                 || old.seats != view.seats
-                || old.local_blade != view.local_blade;
+                || old.local_blade != view.local_blade
+                || old.local_epoch != view.local_epoch;
             if changed {
                 *old = Arc::new(view);
             }
@@ -1449,6 +1499,9 @@ impl Agent {
     }
 
     fn member_name(&self, id: &PeerId) -> String {
+        if *id == self.local_id {
+            return self.config.name.clone();
+        }
         self.swim
             .member(id)
             .map(|m| m.meta.name.clone())
@@ -1538,7 +1591,7 @@ fn start_replication(
         backup,
         (local_id, config.name.clone(), config.zone.clone()),
         ch.net,
-        ch.stats,
+        (ch.stats, ch.seats),
     );
     let (inbound, control) = (ch.inbound, ch.control);
     Ok((link, move |events| {

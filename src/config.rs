@@ -102,6 +102,19 @@ pub struct NoticesFile {
     pub page_timeout_ms: Option<u64>,
 }
 
+/// The `[moves]` table: the operator's commands around a hand-over (seed 003's scriptable
+/// move process).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MovesFile {
+    /// Program and arguments run on a holder before it hands its blade over.
+    pub pre_command: Option<Vec<String>>,
+    /// Program and arguments run on a new holder once its takeover's restore is done.
+    pub post_command: Option<Vec<String>>,
+    /// How long either may run.
+    pub hook_timeout_ms: Option<u64>,
+}
+
 /// The `[degradation]` table: the sustained-degradation detector.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,6 +164,9 @@ pub struct FileConfig {
     /// Sustained degradation.
     #[serde(default)]
     pub degradation: DegradationFile,
+    /// Hand-over hooks.
+    #[serde(default)]
+    pub moves: MovesFile,
     /// `[messaging]`: groups, message log, peerlets.
     #[serde(default)]
     pub messaging: crate::router::MessagingConfig,
@@ -287,6 +303,8 @@ pub struct Config {
     pub page: PageConfig,
     /// The sustained-degradation detector.
     pub degradation: DegradationConfig,
+    /// The commands run around a hand-over.
+    pub moves: crate::hook::MoveHooks,
     /// Envelope routing, peerlets and the message log.
     pub messaging: crate::router::MessagingConfig,
     /// Backup and replication.
@@ -428,6 +446,23 @@ impl Config {
                 "the program name is empty",
             ));
         }
+        let moves = crate::hook::MoveHooks {
+            pre: file.moves.pre_command.unwrap_or_default(),
+            post: file.moves.post_command.unwrap_or_default(),
+            timeout: ms(
+                "moves.hook_timeout_ms",
+                file.moves.hook_timeout_ms,
+                Duration::from_secs(60),
+            )?,
+        };
+        for (field, command) in [
+            ("moves.pre_command", &moves.pre),
+            ("moves.post_command", &moves.post),
+        ] {
+            if command.first().is_some_and(|p| p.is_empty()) {
+                return Err(invalid(field, "", "the program name is empty"));
+            }
+        }
         let degradation = degradation_config(&file.degradation, &ms)?;
         let backup = BackupConfig::from_file(
             &file.backup,
@@ -456,6 +491,7 @@ impl Config {
             membership,
             page,
             degradation,
+            moves,
             messaging: file.messaging,
             backup,
             fs: fs_policy(file.fs)?,

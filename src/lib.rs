@@ -6,7 +6,8 @@
 //! - [`resources`], [`degradation`]: this host's resource figures and the sans-IO detector of
 //!   sustained degradation.
 //! - [`membership`]: the sans-IO SWIM + Lifeguard core and the agent's signed instance of it.
-//! - [`events`], [`notice`]: membership events for subscribers, and failure notices.
+//! - [`events`], [`notice`], [`hook`]: membership events for subscribers, failure notices, and
+//!   the operator's commands run at given moments.
 //! - [`store`]: blocks (content-defined chunks, BLAKE3 ids) and the archive catalog.
 //! - [`backup`]: scanning a tree into archives (snapshot, delta) and restoring them.
 //! - [`replication`]: placement of a blade's holders, and the block protocol between nodes.
@@ -28,6 +29,7 @@ pub mod datadir;
 pub mod degradation;
 pub mod events;
 pub mod failover;
+pub mod hook;
 pub mod membership;
 pub mod net;
 pub mod notice;

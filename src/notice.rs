@@ -7,8 +7,6 @@
 //! logged and paged once, because notices are deduplicated by (part, id, level) for a while.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use dci_proto::notice::{FailureNotice, Level, NOTICE_APP};
@@ -100,48 +98,27 @@ pub fn log(notice: &FailureNotice, from: &str) {
 /// Runs the paging command for `notice` in the background, if one is configured and the level
 /// pages. Its output goes to the log; it is killed after the timeout.
 pub fn page(config: &PageConfig, notice: &FailureNotice, from: &str) {
-    let Some((program, args)) = config.command.split_first() else {
-        return;
-    };
-    if !notice.level.pages() {
+    if config.command.is_empty() || !notice.level.pages() {
         return;
     }
-    let mut cmd = tokio::process::Command::new(PathBuf::from(program));
-    cmd.args(args)
-        .env("DCI_NOTICE_LEVEL", notice.level.as_str())
-        .env("DCI_NOTICE_PART", notice.part.as_str())
-        .env("DCI_NOTICE_ID", &notice.id)
-        .env("DCI_NOTICE_NAME", notice.name.as_deref().unwrap_or(""))
-        .env(
+    let env = [
+        ("DCI_NOTICE_LEVEL", notice.level.as_str().to_string()),
+        ("DCI_NOTICE_PART", notice.part.as_str().to_string()),
+        ("DCI_NOTICE_ID", notice.id.clone()),
+        ("DCI_NOTICE_NAME", notice.name.clone().unwrap_or_default()),
+        (
             "DCI_NOTICE_ADDRESS",
-            notice.address.as_deref().unwrap_or(""),
-        )
-        .env("DCI_NOTICE_AT", notice.at_ms.to_string())
-        .env("DCI_NOTICE_DETAIL", &notice.detail)
-        .env("DCI_NOTICE_FROM", from)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let program = program.clone();
-    let timeout = config.timeout;
+            notice.address.clone().unwrap_or_default(),
+        ),
+        ("DCI_NOTICE_AT", notice.at_ms.to_string()),
+        ("DCI_NOTICE_DETAIL", notice.detail.clone()),
+        ("DCI_NOTICE_FROM", from.to_string()),
+    ];
+    let (command, timeout) = (config.command.clone(), config.timeout);
     tokio::spawn(async move {
-        let child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => return tracing::error!(%program, "cannot run the paging command: {e}"),
-        };
-        match tokio::time::timeout(timeout, child.wait_with_output()).await {
-            Err(_) => tracing::error!(%program, "paging command killed after {timeout:?}"),
-            Ok(Err(e)) => tracing::error!(%program, "paging command failed: {e}"),
-            Ok(Ok(out)) if out.status.success() => {
-                tracing::info!(%program, "operator paged")
-            }
-            Ok(Ok(out)) => tracing::error!(
-                %program,
-                status = %out.status,
-                stderr = %String::from_utf8_lossy(&out.stderr).trim(),
-                "paging command failed"
-            ),
+        match crate::hook::run(&command, &env, timeout).await {
+            Ok(()) => tracing::info!(program = %command[0], "operator paged"),
+            Err(e) => tracing::error!("paging command failed: {e}"),
         }
     });
 }

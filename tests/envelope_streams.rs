@@ -1,7 +1,8 @@
 //! A test peer (a libp2p swarm in this process) on the envelope streams of real agents:
 //!
 //! - it speaks badly: a garbage frame body, a DTD, a wrong namespace, a TTL of 0, a forged failure
-//!   notice, then a good request on the same stream, and last an oversized length. The agent
+//!   notice, an envelope speaking for the agent's blade under a stale epoch, then a good request
+//!   on the same stream, and last an oversized length. The agent
 //!   refuses each with a count and a log line, keeps the stream until its framing is lost, answers
 //!   the good request, and carries on;
 //! - it asks one agent to relay to another that cannot reach it: the envelope goes through the
@@ -45,6 +46,18 @@ async fn bad_envelopes_are_refused_and_counted_and_the_stream_carries_on() {
     let port = free_port();
     let target = Node::start(tmp.path(), "target", port, &[], &[]);
     let target_id: PeerId = target.id().parse().unwrap();
+    // Alone, it seats its own blade after a moment: the epoch a sender speaking for it must carry.
+    let epoch = || -> Option<u64> {
+        let out = target.dcish(&["--json", "seats"]);
+        let seats: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        seats.as_array()?.iter().find_map(|s| {
+            (s["blade"] == "target" && s["state"] == "held")
+                .then(|| s["epoch"].as_u64())
+                .flatten()
+        })
+    };
+    assert!(wait_until(Duration::from_secs(30), || epoch().is_some()).is_some());
+    let seat_epoch = epoch().unwrap();
 
     let key = Keypair::generate_ed25519();
     let me = key.public().to_peer_id();
@@ -112,8 +125,15 @@ async fn bad_envelopes_are_refused_and_counted_and_the_stream_carries_on() {
     forged.kind = Kind::Event;
     forged.sender.node = target_id.to_string();
     bytes.extend(envelope_frame(&forged));
-    // And a good request after all of it.
-    let request = good(9, r#"<after xmlns="urn:t:1">still here</after>"#, "echo");
+    // Speaking for the blade under an older epoch (none): fenced, and told so.
+    let mut stale = good(9, "", "echo");
+    stale.sender.blade = Some("target".into());
+    stale.epoch = Some(seat_epoch - 1).filter(|e| *e > 0);
+    bytes.extend(envelope_frame(&stale));
+    // And a good request after all of it, under the seat's own epoch.
+    let mut request = good(9, r#"<after xmlns="urn:t:1">still here</after>"#, "echo");
+    request.sender.blade = Some("target".into());
+    request.epoch = Some(seat_epoch);
     bytes.extend(envelope_frame(&request));
     stream.write_all(&bytes).await.unwrap();
     stream.flush().await.unwrap();
@@ -124,7 +144,7 @@ async fn bad_envelopes_are_refused_and_counted_and_the_stream_carries_on() {
         .expect("the agent answers")
         .unwrap();
     let mut answers = Vec::new();
-    while answers.len() < 2 {
+    while answers.len() < 3 {
         let mut head = [0u8; 4];
         tokio::time::timeout(Duration::from_secs(10), back.read_exact(&mut head))
             .await
@@ -134,16 +154,17 @@ async fn bad_envelopes_are_refused_and_counted_and_the_stream_carries_on() {
         back.read_exact(&mut body).await.unwrap();
         answers.push(wire::decode(&body, &Limits::default()).unwrap().env);
     }
-    let expired = answers
+    let mut errors: Vec<String> = answers
         .iter()
-        .find(|a| a.kind == Kind::Error)
-        .expect("an error for the TTL of 0");
-    assert_eq!(
-        dci_proto::control::error_from_payload(&expired.payload)
-            .unwrap()
-            .0,
-        "expired"
-    );
+        .filter(|a| a.kind == Kind::Error)
+        .map(|a| {
+            dci_proto::control::error_from_payload(&a.payload)
+                .unwrap()
+                .0
+        })
+        .collect();
+    errors.sort();
+    assert_eq!(errors, ["expired", "stale-epoch"]);
     let reply = answers
         .iter()
         .find(|a| a.kind == Kind::Reply)
@@ -155,6 +176,7 @@ async fn bad_envelopes_are_refused_and_counted_and_the_stream_carries_on() {
     assert_eq!(c["envelopes-malformed"], 4, "{c}");
     assert_eq!(c["envelopes-forged"], 1, "{c}");
     assert_eq!(c["envelopes-expired"], 1, "{c}");
+    assert_eq!(c["envelopes-stale-epoch"], 1, "{c}");
     assert_eq!(c["notices-received"], 0, "{c}");
 
     // An oversized length loses the framing: that stream is closed, the agent goes on.

@@ -402,3 +402,185 @@ fn two_failures_at_once_take_two_spares() {
         s2.log_text()
     );
 }
+
+/// Whether every file under `src` is in `dst` with the same bytes (a restore adds to what is
+/// there and deletes nothing, so `dst` may hold more).
+fn holds_tree(src: &Path, dst: &Path) -> bool {
+    fs::read_dir(src).unwrap().all(|e| {
+        let e = e.unwrap();
+        let (from, to) = (e.path(), dst.join(e.file_name()));
+        if e.file_type().unwrap().is_dir() {
+            holds_tree(&from, &to)
+        } else {
+            fs::read(&to).is_ok_and(|b| b == fs::read(&from).unwrap())
+        }
+    })
+}
+
+/// Every node sees each of `blades` held (and served) by a different node, the one `expect`
+/// names where it names one; returns the holders' names in the order of `blades`.
+fn held_once(nodes: &[&Node], blades: &[&str], expect: &[(&str, &str)]) -> Option<Vec<String>> {
+    let mut first: Option<Vec<String>> = None;
+    for n in nodes {
+        let all = seats(n);
+        let names: Vec<String> = blades
+            .iter()
+            .map(|b| {
+                all.iter()
+                    .find(|s| s["blade"] == *b && s["state"] == "held")
+                    .and_then(|s| s["holder_name"].as_str().map(String::from))
+            })
+            .collect::<Option<_>>()?;
+        let mut distinct = names.clone();
+        distinct.sort();
+        distinct.dedup();
+        let expected = expect
+            .iter()
+            .all(|(b, h)| names[blades.iter().position(|x| x == b).unwrap()] == *h);
+        if distinct.len() != names.len() || !expected || first.as_ref().is_some_and(|f| *f != names)
+        {
+            return None;
+        }
+        first = Some(names);
+    }
+    first
+}
+
+/// The move manager on live agents: a one-to-one move to a spare, a cascade (`c:b,b:t`: b goes
+/// to the spare t, c to the node b left) and a swap through a spare; after each, every blade is
+/// held exactly once and its files are on its new holder. Impossible moves are refused in one
+/// line.
+#[test]
+fn move_cascade_and_swap_finish_with_every_blade_held_once_and_its_files_on_its_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let names = ["a", "b", "c", "s", "t"];
+    let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let mut nodes = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        // Each blade's data, and a pristine copy to compare restores with.
+        let root = tmp.path().join(format!("{name}-data"));
+        fs::create_dir_all(&root).unwrap();
+        if i < 3 {
+            for dir in [root.clone(), tmp.path().join(format!("orig-{name}"))] {
+                make_tree(&dir);
+                fs::write(dir.join("owner.txt"), format!("blade {name}\n")).unwrap();
+                fs::write(dir.join(format!("only-{name}.txt")), name.repeat(1000)).unwrap();
+            }
+        }
+        // Hooks that note, on each node, what it handed over and what it took.
+        let hooks = tmp.path().join(format!("{name}-hooks.toml"));
+        let log = tmp.path().join(format!("{name}-hooks.log"));
+        fs::write(
+            &hooks,
+            format!(
+                "[moves]\npre_command = [\"sh\", \"-c\", \"echo pre $DCI_BLADE $DCI_EPOCH $DCI_TO >> {0}\"]\npost_command = [\"sh\", \"-c\", \"echo post $DCI_BLADE $DCI_EPOCH $DCI_RESTORE >> {0}\"]\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        let mut args = vec![
+            "--backup-root".to_string(),
+            root.display().to_string(),
+            "--config".to_string(),
+            hooks.display().to_string(),
+        ];
+        if i >= 3 {
+            args.extend(["--role".to_string(), "spare".to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let join: Vec<u16> = if i == 0 { Vec::new() } else { vec![ports[0]] };
+        nodes.push(Node::start(tmp.path(), name, ports[i], &join, &args));
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let node = |name: &str| &nodes[names.iter().position(|n| *n == name).unwrap()];
+    let orig = |blade: &str| tmp.path().join(format!("orig-{blade}"));
+    let data = |name: &str| tmp.path().join(format!("{name}-data"));
+    let blades = ["a", "b", "c"];
+    let seated = wait_until(Duration::from_secs(60), || {
+        held_once(&all, &blades, &[("a", "a"), ("b", "b"), ("c", "c")]).is_some()
+            && all.iter().all(|n| {
+                n.members()
+                    .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 5)
+            })
+    });
+    assert!(seated.is_some(), "{:?}", seats(node("s")));
+    let asker = node("t");
+
+    for (args, why) in [
+        (&["move", "zz", "--to", "s"][..], "no node holds blade zz"),
+        (&["move", "a", "--to", "b"][..], "not a live spare"),
+        (
+            &["move", "a", "--to", "zz"][..],
+            "no blade or node named zz",
+        ),
+        (&["move", "--cascade", "a:b,b:a"][..], "loops"),
+        (&["swap", "a", "a"][..], "itself"),
+        (&["move", "a", "--to", "s", "--at", "25:00"][..], "HH:MM"),
+        (&["swap", "a", "b", "--at", "soon"][..], "HH:MM"),
+    ] {
+        let out = asker.dcish(args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+
+    // Every node agrees that each blade is held where `expect` says, and each blade of `moved`
+    // has its original files on its new holder.
+    let settled = |expect: &[(&str, &str)], moved: &[&str]| {
+        let agreed = wait_until(Duration::from_secs(30), || {
+            held_once(&all, &blades, expect).is_some()
+        });
+        assert!(agreed.is_some(), "{expect:?}: {:?}", seats(asker));
+        for blade in moved {
+            let on = expect.iter().find(|(b, _)| b == blade).unwrap().1;
+            let restored = wait_until(Duration::from_secs(60), || {
+                holds_tree(&orig(blade), &data(on))
+            });
+            assert!(
+                restored.is_some(),
+                "{blade}'s files are not on {on}:\n{}",
+                node(on).log_text()
+            );
+        }
+    };
+
+    // One-to-one: a to the spare s, with its files.
+    let out = ok(asker.dcish(&["move", "a", "--to", "s"]));
+    assert!(out.contains("moved a to s"), "{out}");
+    settled(&[("a", "s"), ("b", "b"), ("c", "c")], &["a"]);
+    // The holder ran its pre-hand-over command, the taker its post-takeover one.
+    let hooks = |name: &str| fs::read_to_string(tmp.path().join(format!("{name}-hooks.log")));
+    let pre = hooks("a").unwrap();
+    let words: Vec<&str> = pre.split_whitespace().collect();
+    assert!(
+        matches!(words[..], ["pre", "a", epoch, "s"] if epoch.parse::<u64>().is_ok()),
+        "{pre:?}"
+    );
+    let ran = wait_until(Duration::from_secs(30), || {
+        hooks("s").is_ok_and(|l| l.starts_with("post a "))
+    });
+    assert!(ran.is_some(), "{:?}", hooks("s"));
+    assert!(
+        hooks("s").unwrap().trim_end().ends_with(" ok"),
+        "{:?}",
+        hooks("s")
+    );
+
+    // Cascade: b to the spare t first, then c onto the node b left.
+    let out = ok(asker.dcish(&["move", "--cascade", "c:b,b:t"]));
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.lines().next().unwrap().contains("moved b to t"),
+        "{out}"
+    );
+    settled(&[("a", "s"), ("b", "t"), ("c", "b")], &["b", "c"]);
+
+    // Swap a (on s) and c (on b's node) through a spare (the nodes a or c, both free now).
+    let out = ok(asker.dcish(&["--json", "swap", "a", "c"]));
+    let steps: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(steps.as_array().map(Vec::len), Some(3), "{out}");
+    settled(&[("a", "b"), ("b", "t"), ("c", "s")], &["a", "c"]);
+    // The blade's name follows it.
+    assert_answered_only_by(node("a"), "a", &node("b").id());
+}

@@ -246,6 +246,12 @@ impl Failover {
             .iter()
             .map(|(b, s)| (b.clone(), s.holder))
             .collect();
+        // The core arms its first tick at birth: without it, a node that never hears of a member
+        // (the first one, alone) would never tick, nor claim its own blade.
+        let due = core.drain_outputs().find_map(|o| match o {
+            Output::SetTimer(at, _) => Some(at),
+            _ => None,
+        });
         let mut f = Failover {
             holders,
             core,
@@ -253,7 +259,7 @@ impl Failover {
             settings,
             known,
             acting: None,
-            due: None,
+            due,
             refused: 0,
             persist_failures: 0,
         };
@@ -387,22 +393,27 @@ impl Failover {
         self.carry_out(now)
     }
 
-    /// The node that should take `blade` over: the first live spare holding no blade, in the
-    /// rank order every node computes the same way.
+    /// The node that should take `blade` over: the first live spare holding no blade (this node
+    /// included), in the rank order every node computes the same way.
     pub fn best_spare(&self, blade: &str) -> Option<PeerId> {
-        let holders: Vec<PeerId> = self.core.seats().values().map(|s| s.holder).collect();
+        let me = std::iter::once(self.settings.me).filter(|id| self.is_candidate(id));
         let spares = self
             .known
-            .iter()
-            .filter(|(id, v)| v.alive && v.candidate && !holders.contains(id))
-            .map(|(id, _)| *id);
+            .keys()
+            .copied()
+            .filter(|id| self.is_candidate(id))
+            .chain(me);
         super::rank::ranked(blade, spares).into_iter().next()
     }
 
-    /// Whether `id` may take a blade over: a live spare holding no blade.
+    /// Whether `id` (a member, or this node) may take a blade over: a live spare holding no
+    /// blade.
     pub fn is_candidate(&self, id: &PeerId) -> bool {
-        self.known.get(id).is_some_and(|v| v.alive && v.candidate)
-            && !self.core.seats().values().any(|s| s.holder == *id)
+        let free = !self.core.seats().values().any(|s| s.holder == *id);
+        if *id == self.settings.me {
+            return free && self.role() == Role::Spare;
+        }
+        free && self.known.get(id).is_some_and(|v| v.alive && v.candidate)
     }
 
     /// The tick: renewals, claims, gossip, and this node's own blade's first claim.
@@ -739,5 +750,22 @@ mod tests {
         assert!(nodes[0].displaced());
         assert_eq!(nodes[0].role(), Role::Spare);
         assert_eq!(nodes[0].acting(), None);
+    }
+
+    #[test]
+    fn a_lone_first_node_ticks_from_the_start_and_seats_its_blade() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let me = PeerId::random();
+        let mut alone = settings(me, "b", Role::Active);
+        alone.has_seeds = false;
+        let mut f = Failover::open(&db, alone, 1, Duration::ZERO).unwrap();
+        // Driven as the agent drives it: a tick only when one is due.
+        for _ in 0..200 {
+            let Some(at) = f.due() else {
+                panic!("no tick due: the node would never claim its blade")
+            };
+            f.handle_tick(at);
+        }
+        assert_eq!(f.acting(), Some(&("b".to_string(), 1)));
     }
 }

@@ -70,6 +70,26 @@ pub type ControlCall = (
     oneshot::Sender<Result<Payload, (String, String)>>,
 );
 
+/// Each seated blade's holder and epoch, as the election last said. An owner stamps its pushes
+/// with its own blade's epoch, and a holder refuses an owner's push stamped below the seat's: a
+/// replaced owner (paused, partitioned, restarted) writes nothing more as that blade.
+#[derive(Debug, Default)]
+pub struct SeatEpochs(std::sync::RwLock<HashMap<String, (PeerId, u64)>>);
+
+impl SeatEpochs {
+    /// Replaces the table.
+    pub fn set(&self, seats: impl IntoIterator<Item = (String, (PeerId, u64))>) {
+        let mut t = self.0.write().unwrap_or_else(|e| e.into_inner());
+        *t = seats.into_iter().collect();
+    }
+
+    /// The holder and epoch of `blade`, if it has a seat.
+    pub fn get(&self, blade: &str) -> Option<(PeerId, u64)> {
+        let t = self.0.read().unwrap_or_else(|e| e.into_inner());
+        t.get(blade).copied()
+    }
+}
+
 /// What the service did and refused, for `dcish status`.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -122,6 +142,7 @@ pub struct Link {
     pending_in: HashMap<u64, ResponseChannel<Vec<u8>>>,
     next_token: u64,
     stats: Arc<Stats>,
+    seats: Arc<SeatEpochs>,
 }
 
 impl Link {
@@ -130,9 +151,19 @@ impl Link {
         self.stats.rows()
     }
 
+    /// The seat table changed: the service stamps and checks pushes with it from now on.
+    pub fn set_seats(&self, seats: impl IntoIterator<Item = (String, (PeerId, u64))>) {
+        self.seats.set(seats);
+    }
+
     /// The next command from the service (for the event loop's `select!`).
     pub async fn next_command(&mut self) -> Option<NetCommand> {
         self.commands.recv().await
+    }
+
+    /// The channel for operators' commands, for a task that must wait for room on it.
+    pub fn controller(&self) -> mpsc::Sender<ControlCall> {
+        self.control.clone()
     }
 
     /// Hands an operator's command to the service; answers at once if it has stopped.
@@ -239,6 +270,7 @@ pub fn channels() -> (Link, service::Channels) {
     let (inbound, inbound_rx) = mpsc::channel(256);
     let (control, control_rx) = mpsc::channel(32);
     let stats = Arc::new(Stats::default());
+    let seats = Arc::new(SeatEpochs::default());
     (
         Link {
             commands,
@@ -248,9 +280,11 @@ pub fn channels() -> (Link, service::Channels) {
             pending_in: HashMap::new(),
             next_token: 0,
             stats: stats.clone(),
+            seats: seats.clone(),
         },
         service::Channels {
             stats,
+            seats,
             net: cmd_tx,
             inbound: inbound_rx,
             control: control_rx,

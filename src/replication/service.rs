@@ -57,6 +57,8 @@ pub struct Channels {
     pub control: mpsc::Receiver<ControlCall>,
     /// Counters shared with the event loop.
     pub stats: Arc<super::Stats>,
+    /// The seat table, kept by the event loop.
+    pub seats: Arc<super::SeatEpochs>,
 }
 
 /// An error for the operator: a code and one line.
@@ -90,6 +92,7 @@ pub struct Service {
     gone_since: std::sync::Mutex<HashMap<PeerId, Instant>>,
     started: Instant,
     stats: Arc<super::Stats>,
+    seats: Arc<super::SeatEpochs>,
 }
 
 fn now_ms() -> u64 {
@@ -113,7 +116,7 @@ impl Service {
         cfg: BackupConfig,
         (me, name, zone): (PeerId, String, String),
         net: mpsc::Sender<NetCommand>,
-        stats: Arc<super::Stats>,
+        (stats, seats): (Arc<super::Stats>, Arc<super::SeatEpochs>),
     ) -> Arc<Service> {
         Arc::new(Service {
             store,
@@ -129,6 +132,7 @@ impl Service {
             gone_since: std::sync::Mutex::new(HashMap::new()),
             started: Instant::now(),
             stats,
+            seats,
         })
     }
 
@@ -291,7 +295,7 @@ impl Service {
         self.net
             .send(NetCommand::Send {
                 to,
-                request: protocol::encode(request),
+                request: protocol::encode(&(self.own_epoch(), request)),
                 reply: tx,
             })
             .await
@@ -313,6 +317,15 @@ impl Service {
         match protocol::decode(&bytes)? {
             Response::Refused(why) => Err(format!("refused: {why}")),
             other => Ok(other),
+        }
+    }
+
+    /// The epoch this node's pushes carry: its own blade's seat epoch while it holds that seat,
+    /// else 0 (a node whose blade went elsewhere pushes nothing a holder of it accepts).
+    fn own_epoch(&self) -> u64 {
+        match self.seats.get(&self.name) {
+            Some((holder, epoch)) if holder == self.me => epoch,
+            _ => 0,
         }
     }
 
@@ -862,6 +875,19 @@ impl Service {
                 format!("{} has no backup root (--backup-root)", self.name),
             ));
         };
+        // Once another node holds this blade, what is here is a stale copy (or another blade's
+        // data restored here): an archive of it would be the blade's latest and restore wrong.
+        if let Some((holder, epoch)) = self.seats.get(&self.name) {
+            if holder != self.me {
+                return Err(fail(
+                    "not-holder",
+                    format!(
+                        "{} is held by another node since epoch {epoch}: this node makes no archive of it",
+                        self.name
+                    ),
+                ));
+            }
+        }
         let settings = ScanSettings {
             root,
             exclude_dirs: self.cfg.exclude_dirs.clone(),
@@ -1346,7 +1372,7 @@ impl Service {
     /// A peer's request. Only a blade's owner (the member of that name) may push, commit or sync
     /// its data; anyone in the mesh (admitted by the cluster key) may read blocks and catalogs.
     async fn handle(self: &Arc<Self>, inbound: Inbound) -> Response {
-        let request: Request = match protocol::decode(&inbound.request) {
+        let (epoch, request): (u64, Request) = match protocol::decode(&inbound.request) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(peer = %inbound.peer, "{e}");
@@ -1365,9 +1391,21 @@ impl Service {
             | Request::Catalog { .. }
             | Request::Control(_) => Vec::new(),
         };
-        let may_push = |blade: &str| owner_of(blade) || self.owner_gone(&members, blade, false);
+        // An owner stamped below its blade's seat was replaced: fenced, however it was entitled.
+        let stale = |blade: &str| {
+            owner_of(blade) && self.seats.get(blade).is_some_and(|(_, seat)| epoch < seat)
+        };
+        let may_push = |blade: &str| {
+            !stale(blade) && (owner_of(blade) || self.owner_gone(&members, blade, false))
+        };
         let refuse = |blade: &str| {
             super::Stats::add(&self.stats.refused, 1);
+            if stale(blade) {
+                tracing::warn!(peer = %inbound.peer, %blade, epoch, "refused a push stamped with a stale epoch");
+                return Response::Refused(format!(
+                    "{blade} was taken over at a higher epoch than {epoch}: its old node may not push"
+                ));
+            }
             tracing::warn!(peer = %inbound.peer, %blade, "refused a push for a blade the peer does not own");
             Response::Refused(format!("only {blade} may push its own data"))
         };
@@ -1450,7 +1488,7 @@ impl Service {
                 )
             }
             Request::Sync { blade, keep } => {
-                if !owner_of(&blade) {
+                if !owner_of(&blade) || stale(&blade) {
                     return refuse(&blade);
                 }
                 done((|| {
@@ -1681,17 +1719,22 @@ mod tests {
             BackupConfig::default(),
             (PeerId::random(), "holder".into(), "z".into()),
             net,
-            Arc::default(),
+            (Arc::default(), Arc::default()),
         );
         (s, store, catalog)
     }
 
     async fn ask(s: &Arc<Service>, from: &str, request: Request) -> Response {
+        ask_at(s, from, 0, request).await
+    }
+
+    /// A request from the member named `from`, stamped with `epoch`.
+    async fn ask_at(s: &Arc<Service>, from: &str, epoch: u64, request: Request) -> Response {
         s.handle(Inbound {
             peer: PeerId::random(),
             peer_name: Some(from.into()),
             token: 0,
-            request: protocol::encode(&request),
+            request: protocol::encode(&(epoch, &request)),
         })
         .await
     }
@@ -1790,5 +1833,67 @@ mod tests {
         .await;
         assert!(matches!(held, Response::Held(h) if h.is_empty()));
         assert!(catalog.list("b1").unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_replaced_owner_stamped_with_a_stale_epoch_may_not_push() {
+        let (s, store, _) = service();
+        // b1 was taken over by another node at epoch 3.
+        s.seats.set([("b1".to_string(), (PeerId::random(), 3))]);
+        let body = b"written by the old node".to_vec();
+        let id = BlockId::of(&body);
+        let put = Request::Put {
+            blade: "b1".into(),
+            blocks: vec![(id, protocol::Bytes(encode(&body, false)))],
+        };
+        for (epoch, accepted) in [(0, false), (2, false), (3, true)] {
+            let answer = ask_at(&s, "b1", epoch, put.clone()).await;
+            assert_eq!(
+                matches!(answer, Response::Done),
+                accepted,
+                "{epoch}: {answer:?}"
+            );
+            if let Response::Refused(why) = answer {
+                assert!(why.contains("higher epoch"), "{why}");
+            }
+        }
+        let sync = Request::Sync {
+            blade: "b1".into(),
+            keep: vec![],
+        };
+        assert!(matches!(
+            ask_at(&s, "b1", 2, sync).await,
+            Response::Refused(_)
+        ));
+        let stored: Vec<BlockId> = store.list().unwrap().into_iter().map(|(b, _)| b).collect();
+        assert_eq!(stored, [id], "only the current epoch's push is stored");
+        assert_eq!(
+            s.stats.refused.load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_whose_blade_is_held_elsewhere_makes_no_archive_of_it() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("f"), b"stale copy").unwrap();
+        let cfg = BackupConfig {
+            root: Some(root.path().into()),
+            ..BackupConfig::default()
+        };
+        let (net, _rx) = mpsc::channel(1);
+        let catalog = Arc::new(MemCatalog::default());
+        let s = Service::new(
+            Arc::new(MemBlockStore::default()),
+            catalog.clone(),
+            cfg,
+            (PeerId::random(), "b1".into(), "z".into()),
+            net,
+            (Arc::default(), Arc::default()),
+        );
+        s.seats.set([("b1".to_string(), (PeerId::random(), 2))]);
+        let (code, why) = s.backup(false).await.unwrap_err();
+        assert_eq!(code, "not-holder", "{why}");
+        assert!(catalog.all().unwrap().is_empty());
     }
 }

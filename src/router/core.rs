@@ -60,6 +60,10 @@ pub struct View {
     pub local: String,
     /// The blade this node holds, if any.
     pub local_blade: Option<String>,
+    /// The epoch of that blade's seat while the seat table names this node, with or without a
+    /// lease: what its envelopes carry. A holder whose lease lapses a moment is not stale; one
+    /// replaced at a higher epoch is, to every node that knows it.
+    pub local_epoch: Option<u64>,
     /// Every other member.
     pub peers: Vec<Peer>,
     /// Named groups: group name → blade names.
@@ -155,6 +159,9 @@ pub enum DropReason {
     UndeliverableAnswer,
     /// The queue to the next hop stayed full.
     Busy,
+    /// Sent as a blade under an epoch older than the seat table's for that blade: its sender was
+    /// replaced (fencing).
+    StaleEpoch,
 }
 
 /// Counters of what the router did.
@@ -216,6 +223,9 @@ impl Router {
 
     /// Routes one envelope.
     pub fn handle(&mut self, mut env: Envelope, origin: Origin) {
+        if origin == Origin::Local {
+            self.stamp(&mut env);
+        }
         if env.ttl > MAX_TTL {
             env.ttl = MAX_TTL;
             self.stats.clamped += 1;
@@ -240,6 +250,14 @@ impl Router {
             Origin::Relay { from, to } => {
                 self.stats.relayed += 1;
                 self.forward(env, &to, Some(&from));
+            }
+            Origin::Peer(_) if self.stale(&env) => {
+                let blade = env.sender.blade.clone().unwrap_or_default();
+                let message = format!(
+                    "blade {blade} speaks under epoch {}, but its seat is at a higher one: its sender was replaced",
+                    env.epoch.unwrap_or(0)
+                );
+                self.refuse(&env, DropReason::StaleEpoch, "stale-epoch", &message);
             }
             Origin::Peer(from) => match env.target.to.clone() {
                 // The origin fanned these out already: a copy is for this node only.
@@ -284,6 +302,26 @@ impl Router {
             "busy",
             &format!("the queue towards node {to} is full"),
         );
+    }
+
+    /// Signs an envelope leaving this node with the blade it acts as now and the epoch of its
+    /// seat, whatever its client put there.
+    fn stamp(&self, env: &mut Envelope) {
+        env.sender.blade = self.view.local_blade.clone();
+        env.epoch = self.view.local_blade.as_ref().and(self.view.local_epoch);
+    }
+
+    /// Whether a peer's envelope speaks for a blade under an epoch below the one the seat table
+    /// knows (no epoch counts as 0): an old holder after a pause, a partition or a restart.
+    fn stale(&self, env: &Envelope) -> bool {
+        let known = env
+            .sender
+            .blade
+            .as_ref()
+            .and_then(|b| self.view.seats.get(b))
+            .and_then(|seat| seat.as_ref())
+            .map(|(_, epoch)| *epoch);
+        known.is_some_and(|k| env.epoch.unwrap_or(0) < k)
     }
 
     fn unicast_blade(&mut self, env: Envelope, blade: &str, from: Option<&str>) {
@@ -462,6 +500,7 @@ mod tests {
         View {
             local: "a".into(),
             local_blade: Some("blade-a".into()),
+            local_epoch: None,
             peers: vec![peer("b", true), peer("c", true), peer("d", false)],
             groups: HashMap::from([(
                 "web".to_string(),
@@ -721,5 +760,54 @@ mod tests {
             r.stats().dropped.get(&DropReason::UndeliverableAnswer),
             Some(&1)
         );
+    }
+
+    #[test]
+    fn envelopes_leave_signed_with_the_seat_epoch_and_a_stale_sender_is_refused_and_counted() {
+        let mut v = view();
+        v.seats.insert("blade-a".into(), Some(("a".into(), 3)));
+        v.local_epoch = Some(3);
+        v.seats.insert("blade-b".into(), Some(("c".into(), 5)));
+        let mut r = Router::new(Arc::new(v));
+        // Whatever the client said, the envelope leaves as this node's blade at its epoch.
+        let a = run(
+            &mut r,
+            env("a", Destination::Node("b".into()), 9),
+            Origin::Local,
+        );
+        let [Action::Send { env: sent, .. }] = &a[..] else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            (sent.sender.blade.as_deref(), sent.epoch),
+            (Some("blade-a"), Some(3))
+        );
+        // blade-b's old holder, replaced at epoch 5, still speaks under 4: refused, told, counted.
+        let mut old = env("b", Destination::Node("a".into()), 9);
+        old.sender.blade = Some("blade-b".into());
+        old.epoch = Some(4);
+        let a = run(&mut r, old.clone(), Origin::Peer("b".into()));
+        assert!(!a.iter().any(|x| matches!(x, Action::Deliver(_))), "{a:?}");
+        let refusal = a.iter().find_map(|x| match x {
+            Action::Send { peer, env, .. } if peer == "b" && env.kind == Kind::Error => {
+                dci_peerlet::error_from_payload(&env.payload).map(|(c, _)| c)
+            }
+            _ => None,
+        });
+        assert_eq!(refusal.as_deref(), Some("stale-epoch"));
+        assert_eq!(r.stats().dropped.get(&DropReason::StaleEpoch), Some(&1));
+        // No epoch at all is as stale; the current holder's epoch, or a newer one, is delivered.
+        for (epoch, delivered) in [(None, false), (Some(5), true), (Some(6), true)] {
+            let mut e = old.clone();
+            e.id = uuid::Uuid::new_v4();
+            e.epoch = epoch;
+            let a = run(&mut r, e, Origin::Peer("c".into()));
+            assert_eq!(
+                a.iter().any(|x| matches!(x, Action::Deliver(_))),
+                delivered,
+                "{epoch:?}: {a:?}"
+            );
+        }
+        assert_eq!(r.stats().dropped.get(&DropReason::StaleEpoch), Some(&2));
     }
 }

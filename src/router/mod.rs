@@ -758,6 +758,7 @@ impl Messenger {
             ("envelopes-expired".into(), d(DropReason::Expired)),
             ("envelopes-duplicate".into(), d(DropReason::Duplicate)),
             ("envelopes-unroutable".into(), d(DropReason::Unroutable)),
+            ("envelopes-stale-epoch".into(), d(DropReason::StaleEpoch)),
             (
                 "envelopes-answer-undeliverable".into(),
                 d(DropReason::UndeliverableAnswer),
@@ -983,7 +984,7 @@ async fn write_stream(
 /// The messaging view from the agent's member table and seat table.
 pub fn view_of<'a>(
     local: &PeerId,
-    local_blade: Option<&str>,
+    (local_blade, local_epoch): (Option<&str>, Option<u64>),
     members: impl Iterator<Item = (PeerId, &'a str, bool)>,
     connected: &std::collections::HashSet<PeerId>,
     groups: &HashMap<String, Vec<String>>,
@@ -992,6 +993,7 @@ pub fn view_of<'a>(
     View {
         local: local.to_string(),
         local_blade: local_blade.map(str::to_owned),
+        local_epoch,
         seats,
         peers: members
             .map(|(id, name, up)| self::core::Peer {

@@ -66,6 +66,12 @@ impl Client {
         })
     }
 
+    /// Connects again to the same socket (the agent closes a connection idle for minutes).
+    pub async fn reconnect(&mut self) -> Result<(), ClientError> {
+        *self = Client::connect(&self.path.clone()).await?;
+        Ok(())
+    }
+
     /// Sends `payload` to the agent's control app and returns the reply's payload.
     pub async fn request(&mut self, payload: Payload) -> Result<Payload, ClientError> {
         self.request_within(payload, REQUEST_TIMEOUT).await

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod client;
 pub mod exec;
 pub mod files;
+pub mod moves;
 pub mod msg;
 pub mod nodeset;
 pub mod task;
@@ -17,7 +18,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use dci_proto::control::{
     counters_from_payload, events_from_payload, members_from_payload, seats_from_payload,
-    ControlRequest, EventInfo, MemberInfo, SeatInfo,
+    ControlRequest, EventInfo, HandoverInfo, MemberInfo, SeatInfo,
 };
 
 use client::{Client, ClientError};
@@ -77,6 +78,19 @@ pub enum Command {
         /// Return once the holder was asked, without waiting for the seat to move.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Move live blades to other nodes, each as a failover to a chosen node: one-to-one
+    /// (`move BLADE --to NODE`) or a cascade (`move --cascade A:B,B:C`). Waits for every step.
+    Move(moves::MoveArgs),
+    /// Swap two live blades' nodes, through a spare that holds one of them in between.
+    Swap {
+        /// The first blade.
+        blade1: String,
+        /// The second blade.
+        blade2: String,
+        /// Start at this time of day, `HH:MM` or `HH:MM:SS` UTC (the next one to come).
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
     },
     /// Run a command on a set of blades and gather the output (`dcish exec @all -- uname -n`).
     Exec(exec::ExecArgs),
@@ -220,6 +234,10 @@ pub async fn run(
         }
         Command::Failover { blade, to, no_wait } => {
             failover(&mut client, blade, to.clone(), *no_wait, cli.json).await?
+        }
+        Command::Move(args) => moves::move_blades(&mut client, args, cli.json).await?,
+        Command::Swap { blade1, blade2, at } => {
+            moves::swap(&mut client, (blade1, blade2), at.as_deref(), cli.json).await?
         }
         Command::Events => {
             let payload = client.request(ControlRequest::Events.to_payload()).await?;
@@ -464,11 +482,81 @@ pub fn status_text(members: &[MemberInfo], counters: &[(String, u64)], color: bo
     out
 }
 
-/// How long `dcish failover` waits for the seat to move.
+/// How long `dcish failover` (and each step of a move) waits for the seat to move.
 const FAILOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// `dcish failover BLADE`: asks for the hand-over, then polls the seat table until the blade is
-/// held at a higher epoch (or [`FAILOVER_WAIT`] passes).
+fn protocol_refusal(e: dci_proto::ProtoError) -> ShellError {
+    ClientError::Refused {
+        code: "protocol".into(),
+        message: e.to_string(),
+    }
+}
+
+/// The seat table, as the local agent knows it.
+pub(crate) async fn fetch_seats(client: &mut Client) -> Result<Vec<SeatInfo>, ShellError> {
+    let payload = client.request(ControlRequest::Seats.to_payload()).await?;
+    seats_from_payload(&payload).map_err(protocol_refusal)
+}
+
+/// The member table, as the local agent knows it.
+pub(crate) async fn fetch_members(client: &mut Client) -> Result<Vec<MemberInfo>, ShellError> {
+    let payload = client.request(ControlRequest::Nodes.to_payload()).await?;
+    members_from_payload(&payload).map_err(protocol_refusal)
+}
+
+/// Asks the local agent to have `blade`'s holder hand it to `to` (a node name; the best-ranked
+/// spare when `None`): the path of `dcish failover` and of every step of `move` and `swap`.
+pub(crate) async fn ask_hand_over(
+    client: &mut Client,
+    blade: &str,
+    to: Option<String>,
+) -> Result<HandoverInfo, ShellError> {
+    let request = ControlRequest::Failover {
+        blade: blade.into(),
+        to,
+    };
+    let payload = client.request(request.to_payload()).await?;
+    dci_proto::control::handover_from_payload(&payload).map_err(protocol_refusal)
+}
+
+/// Polls the seat table until the blade of `h` is held at a higher epoch than when it was
+/// handed over (or [`FAILOVER_WAIT`] passes).
+pub(crate) async fn wait_moved(
+    client: &mut Client,
+    h: &HandoverInfo,
+) -> Result<SeatInfo, ShellError> {
+    let deadline = std::time::Instant::now() + FAILOVER_WAIT;
+    loop {
+        let seats = fetch_seats(client).await?;
+        if let Some(s) = seats
+            .into_iter()
+            .find(|s| s.blade == h.blade && s.epoch > h.epoch && s.state == "held")
+        {
+            return Ok(s);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ClientError::Refused {
+                code: "not-moved".into(),
+                message: format!(
+                    "{}, but the seat did not move within {} s",
+                    asked(h),
+                    FAILOVER_WAIT.as_secs()
+                ),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+fn asked(h: &HandoverInfo) -> String {
+    format!(
+        "asked {} to hand {} (epoch {}) to {} ({})",
+        h.holder, h.blade, h.epoch, h.to_name, h.to
+    )
+}
+
+/// `dcish failover BLADE`: asks for the hand-over, then waits until the blade is held at a higher
+/// epoch.
 async fn failover(
     client: &mut Client,
     blade: &str,
@@ -476,55 +564,27 @@ async fn failover(
     no_wait: bool,
     json: bool,
 ) -> Result<String, ShellError> {
-    let protocol = |e: dci_proto::ProtoError| ClientError::Refused {
-        code: "protocol".into(),
-        message: e.to_string(),
-    };
-    let request = ControlRequest::Failover {
-        blade: blade.into(),
-        to,
-    };
-    let payload = client.request(request.to_payload()).await?;
-    let h = dci_proto::control::handover_from_payload(&payload).map_err(protocol)?;
-    let asked = format!(
-        "asked {} to hand {} (epoch {}) to {} ({})",
-        h.holder, h.blade, h.epoch, h.to_name, h.to
-    );
+    let h = ask_hand_over(client, blade, to).await?;
     if no_wait {
         return Ok(if json {
             serde_json::json!({"blade": h.blade, "holder": h.holder, "epoch": h.epoch, "to": h.to, "to_name": h.to_name}).to_string()
         } else {
-            asked
+            asked(&h)
         });
     }
-    let deadline = std::time::Instant::now() + FAILOVER_WAIT;
-    loop {
-        let payload = client.request(ControlRequest::Seats.to_payload()).await?;
-        let seats = seats_from_payload(&payload).map_err(protocol)?;
-        if let Some(s) = seats
-            .iter()
-            .find(|s| s.blade == h.blade && s.epoch > h.epoch && s.state == "held")
-        {
-            return Ok(if json {
-                seats_json(std::slice::from_ref(s))
-            } else {
-                format!(
-                    "{}; {} is held by {} ({}) at epoch {}",
-                    asked, s.blade, s.holder_name, s.holder, s.epoch
-                )
-            });
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(ClientError::Refused {
-                code: "not-moved".into(),
-                message: format!(
-                    "{asked}, but the seat did not move within {} s",
-                    FAILOVER_WAIT.as_secs()
-                ),
-            });
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    let s = wait_moved(client, &h).await?;
+    Ok(if json {
+        seats_json(std::slice::from_ref(&s))
+    } else {
+        format!(
+            "{}; {} is held by {} ({}) at epoch {}",
+            asked(&h),
+            s.blade,
+            s.holder_name,
+            s.holder,
+            s.epoch
+        )
+    })
 }
 
 /// `dcish --json seats`: an array of `{blade, holder, holder_name, epoch, state}`.
