@@ -1,10 +1,11 @@
 //! `dcish exec` and `dcish nodeset` as an operator uses them, on four real agents on loopback:
-//! three active blades and a spare, b1's operator allowed to run commands.
+//! three active blades and a spare, b1's operator allowed to run commands for 20 s at most.
 
 mod common;
 
+use std::io::{BufRead, Write};
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{free_port, wait_until, Node};
@@ -14,7 +15,7 @@ fn mesh(root: &Path) -> Vec<Node> {
     let config = root.join("dcid.toml");
     std::fs::write(
         &config,
-        "[messaging]\nexec_operators = [\"b1\"]\nexec_timeout_ms = 2000\n",
+        "[messaging]\nexec_operators = [\"b1\"]\nexec_timeout_ms = 20000\n",
     )
     .unwrap();
     let cfg = config.to_str().unwrap();
@@ -51,10 +52,20 @@ fn rows(out: &Output) -> Vec<Value> {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// One mesh for every case (two would double the load, and a starved agent loses its lease).
 #[test]
-fn exec_gathers_outputs_by_blade_and_names_every_blade_that_failed() {
+fn exec_streams_gathers_and_reports_every_blade() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = mesh(dir.path());
+    streams_lines_as_they_come_in_order_with_stdin_fanout_timeouts_and_exit_codes(
+        dir.path(),
+        &nodes,
+    );
+    // Last: it kills a blade.
+    gathers_outputs_by_blade_and_names_every_blade_that_failed(dir.path(), &nodes);
+}
+
+fn gathers_outputs_by_blade_and_names_every_blade_that_failed(dir: &Path, nodes: &[Node]) {
     let b1 = &nodes[0];
 
     // Identical outputs once, under the folded set; exit 0.
@@ -153,7 +164,7 @@ fn exec_gathers_outputs_by_blade_and_names_every_blade_that_failed() {
     // A script: sh quoting, comment lines, and a bad line that fails the run but not the lines
     // after it; the same commands read from standard input.
     let script = "# two commands\nexec b1 -- sh -c 'echo \"one  two\"'\nexec b1 -- 'unbalanced\nnodeset --fold @active\n";
-    let path = dir.path().join("ops.dcish");
+    let path = dir.join("ops.dcish");
     std::fs::write(&path, script).unwrap();
     let out = b1.dcish(&["-f", path.to_str().unwrap()]);
     let (stdout, stderr) = text(&out);
@@ -191,4 +202,187 @@ fn exec_gathers_outputs_by_blade_and_names_every_blade_that_failed() {
     assert!(stdout.contains("b[1-2]\n---------------\nup\n"), "{stdout}");
     assert!(stdout.contains("b3 [dead: not run]"), "{stdout}");
     assert!(stderr.contains("1 of 3 blade(s) failed: b3"), "{stderr}");
+}
+
+/// `dcish --agent <b1> ARGS` with `input` on its standard input.
+fn dcish_with_input(node: &Node, args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(common::DCISH)
+        .arg("--agent")
+        .arg(node.socket())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // A writer of its own: dcish refuses oversized input without reading all of it.
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
+    out
+}
+
+fn streams_lines_as_they_come_in_order_with_stdin_fanout_timeouts_and_exit_codes(
+    dir: &Path,
+    nodes: &[Node],
+) {
+    let b1 = &nodes[0];
+
+    // Many lines from every blade: each blade's lines all there, in order, none twice.
+    let out = b1.dcish(&["exec", "--lines", "@active", "--", "seq", "0", "4999"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for blade in ["b1", "b2", "b3"] {
+        let prefix = format!("{blade}: ");
+        let got: Vec<&str> = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .collect();
+        let expected: Vec<String> = (0..5000).map(|i| i.to_string()).collect();
+        assert!(
+            got == expected,
+            "{blade}: {} lines, first {:?}",
+            got.len(),
+            got.first()
+        );
+    }
+    assert_eq!(stdout.lines().count(), 15_000);
+
+    // Output is printed while the command still runs: the second line is only written once the
+    // test saw the first one.
+    let flag = dir.join("go-on");
+    let script = format!(
+        "echo first; while [ ! -e {} ]; do sleep 0.02; done; echo second",
+        flag.display()
+    );
+    let mut child = Command::new(common::DCISH)
+        .arg("--agent")
+        .arg(b1.socket())
+        .args(["exec", "--lines", "b2", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "b2: first");
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "b2: second");
+    assert!(lines.next().is_none());
+    assert!(child.wait().unwrap().success());
+
+    // stderr lines go to stderr, prefixed too; a non-zero exit is said per blade and in the
+    // last line.
+    let out = b1.dcish(&[
+        "exec",
+        "--lines",
+        "b[1-2]",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    let mut sorted: Vec<&str> = stdout.lines().collect();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["b1: [exit 7]", "b1: out", "b2: [exit 7]", "b2: out"]
+    );
+    assert!(
+        stderr.contains("b1: err\n") && stderr.contains("b2: err\n"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().last().unwrap(),
+        "dcish: exec: 2 of 2 blade(s) failed: b[1-2]"
+    );
+
+    // A time limit hits only the blades that pass it: the first to take the lock ends at once,
+    // the others are killed and said so, each in its own row.
+    let lock = dir.join("lock");
+    let script = format!("mkdir {} 2>/dev/null && exit 0; sleep 30", lock.display());
+    let out = b1.dcish(&[
+        "--json",
+        "exec",
+        "@active",
+        "--timeout",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(!out.status.success());
+    let v = rows(&out);
+    let done: Vec<&Value> = v.iter().filter(|r| r["exit_code"] == 0).collect();
+    let killed: Vec<&Value> = v
+        .iter()
+        .filter(|r| {
+            r["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("timed-out"))
+        })
+        .collect();
+    assert_eq!((done.len(), killed.len()), (1, 2), "{v:?}");
+    assert!(text(&out).1.contains("2 of 3 blade(s) failed"));
+
+    // Standard input goes to every blade's command, binary bytes included.
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let out = dcish_with_input(b1, &["exec", "--stdin", "@active", "--", "md5sum"], &data);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let local = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(&data)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(
+        stdout,
+        format!(
+            "---------------\nb[1-3]\n---------------\n{}",
+            String::from_utf8_lossy(&local.stdout)
+        )
+    );
+    let out = dcish_with_input(
+        b1,
+        &["exec", "--stdin", "b1", "--", "cat"],
+        &[b'x'; 600 << 10],
+    );
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr.trim(),
+        "dcish: usage: --stdin: standard input is over 512 KiB, the most one command can carry"
+    );
+
+    // With a fan-out of 1 the blades run one after the other: none finds another running.
+    let running = dir.join("running");
+    let script = format!(
+        "mkdir {0} || exit 9; sleep 0.2; rmdir {0}",
+        running.display()
+    );
+    let out = b1.dcish(&[
+        "--json",
+        "exec",
+        "-f",
+        "1",
+        "b[1-3],s1",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(out.status.success(), "{}", text(&out).0);
+    assert_eq!(rows(&out).len(), 4);
+    let out = b1.dcish(&["exec", "--fanout", "0", "b1", "--", "true"]);
+    assert_eq!(
+        text(&out).1.trim(),
+        "dcish: usage: --fanout must be at least 1"
+    );
 }

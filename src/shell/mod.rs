@@ -207,7 +207,10 @@ pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
             }
         }
     };
-    let _ = writeln!(std::io::stdout().lock(), "{text}");
+    // Nothing left to say (`exec --lines` printed as it went): no empty line either.
+    if !text.is_empty() {
+        let _ = writeln!(std::io::stdout().lock(), "{text}");
+    }
     Ok(())
 }
 
