@@ -1,5 +1,6 @@
 //! `dcish exec` and `dcish nodeset` as an operator uses them, on four real agents on loopback:
-//! three active blades and a spare, b1's operator allowed to run commands for 20 s at most.
+//! three active blades and a spare, b1's operator allowed to run commands for 20 s at most, and
+//! answers to other requests waited for 1 s.
 
 mod common;
 
@@ -15,7 +16,7 @@ fn mesh(root: &Path) -> Vec<Node> {
     let config = root.join("dcid.toml");
     std::fs::write(
         &config,
-        "[messaging]\nexec_operators = [\"b1\"]\nexec_timeout_ms = 20000\n",
+        "[messaging]\nexec_operators = [\"b1\"]\nexec_timeout_ms = 20000\nanswer_wait_ms = 1000\n",
     )
     .unwrap();
     let cfg = config.to_str().unwrap();
@@ -249,6 +250,10 @@ fn streams_lines_as_they_come_in_order_with_stdin_fanout_timeouts_and_exit_codes
         );
     }
     assert_eq!(stdout.lines().count(), 15_000);
+
+    // A command may run longer than the agent's answer wait: its own time limit counts.
+    let out = b1.dcish(&["exec", "b3", "--", "sh", "-c", "sleep 2; echo late"]);
+    assert_eq!(text(&out).0, "---------------\nb3\n---------------\nlate\n");
 
     // Output is printed while the command still runs: the second line is only written once the
     // test saw the first one.

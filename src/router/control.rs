@@ -150,3 +150,55 @@ pub async fn stream(
     };
     frame::write_frame(out, last.to_xml().as_bytes()).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dci_proto::{Destination, Target};
+
+    fn envelope(payload: Payload) -> Envelope {
+        Envelope::request(
+            Sender {
+                node: "dcish".into(),
+                blade: None,
+                app: "control".into(),
+                instance: None,
+            },
+            Target {
+                to: Destination::Group("set:b1,b2".into()),
+                app: Some("exec".into()),
+                instance: None,
+            },
+            payload,
+        )
+    }
+
+    #[test]
+    fn a_route_request_carries_its_envelope_and_wait_and_bad_ones_say_why() {
+        let inner = envelope(Payload::new("<x xmlns=\"urn:x\">a &amp; b</x>").unwrap());
+        let outer = envelope(route_payload(&inner, Duration::from_millis(4500)).unwrap());
+        let (env, wait) = route_of(&outer).unwrap().unwrap();
+        assert_eq!((env, wait), (inner, Duration::from_millis(4500)));
+
+        let plain = envelope(Payload::new("<nodes xmlns=\"urn:dci:control:1\"/>").unwrap());
+        assert!(route_of(&plain).is_none());
+        for (payload, says) in [
+            (
+                format!("<route xmlns=\"{ANSWERS_NAMESPACE}\"><x/></route>"),
+                "wait-ms",
+            ),
+            (
+                format!("<route xmlns=\"{ANSWERS_NAMESPACE}\" wait-ms=\"5\"/>"),
+                "no envelope",
+            ),
+            (
+                format!("<route xmlns=\"{ANSWERS_NAMESPACE}\" wait-ms=\"5\"><y xmlns=\"urn:y\"/></route>"),
+                "root",
+            ),
+        ] {
+            let bad = envelope(Payload::new(payload).unwrap());
+            let e = route_of(&bad).unwrap().unwrap_err();
+            assert!(e.contains(says), "{e}");
+        }
+    }
+}
