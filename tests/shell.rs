@@ -62,6 +62,7 @@ fn exec_streams_gathers_and_reports_every_blade() {
         dir.path(),
         &nodes,
     );
+    interactive_session_through_a_terminal(&nodes[0]);
     // Last: it kills a blade.
     gathers_outputs_by_blade_and_names_every_blade_that_failed(dir.path(), &nodes);
 }
@@ -390,4 +391,92 @@ fn streams_lines_as_they_come_in_order_with_stdin_fanout_timeouts_and_exit_codes
         text(&out).1.trim(),
         "dcish: usage: --fanout must be at least 1"
     );
+}
+
+/// Runs `dcish` on a pseudo-terminal, types `lines` one at a time (each once the prompt is back)
+/// and returns what the terminal showed, without carriage returns.
+fn on_a_terminal(node: &Node, lines: &[&str]) -> (String, std::process::ExitStatus) {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors into the integers given; the rest may be null.
+    let opened = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(opened, 0, "openpty failed");
+    // SAFETY: both descriptors were just opened and are owned by nothing else.
+    let (master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+    let mut child = Command::new(common::DCISH)
+        .arg("--agent")
+        .arg(node.socket())
+        .env("NO_COLOR", "1")
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    // A reader thread, so that a dcish that stops answering fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut reader = master.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut screen = String::new();
+    let mut writer = master;
+    let mut prompts = 0;
+    for line in lines.iter().chain(std::iter::once(&"exit")) {
+        prompts += 1;
+        while screen.matches("dcish> ").count() < prompts {
+            let bytes = rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no prompt after:\n{screen}"));
+            screen.push_str(&String::from_utf8_lossy(&bytes).replace('\r', ""));
+        }
+        writer.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+    let status = child.wait().unwrap();
+    while let Ok(bytes) = rx.recv_timeout(Duration::from_millis(200)) {
+        screen.push_str(&String::from_utf8_lossy(&bytes).replace('\r', ""));
+    }
+    (screen, status)
+}
+
+fn interactive_session_through_a_terminal(b1: &Node) {
+    // At a terminal dcish prompts, runs each line, says what went wrong in one line, prompts
+    // again, and leaves on `exit` with a status saying whether any line failed.
+    let (screen, status) = on_a_terminal(
+        b1,
+        &[
+            "exec --lines b2 -- echo 'one  two'",
+            "exec 'b[1-' -- true",
+            "nodeset --fold @active",
+        ],
+    );
+    assert_eq!(
+        screen,
+        "dcish> exec --lines b2 -- echo 'one  two'\n\
+         b2: one  two\n\
+         dcish> exec 'b[1-' -- true\n\
+         dcish: usage: bad node set \"b[1-\": '[' without ']'\n\
+         dcish> nodeset --fold @active\n\
+         b[1-3]\n\
+         dcish> exit\n"
+    );
+    assert_eq!(status.code(), Some(1));
 }
