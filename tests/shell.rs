@@ -62,7 +62,7 @@ fn exec_streams_gathers_and_reports_every_blade() {
         dir.path(),
         &nodes,
     );
-    interactive_session_through_a_terminal(&nodes[0]);
+    interactive_session_through_a_terminal(dir.path(), &nodes[0]);
     // Last: it kills a blade.
     gathers_outputs_by_blade_and_names_every_blade_that_failed(dir.path(), &nodes);
 }
@@ -393,9 +393,9 @@ fn streams_lines_as_they_come_in_order_with_stdin_fanout_timeouts_and_exit_codes
     );
 }
 
-/// Runs `dcish` on a pseudo-terminal, types `lines` one at a time (each once the prompt is back)
-/// and returns what the terminal showed, without carriage returns.
-fn on_a_terminal(node: &Node, lines: &[&str]) -> (String, std::process::ExitStatus) {
+/// Runs `dcish` on a pseudo-terminal (its home `home`), types `lines` one at a time (each once
+/// the prompt is back) and returns what the terminal showed.
+fn on_a_terminal(home: &Path, node: &Node, lines: &[&str]) -> (String, std::process::ExitStatus) {
     use std::io::Read;
     use std::os::fd::FromRawFd;
     let (mut master, mut slave) = (0, 0);
@@ -421,6 +421,7 @@ fn on_a_terminal(node: &Node, lines: &[&str]) -> (String, std::process::ExitStat
         .arg("--agent")
         .arg(node.socket())
         .env("NO_COLOR", "1")
+        .env("HOME", home)
         .stdin(slave.try_clone().unwrap())
         .stdout(slave.try_clone().unwrap())
         .stderr(slave)
@@ -442,41 +443,82 @@ fn on_a_terminal(node: &Node, lines: &[&str]) -> (String, std::process::ExitStat
     let mut prompts = 0;
     for line in lines.iter().chain(std::iter::once(&"exit")) {
         prompts += 1;
-        while screen.matches("dcish> ").count() < prompts {
+        // The editor redraws the prompt as it completes; a new line starts where it turns
+        // bracketed paste on again.
+        while screen.matches("\u{1b}[?2004h").count() < prompts {
             let bytes = rx
                 .recv_timeout(Duration::from_secs(60))
                 .unwrap_or_else(|_| panic!("no prompt after:\n{screen}"));
-            screen.push_str(&String::from_utf8_lossy(&bytes).replace('\r', ""));
+            screen.push_str(&String::from_utf8_lossy(&bytes));
         }
         writer.write_all(format!("{line}\n").as_bytes()).unwrap();
     }
     let status = child.wait().unwrap();
     while let Ok(bytes) = rx.recv_timeout(Duration::from_millis(200)) {
-        screen.push_str(&String::from_utf8_lossy(&bytes).replace('\r', ""));
+        screen.push_str(&String::from_utf8_lossy(&bytes));
     }
     (screen, status)
 }
 
-fn interactive_session_through_a_terminal(b1: &Node) {
+/// The text of a terminal transcript: control sequences (`ESC [ ... letter`) and carriage
+/// returns taken out.
+fn plain(screen: &str) -> String {
+    let mut out = String::new();
+    let mut chars = screen.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' if chars.peek() == Some(&'[') => {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) && c != '[' {
+                        break;
+                    }
+                }
+            }
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn interactive_session_through_a_terminal(dir: &Path, b1: &Node) {
     // At a terminal dcish prompts, runs each line, says what went wrong in one line, prompts
-    // again, and leaves on `exit` with a status saying whether any line failed.
+    // again, and leaves on `exit` with a status saying whether any line failed. Tab completes
+    // command names and blade names and groups; Ctrl-P brings back the last line; the history
+    // outlives the session.
     let (screen, status) = on_a_terminal(
+        dir,
         b1,
         &[
             "exec --lines b2 -- echo 'one  two'",
             "exec 'b[1-' -- true",
-            "nodeset --fold @active",
+            "exec --stdin b1 -- cat",
+            "nodese\t--fold @act\t",
+            "exec --lines s\t -- echo spare",
+            "\x10",
         ],
     );
-    assert_eq!(
-        screen,
-        "dcish> exec --lines b2 -- echo 'one  two'\n\
-         b2: one  two\n\
-         dcish> exec 'b[1-' -- true\n\
-         dcish: usage: bad node set \"b[1-\": '[' without ']'\n\
-         dcish> nodeset --fold @active\n\
-         b[1-3]\n\
-         dcish> exit\n"
-    );
+    let screen = plain(&screen);
+    let mut rest = screen.as_str();
+    for expected in [
+        "dcish> exec --lines b2 -- echo 'one  two'\nb2: one  two\n",
+        "dcish> exec 'b[1-' -- true\ndcish: usage: bad node set \"b[1-\": '[' without ']'\n",
+        "dcish> exec --stdin b1 -- cat\n\
+         dcish: exec --stdin: standard input holds the commands here; use it in one-shot commands or with -f SCRIPT\n",
+        "nodeset --fold @active\nb[1-3]\n",
+        "exec --lines s1 -- echo spare\ns1: spare\n",
+        "exec --lines s1 -- echo spare\ns1: spare\n",
+        "dcish> exit\n",
+    ] {
+        let at = rest
+            .find(expected)
+            .unwrap_or_else(|| panic!("{expected:?} not in what is left of the screen:\n{rest}"));
+        rest = &rest[at + expected.len()..];
+    }
     assert_eq!(status.code(), Some(1));
+    let history = std::fs::read_to_string(dir.join(".dcish_history")).unwrap();
+    assert!(
+        history.contains("nodeset --fold @active\n") && history.contains("exit"),
+        "{history}"
+    );
 }

@@ -91,7 +91,7 @@ impl Outcome {
 }
 
 /// The member table as node sets see it.
-async fn members(client: &mut Client) -> Result<Vec<MemberInfo>, ClientError> {
+pub(crate) async fn members(client: &mut Client) -> Result<Vec<MemberInfo>, ClientError> {
     let payload = client.request(ControlRequest::Nodes.to_payload()).await?;
     members_from_payload(&payload).map_err(|e| ClientError::Refused {
         code: "bad-answer".into(),
