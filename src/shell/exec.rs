@@ -293,24 +293,18 @@ impl Progress {
                 run.next_seq
             ));
         }
-        outcome
-            .stdout
-            .insert_str(0, &std::mem::take(&mut run.stdout));
-        outcome
-            .stderr
-            .insert_str(0, &std::mem::take(&mut run.stderr));
-        run.stdout = outcome.stdout.clone();
-        run.stderr = outcome.stderr.clone();
+        // A result may carry output itself (an agent that did not stream it).
+        run.stdout.push_str(&std::mem::take(&mut outcome.stdout));
+        run.stderr.push_str(&std::mem::take(&mut outcome.stderr));
         if self.lines {
             print_lines(&name, run, true);
-            outcome.stdout.clear();
-            outcome.stderr.clear();
             if let Some(status) = status_line(&outcome) {
                 let _ = writeln!(std::io::stdout().lock(), "{name}: {status}");
             }
+        } else {
+            outcome.stdout = std::mem::take(&mut run.stdout);
+            outcome.stderr = std::mem::take(&mut run.stderr);
         }
-        run.stdout.clear();
-        run.stderr.clear();
         run.outcome = Some(outcome);
     }
 
