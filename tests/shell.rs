@@ -179,16 +179,7 @@ fn gathers_outputs_by_blade_and_names_every_blade_that_failed(dir: &Path, nodes:
         stderr.trim(),
         "dcish: unbalanced quotes in: exec b1 -- 'unbalanced"
     );
-    let mut child = std::process::Command::new(common::DCISH)
-        .arg("--agent")
-        .arg(b1.socket())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
-    let piped = child.wait_with_output().unwrap();
+    let piped = dcish_with_input(b1, &[], script.as_bytes());
     assert_eq!(text(&piped), (stdout, stderr));
 
     // A dead blade is reported as dead, and the others answer without waiting for it.

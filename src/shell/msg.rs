@@ -239,15 +239,7 @@ pub(crate) async fn stream_answers(
 ) -> Result<usize, ClientError> {
     let payload = crate::router::control::route_payload(env, wait)
         .map_err(|e| usage(format!("the command is too large: {e}")))?;
-    let request = Envelope::request(
-        operator(),
-        Target {
-            to: Destination::Node("local".into()),
-            app: Some(dci_proto::control::CONTROL_APP.into()),
-            instance: None,
-        },
-        payload,
-    );
+    let request = to_local(dci_proto::control::CONTROL_APP, payload);
     let limit = wait + Duration::from_secs(5);
     let path = client.path().to_owned();
     let streamed = async {
@@ -334,17 +326,22 @@ fn attributes(e: &quick_xml::events::BytesStart<'_>) -> HashMap<String, String> 
         .collect()
 }
 
-fn msglog_envelope(payload: String) -> Result<Envelope, ClientError> {
-    let payload = Payload::new(payload).map_err(|e| usage(e.to_string()))?;
-    Ok(Envelope::request(
+/// A request from the operator to an app of the local agent itself.
+fn to_local(app: &str, payload: Payload) -> Envelope {
+    Envelope::request(
         operator(),
         Target {
             to: Destination::Node("local".into()),
-            app: Some(crate::router::MSGLOG_APP.into()),
+            app: Some(app.into()),
             instance: None,
         },
         payload,
-    ))
+    )
+}
+
+fn msglog_envelope(payload: String) -> Result<Envelope, ClientError> {
+    let payload = Payload::new(payload).map_err(|e| usage(e.to_string()))?;
+    Ok(to_local(crate::router::MSGLOG_APP, payload))
 }
 
 fn only_answer(answers: Vec<Envelope>) -> Result<Envelope, ClientError> {
