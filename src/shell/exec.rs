@@ -234,26 +234,32 @@ impl Progress {
         }
     }
 
-    /// The blade an answer is about: its sender, or for a router's refusal (`no route to node
-    /// ID`) the member it names.
-    fn blade_of<'e>(&'e self, answer: &'e Envelope) -> &'e str {
+    /// The blade an answer is about: its sender, or for a router's refusal the member it names
+    /// (`no route to node ID`, `no live member holds blade NAME`); `None` if it names none.
+    fn blade_of(&self, answer: &Envelope) -> Option<String> {
         let sender = answer
             .sender
             .blade
             .as_deref()
             .unwrap_or(&answer.sender.node);
         if answer.kind != Kind::Error || answer.sender.app == dci_peerlet_exec::APP {
-            return sender;
+            return Some(sender.to_owned());
         }
         let text = answer.payload.as_str();
-        self.ids
-            .iter()
-            .find(|(id, _)| text.contains(id.as_str()))
-            .map_or(sender, |(_, name)| name.as_str())
+        let by_id = self.ids.iter().find(|(id, _)| text.contains(id.as_str()));
+        let by_name = || {
+            self.runs.keys().find(|name| {
+                text.split(|c: char| !(c.is_alphanumeric() || "-_.".contains(c)))
+                    .any(|word| word == name.as_str())
+            })
+        };
+        by_id.map(|(_, name)| name).or_else(by_name).cloned()
     }
 
     fn take(&mut self, answer: Envelope) {
-        let name = self.blade_of(&answer).to_owned();
+        let Some(name) = self.blade_of(&answer) else {
+            return;
+        };
         let Some(run) = self.runs.get_mut(&name) else {
             return;
         };
@@ -656,5 +662,51 @@ mod tests {
         assert_eq!(o.stdout, "a < b\n");
         assert_eq!(o.stderr, "oops");
         assert_eq!(o.error, None);
+    }
+
+    #[test]
+    fn a_refusal_is_put_on_the_blade_it_names_not_on_the_router_that_sent_it() {
+        let progress = Progress {
+            runs: ["b1", "b2", "b3"]
+                .iter()
+                .map(|b| (b.to_string(), Run::default()))
+                .collect(),
+            ids: vec![("ID3".into(), "b3".into())],
+            lines: false,
+        };
+        let answer = |app: &str, kind: Kind, text: &str| {
+            let mut env = Envelope::request(
+                Sender {
+                    node: "ID1".into(),
+                    blade: Some("b1".into()),
+                    app: app.into(),
+                    instance: None,
+                },
+                Target {
+                    to: Destination::Node("x".into()),
+                    app: None,
+                    instance: None,
+                },
+                dci_proto::control::error_payload("e", text),
+            );
+            env.kind = kind;
+            env
+        };
+        let of = |a: Envelope| progress.blade_of(&a);
+        let r = Kind::Error;
+        assert_eq!(
+            of(answer("router", r, "no live member holds blade b2")).as_deref(),
+            Some("b2")
+        );
+        assert_eq!(
+            of(answer("router", r, "no route to node ID3")).as_deref(),
+            Some("b3")
+        );
+        assert_eq!(of(answer("router", r, "no route to node ID9")), None);
+        assert_eq!(of(answer("exec", r, "not allowed")).as_deref(), Some("b1"));
+        assert_eq!(
+            of(answer("router", Kind::Reply, "b2")).as_deref(),
+            Some("b1")
+        );
     }
 }
