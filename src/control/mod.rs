@@ -160,7 +160,21 @@ async fn serve_connection(
                 return Err(e.to_string());
             }
         };
-        let reply = match Envelope::from_xml(&bytes, &limits) {
+        let parsed = Envelope::from_xml(&bytes, &limits);
+        // A `<route>` request is answered by a stream of frames rather than one.
+        if let Ok(request) = &parsed {
+            let control = request.target.app.as_deref() == Some(dci_proto::control::CONTROL_APP);
+            if let Some(route) = control
+                .then(|| crate::router::control::route_of(request))
+                .flatten()
+            {
+                crate::router::control::stream(&me, request, route, messenger, &mut stream)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                continue;
+            }
+        }
+        let reply = match parsed {
             Err(e) => error_envelope(&me, "bad-envelope", &e.to_string()),
             // Anything not for the control app is an envelope to route (`dcish send`, `log`, ...).
             Ok(request)

@@ -53,6 +53,12 @@ pub const MSGLOG_APP: &str = "msglog";
 pub const MSGLOG_NAMESPACE: &str = "urn:dci:msglog:1";
 /// The namespace of the answers a local client gets back.
 pub const ANSWERS_NAMESPACE: &str = "urn:dci:answers:1";
+/// How much longer than a command's own limit its answers are waited for (the run's start and
+/// the answer's way back).
+pub const ANSWER_MARGIN: Duration = Duration::from_secs(3);
+/// Answer bytes a streaming client may leave unread before its stream is cut: one slow
+/// operator must neither hold up routing nor fill the agent's memory.
+pub const STREAM_BACKLOG: usize = 32 << 20;
 
 /// The `[messaging]` section of the config.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -124,12 +130,61 @@ impl Answers {
     }
 }
 
+/// One item of a streamed answer: each answer as it arrives, then the end.
+#[derive(Debug)]
+pub enum Streamed {
+    /// An answer (a reply, an error, or an event correlated to the request).
+    Answer(Box<Envelope>),
+    /// No more answers: every destination answered or the wait ran out (`overflowed` when the
+    /// client fell [`STREAM_BACKLOG`] bytes behind and the rest was dropped).
+    End {
+        /// How many destinations were expected to answer.
+        expected: usize,
+        /// Whether answers were dropped because the client read too slowly.
+        overflowed: bool,
+    },
+}
+
+/// A streaming client's end: answers in arrival order, and how many bytes of them it holds.
+pub struct AnswerStream {
+    /// The answers.
+    pub rx: mpsc::UnboundedReceiver<Streamed>,
+    /// Bytes sent and not yet taken.
+    backlog: Arc<AtomicU64>,
+}
+
+impl AnswerStream {
+    /// Says that the client took `answer` off the stream.
+    pub fn taken(&self, answer: &Envelope) {
+        self.backlog
+            .fetch_sub(backlog_bytes(answer), Ordering::Relaxed);
+    }
+}
+
+/// What an answer counts in a stream's backlog: its payload and about its header.
+fn backlog_bytes(answer: &Envelope) -> u64 {
+    answer.payload.as_str().len() as u64 + 512
+}
+
+/// Where the answers to a submitted envelope go.
+enum Sink {
+    /// All at once when complete.
+    Gather(oneshot::Sender<Answers>),
+    /// Each as it arrives.
+    Stream {
+        tx: mpsc::UnboundedSender<Streamed>,
+        backlog: Arc<AtomicU64>,
+    },
+}
+
 enum Command {
-    /// From a local client: route `env` and gather its answers.
+    /// From a local client: route `env` and gather or stream its answers, waiting `wait` at
+    /// most (none: `answer_wait_ms`).
     Submit {
         env: Envelope,
         replay_of: Option<String>,
-        answers: Option<oneshot::Sender<Answers>>,
+        answers: Option<Sink>,
+        wait: Option<Duration>,
     },
     /// From a peerlet after its `handle` returned, or an external peerlet.
     Post(Envelope),
@@ -168,11 +223,35 @@ impl MessengerHandle {
             .send(Command::Submit {
                 env,
                 replay_of: None,
-                answers: Some(tx),
+                answers: Some(Sink::Gather(tx)),
+                wait: None,
             })
             .await
             .ok()?;
         rx.await.ok()
+    }
+
+    /// Routes `env` as [`MessengerHandle::request`] does, and streams its answers as they
+    /// arrive, for `wait` at most (bounded by the agent: `answer_wait_ms`, or the longest
+    /// `exec` run plus [`ANSWER_MARGIN`] if longer). `None` when the messenger stopped.
+    pub async fn stream(&self, mut env: Envelope, wait: Duration) -> Option<AnswerStream> {
+        env.sender.node = self.local.clone();
+        env.sender.blade = self.blade.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(AtomicU64::new(0));
+        self.tx
+            .send(Command::Submit {
+                env,
+                replay_of: None,
+                answers: Some(Sink::Stream {
+                    tx,
+                    backlog: Arc::clone(&backlog),
+                }),
+                wait: Some(wait),
+            })
+            .await
+            .ok()?;
+        Some(AnswerStream { rx, backlog })
     }
 
     /// Routes `env` as it is, without waiting for answers (failure notices).
@@ -182,6 +261,7 @@ impl MessengerHandle {
                 env,
                 replay_of: None,
                 answers: None,
+                wait: None,
             })
             .await
             .is_ok()
@@ -194,6 +274,7 @@ impl MessengerHandle {
                 env,
                 replay_of: None,
                 answers: None,
+                wait: None,
             })
             .is_ok()
     }
@@ -224,9 +305,61 @@ impl Outbox for PostBox {
 
 struct Waiter {
     expected: usize,
+    /// Replies and errors so far (events do not answer).
+    answered: usize,
+    /// What a gathering client gets at the end.
     answers: Vec<Envelope>,
-    reply: oneshot::Sender<Answers>,
+    sink: Sink,
     deadline: Instant,
+    overflowed: bool,
+}
+
+impl Waiter {
+    /// Takes one answer: kept, or sent on at once.
+    fn take(&mut self, env: Envelope) {
+        if env.kind != Kind::Event {
+            self.answered += 1;
+        }
+        match &self.sink {
+            Sink::Gather(_) => self.answers.push(env),
+            Sink::Stream { tx, backlog } => {
+                let bytes = backlog_bytes(&env);
+                if self.overflowed
+                    || backlog.fetch_add(bytes, Ordering::Relaxed) + bytes > STREAM_BACKLOG as u64
+                {
+                    self.overflowed = true;
+                } else {
+                    let _ = tx.send(Streamed::Answer(Box::new(env)));
+                }
+            }
+        }
+    }
+
+    fn gone(&self) -> bool {
+        match &self.sink {
+            Sink::Gather(reply) => reply.is_closed(),
+            Sink::Stream { tx, .. } => tx.is_closed(),
+        }
+    }
+
+    /// Tells the client there is no more.
+    fn finish(self, request: Uuid) {
+        match self.sink {
+            Sink::Gather(reply) => {
+                let _ = reply.send(Answers {
+                    request,
+                    expected: self.expected,
+                    answers: self.answers,
+                });
+            }
+            Sink::Stream { tx, .. } => {
+                let _ = tx.send(Streamed::End {
+                    expected: self.expected,
+                    overflowed: self.overflowed,
+                });
+            }
+        }
+    }
 }
 
 struct Link {
@@ -417,7 +550,8 @@ impl Messenger {
                 env,
                 replay_of,
                 answers,
-            } => self.submit(env, replay_of, answers).await,
+                wait,
+            } => self.submit(env, replay_of, answers, wait).await,
             Command::Post(env) => {
                 self.log_envelope(&env, "out", None);
                 self.core.handle(env, Origin::Local);
@@ -468,14 +602,15 @@ impl Messenger {
         &mut self,
         env: Envelope,
         replay_of: Option<String>,
-        answers: Option<oneshot::Sender<Answers>>,
+        answers: Option<Sink>,
+        wait: Option<Duration>,
     ) {
         self.log_envelope(&env, "out", replay_of);
         let id = env.id;
         let kind = env.kind;
         self.core.handle(env, Origin::Local);
         let actions: Vec<Action> = self.core.drain().collect();
-        let Some(reply) = answers else {
+        let Some(sink) = answers else {
             return self.run_actions(actions).await;
         };
         // Each destination answers a request once; an event is answered only by refusals.
@@ -490,13 +625,24 @@ impl Messenger {
             id,
             Waiter {
                 expected,
+                answered: 0,
                 answers: Vec::new(),
-                reply,
-                deadline: Instant::now() + Duration::from_millis(self.config.answer_wait_ms),
+                sink,
+                deadline: Instant::now() + self.answer_wait(wait),
+                overflowed: false,
             },
         );
         self.run_actions(actions).await;
         self.complete(id);
+    }
+
+    /// How long a client's answers are waited for: what it asked, within what any answer can
+    /// take here (the answer wait, or the longest `exec` run and a margin).
+    fn answer_wait(&self, asked: Option<Duration>) -> Duration {
+        let default = Duration::from_millis(self.config.answer_wait_ms);
+        let longest =
+            default.max(Duration::from_millis(self.config.exec_timeout_ms) + ANSWER_MARGIN);
+        asked.map_or(default, |w| w.min(longest))
     }
 
     /// Carries out the core's actions, and those they cause, until there are none.
@@ -530,7 +676,7 @@ impl Messenger {
         if let Some(c) = env.correlation.filter(|c| self.waiters.contains_key(c)) {
             self.log_envelope(&env, "in", None);
             if let Some(w) = self.waiters.get_mut(&c) {
-                w.answers.push(env);
+                w.take(env);
             }
             return self.complete(c);
         }
@@ -603,14 +749,10 @@ impl Messenger {
         let done = self
             .waiters
             .get(&id)
-            .is_some_and(|w| w.answers.len() >= w.expected);
+            .is_some_and(|w| w.answered >= w.expected || w.overflowed);
         if done {
             if let Some(w) = self.waiters.remove(&id) {
-                let _ = w.reply.send(Answers {
-                    request: id,
-                    expected: w.expected,
-                    answers: w.answers,
-                });
+                w.finish(id);
             }
         }
     }
@@ -620,16 +762,12 @@ impl Messenger {
         let due: Vec<Uuid> = self
             .waiters
             .iter()
-            .filter(|(_, w)| w.deadline <= now || w.reply.is_closed())
+            .filter(|(_, w)| w.deadline <= now || w.gone())
             .map(|(id, _)| *id)
             .collect();
         for id in due {
             if let Some(w) = self.waiters.remove(&id) {
-                let _ = w.reply.send(Answers {
-                    request: id,
-                    expected: w.expected,
-                    answers: w.answers,
-                });
+                w.finish(id);
             }
         }
     }
@@ -701,7 +839,8 @@ impl Messenger {
                         .try_send(Command::Submit {
                             env: copy,
                             replay_of: Some(original.clone()),
-                            answers: Some(tx),
+                            answers: Some(Sink::Gather(tx)),
+                            wait: None,
                         })
                         .is_ok();
                     pending.push((id, original, sent.then_some(rx)));

@@ -122,28 +122,49 @@ impl Client {
         request: &Envelope,
         timeout: Duration,
     ) -> Result<Envelope, ClientError> {
-        let path = self.path.clone();
-        let proto = |reason: String| ClientError::Protocol {
-            path: path.clone(),
-            reason,
-        };
         let exchange = async {
-            frame::write_frame(&mut self.stream, request.to_xml().as_bytes())
-                .await
-                .map_err(|e| proto(e.to_string()))?;
-            frame::read_frame(&mut self.stream, MAX_REPLY_BYTES)
-                .await
-                .map_err(|e| proto(e.to_string()))?
-                .ok_or_else(|| proto("the agent closed the connection".into()))
+            self.send(request).await?;
+            self.receive().await
         };
-        let bytes = tokio::time::timeout(timeout, exchange)
+        tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| ClientError::Timeout(self.path.clone(), timeout))??;
-        let limits = Limits {
-            max_envelope_bytes: MAX_REPLY_BYTES,
-            max_payload_bytes: MAX_REPLY_BYTES,
-            ..Limits::default()
-        };
-        Envelope::from_xml(&bytes, &limits).map_err(|e| proto(e.to_string()))
+            .map_err(|_| ClientError::Timeout(self.path.clone(), timeout))?
+    }
+
+    /// Sends one envelope to the agent.
+    pub async fn send(&mut self, request: &Envelope) -> Result<(), ClientError> {
+        frame::write_frame(&mut self.stream, request.to_xml().as_bytes())
+            .await
+            .map_err(|e| self.protocol(e.to_string()))
+    }
+
+    /// Reads the next envelope the agent sends, however long it takes (the caller bounds it).
+    pub async fn receive(&mut self) -> Result<Envelope, ClientError> {
+        let bytes = frame::read_frame(&mut self.stream, MAX_REPLY_BYTES)
+            .await
+            .map_err(|e| self.protocol(e.to_string()))?
+            .ok_or_else(|| self.protocol("the agent closed the connection".into()))?;
+        Envelope::from_xml(&bytes, &reply_limits()).map_err(|e| self.protocol(e.to_string()))
+    }
+
+    /// The socket this client is connected to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn protocol(&self, reason: String) -> ClientError {
+        ClientError::Protocol {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+}
+
+/// The limits of what the agent sends back: up to [`MAX_REPLY_BYTES`].
+pub fn reply_limits() -> Limits {
+    Limits {
+        max_envelope_bytes: MAX_REPLY_BYTES,
+        max_payload_bytes: MAX_REPLY_BYTES,
+        ..Limits::default()
     }
 }

@@ -10,6 +10,7 @@ pub mod files;
 pub mod moves;
 pub mod msg;
 pub mod nodeset;
+pub mod prompt;
 pub mod task;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -249,7 +250,10 @@ pub async fn run(
             }
         }
     };
-    let _ = writeln!(std::io::stdout().lock(), "{text}");
+    // Nothing left to say (`exec --lines` printed as it went): no empty line either.
+    if !text.is_empty() {
+        let _ = writeln!(std::io::stdout().lock(), "{text}");
+    }
     Ok(())
 }
 
@@ -676,35 +680,68 @@ fn format_age(ms: u64) -> String {
     }
 }
 
-/// The interactive prompt: reads commands line by line until `exit` or end of input.
+/// The interactive prompt: reads commands line by line until `exit` or end of input; at a
+/// terminal with line editing, history and completion ([`prompt`]).
 pub async fn repl(cli: &Cli) -> bool {
     if let Some(path) = &cli.file {
         return match std::fs::File::open(path) {
-            Ok(f) => commands(cli, std::io::BufReader::new(f).lines(), false).await,
+            Ok(f) => commands(cli, Input::Lines(std::io::BufReader::new(f).lines())).await,
             Err(e) => {
                 eprintln!("dcish: cannot read {}: {e}", path.display());
                 false
             }
         };
     }
-    let interactive = std::io::stdin().is_terminal();
-    commands(cli, std::io::stdin().lock().lines(), interactive).await
+    let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    match terminal.then(prompt::Prompt::new).flatten().map(Box::new) {
+        Some(editor) => {
+            commands(
+                cli,
+                Input::<std::io::Lines<std::io::StdinLock>>::Editor(editor),
+            )
+            .await
+        }
+        None => commands(cli, Input::Lines(std::io::stdin().lock().lines())).await,
+    }
 }
 
-/// Runs commands line by line, with a prompt when `interactive`; false if any failed.
-async fn commands(
+/// Where commands come from.
+enum Input<L> {
+    /// A script or piped standard input.
+    Lines(L),
+    /// A person at the terminal.
+    Editor(Box<prompt::Prompt>),
+}
+
+impl<L: Iterator<Item = std::io::Result<String>>> Input<L> {
+    /// The next line, `None` at the end.
+    async fn next(&mut self, cli: &Cli, cwd: &str) -> Option<String> {
+        match self {
+            Input::Lines(lines) => lines.next()?.ok(),
+            Input::Editor(editor) => {
+                // Completion offers the blades of the mesh as it is now.
+                if let Ok(mut client) = Client::connect(&cli.agent).await {
+                    if let Ok(members) = exec::members(&mut client).await {
+                        editor.set_members(&members);
+                    }
+                }
+                editor.read(&format!("dcish:{cwd}> "))
+            }
+        }
+    }
+}
+
+/// Runs commands line by line; false if any failed.
+async fn commands<L: Iterator<Item = std::io::Result<String>>>(
     cli: &Cli,
-    mut lines: impl Iterator<Item = std::io::Result<String>>,
-    interactive: bool,
+    mut input: Input<L>,
 ) -> bool {
     let mut ok = true;
     let mut session = files::Session::default();
     loop {
-        if interactive {
-            print!("dcish:{}> ", session.cwd);
-            let _ = std::io::stdout().flush();
-        }
-        let Some(Ok(line)) = lines.next() else { break };
+        let Some(line) = input.next(cli, &session.cwd).await else {
+            break;
+        };
         if line.trim_start().starts_with('#') {
             continue;
         }
@@ -720,6 +757,13 @@ async fn commands(
         }
         let argv = std::iter::once("dcish").chain(words.iter().map(String::as_str));
         match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Some(Command::Exec(args)),
+                ..
+            }) if args.stdin && cli.file.is_none() => {
+                eprintln!("dcish: exec --stdin: standard input holds the commands here; use it in one-shot commands or with -f SCRIPT");
+                ok = false;
+            }
             Ok(Cli {
                 command: Some(command),
                 json,

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::time::Duration;
 
 use clap::Args;
 use dci_proto::{Destination, Envelope, Kind, Limits, Payload, Sender, Target};
@@ -195,6 +196,16 @@ pub(crate) async fn answers_of(
     env: &Envelope,
 ) -> Result<(usize, Vec<Envelope>), ClientError> {
     let reply = client.exchange(env).await?;
+    let (attrs, answers) = read_answers(&reply)?;
+    let expected = attrs
+        .get("expected")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok((expected, answers))
+}
+
+/// The attributes of the `<answers>` an agent replied with, and the envelopes inside.
+fn read_answers(reply: &Envelope) -> Result<(HashMap<String, String>, Vec<Envelope>), ClientError> {
     let bad = |reason: String| ClientError::Refused {
         code: "bad-answer".into(),
         message: reason,
@@ -209,20 +220,48 @@ pub(crate) async fn answers_of(
         .into_iter()
         .next()
         .ok_or_else(|| bad("no <answers> in the reply".into()))?;
-    let expected = attrs
-        .get("expected")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let limits = Limits {
-        max_envelope_bytes: super::client::MAX_REPLY_BYTES,
-        max_payload_bytes: super::client::MAX_REPLY_BYTES,
-        ..Limits::default()
-    };
+    let limits = super::client::reply_limits();
     let mut answers = Vec::new();
     for (_, xml) in children(self::inner(inner)).map_err(bad)? {
         answers.push(Envelope::from_xml(xml.as_bytes(), &limits).map_err(|e| bad(e.to_string()))?);
     }
-    Ok((expected, answers))
+    Ok((attrs, answers))
+}
+
+/// Sends `env` for the agent to route and hands each answer to `each` as it arrives, for
+/// `wait` at most (the agent stops waiting a little earlier); returns how many destinations
+/// were expected to answer.
+pub(crate) async fn stream_answers(
+    client: &mut Client,
+    env: &Envelope,
+    wait: Duration,
+    each: &tokio::sync::mpsc::Sender<Envelope>,
+) -> Result<usize, ClientError> {
+    let payload = crate::router::control::route_payload(env, wait)
+        .map_err(|e| usage(format!("the command is too large: {e}")))?;
+    let request = to_local(dci_proto::control::CONTROL_APP, payload);
+    let limit = wait + Duration::from_secs(5);
+    let path = client.path().to_owned();
+    let streamed = async {
+        client.send(&request).await?;
+        loop {
+            let (attrs, answers) = read_answers(&client.receive().await?)?;
+            for a in answers {
+                if each.send(a).await.is_err() {
+                    return Ok(0);
+                }
+            }
+            if attrs.get("more").map(String::as_str) != Some("true") {
+                return Ok(attrs
+                    .get("expected")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0));
+            }
+        }
+    };
+    tokio::time::timeout(limit, streamed)
+        .await
+        .map_err(|_| ClientError::Timeout(path, limit))?
 }
 
 /// One element found by [`children`]: its attributes (its local name under `""`) and its text.
@@ -287,17 +326,22 @@ fn attributes(e: &quick_xml::events::BytesStart<'_>) -> HashMap<String, String> 
         .collect()
 }
 
-fn msglog_envelope(payload: String) -> Result<Envelope, ClientError> {
-    let payload = Payload::new(payload).map_err(|e| usage(e.to_string()))?;
-    Ok(Envelope::request(
+/// A request from the operator to an app of the local agent itself.
+fn to_local(app: &str, payload: Payload) -> Envelope {
+    Envelope::request(
         operator(),
         Target {
             to: Destination::Node("local".into()),
-            app: Some(crate::router::MSGLOG_APP.into()),
+            app: Some(app.into()),
             instance: None,
         },
         payload,
-    ))
+    )
+}
+
+fn msglog_envelope(payload: String) -> Result<Envelope, ClientError> {
+    let payload = Payload::new(payload).map_err(|e| usage(e.to_string()))?;
+    Ok(to_local(crate::router::MSGLOG_APP, payload))
 }
 
 fn only_answer(answers: Vec<Envelope>) -> Result<Envelope, ClientError> {
