@@ -223,7 +223,29 @@ impl Agent {
             messenger_handle.clone(),
         ));
 
-        let (replication, service) = start_replication(&config, &db, &data_dir, local_id)?;
+        let installer = std::sync::Arc::new(
+            crate::package::install::Installer::open(
+                &db,
+                crate::package::install::Settings {
+                    trusted: config.packages.trusted.clone(),
+                    platform: crate::package::platform(),
+                    root: data_dir.path().join("packages"),
+                    max_step: config.packages.max_step,
+                },
+                Some(messenger_handle.clone()),
+            )
+            .map_err(|reason| StartError::Database {
+                path: data_dir.db_path(),
+                reason,
+            })?,
+        );
+        // Installed peerlets are registered again: the host starts with only the configured ones.
+        tokio::spawn({
+            let installer = installer.clone();
+            async move { installer.reregister().await }
+        });
+        let (replication, service) =
+            start_replication(&config, &db, &data_dir, local_id, installer)?;
         let mut sampler = Sampler::new(data_dir.path());
         let meta = MemberMeta {
             name: config.name.clone(),
@@ -633,10 +655,10 @@ impl Agent {
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.replication.control((
-            dci_proto::backup::BackupRequest::Now {
+            crate::replication::Operator::Backup(dci_proto::backup::BackupRequest::Now {
                 blade: None,
                 wait: true,
-            },
+            }),
             tx,
         ));
         let done = self.handover_tx.clone();
@@ -687,7 +709,8 @@ impl Agent {
             on: None,
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.replication.control((request, tx));
+        self.replication
+            .control((crate::replication::Operator::Backup(request), tx));
         let done = self.takeover_tx.clone();
         tokio::spawn(async move {
             let answer = rx
@@ -1511,6 +1534,7 @@ fn start_replication(
     db: &sled::Db,
     data_dir: &DataDir,
     local_id: PeerId,
+    installer: std::sync::Arc<crate::package::install::Installer>,
 ) -> Result<
     (
         crate::replication::Link,
@@ -1536,6 +1560,7 @@ fn start_replication(
         (local_id, config.name.clone(), config.zone.clone()),
         ch.net,
         ch.stats,
+        Some(installer),
     );
     let (inbound, control) = (ch.inbound, ch.control);
     Ok((link, move |events| {

@@ -157,6 +157,28 @@ pub struct FileConfig {
     /// Backup and replication.
     #[serde(default)]
     pub backup: BackupFile,
+    /// Software packages.
+    #[serde(default)]
+    pub packages: PackagesFile,
+}
+
+/// `[packages]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackagesFile {
+    /// Public key files (`dcish keygen`'s `FILE.pub`) whose packages this agent installs.
+    pub trusted_keys: Option<Vec<PathBuf>>,
+    /// The longest any install command may run, in milliseconds.
+    pub max_step_ms: Option<u64>,
+}
+
+/// Software packages, validated.
+#[derive(Debug, Clone)]
+pub struct PackagesConfig {
+    /// The keys whose packages are installed; none trusted means none installed.
+    pub trusted: Vec<ed25519_dalek::VerifyingKey>,
+    /// The longest any install command may run.
+    pub max_step: Duration,
 }
 
 /// What the command line says; `None` means "not given, use the file or the default".
@@ -186,6 +208,8 @@ pub struct Overrides {
     pub backup_root: Option<PathBuf>,
     /// `--replication-factor`.
     pub replication_factor: Option<usize>,
+    /// `--trusted-key` (repeatable; replaces the file's list when given).
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 /// A complete, validated agent configuration.
@@ -219,6 +243,8 @@ pub struct Config {
     pub messaging: crate::router::MessagingConfig,
     /// Backup and replication.
     pub backup: BackupConfig,
+    /// Software packages.
+    pub packages: PackagesConfig,
 }
 
 impl Config {
@@ -362,6 +388,26 @@ impl Config {
         )
         .map_err(|(field, value, reason)| invalid(field, &value, &reason))?;
 
+        let key_paths = if cli.trusted_keys.is_empty() {
+            file.packages.trusted_keys.unwrap_or_default()
+        } else {
+            cli.trusted_keys.clone()
+        };
+        let packages = PackagesConfig {
+            trusted: key_paths
+                .iter()
+                .map(|p| {
+                    crate::package::keys::read_public(p)
+                        .map_err(|e| invalid("packages.trusted_keys", &p.display().to_string(), &e))
+                })
+                .collect::<Result<_, _>>()?,
+            max_step: ms(
+                "packages.max_step_ms",
+                file.packages.max_step_ms,
+                Duration::from_secs(600),
+            )?,
+        };
+
         Ok(Config {
             name,
             data_dir: cli
@@ -384,6 +430,7 @@ impl Config {
             degradation,
             messaging: file.messaging,
             backup,
+            packages,
         })
     }
 }

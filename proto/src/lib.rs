@@ -33,6 +33,7 @@ mod envelope;
 mod error;
 pub mod frame;
 pub mod notice;
+pub mod package;
 mod xml;
 
 pub use envelope::{Destination, Envelope, Kind, Payload, Sender, Target};

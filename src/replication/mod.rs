@@ -64,11 +64,17 @@ pub struct Inbound {
     pub request: Vec<u8>,
 }
 
-/// An operator's backup command from the control socket, and where its answer goes.
-pub type ControlCall = (
-    BackupRequest,
-    oneshot::Sender<Result<Payload, (String, String)>>,
-);
+/// An operator's command for the service: backup or package.
+#[derive(Debug)]
+pub enum Operator {
+    /// `dcish backup`, `archives`, `restore`, `ls`, `cat`.
+    Backup(BackupRequest),
+    /// `dcish deploy`, `undeploy`, `packages`.
+    Package(dci_proto::package::PackageRequest),
+}
+
+/// An operator's command from the control socket, and where its answer goes.
+pub type ControlCall = (Operator, oneshot::Sender<Result<Payload, (String, String)>>);
 
 /// What the service did and refused, for `dcish status`.
 #[derive(Debug, Default)]
@@ -143,7 +149,7 @@ impl Link {
         {
             let _ = call.1.send(Err((
                 "busy".into(),
-                "the backup service is busy or stopped".into(),
+                "the replication service is busy or stopped".into(),
             )));
         }
     }

@@ -85,6 +85,8 @@ pub struct Service {
     gone_since: std::sync::Mutex<HashMap<PeerId, Instant>>,
     started: Instant,
     stats: Arc<super::Stats>,
+    /// The package installer, for deploys from and to this node.
+    packages: Option<Arc<crate::package::install::Installer>>,
 }
 
 fn now_ms() -> u64 {
@@ -109,6 +111,7 @@ impl Service {
         (me, name, zone): (PeerId, String, String),
         net: mpsc::Sender<NetCommand>,
         stats: Arc<super::Stats>,
+        packages: Option<Arc<crate::package::install::Installer>>,
     ) -> Arc<Service> {
         Arc::new(Service {
             store,
@@ -124,7 +127,28 @@ impl Service {
             gone_since: std::sync::Mutex::new(HashMap::new()),
             started: Instant::now(),
             stats,
+            packages,
         })
+    }
+
+    /// The package installer, if this agent has one.
+    pub(crate) fn packages(&self) -> Option<Arc<crate::package::install::Installer>> {
+        self.packages.clone()
+    }
+
+    /// The block store.
+    pub(crate) fn store(&self) -> Arc<dyn BlockStore> {
+        self.store.clone()
+    }
+
+    /// This node's blade name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// This node's id.
+    pub(crate) fn local_id(&self) -> PeerId {
+        self.me
     }
 
     /// Runs until the agent stops (its channels close).
@@ -172,7 +196,11 @@ impl Service {
                     let Some((request, reply)) = call else { return };
                     let me = self.clone();
                     tokio::spawn(async move {
-                        let _ = reply.send(me.control(request, true).await);
+                        let answer = match request {
+                            super::Operator::Backup(r) => me.control(r, true).await,
+                            super::Operator::Package(r) => crate::package::deploy::control(&me, r).await,
+                        };
+                        let _ = reply.send(answer);
                     });
                 }
                 event = events.recv() => match event {
@@ -281,7 +309,7 @@ impl Service {
         Some((watcher, rx))
     }
 
-    async fn call(&self, to: PeerId, request: &Request) -> Result<Response, String> {
+    pub(crate) async fn call(&self, to: PeerId, request: &Request) -> Result<Response, String> {
         let (tx, rx) = oneshot::channel();
         self.net
             .send(NetCommand::Send {
@@ -293,7 +321,7 @@ impl Service {
             .map_err(|_| "the agent is stopping".to_string())?;
         // A forwarded operator command (a restore) answers when it is done.
         let limit = match request {
-            Request::Control(_) => FORWARDED_TIMEOUT,
+            Request::Control(_) | Request::Package(_) => FORWARDED_TIMEOUT,
             Request::Have { .. }
             | Request::Put { .. }
             | Request::Commit { .. }
@@ -311,7 +339,7 @@ impl Service {
         }
     }
 
-    async fn members(&self) -> Vec<MemberInfo> {
+    pub(crate) async fn members(&self) -> Vec<MemberInfo> {
         let (tx, rx) = oneshot::channel();
         if self.net.send(NetCommand::Members(tx)).await.is_err() {
             return Vec::new();
@@ -1322,7 +1350,8 @@ impl Service {
             Request::Sync { .. }
             | Request::Get { .. }
             | Request::Catalog { .. }
-            | Request::Control(_) => Vec::new(),
+            | Request::Control(_)
+            | Request::Package(_) => Vec::new(),
         };
         let may_push = |blade: &str| owner_of(blade) || self.owner_gone(&members, blade, false);
         let refuse = |blade: &str| {
@@ -1451,6 +1480,9 @@ impl Service {
                     .map(Response::Records)
                     .map_err(|e| e.to_string()),
             ),
+            Request::Package(call) => {
+                crate::package::deploy::handle(self, inbound.peer, call).await
+            }
             Request::Control(xml) => {
                 let parsed = Payload::new(xml)
                     .ok()
@@ -1641,6 +1673,7 @@ mod tests {
             (PeerId::random(), "holder".into(), "z".into()),
             net,
             Arc::default(),
+            None,
         );
         (s, store, catalog)
     }

@@ -147,7 +147,24 @@ enum Command {
     },
     /// Counters for `dcish status`.
     Stats(oneshot::Sender<Vec<(String, u64)>>),
+    /// From the package installer: a change to the external peerlet types.
+    Peerlets(PeerletChange, oneshot::Sender<PeerletAnswer>),
 }
+
+/// A change to the external peerlet types, from the package installer.
+#[derive(Debug)]
+pub enum PeerletChange {
+    /// Register (or replace) an external peerlet.
+    Register(crate::peerlet_host::external::Manifest),
+    /// Remove one and stop its instances.
+    Unregister(String),
+    /// Stop an app's instances.
+    Restart(String),
+}
+
+/// What a [`PeerletChange`] did: for a registration, the manifest it replaced; or why it was
+/// refused.
+pub type PeerletAnswer = Result<Option<crate::peerlet_host::external::Manifest>, String>;
 
 /// A cloneable handle to the messenger task.
 #[derive(Clone)]
@@ -196,6 +213,17 @@ impl MessengerHandle {
                 answers: None,
             })
             .is_ok()
+    }
+
+    /// Changes the external peerlet types (the package installer's steps).
+    pub async fn peerlets(&self, change: PeerletChange) -> PeerletAnswer {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Peerlets(change, tx))
+            .await
+            .map_err(|_| "the messenger has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the messenger has stopped".to_string())?
     }
 
     /// The messenger's counters.
@@ -310,8 +338,13 @@ impl Messenger {
                 tracing::warn!("{e}; that peerlet is not available");
             }
             for m in found {
-                tracing::info!(app = %m.app, dir = %m.dir.display(), "external peerlet registered");
-                host.register_external(m);
+                let (app, dir) = (m.app.clone(), m.dir.clone());
+                match host.register_external(m) {
+                    Ok(_) => {
+                        tracing::info!(%app, dir = %dir.display(), "external peerlet registered")
+                    }
+                    Err(r) => tracing::warn!(%app, "{}; that peerlet is not available", r.message),
+                }
             }
         }
         let log = setup.db.as_ref().and_then(|db| {
@@ -457,6 +490,24 @@ impl Messenger {
             }
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
+            }
+            Command::Peerlets(change, reply) => {
+                let answer = match change {
+                    PeerletChange::Register(m) => self
+                        .host
+                        .register_external(m)
+                        .map(|old| old.map(|o| (*o).clone()))
+                        .map_err(|r| r.message),
+                    PeerletChange::Unregister(app) => {
+                        self.host.unregister_external(&app);
+                        Ok(None)
+                    }
+                    PeerletChange::Restart(app) => {
+                        self.host.restart(&app);
+                        Ok(None)
+                    }
+                };
+                let _ = reply.send(answer);
             }
         }
     }

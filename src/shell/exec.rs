@@ -78,7 +78,7 @@ impl Outcome {
 }
 
 /// The member table as node sets see it.
-async fn members(client: &mut Client) -> Result<Vec<MemberInfo>, ClientError> {
+pub(super) async fn members(client: &mut Client) -> Result<Vec<MemberInfo>, ClientError> {
     let payload = client.request(ControlRequest::Nodes.to_payload()).await?;
     members_from_payload(&payload).map_err(|e| ClientError::Refused {
         code: "bad-answer".into(),
@@ -86,7 +86,7 @@ async fn members(client: &mut Client) -> Result<Vec<MemberInfo>, ClientError> {
     })
 }
 
-fn resolve(
+pub(super) fn resolve(
     members: &[MemberInfo],
     set: &str,
     exclude: Option<&str>,

@@ -8,6 +8,7 @@ pub mod client;
 pub mod exec;
 pub mod msg;
 pub mod nodeset;
+pub mod package;
 pub mod task;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -116,6 +117,29 @@ pub enum Command {
         /// The file, relative to its backup root.
         path: String,
     },
+    /// Write a new package-signing key to FILE (mode 0600) and its public half to FILE.pub.
+    Keygen {
+        /// Where to write the secret key; refuses to overwrite.
+        file: PathBuf,
+    },
+    /// Build a signed package.
+    #[command(subcommand)]
+    Package(package::PackageCommand),
+    /// Install a package on a set of blades: each pulls it from its peers, verifies and installs.
+    Deploy(package::DeployArgs),
+    /// Remove a package (by name) from a set of blades, with its undo steps.
+    Undeploy {
+        /// The package name.
+        name: String,
+        /// The blades (a node set).
+        #[arg(long)]
+        from: String,
+    },
+    /// The packages installed on a set of blades [default: @all].
+    Packages {
+        /// The blades (a node set).
+        set: Option<String>,
+    },
 }
 
 /// A command's failure: one line for the user.
@@ -123,6 +147,21 @@ pub type ShellError = ClientError;
 
 /// Runs one command and prints its output.
 pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
+    // Commands on local files need no agent.
+    let text = match command {
+        Command::Keygen { file } => package::keygen(file, cli.json)?,
+        Command::Package(c) => package::build(c, cli.json)?,
+        _ => match with_agent(cli, command).await? {
+            Some(text) => text,
+            None => return Ok(()),
+        },
+    };
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+    Ok(())
+}
+
+/// Runs a command through the agent; `None` when it printed its output itself.
+async fn with_agent(cli: &Cli, command: &Command) -> Result<Option<String>, ShellError> {
     let mut client = Client::connect(&cli.agent).await?;
     let protocol = |e: dci_proto::ProtoError| ClientError::Protocol {
         path: cli.agent.clone(),
@@ -172,7 +211,16 @@ pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
             // Bytes as they are, with no line added: a file is not a table.
             let data = backup::cat(&mut client, blade, path).await?;
             let _ = std::io::stdout().lock().write_all(&data);
-            return Ok(());
+            return Ok(None);
+        }
+        Command::Keygen { file } => package::keygen(file, cli.json)?,
+        Command::Package(c) => package::build(c, cli.json)?,
+        Command::Deploy(args) => package::deploy(&mut client, args, cli.json).await?,
+        Command::Undeploy { name, from } => {
+            package::undeploy(&mut client, name, from, cli.json).await?
+        }
+        Command::Packages { set } => {
+            package::packages(&mut client, set.as_deref(), cli.json).await?
         }
         Command::Seats => {
             let payload = client.request(ControlRequest::Seats.to_payload()).await?;
@@ -207,8 +255,7 @@ pub async fn run(cli: &Cli, command: &Command) -> Result<(), ShellError> {
             }
         }
     };
-    let _ = writeln!(std::io::stdout().lock(), "{text}");
-    Ok(())
+    Ok(Some(text))
 }
 
 fn color_enabled() -> bool {

@@ -1,0 +1,479 @@
+//! Deploy over the mesh: `dcish deploy`, `undeploy` and `packages` on the origin agent, and the
+//! package calls of the block protocol on each target.
+//!
+//! The origin chunks the package file into blocks (as a backup chunks a file: content-defined,
+//! BLAKE3-named, so a package already stored costs nothing again), stores them, and sends each
+//! target one [`Call::Install`] naming the blocks and the peers that may have them: the origin and
+//! the other targets. A target takes what its own store has, then asks the other targets (each
+//! target starts at a different point of the list, so that they soon hold different blocks to
+//! share), and the origin for whatever they lack; every block is checked against its id and
+//! stored, so the next target can take it from here. The file is reassembled, checked against its
+//! size and hash, and installed; the answer is the blade's report.
+
+use std::sync::Arc;
+
+use dci_proto::package::{
+    installed_to_payload, reports_to_payload, InstalledInfo, PackageRequest, Report,
+};
+use dci_proto::Payload;
+use futures::StreamExt;
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+
+use super::format::{Package, MAX_PACKAGE_BYTES};
+use super::install::Installer;
+use crate::replication::protocol::{Request, Response, MAX_PUT_BLOCKS};
+use crate::replication::service::Service;
+use crate::store::chunk::{self, MIN_CHUNK};
+use crate::store::{decode_verified, encode, BlockId};
+
+/// The most blocks a package can be made of.
+const MAX_BLOCKS: usize = (MAX_PACKAGE_BYTES as usize) / MIN_CHUNK + 1;
+/// The most peers named as sources.
+const MAX_SOURCES: usize = 1024;
+/// Batches of blocks fetched at once by one target.
+const FETCH_PARALLEL: usize = 8;
+
+/// A package as the mesh moves it: its blocks in order, the file's size and hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackageRef {
+    /// `name version`, for reports before the file is here.
+    pub label: String,
+    /// BLAKE3 of the whole file.
+    pub id: [u8; 32],
+    /// Its size.
+    pub size: u64,
+    /// Its blocks, in order.
+    pub blocks: Vec<BlockId>,
+}
+
+/// A package call between agents (inside the block protocol).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Call {
+    /// Fetch this package's blocks (from `sources`, peer ids, and the caller) and install it.
+    Install {
+        /// The package.
+        package: PackageRef,
+        /// Peers that have, or will soon have, its blocks.
+        sources: Vec<String>,
+    },
+    /// Remove the package of this name.
+    Remove {
+        /// Its name.
+        name: String,
+    },
+    /// What is installed here.
+    List,
+}
+
+/// One installed package, on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// What it provides.
+    pub provides: Vec<String>,
+    /// Signer fingerprint.
+    pub signer: String,
+    /// When installed (Unix milliseconds).
+    pub time_ms: u64,
+}
+
+/// The answer to a [`Call`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Answer {
+    /// What an install or removal did: status, package label, failing step, output.
+    Report(String, String, Option<String>, String),
+    /// What is installed.
+    Listing(Vec<Row>),
+}
+
+type ControlFailure = (String, String);
+
+fn fail(code: &str, msg: impl std::fmt::Display) -> ControlFailure {
+    (code.into(), crate::config::one_line(&msg.to_string()))
+}
+
+fn failed(blade: &str, package: &str, why: impl std::fmt::Display) -> Report {
+    Report {
+        blade: blade.into(),
+        status: "failed".into(),
+        package: package.into(),
+        step: None,
+        output: why.to_string(),
+    }
+}
+
+/// An operator's package command, on the agent it was given to.
+pub async fn control(
+    service: &Arc<Service>,
+    request: PackageRequest,
+) -> Result<Payload, ControlFailure> {
+    let installer = service
+        .packages()
+        .ok_or_else(|| fail("no-packages", "this agent has no package installer"))?;
+    match request {
+        PackageRequest::Deploy { path, blades } => {
+            let len = tokio::fs::metadata(&path)
+                .await
+                .map_err(|e| fail("bad-package", format!("{path}: {e}")))?
+                .len();
+            if len > MAX_PACKAGE_BYTES {
+                return Err(fail(
+                    "bad-package",
+                    format!("{path} is larger than {MAX_PACKAGE_BYTES} bytes"),
+                ));
+            }
+            let bytes = tokio::fs::read(&path)
+                .await
+                .map_err(|e| fail("bad-package", format!("{path}: {e}")))?;
+            let label = Package::parse(bytes.clone())
+                .map_err(|e| fail("bad-package", e))?
+                .label();
+            let package = store_blocks(service, bytes.clone(), label).await?;
+            let install = |sources| Call::Install {
+                package: package.clone(),
+                sources,
+            };
+            let reports = fan_out(service, &blades, install, &installer, Some(&bytes)).await;
+            Ok(reports_to_payload(&reports))
+        }
+        PackageRequest::Undeploy { name, blades } => {
+            let reports = fan_out(
+                service,
+                &blades,
+                |_| Call::Remove { name: name.clone() },
+                &installer,
+                None,
+            )
+            .await;
+            Ok(reports_to_payload(&reports))
+        }
+        PackageRequest::List { blades } => {
+            let (mut rows, mut errors) = (Vec::new(), Vec::new());
+            let peers = peers_of(service, &blades).await;
+            let answers = futures::future::join_all(
+                blades
+                    .iter()
+                    .zip(&peers)
+                    .map(|(b, p)| ask(service, b, *p, Call::List, &installer, None)),
+            )
+            .await;
+            for (blade, answer) in blades.iter().zip(answers) {
+                match answer {
+                    Ok(Answer::Listing(list)) => {
+                        rows.extend(list.into_iter().map(|r| InstalledInfo {
+                            blade: blade.clone(),
+                            name: r.name,
+                            version: r.version,
+                            provides: r.provides,
+                            signer: r.signer,
+                            time_ms: r.time_ms,
+                        }))
+                    }
+                    Ok(Answer::Report(..)) => errors.push((blade.clone(), "bad answer".into())),
+                    Err(e) => errors.push((blade.clone(), e)),
+                }
+            }
+            Ok(installed_to_payload(&rows, &errors))
+        }
+    }
+}
+
+/// Chunks the file into the block store; answers its reference.
+async fn store_blocks(
+    service: &Arc<Service>,
+    bytes: Vec<u8>,
+    label: String,
+) -> Result<PackageRef, ControlFailure> {
+    let store = service.store();
+    tokio::task::spawn_blocking(move || {
+        let id = *blake3::hash(&bytes).as_bytes();
+        let mut blocks = Vec::new();
+        let mut batch = Vec::new();
+        for c in chunk::chunks(&bytes[..]) {
+            let c = c.map_err(|e| fail("store", e))?;
+            blocks.push(c.id);
+            batch.push((c.id, encode(&c.data, true)));
+            if batch.len() == 64 {
+                store.put_many(&batch).map_err(|e| fail("store", e))?;
+                batch.clear();
+            }
+        }
+        store.put_many(&batch).map_err(|e| fail("store", e))?;
+        Ok(PackageRef {
+            label,
+            id,
+            size: bytes.len() as u64,
+            blocks,
+        })
+    })
+    .await
+    .map_err(|e| fail("internal", e))?
+}
+
+/// Each blade's node, if it is alive.
+async fn peers_of(service: &Arc<Service>, blades: &[String]) -> Vec<Option<PeerId>> {
+    let members = service.members().await;
+    blades
+        .iter()
+        .map(|blade| {
+            members
+                .iter()
+                .find(|m| &m.name == blade && m.state == "alive")
+                .and_then(|m| m.id.parse::<PeerId>().ok())
+        })
+        .collect()
+}
+
+/// Sends `call` (made for each target with the other targets as sources) to every blade at once;
+/// answers one report per blade, in order.
+async fn fan_out(
+    service: &Arc<Service>,
+    blades: &[String],
+    call: impl Fn(Vec<String>) -> Call,
+    installer: &Arc<Installer>,
+    local_bytes: Option<&Vec<u8>>,
+) -> Vec<Report> {
+    let targets = peers_of(service, blades).await;
+    let asks = blades.iter().zip(&targets).map(|(blade, peer)| {
+        let sources: Vec<String> = targets
+            .iter()
+            .flatten()
+            .filter(|p| Some(**p) != *peer)
+            .map(PeerId::to_string)
+            .collect();
+        let c = call(sources);
+        let package = match &c {
+            Call::Install { package, .. } => package.label.clone(),
+            Call::Remove { name } => name.clone(),
+            Call::List => String::new(),
+        };
+        async move {
+            match ask(service, blade, *peer, c, installer, local_bytes).await {
+                Ok(Answer::Report(status, package, step, output)) => Report {
+                    blade: blade.clone(),
+                    status,
+                    package,
+                    step,
+                    output,
+                },
+                Ok(Answer::Listing(_)) => failed(blade, &package, "bad answer"),
+                Err(e) => failed(blade, &package, e),
+            }
+        }
+    });
+    futures::future::join_all(asks).await
+}
+
+/// Runs `call` on `blade`: here, or on its node (`peer`) through the block protocol.
+async fn ask(
+    service: &Arc<Service>,
+    blade: &str,
+    peer: Option<PeerId>,
+    call: Call,
+    installer: &Arc<Installer>,
+    local_bytes: Option<&Vec<u8>>,
+) -> Result<Answer, String> {
+    if blade == service.name() {
+        return Ok(match (call, local_bytes) {
+            (Call::Install { package, .. }, Some(bytes)) => {
+                install_answer(installer, bytes.clone(), &package.label).await
+            }
+            (call, _) => local(installer, call).await,
+        });
+    }
+    let peer = peer.ok_or_else(|| format!("unreachable: no live node holds {blade}"))?;
+    match service.call(peer, &Request::Package(call)).await {
+        Ok(Response::Package(answer)) => Ok(answer),
+        Ok(other) => Err(format!("bad answer: {other:?}")),
+        Err(e) => Err(format!("unreachable: {e}")),
+    }
+}
+
+async fn install_answer(installer: &Installer, bytes: Vec<u8>, label: &str) -> Answer {
+    match installer.install(bytes).await {
+        Ok(outcome) => Answer::Report(outcome.status().into(), label.into(), None, String::new()),
+        Err(f) => Answer::Report("failed".into(), label.into(), f.step, f.output),
+    }
+}
+
+/// A call that needs no blocks, run here.
+async fn local(installer: &Installer, call: Call) -> Answer {
+    match call {
+        Call::Remove { name } => match installer.uninstall(&name).await {
+            Ok(true) => Answer::Report("removed".into(), name, None, String::new()),
+            Ok(false) => Answer::Report("not-installed".into(), name, None, String::new()),
+            Err(f) => Answer::Report("failed".into(), name, f.step, f.output),
+        },
+        Call::List => Answer::Listing(
+            installer
+                .list()
+                .into_iter()
+                .map(|r| Row {
+                    name: r.name,
+                    version: r.version,
+                    provides: r.provides,
+                    signer: r.signer,
+                    time_ms: r.time_ms,
+                })
+                .collect(),
+        ),
+        Call::Install { package, .. } => Answer::Report(
+            "failed".into(),
+            package.label,
+            None,
+            "no package bytes".into(),
+        ),
+    }
+}
+
+/// A package call from `peer`, on its target.
+pub async fn handle(service: &Arc<Service>, peer: PeerId, call: Call) -> Response {
+    let Some(installer) = service.packages() else {
+        return Response::Refused("this agent has no package installer".into());
+    };
+    let answer = match call {
+        Call::Install { package, sources } => {
+            if package.blocks.len() > MAX_BLOCKS
+                || package.size > MAX_PACKAGE_BYTES
+                || sources.len() > MAX_SOURCES
+            {
+                return Response::Refused("package reference over the limits".into());
+            }
+            let label = package.label.clone();
+            match fetch(service, peer, &package, &sources).await {
+                Ok(bytes) => install_answer(&installer, bytes, &label).await,
+                Err(e) => Answer::Report("failed".into(), label, Some("fetch".into()), e),
+            }
+        }
+        call => local(&installer, call).await,
+    };
+    Response::Package(answer)
+}
+
+/// Gathers a package's blocks: this store first, then the other targets, then the origin.
+async fn fetch(
+    service: &Arc<Service>,
+    origin: PeerId,
+    package: &PackageRef,
+    sources: &[String],
+) -> Result<Vec<u8>, String> {
+    let store = service.store();
+    let me = service.local_id();
+    let peers: Vec<PeerId> = sources
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .filter(|p| *p != me && *p != origin)
+        .collect();
+    let ids = package.blocks.clone();
+    let local_store = store.clone();
+    let mut plain: Vec<Option<Vec<u8>>> = tokio::task::spawn_blocking(move || {
+        ids.iter()
+            .map(|id| {
+                local_store
+                    .get(id)
+                    .ok()
+                    .flatten()
+                    .and_then(|enc| decode_verified(id, &enc).ok())
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let missing: Vec<usize> = (0..plain.len()).filter(|i| plain[*i].is_none()).collect();
+    let batches: Vec<Vec<usize>> = missing
+        .chunks(MAX_PUT_BLOCKS)
+        .map(<[usize]>::to_vec)
+        .collect();
+    // Each target starts at its own place in the list, so that targets soon differ in what
+    // they hold and can serve each other.
+    let start = peers
+        .iter()
+        .filter(|p| p.to_bytes() < me.to_bytes())
+        .count()
+        .wrapping_mul(batches.len().max(1))
+        / (peers.len() + 1);
+    let n = batches.len();
+    let order: Vec<Vec<usize>> = (0..n).map(|k| batches[(start + k) % n].clone()).collect();
+    let fetched: Vec<Result<Fetched, String>> =
+        futures::stream::iter(order.into_iter().enumerate().map(|(k, batch)| {
+            let first = peers.get(k % peers.len().max(1)).copied();
+            fetch_batch(service, &package.blocks, batch, first, origin)
+        }))
+        .buffer_unordered(FETCH_PARALLEL)
+        .collect()
+        .await;
+    for batch in fetched {
+        for (i, data) in batch? {
+            plain[i] = Some(data);
+        }
+    }
+    let mut bytes = Vec::with_capacity(package.size as usize);
+    for b in plain.into_iter().flatten() {
+        bytes.extend_from_slice(&b);
+    }
+    if bytes.len() as u64 != package.size || *blake3::hash(&bytes).as_bytes() != package.id {
+        return Err("the reassembled package does not match its size and hash".into());
+    }
+    Ok(bytes)
+}
+
+/// Blocks fetched, by their index in the package, as plain bytes.
+type Fetched = Vec<(usize, Vec<u8>)>;
+
+/// One batch of blocks: asked of `first` (another target), what it lacks of the origin. Every
+/// block is checked against its id and stored here, for the targets that ask this one.
+async fn fetch_batch(
+    service: &Arc<Service>,
+    ids: &[BlockId],
+    batch: Vec<usize>,
+    first: Option<PeerId>,
+    origin: PeerId,
+) -> Result<Fetched, String> {
+    let mut got: Fetched = Vec::new();
+    let mut wanted = batch;
+    for peer in first.into_iter().chain(std::iter::once(origin)) {
+        if wanted.is_empty() {
+            break;
+        }
+        let request = Request::Get {
+            ids: wanted.iter().map(|i| ids[*i]).collect(),
+        };
+        let blocks = match service.call(peer, &request).await {
+            Ok(Response::Blocks(b)) if b.len() == wanted.len() => b,
+            Ok(_) | Err(_) => continue,
+        };
+        let mut still = Vec::new();
+        let mut keep = Vec::new();
+        for (i, enc) in wanted.into_iter().zip(blocks) {
+            match enc.map(|e| (decode_verified(&ids[i], &e.0), e)) {
+                Some((Ok(plain), enc)) => {
+                    keep.push((ids[i], enc.0));
+                    got.push((i, plain));
+                }
+                Some((Err(e), _)) => {
+                    tracing::warn!(%peer, "{e}; asking another peer");
+                    still.push(i);
+                }
+                None => still.push(i),
+            }
+        }
+        let store = service.store();
+        tokio::task::spawn_blocking(move || store.put_many(&keep))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        wanted = still;
+    }
+    if wanted.is_empty() {
+        Ok(got)
+    } else {
+        Err(format!(
+            "{} blocks are on neither the other targets nor the origin",
+            wanted.len()
+        ))
+    }
+}
