@@ -102,6 +102,14 @@ fn installed(node: &Node, set: &str) -> Vec<(String, String, String)> {
     rows
 }
 
+/// A counter of `dcish status` on `node`.
+fn counter(node: &Node, name: &str) -> u64 {
+    let v: Value = serde_json::from_str(&ok(node.dcish(&["--json", "status"]))).unwrap();
+    v["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name}: {v}"))
+}
+
 /// Sends text to the `upper` peerlet on `blade`: its answer, or the error.
 fn upper(node: &Node, blade: &str, text: &str) -> Result<String, String> {
     let out = node.dcish(&[
@@ -174,15 +182,34 @@ fn a_signed_package_is_deployed_upgraded_listed_and_removed_across_a_set() {
     };
     assert_eq!(installed(b1, "@all"), v("1.0.0"));
 
-    // An upgrade, deployed from b2 this time: the old version's directory goes.
+    // An upgrade, first to b2 alone: b2 takes every block from the origin.
     let v2 = build(
         &upper_source(root, "1.1.0"),
         Some(&op),
         &root.join("upper-2.dcipkg"),
     );
-    let (success, rows) = deploy(&nodes[1], &v2, "@all");
+    let (success, rows) = deploy(b1, &v2, "b2");
     assert!(success, "{rows:?}");
-    assert_eq!(statuses(&rows), all("upgraded"));
+    assert_eq!(statuses(&rows), vec![("b2".into(), "upgraded".into())]);
+    assert!(counter(&nodes[1], "package-blocks-from-origin") > 0);
+    // Then to all, from b1 again: b2 has it (and says so without fetching), b3 takes every block
+    // from b2 and none from the origin, and the origin installs from its own copy.
+    let (b3_origin, b3_peers) = (
+        counter(&nodes[2], "package-blocks-from-origin"),
+        counter(&nodes[2], "package-blocks-from-peers"),
+    );
+    let (success, rows) = deploy(b1, &v2, "@all");
+    assert!(success, "{rows:?}");
+    assert_eq!(
+        statuses(&rows),
+        vec![
+            ("b1".into(), "upgraded".into()),
+            ("b2".into(), "already-installed".into()),
+            ("b3".into(), "upgraded".into()),
+        ]
+    );
+    assert_eq!(counter(&nodes[2], "package-blocks-from-origin"), b3_origin);
+    assert!(counter(&nodes[2], "package-blocks-from-peers") > b3_peers);
     assert_eq!(installed(b1, "@all"), v("1.1.0"));
     for n in &nodes {
         assert!(!n.data_dir.join("packages/upper/1.0.0").exists());

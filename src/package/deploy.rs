@@ -344,6 +344,14 @@ pub async fn handle(service: &Arc<Service>, peer: PeerId, call: Call) -> Respons
                 return Response::Refused("package reference over the limits".into());
             }
             let label = package.label.clone();
+            if installer.has(&package.id) {
+                return Response::Package(Answer::Report(
+                    "already-installed".into(),
+                    label,
+                    None,
+                    String::new(),
+                ));
+            }
             match fetch(service, peer, &package, &sources).await {
                 Ok(bytes) => install_answer(&installer, bytes, &label).await,
                 Err(e) => Answer::Report("failed".into(), label, Some("fetch".into()), e),
@@ -446,6 +454,11 @@ async fn fetch_batch(
             Ok(Response::Blocks(b)) if b.len() == wanted.len() => b,
             Ok(_) | Err(_) => continue,
         };
+        let counter = if peer == origin {
+            &service.stats().package_blocks_from_origin
+        } else {
+            &service.stats().package_blocks_from_peers
+        };
         let mut still = Vec::new();
         let mut keep = Vec::new();
         for (i, enc) in wanted.into_iter().zip(blocks) {
@@ -461,6 +474,7 @@ async fn fetch_batch(
                 None => still.push(i),
             }
         }
+        crate::replication::Stats::add(counter, keep.len() as u64);
         let store = service.store();
         tokio::task::spawn_blocking(move || store.put_many(&keep))
             .await

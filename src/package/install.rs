@@ -169,6 +169,11 @@ impl Installer {
             .collect()
     }
 
+    /// Whether the package file with this hash is the one installed under its name.
+    pub fn has(&self, id: &[u8; 32]) -> bool {
+        self.list().iter().any(|r| &r.id == id)
+    }
+
     fn get(&self, name: &str) -> Option<Record> {
         let v = self.tree.get(name).ok()??;
         postcard::from_bytes(&v).ok()

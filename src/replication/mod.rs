@@ -93,6 +93,10 @@ pub struct Stats {
     pub under_replicated: AtomicU64,
     /// Archives of other blades held here.
     pub held_archives: AtomicU64,
+    /// Package blocks a deploy fetched from another target.
+    pub package_blocks_from_peers: AtomicU64,
+    /// Package blocks a deploy fetched from the origin.
+    pub package_blocks_from_origin: AtomicU64,
 }
 
 impl Stats {
@@ -107,6 +111,14 @@ impl Stats {
             ("backup-corrupt-blocks", get(&self.corrupt)),
             ("backup-under-replicated", get(&self.under_replicated)),
             ("backup-held-archives", get(&self.held_archives)),
+            (
+                "package-blocks-from-peers",
+                get(&self.package_blocks_from_peers),
+            ),
+            (
+                "package-blocks-from-origin",
+                get(&self.package_blocks_from_origin),
+            ),
         ]
         .into_iter()
         .map(|(n, v)| (n.to_string(), v))

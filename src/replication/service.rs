@@ -151,6 +151,11 @@ impl Service {
         self.me
     }
 
+    /// The service's counters.
+    pub(crate) fn stats(&self) -> &super::Stats {
+        &self.stats
+    }
+
     /// Runs until the agent stops (its channels close).
     pub async fn run(
         self: Arc<Self>,
