@@ -8,11 +8,12 @@
 //! undo steps in reverse. Parsing is as strict as the control payloads': declared attributes and
 //! children only.
 
+use crate::backup::{attr, children_in};
 use crate::control::{
     attributes, named_element, no_content, number, only_element, required, text_content,
 };
 use crate::error::shown;
-use crate::xml::{self, Child, Node};
+use crate::xml::{self, Node};
 use crate::{Payload, ProtoError};
 
 /// The namespace of package payloads and instructions; the version is part of it.
@@ -208,34 +209,7 @@ fn octal(field: &'static str, v: &str) -> Result<u32, ProtoError> {
 
 /// The children of `e`: elements of the package namespace named in `names`.
 fn children<'n>(e: &'n Node, element: &str, names: &[&str]) -> Result<Vec<&'n Node>, ProtoError> {
-    let mut out = Vec::new();
-    for child in &e.children {
-        match child {
-            Child::Text(t) if t.bytes().all(xml::is_space) => {}
-            Child::Text(_) => return Err(ProtoError::invalid(element, "text is not allowed here")),
-            Child::Element(c)
-                if names.contains(&c.local.as_str())
-                    && c.namespace.as_deref() == Some(PACKAGE_NAMESPACE) =>
-            {
-                out.push(c)
-            }
-            Child::Element(c) => {
-                return Err(ProtoError::invalid(
-                    element,
-                    format!("unexpected <{}>", shown(&c.local)),
-                ))
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn attr(s: &mut String, name: &str, value: &str) {
-    s.push(' ');
-    s.push_str(name);
-    s.push_str("=\"");
-    xml::escape_attribute(s, value);
-    s.push('"');
+    children_in(e, element, names, PACKAGE_NAMESPACE)
 }
 
 fn blades_xml(s: &mut String, blades: &[String]) {

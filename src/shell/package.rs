@@ -189,6 +189,15 @@ pub async fn deploy(
         path: path.display().to_string(),
         blades,
     };
+    reports(client, request, json).await
+}
+
+/// Sends a deploy or undeploy and prints its reports.
+async fn reports(
+    client: &mut Client,
+    request: PackageRequest,
+    json: bool,
+) -> Result<String, ClientError> {
     let payload = client
         .request_within(request.to_payload(), DEPLOY_TIMEOUT)
         .await?;
@@ -207,10 +216,7 @@ pub async fn undeploy(
         name: name.into(),
         blades,
     };
-    let payload = client
-        .request_within(request.to_payload(), DEPLOY_TIMEOUT)
-        .await?;
-    reports_out(&reports_from_payload(&payload).map_err(protocol)?, json)
+    reports(client, request, json).await
 }
 
 /// `dcish packages [SET]`.
