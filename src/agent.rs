@@ -206,6 +206,9 @@ impl Agent {
             ..Default::default()
         }));
         let (notice_tx, notices_in) = mpsc::channel(256);
+        // Off by default: without the channel the router refuses an unknown app at once.
+        let (retrieve_tx, retrieve_rx) = mpsc::channel(64);
+        let on_demand = config.packages.on_demand;
         let (messenger, messenger_handle) = router::Messenger::new(router::Setup {
             local: local_id,
             blade: Some(config.name.clone()),
@@ -214,6 +217,7 @@ impl Agent {
             notices: notice_tx,
             db: Some(db.clone()),
             config: config.messaging.clone(),
+            retrieve: on_demand.then_some(retrieve_tx),
         });
         tokio::spawn(messenger.run());
         tokio::spawn(control::serve(
@@ -231,6 +235,7 @@ impl Agent {
                     platform: crate::package::platform(),
                     root: data_dir.path().join("packages"),
                     max_step: config.packages.max_step,
+                    on_demand_signers: config.packages.on_demand_signers.clone(),
                 },
                 Some(messenger_handle.clone()),
             )
@@ -246,6 +251,7 @@ impl Agent {
         });
         let (replication, service) =
             start_replication(&config, &db, &data_dir, local_id, installer)?;
+        let retrieve = on_demand.then_some(retrieve_rx);
         let mut sampler = Sampler::new(data_dir.path());
         let meta = MemberMeta {
             name: config.name.clone(),
@@ -317,7 +323,7 @@ impl Agent {
             notices_in,
         };
         agent.apply_outputs();
-        service(agent.events.subscribe());
+        service(agent.events.subscribe(), retrieve);
         Ok(agent)
     }
 
@@ -1538,7 +1544,7 @@ fn start_replication(
 ) -> Result<
     (
         crate::replication::Link,
-        impl FnOnce(tokio::sync::broadcast::Receiver<Event>),
+        impl FnOnce(tokio::sync::broadcast::Receiver<Event>, Option<mpsc::Receiver<router::Retrieve>>),
     ),
     StartError,
 > {
@@ -1563,8 +1569,8 @@ fn start_replication(
         Some(installer),
     );
     let (inbound, control) = (ch.inbound, ch.control);
-    Ok((link, move |events| {
-        tokio::spawn(service.run(inbound, control, events));
+    Ok((link, move |events, retrieve| {
+        tokio::spawn(service.run(inbound, control, events, retrieve));
     }))
 }
 

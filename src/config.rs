@@ -170,6 +170,12 @@ pub struct PackagesFile {
     pub trusted_keys: Option<Vec<PathBuf>>,
     /// The longest any install command may run, in milliseconds.
     pub max_step_ms: Option<u64>,
+    /// Retrieve and install, from a peer, the package providing a peerlet type an envelope
+    /// asks for that is not installed here.
+    pub on_demand: Option<bool>,
+    /// Fingerprints of the trusted keys whose packages on-demand retrieval installs; none: any
+    /// trusted key.
+    pub on_demand_signers: Option<Vec<String>>,
 }
 
 /// Software packages, validated.
@@ -179,6 +185,10 @@ pub struct PackagesConfig {
     pub trusted: Vec<ed25519_dalek::VerifyingKey>,
     /// The longest any install command may run.
     pub max_step: Duration,
+    /// On-demand retrieval of missing peerlets.
+    pub on_demand: bool,
+    /// The signers on-demand retrieval accepts (empty: any trusted).
+    pub on_demand_signers: Vec<String>,
 }
 
 /// What the command line says; `None` means "not given, use the file or the default".
@@ -406,6 +416,8 @@ impl Config {
                 file.packages.max_step_ms,
                 Duration::from_secs(600),
             )?,
+            on_demand: file.packages.on_demand.unwrap_or(false),
+            on_demand_signers: file.packages.on_demand_signers.unwrap_or_default(),
         };
 
         Ok(Config {

@@ -213,7 +213,9 @@ fn a_signed_package_is_deployed_upgraded_listed_and_removed_across_a_set() {
     assert_eq!(installed(b1, "@all"), v("1.1.0"));
     for n in &nodes {
         assert!(!n.data_dir.join("packages/upper/1.0.0").exists());
+        assert!(!n.data_dir.join("packages/upper/1.0.0.dcipkg").exists());
         assert!(n.data_dir.join("packages/upper/1.1.0/upper.py").is_file());
+        assert!(n.data_dir.join("packages/upper/1.1.0.dcipkg").is_file());
     }
     assert!(upper(b1, "b2", "again").unwrap().contains("AGAIN"));
 
@@ -395,4 +397,82 @@ fn bad_packages_are_refused_per_blade_and_a_failing_install_is_rolled_back() {
     // The good package, signed by the trusted key, still installs after all that.
     let (success, rows) = deploy(&nodes[0], &signed, "b[1-2]");
     assert!(success, "{rows:?}");
+}
+
+#[test]
+fn an_envelope_for_a_missing_peerlet_makes_its_blade_retrieve_it_from_a_peer_when_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let op = key(root, "op.key");
+    let public = root.join("op.key.pub");
+    let config = root.join("on-demand.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[packages]\non_demand = true\ntrusted_keys = [{:?}]\n",
+            public.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let trusted = ["--trusted-key", public.to_str().unwrap()];
+    let first = free_port();
+    let nodes = [
+        Node::start(
+            root,
+            "b1",
+            first,
+            &[],
+            &["--config", config.to_str().unwrap()],
+        ),
+        Node::start(root, "b2", free_port(), &[first], &trusted),
+        Node::start(root, "b3", free_port(), &[first], &trusted),
+    ];
+    for node in &nodes {
+        wait_until(Duration::from_secs(20), || {
+            node.members()
+                .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 3)
+        })
+        .unwrap_or_else(|| panic!("{} never saw 3 alive members", node.name));
+    }
+    let b2 = &nodes[1];
+    let package = build(
+        &Path::new(REPO).join("peerlets/upper/package"),
+        Some(&op),
+        &root.join("upper.dcipkg"),
+    );
+    let (success, rows) = deploy(b2, &package, "b2");
+    assert!(success, "{rows:?}");
+
+    // b1 allows on-demand retrieval: the envelope waits while b1 takes the package from b2,
+    // installs it, and then it is answered.
+    let answer = upper(b2, "b1", "fetched on demand").unwrap();
+    assert!(answer.contains("FETCHED ON DEMAND"), "{answer}");
+    assert_eq!(
+        installed(b2, "b1"),
+        vec![("b1".into(), "upper".into(), "1.0.0".into())]
+    );
+
+    // A type no peer provides: the sender is told so.
+    let out = b2.dcish(&[
+        "--json",
+        "send",
+        "b1",
+        "--app",
+        "nosuch",
+        "<a xmlns=\"urn:t:1\"/>",
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["answers"][0]["code"], "unavailable", "{v}");
+    assert!(
+        v["answers"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no peer holds a package providing peerlet:nosuch"),
+        "{v}"
+    );
+
+    // b3 does not allow it (the default): unknown type, nothing installed.
+    let err = upper(b2, "b3", "x").unwrap_err();
+    assert!(err.contains("unknown-app"), "{err}");
+    assert_eq!(installed(b2, "b3"), vec![]);
 }

@@ -9,6 +9,12 @@
 //! share), and the origin for whatever they lack; every block is checked against its id and
 //! stored, so the next target can take it from here. The file is reassembled, checked against its
 //! size and hash, and installed; the answer is the blade's report.
+//!
+//! On-demand retrieval (`[packages] on_demand`): when an envelope arrives for a peerlet type not
+//! installed here, the router asks [`retrieve`]: every live peer is asked whether it has an
+//! installed package providing that type ([`Call::Find`]); the first that has stores its kept
+//! package file as blocks and answers their list, and this node fetches, verifies (against the
+//! trusted keys, narrowed by `on_demand_signers`) and installs it as a deploy would.
 
 use std::sync::Arc;
 
@@ -64,6 +70,11 @@ pub enum Call {
     },
     /// What is installed here.
     List,
+    /// Whether an installed package here provides peerlet type `app`; answered with its blocks.
+    Find {
+        /// The app type.
+        app: String,
+    },
 }
 
 /// One installed package, on the wire.
@@ -88,6 +99,8 @@ pub enum Answer {
     Report(String, String, Option<String>, String),
     /// What is installed.
     Listing(Vec<Row>),
+    /// To `Find`: the package providing the type, stored as blocks here, if any.
+    Found(Option<PackageRef>),
 }
 
 type ControlFailure = (String, String);
@@ -173,7 +186,9 @@ pub async fn control(
                             time_ms: r.time_ms,
                         }))
                     }
-                    Ok(Answer::Report(..)) => errors.push((blade.clone(), "bad answer".into())),
+                    Ok(Answer::Report(..) | Answer::Found(_)) => {
+                        errors.push((blade.clone(), "bad answer".into()))
+                    }
                     Err(e) => errors.push((blade.clone(), e)),
                 }
             }
@@ -249,7 +264,7 @@ async fn fan_out(
         let package = match &c {
             Call::Install { package, .. } => package.label.clone(),
             Call::Remove { name } => name.clone(),
-            Call::List => String::new(),
+            Call::List | Call::Find { .. } => String::new(),
         };
         async move {
             match ask(service, blade, *peer, c, installer, local_bytes).await {
@@ -260,7 +275,7 @@ async fn fan_out(
                     step,
                     output,
                 },
-                Ok(Answer::Listing(_)) => failed(blade, &package, "bad answer"),
+                Ok(Answer::Listing(_) | Answer::Found(_)) => failed(blade, &package, "bad answer"),
                 Err(e) => failed(blade, &package, e),
             }
         }
@@ -294,7 +309,7 @@ async fn ask(
 }
 
 async fn install_answer(installer: &Installer, bytes: Vec<u8>, label: &str) -> Answer {
-    match installer.install(bytes).await {
+    match installer.install(bytes, &[]).await {
         Ok(outcome) => Answer::Report(outcome.status().into(), label.into(), None, String::new()),
         Err(f) => Answer::Report("failed".into(), label.into(), f.step, f.output),
     }
@@ -327,6 +342,7 @@ async fn local(installer: &Installer, call: Call) -> Answer {
             None,
             "no package bytes".into(),
         ),
+        Call::Find { .. } => Answer::Found(None),
     }
 }
 
@@ -357,9 +373,64 @@ pub async fn handle(service: &Arc<Service>, peer: PeerId, call: Call) -> Respons
                 Err(e) => Answer::Report("failed".into(), label, Some("fetch".into()), e),
             }
         }
+        Call::Find { app } => Answer::Found(offer(service, &installer, &app).await),
         call => local(&installer, call).await,
     };
     Response::Package(answer)
+}
+
+/// The installed package providing `app`, stored as blocks for a peer to fetch.
+async fn offer(service: &Arc<Service>, installer: &Installer, app: &str) -> Option<PackageRef> {
+    let path = installer.provider(app)?;
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|e| tracing::warn!(path = %path.display(), "kept package unreadable: {e}"))
+        .ok()?;
+    let label = Package::parse(bytes.clone()).ok()?.label();
+    store_blocks(service, bytes, label).await.ok()
+}
+
+/// Retrieves and installs, from a peer, a package providing peerlet type `app`.
+pub async fn retrieve(service: &Arc<Service>, app: &str) -> Result<(), String> {
+    let installer = service
+        .packages()
+        .ok_or("this agent has no package installer")?;
+    let me = service.local_id().to_string();
+    let peers: Vec<PeerId> = service
+        .members()
+        .await
+        .into_iter()
+        .filter(|m| m.state == "alive" && m.id != me)
+        .filter_map(|m| m.id.parse().ok())
+        .collect();
+    let find = Request::Package(Call::Find { app: app.into() });
+    let offers = futures::future::join_all(peers.iter().map(|p| service.call(*p, &find))).await;
+    let mut last = format!("no peer holds a package providing peerlet:{app}");
+    for (peer, offer) in peers.into_iter().zip(offers) {
+        let Ok(Response::Package(Answer::Found(Some(package)))) = offer else {
+            continue;
+        };
+        tracing::info!(%app, %peer, package = %package.label, "retrieving a package on demand");
+        let result = match fetch(service, peer, &package, &[]).await {
+            Ok(bytes) => installer
+                .install(bytes, installer.on_demand_signers())
+                .await
+                .map_err(|f| {
+                    format!(
+                        "{} from {peer}: {}{}",
+                        package.label,
+                        f.step.map(|s| format!("{s}: ")).unwrap_or_default(),
+                        f.output
+                    )
+                }),
+            Err(e) => Err(format!("{} from {peer}: {e}", package.label)),
+        };
+        match result {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Gathers a package's blocks: this store first, then the other targets, then the origin.

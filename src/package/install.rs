@@ -39,6 +39,8 @@ pub struct Settings {
     pub root: PathBuf,
     /// The longest any one command may run, whatever the package asks.
     pub max_step: Duration,
+    /// The signers whose packages on-demand retrieval installs (empty: any trusted).
+    pub on_demand_signers: Vec<String>,
 }
 
 /// What is installed, as kept in sled.
@@ -126,6 +128,13 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Where the file of the package installed in `dir` is kept: `<dir>.dcipkg`.
+fn package_file(dir: &Path) -> PathBuf {
+    let mut s = dir.as_os_str().to_owned();
+    s.push(".dcipkg");
+    s.into()
+}
+
 /// `rel` under `dir`, refused if it escapes or any existing part of it is a symlink.
 fn inside(dir: &Path, rel: &str) -> Result<PathBuf, String> {
     let rel = safe_relative(rel)?;
@@ -169,6 +178,15 @@ impl Installer {
             .collect()
     }
 
+    /// The kept file of an installed package that provides peerlet type `app`.
+    pub fn provider(&self, app: &str) -> Option<PathBuf> {
+        let wanted = format!("peerlet:{app}");
+        self.list()
+            .into_iter()
+            .find(|r| r.provides.contains(&wanted))
+            .map(|r| package_file(&r.dir))
+    }
+
     /// Whether the package file with this hash is the one installed under its name.
     pub fn has(&self, id: &[u8; 32]) -> bool {
         self.list().iter().any(|r| &r.id == id)
@@ -209,11 +227,22 @@ impl Installer {
         }
     }
 
-    /// Verifies and installs a package file.
-    pub async fn install(&self, bytes: Vec<u8>) -> Result<Outcome, Failure> {
+    /// The signers whose packages on-demand retrieval installs (empty: any trusted).
+    pub fn on_demand_signers(&self) -> &[String] {
+        &self.settings.on_demand_signers
+    }
+
+    /// Verifies and installs a package file; `signers` (fingerprints), when not empty, narrows
+    /// the trusted keys further.
+    pub async fn install(&self, bytes: Vec<u8>, signers: &[String]) -> Result<Outcome, Failure> {
         let _one = self.lock.lock().await;
         let package = Package::parse(bytes).map_err(refused)?;
         let signer = package.verify(&self.settings.trusted).map_err(refused)?;
+        if !signers.is_empty() && !signers.contains(&signer) {
+            return Err(refused(format!(
+                "signed by key {signer}, which is not allowed here for this install"
+            )));
+        }
         let h = &package.header;
         if h.platform != "any" && h.platform != self.settings.platform {
             return Err(refused(format!(
@@ -277,7 +306,12 @@ impl Installer {
             dir: dir.clone(),
             registered,
         };
-        if let Err(e) = self.put(&record) {
+        // The package file is kept beside its directory, for peers that retrieve it from here.
+        let kept = crate::datadir::write_atomic(&package_file(&dir), package.bytes(), 0o600)
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.put(&record));
+        if let Err(e) = kept {
+            let _ = std::fs::remove_file(package_file(&dir));
             self.roll_back(undo, &dir).await;
             return Err(refused(format!("cannot record the install: {e}")));
         }
@@ -292,6 +326,7 @@ impl Installer {
                 if let Err(e) = std::fs::remove_dir_all(&old.dir) {
                     tracing::warn!(dir = %old.dir.display(), "old version not removed: {e}");
                 }
+                let _ = std::fs::remove_file(package_file(&old.dir));
                 Outcome::Upgraded(old.version)
             }
         })
@@ -501,6 +536,7 @@ impl Installer {
         if let Err(e) = std::fs::remove_dir_all(&record.dir) {
             failed.get_or_insert(refused(format!("{}: {e}", record.dir.display())));
         }
+        let _ = std::fs::remove_file(package_file(&record.dir));
         if let Some(parent) = record.dir.parent() {
             let _ = std::fs::remove_dir(parent);
         }

@@ -295,7 +295,13 @@ impl Host {
         Ok(id)
     }
 
-    fn refuse(&mut self, env: &Envelope, out: &mut Vec<Envelope>, code: &str, message: &str) {
+    /// Whether `app` is a type this host can start.
+    pub fn knows(&self, app: &str) -> bool {
+        self.builtins.contains_key(app) || self.externals.contains_key(app)
+    }
+
+    /// Answers `env` (a request or event) with an error from the host, into `out`.
+    pub fn refuse(&mut self, env: &Envelope, out: &mut Vec<Envelope>, code: &str, message: &str) {
         self.stats.refused += 1;
         match env.kind {
             Kind::Request | Kind::Event => {

@@ -162,6 +162,7 @@ impl Service {
         mut inbound: mpsc::Receiver<Inbound>,
         mut control: mpsc::Receiver<ControlCall>,
         mut events: broadcast::Receiver<Event>,
+        mut retrieve: Option<mpsc::Receiver<crate::router::Retrieve>>,
     ) {
         let mut sync = tokio::time::interval(self.cfg.sync_interval);
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -206,6 +207,12 @@ impl Service {
                             super::Operator::Package(r) => crate::package::deploy::control(&me, r).await,
                         };
                         let _ = reply.send(answer);
+                    });
+                }
+                Some((app, reply)) = async { retrieve.as_mut()?.recv().await }, if retrieve.is_some() => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let _ = reply.send(crate::package::deploy::retrieve(&me, &app).await);
                     });
                 }
                 event = events.recv() => match event {

@@ -149,7 +149,19 @@ enum Command {
     Stats(oneshot::Sender<Vec<(String, u64)>>),
     /// From the package installer: a change to the external peerlet types.
     Peerlets(PeerletChange, oneshot::Sender<PeerletAnswer>),
+    /// The retrieval of a package providing `app` ended (on-demand retrieval).
+    Retrieved {
+        app: String,
+        result: Result<(), String>,
+    },
 }
+
+/// A request to retrieve and install a package providing peerlet type `.0` from a peer; the
+/// answer says whether it is now installed, or why not.
+pub type Retrieve = (String, oneshot::Sender<Result<(), String>>);
+
+/// Envelopes held per app type while its package is retrieved; more are refused.
+const MAX_AWAITING: usize = 256;
 
 /// A change to the external peerlet types, from the package installer.
 #[derive(Debug)]
@@ -292,6 +304,9 @@ pub struct Messenger {
     started: Instant,
     config: MessagingConfig,
     counters: Counters,
+    retrieve: Option<mpsc::Sender<Retrieve>>,
+    /// Envelopes for app types being retrieved, by type.
+    awaiting: HashMap<String, Vec<Envelope>>,
 }
 
 /// What the agent hands the messenger at start.
@@ -310,6 +325,9 @@ pub struct Setup {
     pub db: Option<sled::Db>,
     /// Settings.
     pub config: MessagingConfig,
+    /// Where to ask for a package providing an app type not installed here (on-demand
+    /// retrieval); none to refuse such envelopes at once.
+    pub retrieve: Option<mpsc::Sender<Retrieve>>,
 }
 
 impl Messenger {
@@ -373,6 +391,8 @@ impl Messenger {
             started: Instant::now(),
             config: setup.config,
             counters: Counters::default(),
+            retrieve: setup.retrieve,
+            awaiting: HashMap::new(),
         };
         (messenger, handle)
     }
@@ -491,6 +511,7 @@ impl Messenger {
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
+            Command::Retrieved { app, result } => self.on_retrieved(app, result).await,
             Command::Peerlets(change, reply) => {
                 let answer = match change {
                     PeerletChange::Register(m) => self
@@ -591,8 +612,57 @@ impl Messenger {
                 }
             }
             Some(MSGLOG_APP) => self.msglog(env, emitted),
+            Some(app) if self.retrieve.is_some() && !self.host.knows(app) => {
+                let app = app.to_owned();
+                self.await_retrieval(app, env, emitted)
+            }
             _ => self.host.deliver(&env, self.started.elapsed(), emitted),
         }
+    }
+
+    /// Holds `env` for an app type not installed here while a peer's package providing it is
+    /// retrieved; the first envelope for the type starts the retrieval.
+    fn await_retrieval(&mut self, app: String, env: Envelope, emitted: &mut Vec<Envelope>) {
+        let held = self.awaiting.entry(app.clone()).or_default();
+        if held.len() >= MAX_AWAITING {
+            let why = format!("too many envelopes wait for {app} to be retrieved");
+            return self.host.refuse(&env, emitted, "busy", &why);
+        }
+        held.push(env);
+        if held.len() > 1 {
+            return;
+        }
+        let (reply, answer) = oneshot::channel();
+        let asked = self
+            .retrieve
+            .as_ref()
+            .is_some_and(|r| r.try_send((app.clone(), reply)).is_ok());
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = match (asked, answer.await) {
+                (true, Ok(result)) => result,
+                _ => Err("the package service is busy or stopped".into()),
+            };
+            let _ = tx.send(Command::Retrieved { app, result }).await;
+        });
+    }
+
+    /// Delivers the envelopes held for `app` now that it is installed, or refuses them.
+    async fn on_retrieved(&mut self, app: String, result: Result<(), String>) {
+        let mut emitted = Vec::new();
+        for env in self.awaiting.remove(&app).unwrap_or_default() {
+            match &result {
+                Ok(()) => self
+                    .host
+                    .deliver(&env, self.started.elapsed(), &mut emitted),
+                Err(why) => self.host.refuse(&env, &mut emitted, "unavailable", why),
+            }
+        }
+        for env in emitted {
+            self.log_envelope(&env, "out", None);
+            self.core.handle(env, Origin::Local);
+        }
+        self.pump().await;
     }
 
     async fn transmit(&mut self, peer: String, relay_to: Option<String>, env: Envelope) {
