@@ -191,12 +191,12 @@ fn a_signed_package_is_deployed_upgraded_listed_and_removed_across_a_set() {
     let (success, rows) = deploy(b1, &v2, "b2");
     assert!(success, "{rows:?}");
     assert_eq!(statuses(&rows), vec![("b2".into(), "upgraded".into())]);
-    assert!(counter(&nodes[1], "package-blocks-from-origin") > 0);
+    assert!(counter(&nodes[1], "package-bytes-from-origin") > 0);
     // Then to all, from b1 again: b2 has it (and says so without fetching), b3 takes every block
     // from b2 and none from the origin, and the origin installs from its own copy.
     let (b3_origin, b3_peers) = (
-        counter(&nodes[2], "package-blocks-from-origin"),
-        counter(&nodes[2], "package-blocks-from-peers"),
+        counter(&nodes[2], "package-bytes-from-origin"),
+        counter(&nodes[2], "package-bytes-from-peers"),
     );
     let (success, rows) = deploy(b1, &v2, "@all");
     assert!(success, "{rows:?}");
@@ -208,8 +208,8 @@ fn a_signed_package_is_deployed_upgraded_listed_and_removed_across_a_set() {
             ("b3".into(), "upgraded".into()),
         ]
     );
-    assert_eq!(counter(&nodes[2], "package-blocks-from-origin"), b3_origin);
-    assert!(counter(&nodes[2], "package-blocks-from-peers") > b3_peers);
+    assert_eq!(counter(&nodes[2], "package-bytes-from-origin"), b3_origin);
+    assert!(counter(&nodes[2], "package-bytes-from-peers") > b3_peers);
     assert_eq!(installed(b1, "@all"), v("1.1.0"));
     for n in &nodes {
         assert!(!n.data_dir.join("packages/upper/1.0.0").exists());

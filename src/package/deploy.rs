@@ -3,11 +3,13 @@
 //!
 //! The origin chunks the package file into blocks (as a backup chunks a file: content-defined,
 //! BLAKE3-named, so a package already stored costs nothing again), stores them, and sends each
-//! target one [`Call::Install`] naming the blocks and the peers that may have them: the origin and
-//! the other targets. A target takes what its own store has, then asks the other targets (each
-//! target starts at a different point of the list, so that they soon hold different blocks to
-//! share), and the origin for whatever they lack; every block is checked against its id and
-//! stored, so the next target can take it from here. The file is reassembled, checked against its
+//! target one [`Call::Install`] naming the blocks and the targets (the same list for all). A
+//! target takes what its own store has; the rest is split into shares, batch k being the share of
+//! target k mod n: a target takes its own share from the origin (after asking one other target
+//! once, which may have it already) and every other share from its owner, asking again while the
+//! owner makes progress and falling back to the origin when it does not. So the origin sends each
+//! block about once whatever the number of targets. Every block is checked against its id and
+//! stored, so that the targets asking this one find it. The file is reassembled, checked against its
 //! size and hash, and installed; the answer is the blade's report.
 //!
 //! On-demand retrieval (`[packages] on_demand`): when an envelope arrives for a peerlet type not
@@ -17,6 +19,7 @@
 //! trusted keys, narrowed by `on_demand_signers`) and installs it as a deploy would.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use dci_proto::package::{
     installed_to_payload, reports_to_payload, InstalledInfo, PackageRequest, Report,
@@ -243,7 +246,7 @@ async fn peers_of(service: &Arc<Service>, blades: &[String]) -> Vec<Option<PeerI
         .collect()
 }
 
-/// Sends `call` (made for each target with the other targets as sources) to every blade at once;
+/// Sends `call` (made with the targets as sources) to every blade at once;
 /// answers one report per blade, in order.
 async fn fan_out(
     service: &Arc<Service>,
@@ -253,14 +256,10 @@ async fn fan_out(
     local_bytes: Option<&Vec<u8>>,
 ) -> Vec<Report> {
     let targets = peers_of(service, blades).await;
+    // Every target gets the same list, so that all agree on whose share each block is.
+    let sources: Vec<String> = targets.iter().flatten().map(PeerId::to_string).collect();
     let asks = blades.iter().zip(&targets).map(|(blade, peer)| {
-        let sources: Vec<String> = targets
-            .iter()
-            .flatten()
-            .filter(|p| Some(**p) != *peer)
-            .map(PeerId::to_string)
-            .collect();
-        let c = call(sources);
+        let c = call(sources.clone());
         let package = match &c {
             Call::Install { package, .. } => package.label.clone(),
             Call::Remove { name } => name.clone(),
@@ -433,7 +432,8 @@ pub async fn retrieve(service: &Arc<Service>, app: &str) -> Result<(), String> {
     Err(last)
 }
 
-/// Gathers a package's blocks: this store first, then the other targets, then the origin.
+/// Gathers a package's blocks: this store first, then the targets and the origin (see
+/// [`fetch_batch`]). `sources` is the same list of targets on every target.
 async fn fetch(
     service: &Arc<Service>,
     origin: PeerId,
@@ -442,17 +442,17 @@ async fn fetch(
 ) -> Result<Vec<u8>, String> {
     let store = service.store();
     let me = service.local_id();
-    let peers: Vec<PeerId> = sources
-        .iter()
-        .filter_map(|s| s.parse().ok())
-        .filter(|p| *p != me && *p != origin)
-        .collect();
+    let mut owners: Vec<PeerId> = Vec::new();
+    for p in sources.iter().filter_map(|s| s.parse::<PeerId>().ok()) {
+        if p != origin && !owners.contains(&p) {
+            owners.push(p);
+        }
+    }
     let ids = package.blocks.clone();
-    let local_store = store.clone();
     let mut plain: Vec<Option<Vec<u8>>> = tokio::task::spawn_blocking(move || {
         ids.iter()
             .map(|id| {
-                local_store
+                store
                     .get(id)
                     .ok()
                     .flatten()
@@ -463,28 +463,28 @@ async fn fetch(
     .await
     .map_err(|e| e.to_string())?;
     let missing: Vec<usize> = (0..plain.len()).filter(|i| plain[*i].is_none()).collect();
-    let batches: Vec<Vec<usize>> = missing
-        .chunks(MAX_PUT_BLOCKS)
-        .map(<[usize]>::to_vec)
-        .collect();
-    // Each target starts at its own place in the list, so that targets soon differ in what
-    // they hold and can serve each other.
-    let start = peers
-        .iter()
-        .filter(|p| p.to_bytes() < me.to_bytes())
-        .count()
-        .wrapping_mul(batches.len().max(1))
-        / (peers.len() + 1);
-    let n = batches.len();
-    let order: Vec<Vec<usize>> = (0..n).map(|k| batches[(start + k) % n].clone()).collect();
-    let fetched: Vec<Result<Fetched, String>> =
-        futures::stream::iter(order.into_iter().enumerate().map(|(k, batch)| {
-            let first = peers.get(k % peers.len().max(1)).copied();
-            fetch_batch(service, &package.blocks, batch, first, origin)
-        }))
-        .buffer_unordered(FETCH_PARALLEL)
-        .collect()
-        .await;
+    // Batch k is owner k mod n's share: each target takes its share from the origin, and the
+    // others' shares from their owners, so the origin sends each block about once. This
+    // target's own share goes first, so that the others find it here soon.
+    let others: Vec<PeerId> = owners.iter().copied().filter(|p| *p != me).collect();
+    let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+    for (k, batch) in missing.chunks(MAX_PUT_BLOCKS).enumerate() {
+        match owners.get(k % owners.len().max(1)) {
+            Some(owner) if *owner != me => theirs.push((batch.to_vec(), Share::Of(*owner))),
+            _ => {
+                let helper = others.get(k % others.len().max(1)).copied();
+                mine.push((batch.to_vec(), Share::Mine(helper)));
+            }
+        }
+    }
+    let fetched: Vec<Result<Fetched, String>> = futures::stream::iter(
+        mine.into_iter()
+            .chain(theirs)
+            .map(|(batch, share)| fetch_batch(service, &package.blocks, batch, share, origin)),
+    )
+    .buffer_unordered(FETCH_PARALLEL)
+    .collect()
+    .await;
     for batch in fetched {
         for (i, data) in batch? {
             plain[i] = Some(data);
@@ -500,58 +500,62 @@ async fn fetch(
     Ok(bytes)
 }
 
+/// Whose share a batch of blocks is.
+#[derive(Clone, Copy)]
+enum Share {
+    /// This target's: asked once of another target (which may have it already), then of the
+    /// origin.
+    Mine(Option<PeerId>),
+    /// Another target's: asked of it until it has it (while it makes progress), then of the
+    /// origin.
+    Of(PeerId),
+}
+
 /// Blocks fetched, by their index in the package, as plain bytes.
 type Fetched = Vec<(usize, Vec<u8>)>;
 
-/// One batch of blocks: asked of `first` (another target), what it lacks of the origin. Every
-/// block is checked against its id and stored here, for the targets that ask this one.
+/// How long a target waits for another target that makes no progress on its share before it
+/// asks the origin instead.
+const PEER_WAIT: Duration = Duration::from_secs(10);
+
+/// One batch of blocks, by [`Share`].
 async fn fetch_batch(
     service: &Arc<Service>,
     ids: &[BlockId],
-    batch: Vec<usize>,
-    first: Option<PeerId>,
+    mut wanted: Vec<usize>,
+    share: Share,
     origin: PeerId,
 ) -> Result<Fetched, String> {
     let mut got: Fetched = Vec::new();
-    let mut wanted = batch;
-    for peer in first.into_iter().chain(std::iter::once(origin)) {
-        if wanted.is_empty() {
-            break;
-        }
-        let request = Request::Get {
-            ids: wanted.iter().map(|i| ids[*i]).collect(),
-        };
-        let blocks = match service.call(peer, &request).await {
-            Ok(Response::Blocks(b)) if b.len() == wanted.len() => b,
-            Ok(_) | Err(_) => continue,
-        };
-        let counter = if peer == origin {
-            &service.stats().package_blocks_from_origin
-        } else {
-            &service.stats().package_blocks_from_peers
-        };
-        let mut still = Vec::new();
-        let mut keep = Vec::new();
-        for (i, enc) in wanted.into_iter().zip(blocks) {
-            match enc.map(|e| (decode_verified(&ids[i], &e.0), e)) {
-                Some((Ok(plain), enc)) => {
-                    keep.push((ids[i], enc.0));
-                    got.push((i, plain));
-                }
-                Some((Err(e), _)) => {
-                    tracing::warn!(%peer, "{e}; asking another peer");
-                    still.push(i);
-                }
-                None => still.push(i),
+    match share {
+        Share::Mine(Some(helper)) => {
+            if let Some(still) = take(service, ids, &wanted, helper, origin, &mut got).await? {
+                wanted = still;
             }
         }
-        crate::replication::Stats::add(counter, keep.len() as u64);
-        let store = service.store();
-        tokio::task::spawn_blocking(move || store.put_many(&keep))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        wanted = still;
+        Share::Mine(None) => {}
+        Share::Of(owner) => {
+            let (mut idle, mut pause) = (Duration::ZERO, Duration::from_millis(50));
+            while !wanted.is_empty() && idle < PEER_WAIT {
+                let Some(still) = take(service, ids, &wanted, owner, origin, &mut got).await?
+                else {
+                    break; // unreachable: the origin it is
+                };
+                if still.len() < wanted.len() {
+                    (idle, pause) = (Duration::ZERO, Duration::from_millis(50));
+                } else {
+                    tokio::time::sleep(pause).await;
+                    idle += pause;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                wanted = still;
+            }
+        }
+    }
+    if !wanted.is_empty() {
+        wanted = take(service, ids, &wanted, origin, origin, &mut got)
+            .await?
+            .unwrap_or(wanted);
     }
     if wanted.is_empty() {
         Ok(got)
@@ -561,4 +565,50 @@ async fn fetch_batch(
             wanted.len()
         ))
     }
+}
+
+/// Asks `peer` for the `wanted` blocks; each one it has is checked against its id, stored here
+/// (for the targets that ask this one) and added to `got`. Answers those still wanted, or `None`
+/// when the peer could not be asked.
+async fn take(
+    service: &Arc<Service>,
+    ids: &[BlockId],
+    wanted: &[usize],
+    peer: PeerId,
+    origin: PeerId,
+    got: &mut Fetched,
+) -> Result<Option<Vec<usize>>, String> {
+    let request = Request::Get {
+        ids: wanted.iter().map(|i| ids[*i]).collect(),
+    };
+    let blocks = match service.call(peer, &request).await {
+        Ok(Response::Blocks(b)) if b.len() == wanted.len() => b,
+        Ok(_) | Err(_) => return Ok(None),
+    };
+    let counter = if peer == origin {
+        &service.stats().package_bytes_from_origin
+    } else {
+        &service.stats().package_bytes_from_peers
+    };
+    let (mut still, mut keep) = (Vec::new(), Vec::new());
+    for (&i, enc) in wanted.iter().zip(blocks) {
+        match enc.map(|e| (decode_verified(&ids[i], &e.0), e)) {
+            Some((Ok(plain), enc)) => {
+                crate::replication::Stats::add(counter, enc.0.len() as u64);
+                keep.push((ids[i], enc.0));
+                got.push((i, plain));
+            }
+            Some((Err(e), _)) => {
+                tracing::warn!(%peer, "{e}; asking another peer");
+                still.push(i);
+            }
+            None => still.push(i),
+        }
+    }
+    let store = service.store();
+    tokio::task::spawn_blocking(move || store.put_many(&keep))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(Some(still))
 }

@@ -93,10 +93,10 @@ pub struct Stats {
     pub under_replicated: AtomicU64,
     /// Archives of other blades held here.
     pub held_archives: AtomicU64,
-    /// Package blocks a deploy fetched from another target.
-    pub package_blocks_from_peers: AtomicU64,
-    /// Package blocks a deploy fetched from the origin.
-    pub package_blocks_from_origin: AtomicU64,
+    /// Encoded bytes of package blocks a deploy fetched from another target.
+    pub package_bytes_from_peers: AtomicU64,
+    /// Encoded bytes of package blocks a deploy fetched from the origin.
+    pub package_bytes_from_origin: AtomicU64,
 }
 
 impl Stats {
@@ -112,12 +112,12 @@ impl Stats {
             ("backup-under-replicated", get(&self.under_replicated)),
             ("backup-held-archives", get(&self.held_archives)),
             (
-                "package-blocks-from-peers",
-                get(&self.package_blocks_from_peers),
+                "package-bytes-from-peers",
+                get(&self.package_bytes_from_peers),
             ),
             (
-                "package-blocks-from-origin",
-                get(&self.package_blocks_from_origin),
+                "package-bytes-from-origin",
+                get(&self.package_bytes_from_origin),
             ),
         ]
         .into_iter()
