@@ -162,6 +162,9 @@ pub type Retrieve = (String, oneshot::Sender<Result<(), String>>);
 
 /// Envelopes held per app type while its package is retrieved; more are refused.
 const MAX_AWAITING: usize = 256;
+/// How long a failed retrieval's answer is given to further envelopes for the type, so that a
+/// stream of them does not ask every peer again each time.
+const RETRIEVAL_RETRY: Duration = Duration::from_secs(30);
 
 /// A change to the external peerlet types, from the package installer.
 #[derive(Debug)]
@@ -307,6 +310,8 @@ pub struct Messenger {
     retrieve: Option<mpsc::Sender<Retrieve>>,
     /// Envelopes for app types being retrieved, by type.
     awaiting: HashMap<String, Vec<Envelope>>,
+    /// App types whose retrieval failed lately: when, and why.
+    not_retrieved: HashMap<String, (Instant, String)>,
 }
 
 /// What the agent hands the messenger at start.
@@ -393,6 +398,7 @@ impl Messenger {
             counters: Counters::default(),
             retrieve: setup.retrieve,
             awaiting: HashMap::new(),
+            not_retrieved: HashMap::new(),
         };
         (messenger, handle)
     }
@@ -623,6 +629,12 @@ impl Messenger {
     /// Holds `env` for an app type not installed here while a peer's package providing it is
     /// retrieved; the first envelope for the type starts the retrieval.
     fn await_retrieval(&mut self, app: String, env: Envelope, emitted: &mut Vec<Envelope>) {
+        self.not_retrieved
+            .retain(|_, (at, _)| at.elapsed() < RETRIEVAL_RETRY);
+        if let Some((_, why)) = self.not_retrieved.get(&app) {
+            let why = why.clone();
+            return self.host.refuse(&env, emitted, "unavailable", &why);
+        }
         let held = self.awaiting.entry(app.clone()).or_default();
         if held.len() >= MAX_AWAITING {
             let why = format!("too many envelopes wait for {app} to be retrieved");
@@ -649,6 +661,10 @@ impl Messenger {
 
     /// Delivers the envelopes held for `app` now that it is installed, or refuses them.
     async fn on_retrieved(&mut self, app: String, result: Result<(), String>) {
+        if let Err(why) = &result {
+            self.not_retrieved
+                .insert(app.clone(), (Instant::now(), why.clone()));
+        }
         let mut emitted = Vec::new();
         for env in self.awaiting.remove(&app).unwrap_or_default() {
             match &result {
