@@ -232,7 +232,8 @@ async fn store_blocks(
     .map_err(|e| fail("internal", e))?
 }
 
-/// Each blade's node, if it is alive.
+/// Each blade's node, unless the member table holds it dead or gone (a suspect is still asked:
+/// a busy node is often only slow to answer probes).
 async fn peers_of(service: &Arc<Service>, blades: &[String]) -> Vec<Option<PeerId>> {
     let members = service.members().await;
     blades
@@ -240,10 +241,14 @@ async fn peers_of(service: &Arc<Service>, blades: &[String]) -> Vec<Option<PeerI
         .map(|blade| {
             members
                 .iter()
-                .find(|m| &m.name == blade && m.state == "alive")
+                .find(|m| &m.name == blade && reachable(&m.state))
                 .and_then(|m| m.id.parse::<PeerId>().ok())
         })
         .collect()
+}
+
+fn reachable(state: &str) -> bool {
+    !matches!(state, "dead" | "left")
 }
 
 /// Sends `call` (made with the targets as sources) to every blade at once;
@@ -299,7 +304,7 @@ async fn ask(
             (call, _) => local(installer, call).await,
         });
     }
-    let peer = peer.ok_or_else(|| format!("unreachable: no live node holds {blade}"))?;
+    let peer = peer.ok_or_else(|| format!("unreachable: no node holds {blade}, or it is dead"))?;
     match service.call(peer, &Request::Package(call)).await {
         Ok(Response::Package(answer)) => Ok(answer),
         Ok(other) => Err(format!("bad answer: {other:?}")),
@@ -399,7 +404,7 @@ pub async fn retrieve(service: &Arc<Service>, app: &str) -> Result<(), String> {
         .members()
         .await
         .into_iter()
-        .filter(|m| m.state == "alive" && m.id != me)
+        .filter(|m| reachable(&m.state) && m.id != me)
         .filter_map(|m| m.id.parse().ok())
         .collect();
     let find = Request::Package(Call::Find { app: app.into() });
