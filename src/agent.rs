@@ -206,6 +206,9 @@ impl Agent {
             ..Default::default()
         }));
         let (notice_tx, notices_in) = mpsc::channel(256);
+        // Off by default: without the channel the router refuses an unknown app at once.
+        let (retrieve_tx, retrieve_rx) = mpsc::channel(64);
+        let on_demand = config.packages.on_demand;
         let (messenger, messenger_handle) = router::Messenger::new(router::Setup {
             local: local_id,
             blade: Some(config.name.clone()),
@@ -215,6 +218,7 @@ impl Agent {
             db: Some(db.clone()),
             config: config.messaging.clone(),
             fs: config.fs.clone(),
+            retrieve: on_demand.then_some(retrieve_tx),
         });
         tokio::spawn(messenger.run());
         tokio::spawn(control::serve(
@@ -224,7 +228,31 @@ impl Agent {
             messenger_handle.clone(),
         ));
 
-        let (replication, service) = start_replication(&config, &db, &data_dir, local_id)?;
+        let installer = std::sync::Arc::new(
+            crate::package::install::Installer::open(
+                &db,
+                crate::package::install::Settings {
+                    trusted: config.packages.trusted.clone(),
+                    platform: crate::package::platform(),
+                    root: data_dir.path().join("packages"),
+                    max_step: config.packages.max_step,
+                    on_demand_signers: config.packages.on_demand_signers.clone(),
+                },
+                Some(messenger_handle.clone()),
+            )
+            .map_err(|reason| StartError::Database {
+                path: data_dir.db_path(),
+                reason,
+            })?,
+        );
+        // Installed peerlets are registered again: the host starts with only the configured ones.
+        tokio::spawn({
+            let installer = installer.clone();
+            async move { installer.reregister().await }
+        });
+        let (replication, service) =
+            start_replication(&config, &db, &data_dir, local_id, installer)?;
+        let retrieve = on_demand.then_some(retrieve_rx);
         let mut sampler = Sampler::new(data_dir.path());
         let meta = MemberMeta {
             name: config.name.clone(),
@@ -296,7 +324,7 @@ impl Agent {
             notices_in,
         };
         agent.apply_outputs();
-        service(agent.events.subscribe());
+        service(agent.events.subscribe(), retrieve);
         Ok(agent)
     }
 
@@ -666,7 +694,9 @@ impl Agent {
                     blade: None,
                     wait: true,
                 };
-                let _ = backups.send((now, tx)).await;
+                let _ = backups
+                    .send((crate::replication::Operator::Backup(now), tx))
+                    .await;
                 match rx.await {
                     Ok(Ok(_)) => {}
                     Ok(Err((code, msg))) => {
@@ -714,7 +744,8 @@ impl Agent {
             on: None,
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.replication.control((request, tx));
+        self.replication
+            .control((crate::replication::Operator::Backup(request), tx));
         let done = self.takeover_tx.clone();
         tokio::spawn(async move {
             let answer = rx
@@ -1567,10 +1598,11 @@ fn start_replication(
     db: &sled::Db,
     data_dir: &DataDir,
     local_id: PeerId,
+    installer: std::sync::Arc<crate::package::install::Installer>,
 ) -> Result<
     (
         crate::replication::Link,
-        impl FnOnce(tokio::sync::broadcast::Receiver<Event>),
+        impl FnOnce(tokio::sync::broadcast::Receiver<Event>, Option<mpsc::Receiver<router::Retrieve>>),
     ),
     StartError,
 > {
@@ -1592,10 +1624,11 @@ fn start_replication(
         (local_id, config.name.clone(), config.zone.clone()),
         ch.net,
         (ch.stats, ch.seats),
+        Some(installer),
     );
     let (inbound, control) = (ch.inbound, ch.control);
-    Ok((link, move |events| {
-        tokio::spawn(service.run(inbound, control, events));
+    Ok((link, move |events, retrieve| {
+        tokio::spawn(service.run(inbound, control, events, retrieve));
     }))
 }
 

@@ -176,6 +176,9 @@ pub struct FileConfig {
     /// `[fs]`: folders exported to operators.
     #[serde(default)]
     pub fs: FsFile,
+    /// Software packages.
+    #[serde(default)]
+    pub packages: PackagesFile,
 }
 
 /// `[fs]`: the folders this blade exports through the `fs` peerlet, and who may use them.
@@ -247,6 +250,35 @@ fn fs_policy(file: FsFile) -> Result<dci_peerlet_fs::Policy, ConfigError> {
     })
 }
 
+/// `[packages]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackagesFile {
+    /// Public key files (`dcish keygen`'s `FILE.pub`) whose packages this agent installs.
+    pub trusted_keys: Option<Vec<PathBuf>>,
+    /// The longest any install command may run, in milliseconds.
+    pub max_step_ms: Option<u64>,
+    /// Retrieve and install, from a peer, the package providing a peerlet type an envelope
+    /// asks for that is not installed here.
+    pub on_demand: Option<bool>,
+    /// Fingerprints of the trusted keys whose packages on-demand retrieval installs; none: any
+    /// trusted key.
+    pub on_demand_signers: Option<Vec<String>>,
+}
+
+/// Software packages, validated.
+#[derive(Debug, Clone)]
+pub struct PackagesConfig {
+    /// The keys whose packages are installed; none trusted means none installed.
+    pub trusted: Vec<ed25519_dalek::VerifyingKey>,
+    /// The longest any install command may run.
+    pub max_step: Duration,
+    /// On-demand retrieval of missing peerlets.
+    pub on_demand: bool,
+    /// The signers on-demand retrieval accepts (empty: any trusted).
+    pub on_demand_signers: Vec<String>,
+}
+
 /// What the command line says; `None` means "not given, use the file or the default".
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -274,6 +306,8 @@ pub struct Overrides {
     pub backup_root: Option<PathBuf>,
     /// `--replication-factor`.
     pub replication_factor: Option<usize>,
+    /// `--trusted-key` (repeatable; replaces the file's list when given).
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 /// A complete, validated agent configuration.
@@ -311,6 +345,8 @@ pub struct Config {
     pub backup: BackupConfig,
     /// The exported folders and their operators.
     pub fs: dci_peerlet_fs::Policy,
+    /// Software packages.
+    pub packages: PackagesConfig,
 }
 
 impl Config {
@@ -471,6 +507,28 @@ impl Config {
         )
         .map_err(|(field, value, reason)| invalid(field, &value, &reason))?;
 
+        let key_paths = if cli.trusted_keys.is_empty() {
+            file.packages.trusted_keys.unwrap_or_default()
+        } else {
+            cli.trusted_keys.clone()
+        };
+        let packages = PackagesConfig {
+            trusted: key_paths
+                .iter()
+                .map(|p| {
+                    crate::package::keys::read_public(p)
+                        .map_err(|e| invalid("packages.trusted_keys", &p.display().to_string(), &e))
+                })
+                .collect::<Result<_, _>>()?,
+            max_step: ms(
+                "packages.max_step_ms",
+                file.packages.max_step_ms,
+                Duration::from_secs(600),
+            )?,
+            on_demand: file.packages.on_demand.unwrap_or(false),
+            on_demand_signers: file.packages.on_demand_signers.unwrap_or_default(),
+        };
+
         Ok(Config {
             name,
             data_dir: cli
@@ -495,6 +553,7 @@ impl Config {
             messaging: file.messaging,
             backup,
             fs: fs_policy(file.fs)?,
+            packages,
         })
     }
 }

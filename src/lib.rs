@@ -16,6 +16,7 @@
 //! - [`control`]: the local control socket that carries XML envelopes from `dcish`.
 //! - [`peerlet_host`], [`router`]: peerlet instances, and envelope routing over the mesh with the
 //!   message log.
+//! - [`package`]: signed software packages, their installer, and deploying them over the mesh.
 //! - [`agent`]: the one event loop that owns the swarm and drives the cores.
 //! - [`shell`]: `dcish`, the operator's client.
 //! - [`sim`]: the deterministic simulator that runs the protocol cores at scale.
@@ -33,6 +34,7 @@ pub mod hook;
 pub mod membership;
 pub mod net;
 pub mod notice;
+pub mod package;
 pub mod peerlet_host;
 pub mod replication;
 pub mod resources;

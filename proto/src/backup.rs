@@ -258,6 +258,7 @@ pub struct RestoreSummary {
     pub refused: u64,
 }
 
+/// Appends ` name="value"`, escaped.
 pub(crate) fn attr(s: &mut String, name: &str, value: &str) {
     s.push(' ');
     s.push_str(name);
@@ -280,6 +281,17 @@ pub(crate) fn boolean(field: &'static str, value: Option<&str>) -> Result<bool, 
 
 /// The children of `e`: elements of the backup namespace named in `names`.
 fn children<'n>(e: &'n Node, element: &str, names: &[&str]) -> Result<Vec<&'n Node>, ProtoError> {
+    children_in(e, element, names, BACKUP_NAMESPACE)
+}
+
+/// The children of `e`, which must all be elements of `namespace` named in `names`
+/// (whitespace between them aside).
+pub(crate) fn children_in<'n>(
+    e: &'n Node,
+    element: &str,
+    names: &[&str],
+    namespace: &str,
+) -> Result<Vec<&'n Node>, ProtoError> {
     let mut out = Vec::new();
     for child in &e.children {
         match child {
@@ -287,7 +299,7 @@ fn children<'n>(e: &'n Node, element: &str, names: &[&str]) -> Result<Vec<&'n No
             Child::Text(_) => return Err(ProtoError::invalid(element, "text is not allowed here")),
             Child::Element(c)
                 if names.contains(&c.local.as_str())
-                    && c.namespace.as_deref() == Some(BACKUP_NAMESPACE) =>
+                    && c.namespace.as_deref() == Some(namespace) =>
             {
                 out.push(c)
             }

@@ -34,6 +34,7 @@ mod error;
 pub mod frame;
 pub mod fs;
 pub mod notice;
+pub mod package;
 mod xml;
 
 pub use envelope::{Destination, Envelope, Kind, Payload, Sender, Target};

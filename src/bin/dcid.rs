@@ -53,6 +53,10 @@ struct Cli {
     /// How many other nodes hold this blade's backups [default: 2].
     #[arg(long, value_name = "N")]
     replication_factor: Option<usize>,
+    /// A public key file (`dcish keygen`'s FILE.pub) whose signed packages this agent installs;
+    /// repeatable.
+    #[arg(long, value_name = "PUBFILE")]
+    trusted_key: Vec<PathBuf>,
     #[command(subcommand)]
     command: Option<Tool>,
 }
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
         log_format: cli.log_format,
         backup_root: cli.backup_root,
         replication_factor: cli.replication_factor,
+        trusted_keys: cli.trusted_key,
     };
     let config = match Config::load(&overrides) {
         Ok(c) => c,

@@ -49,7 +49,8 @@ pub enum Query {
         /// Its (id, name), or why not (code, message).
         reply: oneshot::Sender<Result<(String, String), (String, String)>>,
     },
-    /// A backup command (`dcish backup`, `archives`, `restore`), for the replication service.
+    /// A backup or package command (`dcish backup`, `restore`, `deploy`, …), for the replication
+    /// service.
     Backup(crate::replication::ControlCall),
 }
 
@@ -212,8 +213,15 @@ async fn answer(
 ) -> Envelope {
     let fail =
         |code: &str, msg: &str| request.reply_to(me.clone(), Kind::Error, error_payload(code, msg));
-    if let Some(backup) = dci_proto::backup::BackupRequest::from_payload(&request.payload) {
-        let answer = match backup {
+    use crate::replication::Operator;
+    let operator = dci_proto::backup::BackupRequest::from_payload(&request.payload)
+        .map(|r| r.map(Operator::Backup))
+        .or_else(|| {
+            dci_proto::package::PackageRequest::from_payload(&request.payload)
+                .map(|r| r.map(Operator::Package))
+        });
+    if let Some(operator) = operator {
+        let answer = match operator {
             Err(e) => Err(("bad-command".to_string(), e.to_string())),
             Ok(b) => ask(queries, |tx| Query::Backup((b, tx)))
                 .await

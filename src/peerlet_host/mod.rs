@@ -105,10 +105,37 @@ impl Host {
         self.builtins.insert(kind.app().to_owned(), kind);
     }
 
-    /// Registers an external peerlet described by a manifest.
-    pub fn register_external(&mut self, manifest: external::Manifest) {
-        self.externals
-            .insert(manifest.app.clone(), Arc::new(manifest));
+    /// Registers an external peerlet described by a manifest; answers the one it replaced.
+    /// Instances of the replaced one keep running until restarted or stopped for idleness.
+    pub fn register_external(
+        &mut self,
+        manifest: external::Manifest,
+    ) -> Result<Option<Arc<external::Manifest>>, Refusal> {
+        if self.builtins.contains_key(&manifest.app) {
+            return Err(Refusal::new(
+                "built-in",
+                format!("{} is a built-in peerlet", manifest.app),
+            ));
+        }
+        Ok(self
+            .externals
+            .insert(manifest.app.clone(), Arc::new(manifest)))
+    }
+
+    /// Removes an external peerlet type and stops its instances.
+    pub fn unregister_external(&mut self, app: &str) {
+        if self.externals.remove(app).is_some() {
+            self.restart(app);
+        }
+    }
+
+    /// Stops every running instance of `app`, so that the next envelope starts it afresh (from
+    /// its current manifest); answers how many were stopped.
+    pub fn restart(&mut self, app: &str) -> usize {
+        let before = self.instances.len();
+        self.instances.retain(|_, i| i.identity.app != app);
+        self.defaults.remove(app);
+        before - self.instances.len()
     }
 
     /// The app types this host can start.
@@ -268,7 +295,13 @@ impl Host {
         Ok(id)
     }
 
-    fn refuse(&mut self, env: &Envelope, out: &mut Vec<Envelope>, code: &str, message: &str) {
+    /// Whether `app` is a type this host can start.
+    pub fn knows(&self, app: &str) -> bool {
+        self.builtins.contains_key(app) || self.externals.contains_key(app)
+    }
+
+    /// Answers `env` (a request or event) with an error from the host, into `out`.
+    pub fn refuse(&mut self, env: &Envelope, out: &mut Vec<Envelope>, code: &str, message: &str) {
         self.stats.refused += 1;
         match env.kind {
             Kind::Request | Kind::Event => {
@@ -404,7 +437,8 @@ mod tests {
             timeout_ms: 1000,
             max_output: 1024,
             dir: std::env::temp_dir(),
-        });
+        })
+        .unwrap();
         let mut out = Vec::new();
         // The process has not even started (this task has not yielded): the first two wait in
         // the queue, the rest are refused rather than buffered.

@@ -64,11 +64,17 @@ pub struct Inbound {
     pub request: Vec<u8>,
 }
 
-/// An operator's backup command from the control socket, and where its answer goes.
-pub type ControlCall = (
-    BackupRequest,
-    oneshot::Sender<Result<Payload, (String, String)>>,
-);
+/// An operator's command for the service: backup or package.
+#[derive(Debug)]
+pub enum Operator {
+    /// `dcish backup`, `archives`, `restore`, `ls`, `cat`.
+    Backup(BackupRequest),
+    /// `dcish deploy`, `undeploy`, `packages`.
+    Package(dci_proto::package::PackageRequest),
+}
+
+/// An operator's command from the control socket, and where its answer goes.
+pub type ControlCall = (Operator, oneshot::Sender<Result<Payload, (String, String)>>);
 
 /// Each seated blade's holder and epoch, as the election last said. An owner stamps its pushes
 /// with its own blade's epoch, and a holder refuses an owner's push stamped below the seat's: a
@@ -107,6 +113,10 @@ pub struct Stats {
     pub under_replicated: AtomicU64,
     /// Archives of other blades held here.
     pub held_archives: AtomicU64,
+    /// Encoded bytes of package blocks a deploy fetched from another target.
+    pub package_bytes_from_peers: AtomicU64,
+    /// Encoded bytes of package blocks a deploy fetched from the origin.
+    pub package_bytes_from_origin: AtomicU64,
 }
 
 impl Stats {
@@ -121,6 +131,14 @@ impl Stats {
             ("backup-corrupt-blocks", get(&self.corrupt)),
             ("backup-under-replicated", get(&self.under_replicated)),
             ("backup-held-archives", get(&self.held_archives)),
+            (
+                "package-bytes-from-peers",
+                get(&self.package_bytes_from_peers),
+            ),
+            (
+                "package-bytes-from-origin",
+                get(&self.package_bytes_from_origin),
+            ),
         ]
         .into_iter()
         .map(|(n, v)| (n.to_string(), v))
@@ -174,7 +192,7 @@ impl Link {
         {
             let _ = call.1.send(Err((
                 "busy".into(),
-                "the backup service is busy or stopped".into(),
+                "the replication service is busy or stopped".into(),
             )));
         }
     }

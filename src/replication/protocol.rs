@@ -58,6 +58,8 @@ pub enum Request {
     /// An operator's backup command, forwarded by the agent it was given to (a `backup-now` for
     /// another blade, a `restore --on` another node): the control payload's XML.
     Control(String),
+    /// A package install, removal or listing, from the agent a `dcish deploy` was given to.
+    Package(crate::package::deploy::Call),
 }
 
 /// The answer to a [`Request`].
@@ -75,6 +77,8 @@ pub enum Response {
     Records(Vec<ArchiveRecord>),
     /// To `Control`: the reply payload's XML, or an error code and message.
     Control(Result<String, (String, String)>),
+    /// To `Package`.
+    Package(crate::package::deploy::Answer),
     /// The request is refused, and why (not entitled, malformed, a failure here).
     Refused(String),
 }

@@ -93,6 +93,8 @@ pub struct Service {
     started: Instant,
     stats: Arc<super::Stats>,
     seats: Arc<super::SeatEpochs>,
+    /// The package installer, for deploys from and to this node.
+    packages: Option<Arc<crate::package::install::Installer>>,
 }
 
 fn now_ms() -> u64 {
@@ -117,6 +119,7 @@ impl Service {
         (me, name, zone): (PeerId, String, String),
         net: mpsc::Sender<NetCommand>,
         (stats, seats): (Arc<super::Stats>, Arc<super::SeatEpochs>),
+        packages: Option<Arc<crate::package::install::Installer>>,
     ) -> Arc<Service> {
         Arc::new(Service {
             store,
@@ -133,7 +136,33 @@ impl Service {
             started: Instant::now(),
             stats,
             seats,
+            packages,
         })
+    }
+
+    /// The package installer, if this agent has one.
+    pub(crate) fn packages(&self) -> Option<Arc<crate::package::install::Installer>> {
+        self.packages.clone()
+    }
+
+    /// The block store.
+    pub(crate) fn store(&self) -> Arc<dyn BlockStore> {
+        self.store.clone()
+    }
+
+    /// This node's blade name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// This node's id.
+    pub(crate) fn local_id(&self) -> PeerId {
+        self.me
+    }
+
+    /// The service's counters.
+    pub(crate) fn stats(&self) -> &super::Stats {
+        &self.stats
     }
 
     /// Runs until the agent stops (its channels close).
@@ -142,6 +171,7 @@ impl Service {
         mut inbound: mpsc::Receiver<Inbound>,
         mut control: mpsc::Receiver<ControlCall>,
         mut events: broadcast::Receiver<Event>,
+        mut retrieve: Option<mpsc::Receiver<crate::router::Retrieve>>,
     ) {
         let mut sync = tokio::time::interval(self.cfg.sync_interval);
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -181,7 +211,17 @@ impl Service {
                     let Some((request, reply)) = call else { return };
                     let me = self.clone();
                     tokio::spawn(async move {
-                        let _ = reply.send(me.control(request, true).await);
+                        let answer = match request {
+                            super::Operator::Backup(r) => me.control(r, true).await,
+                            super::Operator::Package(r) => crate::package::deploy::control(&me, r).await,
+                        };
+                        let _ = reply.send(answer);
+                    });
+                }
+                Some((app, reply)) = async { retrieve.as_mut()?.recv().await }, if retrieve.is_some() => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let _ = reply.send(crate::package::deploy::retrieve(&me, &app).await);
                     });
                 }
                 event = events.recv() => match event {
@@ -290,7 +330,7 @@ impl Service {
         Some((watcher, rx))
     }
 
-    async fn call(&self, to: PeerId, request: &Request) -> Result<Response, String> {
+    pub(crate) async fn call(&self, to: PeerId, request: &Request) -> Result<Response, String> {
         let (tx, rx) = oneshot::channel();
         self.net
             .send(NetCommand::Send {
@@ -302,7 +342,7 @@ impl Service {
             .map_err(|_| "the agent is stopping".to_string())?;
         // A forwarded operator command (a restore) answers when it is done.
         let limit = match request {
-            Request::Control(_) => FORWARDED_TIMEOUT,
+            Request::Control(_) | Request::Package(_) => FORWARDED_TIMEOUT,
             Request::Have { .. }
             | Request::Put { .. }
             | Request::Commit { .. }
@@ -329,7 +369,7 @@ impl Service {
         }
     }
 
-    async fn members(&self) -> Vec<MemberInfo> {
+    pub(crate) async fn members(&self) -> Vec<MemberInfo> {
         let (tx, rx) = oneshot::channel();
         if self.net.send(NetCommand::Members(tx)).await.is_err() {
             return Vec::new();
@@ -1389,7 +1429,8 @@ impl Service {
             Request::Sync { .. }
             | Request::Get { .. }
             | Request::Catalog { .. }
-            | Request::Control(_) => Vec::new(),
+            | Request::Control(_)
+            | Request::Package(_) => Vec::new(),
         };
         // An owner stamped below its blade's seat was replaced: fenced, however it was entitled.
         let stale = |blade: &str| {
@@ -1530,6 +1571,9 @@ impl Service {
                     .map(Response::Records)
                     .map_err(|e| e.to_string()),
             ),
+            Request::Package(call) => {
+                crate::package::deploy::handle(self, inbound.peer, call).await
+            }
             Request::Control(xml) => {
                 let parsed = Payload::new(xml)
                     .ok()
@@ -1720,6 +1764,7 @@ mod tests {
             (PeerId::random(), "holder".into(), "z".into()),
             net,
             (Arc::default(), Arc::default()),
+            None,
         );
         (s, store, catalog)
     }
@@ -1890,6 +1935,7 @@ mod tests {
             (PeerId::random(), "b1".into(), "z".into()),
             net,
             (Arc::default(), Arc::default()),
+            None,
         );
         s.seats.set([("b1".to_string(), (PeerId::random(), 2))]);
         let (code, why) = s.backup(false).await.unwrap_err();

@@ -202,7 +202,39 @@ enum Command {
     },
     /// Counters for `dcish status`.
     Stats(oneshot::Sender<Vec<(String, u64)>>),
+    /// From the package installer: a change to the external peerlet types.
+    Peerlets(PeerletChange, oneshot::Sender<PeerletAnswer>),
+    /// The retrieval of a package providing `app` ended (on-demand retrieval).
+    Retrieved {
+        app: String,
+        result: Result<(), String>,
+    },
 }
+
+/// A request to retrieve and install a package providing peerlet type `.0` from a peer; the
+/// answer says whether it is now installed, or why not.
+pub type Retrieve = (String, oneshot::Sender<Result<(), String>>);
+
+/// Envelopes held per app type while its package is retrieved; more are refused.
+const MAX_AWAITING: usize = 256;
+/// How long a failed retrieval's answer is given to further envelopes for the type, so that a
+/// stream of them does not ask every peer again each time.
+const RETRIEVAL_RETRY: Duration = Duration::from_secs(30);
+
+/// A change to the external peerlet types, from the package installer.
+#[derive(Debug)]
+pub enum PeerletChange {
+    /// Register (or replace) an external peerlet.
+    Register(crate::peerlet_host::external::Manifest),
+    /// Remove one and stop its instances.
+    Unregister(String),
+    /// Stop an app's instances.
+    Restart(String),
+}
+
+/// What a [`PeerletChange`] did: for a registration, the manifest it replaced; or why it was
+/// refused.
+pub type PeerletAnswer = Result<Option<crate::peerlet_host::external::Manifest>, String>;
 
 /// A cloneable handle to the messenger task.
 #[derive(Clone)]
@@ -277,6 +309,17 @@ impl MessengerHandle {
                 wait: None,
             })
             .is_ok()
+    }
+
+    /// Changes the external peerlet types (the package installer's steps).
+    pub async fn peerlets(&self, change: PeerletChange) -> PeerletAnswer {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Peerlets(change, tx))
+            .await
+            .map_err(|_| "the messenger has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the messenger has stopped".to_string())?
     }
 
     /// The messenger's counters.
@@ -397,6 +440,11 @@ pub struct Messenger {
     started: Instant,
     config: MessagingConfig,
     counters: Counters,
+    retrieve: Option<mpsc::Sender<Retrieve>>,
+    /// Envelopes for app types being retrieved, by type.
+    awaiting: HashMap<String, Vec<Envelope>>,
+    /// App types whose retrieval failed lately: when, and why.
+    not_retrieved: HashMap<String, (Instant, String)>,
 }
 
 /// What the agent hands the messenger at start.
@@ -417,6 +465,9 @@ pub struct Setup {
     pub config: MessagingConfig,
     /// What the `fs` peerlet exports, to whom.
     pub fs: dci_peerlet_fs::Policy,
+    /// Where to ask for a package providing an app type not installed here (on-demand
+    /// retrieval); none to refuse such envelopes at once.
+    pub retrieve: Option<mpsc::Sender<Retrieve>>,
 }
 
 impl Messenger {
@@ -446,8 +497,13 @@ impl Messenger {
                 tracing::warn!("{e}; that peerlet is not available");
             }
             for m in found {
-                tracing::info!(app = %m.app, dir = %m.dir.display(), "external peerlet registered");
-                host.register_external(m);
+                let (app, dir) = (m.app.clone(), m.dir.clone());
+                match host.register_external(m) {
+                    Ok(_) => {
+                        tracing::info!(%app, dir = %dir.display(), "external peerlet registered")
+                    }
+                    Err(r) => tracing::warn!(%app, "{}; that peerlet is not available", r.message),
+                }
             }
         }
         let log = setup.db.as_ref().and_then(|db| {
@@ -476,6 +532,9 @@ impl Messenger {
             started: Instant::now(),
             config: setup.config,
             counters: Counters::default(),
+            retrieve: setup.retrieve,
+            awaiting: HashMap::new(),
+            not_retrieved: HashMap::new(),
         };
         (messenger, handle)
     }
@@ -595,6 +654,25 @@ impl Messenger {
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
+            Command::Retrieved { app, result } => self.on_retrieved(app, result).await,
+            Command::Peerlets(change, reply) => {
+                let answer = match change {
+                    PeerletChange::Register(m) => self
+                        .host
+                        .register_external(m)
+                        .map(|old| old.map(|o| (*o).clone()))
+                        .map_err(|r| r.message),
+                    PeerletChange::Unregister(app) => {
+                        self.host.unregister_external(&app);
+                        Ok(None)
+                    }
+                    PeerletChange::Restart(app) => {
+                        self.host.restart(&app);
+                        Ok(None)
+                    }
+                };
+                let _ = reply.send(answer);
+            }
         }
     }
 
@@ -689,8 +767,67 @@ impl Messenger {
                 }
             }
             Some(MSGLOG_APP) => self.msglog(env, emitted),
+            Some(app) if self.retrieve.is_some() && !self.host.knows(app) => {
+                let app = app.to_owned();
+                self.await_retrieval(app, env, emitted)
+            }
             _ => self.host.deliver(&env, self.started.elapsed(), emitted),
         }
+    }
+
+    /// Holds `env` for an app type not installed here while a peer's package providing it is
+    /// retrieved; the first envelope for the type starts the retrieval.
+    fn await_retrieval(&mut self, app: String, env: Envelope, emitted: &mut Vec<Envelope>) {
+        self.not_retrieved
+            .retain(|_, (at, _)| at.elapsed() < RETRIEVAL_RETRY);
+        if let Some((_, why)) = self.not_retrieved.get(&app) {
+            let why = why.clone();
+            return self.host.refuse(&env, emitted, "unavailable", &why);
+        }
+        let held = self.awaiting.entry(app.clone()).or_default();
+        if held.len() >= MAX_AWAITING {
+            let why = format!("too many envelopes wait for {app} to be retrieved");
+            return self.host.refuse(&env, emitted, "busy", &why);
+        }
+        held.push(env);
+        if held.len() > 1 {
+            return;
+        }
+        let (reply, answer) = oneshot::channel();
+        let asked = self
+            .retrieve
+            .as_ref()
+            .is_some_and(|r| r.try_send((app.clone(), reply)).is_ok());
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = match (asked, answer.await) {
+                (true, Ok(result)) => result,
+                _ => Err("the package service is busy or stopped".into()),
+            };
+            let _ = tx.send(Command::Retrieved { app, result }).await;
+        });
+    }
+
+    /// Delivers the envelopes held for `app` now that it is installed, or refuses them.
+    async fn on_retrieved(&mut self, app: String, result: Result<(), String>) {
+        if let Err(why) = &result {
+            self.not_retrieved
+                .insert(app.clone(), (Instant::now(), why.clone()));
+        }
+        let mut emitted = Vec::new();
+        for env in self.awaiting.remove(&app).unwrap_or_default() {
+            match &result {
+                Ok(()) => self
+                    .host
+                    .deliver(&env, self.started.elapsed(), &mut emitted),
+                Err(why) => self.host.refuse(&env, &mut emitted, "unavailable", why),
+            }
+        }
+        for env in emitted {
+            self.log_envelope(&env, "out", None);
+            self.core.handle(env, Origin::Local);
+        }
+        self.pump().await;
     }
 
     async fn transmit(&mut self, peer: String, relay_to: Option<String>, env: Envelope) {

@@ -99,7 +99,7 @@ pub(crate) async fn members(client: &mut Client) -> Result<Vec<MemberInfo>, Clie
     })
 }
 
-fn resolve(
+pub(super) fn resolve(
     members: &[MemberInfo],
     set: &str,
     exclude: Option<&str>,

@@ -10,6 +10,7 @@ pub mod files;
 pub mod moves;
 pub mod msg;
 pub mod nodeset;
+pub mod package;
 pub mod prompt;
 pub mod task;
 
@@ -147,6 +148,29 @@ pub enum Command {
         /// The path [default: the working directory].
         path: Option<String>,
     },
+    /// Write a new package-signing key to FILE (mode 0600) and its public half to FILE.pub.
+    Keygen {
+        /// Where to write the secret key; refuses to overwrite.
+        file: PathBuf,
+    },
+    /// Build a signed package.
+    #[command(subcommand)]
+    Package(package::PackageCommand),
+    /// Install a package on a set of blades: each pulls it from its peers, verifies and installs.
+    Deploy(package::DeployArgs),
+    /// Remove a package (by name) from a set of blades, with its undo steps.
+    Undeploy {
+        /// The package name.
+        name: String,
+        /// The blades (a node set).
+        #[arg(long)]
+        from: String,
+    },
+    /// The packages installed on a set of blades [default: @all].
+    Packages {
+        /// The blades (a node set).
+        set: Option<String>,
+    },
 }
 
 /// A command's failure: one line for the user.
@@ -158,6 +182,28 @@ pub async fn run(
     command: &Command,
     session: &mut files::Session,
 ) -> Result<(), ShellError> {
+    // Commands on local files need no agent.
+    let text = match command {
+        Command::Keygen { file } => package::keygen(file, cli.json)?,
+        Command::Package(c) => package::build(c, cli.json)?,
+        _ => match with_agent(cli, command, session).await? {
+            Some(text) => text,
+            None => return Ok(()),
+        },
+    };
+    // Nothing left to say (`exec --lines` printed as it went): no empty line either.
+    if !text.is_empty() {
+        let _ = writeln!(std::io::stdout().lock(), "{text}");
+    }
+    Ok(())
+}
+
+/// Runs a command through the agent; `None` when it printed its output itself.
+async fn with_agent(
+    cli: &Cli,
+    command: &Command,
+    session: &mut files::Session,
+) -> Result<Option<String>, ShellError> {
     let mut client = Client::connect(&cli.agent).await?;
     let protocol = |e: dci_proto::ProtoError| ClientError::Protocol {
         path: cli.agent.clone(),
@@ -201,18 +247,33 @@ pub async fn run(
         Command::Archives { blade } => backup::archives(&mut client, blade, cli.json).await?,
         Command::Restore(c) => backup::restore(&mut client, c, cli.json).await?,
         Command::Ls { path } => files::ls(&mut client, session, path.as_deref(), cli.json).await?,
-        Command::Cd { path } => return files::cd(&mut client, session, path.as_deref()).await,
+        Command::Cd { path } => {
+            return files::cd(&mut client, session, path.as_deref())
+                .await
+                .map(|()| None)
+        }
         Command::Pwd if cli.json => serde_json::Value::from(session.cwd.clone()).to_string(),
         Command::Pwd => session.cwd.clone(),
         // Bytes as they are, with no line added: a file is not a table.
-        Command::Cat { path } => return files::cat(&mut client, session, path).await,
+        Command::Cat { path } => {
+            return files::cat(&mut client, session, path).await.map(|()| None)
+        }
         Command::Get(args) => match files::get(&mut client, session, args, cli.json).await? {
-            text if text.is_empty() => return Ok(()),
+            text if text.is_empty() => return Ok(None),
             text => text,
         },
         Command::Put(args) => files::put(&mut client, session, args, cli.json).await?,
         Command::Find(args) => files::find(&mut client, session, args, cli.json).await?,
         Command::Du { path } => files::du(&mut client, session, path.as_deref(), cli.json).await?,
+        Command::Keygen { file } => package::keygen(file, cli.json)?,
+        Command::Package(c) => package::build(c, cli.json)?,
+        Command::Deploy(args) => package::deploy(&mut client, args, cli.json).await?,
+        Command::Undeploy { name, from } => {
+            package::undeploy(&mut client, name, from, cli.json).await?
+        }
+        Command::Packages { set } => {
+            package::packages(&mut client, set.as_deref(), cli.json).await?
+        }
         Command::Seats => {
             let payload = client.request(ControlRequest::Seats.to_payload()).await?;
             let seats = seats_from_payload(&payload).map_err(protocol)?;
@@ -250,11 +311,7 @@ pub async fn run(
             }
         }
     };
-    // Nothing left to say (`exec --lines` printed as it went): no empty line either.
-    if !text.is_empty() {
-        let _ = writeln!(std::io::stdout().lock(), "{text}");
-    }
-    Ok(())
+    Ok(Some(text))
 }
 
 fn color_enabled() -> bool {
