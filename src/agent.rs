@@ -77,6 +77,8 @@ pub struct Agent {
     /// The core's timers; a stale one is a no-op when it fires, so none is ever cancelled.
     timers: TimerQueue<Timer<PeerId>>,
     db: sled::Db,
+    /// The incarnation last written to the database (see [`next_incarnation`]).
+    saved_incarnation: u64,
     data_dir: DataDir,
     queries: mpsc::Receiver<Query>,
     /// Why the data dir could not be written, from the disk checker task.
@@ -175,7 +177,7 @@ impl Agent {
             reason: one_line(&e.to_string()),
         };
         let db = sled::open(data_dir.db_path()).map_err(db_err)?;
-        let incarnation = next_incarnation(&db).map_err(db_err)?;
+        let incarnation = next_incarnation(&db, unix_ms()).map_err(db_err)?;
         let failover = Failover::open(
             &db,
             failover::Settings {
@@ -316,6 +318,7 @@ impl Agent {
             swarm,
             swim,
             db,
+            saved_incarnation: incarnation,
             data_dir,
             queries,
             disk_faults,
@@ -435,8 +438,29 @@ impl Agent {
         }
     }
 
+    /// Writes the incarnation when it changed, so that the next run starts above it (flushed when
+    /// `flush`, as on leaving; otherwise within sled's flush interval).
+    fn save_incarnation(&mut self, flush: bool) {
+        let inc = self.swim.incarnation();
+        if inc == self.saved_incarnation {
+            return;
+        }
+        let saved = self.db.open_tree("meta").and_then(|meta| {
+            meta.insert("incarnation", &inc.to_be_bytes())?;
+            if flush {
+                meta.flush()?;
+            }
+            Ok(())
+        });
+        match saved {
+            Ok(()) => self.saved_incarnation = inc,
+            Err(e) => tracing::warn!("could not save the incarnation: {e}"),
+        }
+    }
+
     /// Carries out what the membership core asked for.
     fn apply_outputs(&mut self) {
+        self.save_incarnation(false);
         let outputs: Vec<_> = self.swim.drain_outputs().collect();
         let mut touched = Vec::new();
         for output in outputs {
@@ -1555,7 +1579,9 @@ impl Agent {
     /// Tells every live member that this node leaves, and waits briefly for the packets to go.
     async fn leave(mut self) {
         let mut pending: HashSet<OutboundRequestId> = HashSet::new();
-        for (to, packet) in self.swim.leave() {
+        let packets = self.swim.leave();
+        self.save_incarnation(true);
+        for (to, packet) in packets {
             pending.insert(
                 self.swarm
                     .behaviour_mut()
@@ -1710,14 +1736,20 @@ fn listen_reason(e: &libp2p::TransportError<std::io::Error>) -> String {
 }
 
 /// Bumps and persists the incarnation, so this run's records win over every earlier run's.
-fn next_incarnation(db: &sled::Db) -> Result<u64, sled::Error> {
+///
+/// An incarnation also grows during a run (each metadata change, refutation and the leave), so
+/// the next run must start above the last one's end, which a crash may not have written: it starts
+/// at the wall clock in milliseconds when that is higher (a run would need more than a thousand
+/// changes a second to outrun it), and above whatever was written when the clock is behind.
+fn next_incarnation(db: &sled::Db, now_ms: u64) -> Result<u64, sled::Error> {
     let meta = db.open_tree("meta")?;
     let next = meta
         .get("incarnation")?
         .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
         .map(u64::from_be_bytes)
         .unwrap_or(0)
-        + 1;
+        .saturating_add(1)
+        .max(now_ms);
     meta.insert("incarnation", &next.to_be_bytes())?;
     meta.flush()?;
     Ok(next)
@@ -1726,6 +1758,17 @@ fn next_incarnation(db: &sled::Db) -> Result<u64, sled::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_run_starts_above_everything_the_last_one_wrote_or_reached_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        assert_eq!(next_incarnation(&db, 5_000).unwrap(), 5_000);
+        // A clock that went back: above what was written.
+        assert_eq!(next_incarnation(&db, 10).unwrap(), 5_001);
+        // Later: the clock, above every change a run in between can have made.
+        assert_eq!(next_incarnation(&db, 90_000).unwrap(), 90_000);
+    }
 
     #[test]
     fn loopback_addresses_are_advertised_only_when_nothing_else_listens() {

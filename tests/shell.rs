@@ -182,7 +182,14 @@ fn gathers_outputs_by_blade_and_names_every_blade_that_failed(dir: &Path, nodes:
     let piped = dcish_with_input(b1, &[], script.as_bytes());
     assert_eq!(text(&piped), (stdout, stderr));
 
-    // A dead blade is reported as dead, and the others answer without waiting for it.
+    // A dead blade is reported as dead, and the others answer without waiting for it. The spare
+    // goes first, so that nobody takes b3 over.
+    let s1 = &nodes[3];
+    s1.signal(9);
+    wait_until(Duration::from_secs(20), || {
+        b1.state_of("s1").as_deref() == Some("dead")
+    })
+    .expect("s1 never declared dead");
     let b3 = &nodes[2];
     b3.signal(9);
     wait_until(Duration::from_secs(20), || {

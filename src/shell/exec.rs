@@ -90,6 +90,25 @@ impl Outcome {
     }
 }
 
+/// Names as node sets see them, each with the member answering to it: a member acting as a
+/// blade goes by the blade's name (a spare that took `b3` over is `b3`, no longer itself), the
+/// others by their own. Where two claim one blade (its old holder, dead, still announcing it),
+/// the higher epoch wins, then the live one.
+pub(super) fn blades(members: &[MemberInfo]) -> Vec<(String, &MemberInfo)> {
+    let mut by_name: BTreeMap<String, &MemberInfo> = BTreeMap::new();
+    let rank = |m: &MemberInfo| (m.blade.as_ref().map_or(0, |(_, e)| *e), m.state == "alive");
+    for m in members {
+        let name = m.blade.as_ref().map_or(&m.name, |(b, _)| b).clone();
+        match by_name.get(&name) {
+            Some(other) if rank(other) >= rank(m) => {}
+            _ => {
+                by_name.insert(name, m);
+            }
+        }
+    }
+    by_name.into_iter().collect()
+}
+
 /// The member table as node sets see it.
 pub(crate) async fn members(client: &mut Client) -> Result<Vec<MemberInfo>, ClientError> {
     let payload = client.request(ControlRequest::Nodes.to_payload()).await?;
@@ -104,12 +123,16 @@ pub(super) fn resolve(
     set: &str,
     exclude: Option<&str>,
 ) -> Result<Vec<String>, ClientError> {
-    let candidates: Vec<Candidate> = members
-        .iter()
-        .filter(|m| m.state != "left")
-        .map(|m| Candidate {
-            name: m.name.clone(),
-            role: m.role.clone(),
+    let candidates: Vec<Candidate> = blades(members)
+        .into_iter()
+        .filter(|(_, m)| m.state != "left")
+        .map(|(name, m)| Candidate {
+            name,
+            role: if m.blade.is_some() {
+                "active".into()
+            } else {
+                m.role.clone()
+            },
             zone: m.zone.clone(),
         })
         .collect();
@@ -394,11 +417,12 @@ pub async fn exec(client: &mut Client, args: &ExecArgs, json: bool) -> Result<St
     };
     let members = members(client).await?;
     let names = resolve(&members, &args.set, args.exclude.as_deref())?;
+    let by_blade = blades(&members);
     let state = |name: &str| {
-        members
+        by_blade
             .iter()
-            .find(|m| m.name == name)
-            .map_or("unknown", |m| m.state.as_str())
+            .find(|(n, _)| n == name)
+            .map_or("unknown", |(_, m)| m.state.as_str())
     };
     let mut why = BTreeMap::new();
     let mut reachable = Vec::new();
@@ -599,6 +623,44 @@ fn gathered(outcomes: &BTreeMap<String, Outcome>) -> String {
 mod tests {
     use super::*;
     use dci_proto::Sender;
+
+    fn member(name: &str, state: &str, role: &str, blade: Option<(&str, u64)>) -> MemberInfo {
+        MemberInfo {
+            id: format!("id-{name}"),
+            name: name.into(),
+            state: state.into(),
+            role: role.into(),
+            zone: "z".into(),
+            incarnation: 1,
+            last_heard_ms: 0,
+            version: String::new(),
+            addrs: Vec::new(),
+            degraded: false,
+            resources: [None; 4],
+            channels: Vec::new(),
+            blade: blade.map(|(b, e)| (b.to_string(), e)),
+        }
+    }
+
+    #[test]
+    fn a_spare_that_took_a_blade_over_goes_by_the_blade_s_name() {
+        let members = [
+            member("b1", "alive", "active", Some(("b1", 1))),
+            member("b3", "dead", "active", Some(("b3", 1))),
+            member("s1", "alive", "active", Some(("b3", 2))),
+            member("s2", "alive", "spare", None),
+        ];
+        let view: Vec<(String, String)> = blades(&members)
+            .into_iter()
+            .map(|(n, m)| (n, m.name.clone()))
+            .collect();
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        };
+        assert_eq!(view, pairs(&[("b1", "b1"), ("b3", "s1"), ("s2", "s2")]));
+        assert_eq!(resolve(&members, "@active", None).unwrap(), ["b1", "b3"]);
+        assert_eq!(resolve(&members, "@spares", None).unwrap(), ["s2"]);
+    }
 
     fn ok(stdout: &str) -> Outcome {
         Outcome {
