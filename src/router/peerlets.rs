@@ -2,7 +2,7 @@
 //! instances running, and stopping them, for `dcish peerlets`.
 //!
 //! `<list xmlns="urn:dci:peerlets:1"/>` is answered `<peerlets><type app/>...<instance app id
-//! idle-ms/>...</peerlets>`; `<stop app="A" [instance="GUID"]/>` is answered `<stopped
+//! idle-ms/>...</peerlets>` (at most [`MAX_LISTED`] instances, `cut` on the root counts the rest); `<stop app="A" [instance="GUID"]/>` is answered `<stopped
 //! count="N"/>`, for this node's operator or one named in `exec_operators` (the envelope comes
 //! straight from its sender: the app is authenticated). Instances start on demand, so starting
 //! one is sending it an envelope.
@@ -17,6 +17,9 @@ use crate::peerlet_host::Host;
 pub const PEERLETS_APP: &str = "peerlets";
 /// The namespace of its requests and answers.
 pub const PEERLETS_NAMESPACE: &str = "urn:dci:peerlets:1";
+/// Instances listed in one answer at most, the least idle first, so that it fits an envelope
+/// (a host may run 10,000); `cut` says how many were left out.
+const MAX_LISTED: usize = 2_000;
 
 /// The answer to `env`, a request to the `peerlets` app, from `me`.
 pub fn answer(
@@ -48,11 +51,18 @@ fn command(
         return Err(("bad-payload", format!("expected {PEERLETS_NAMESPACE}")));
     }
     if body.starts_with("<list") {
-        let mut xml = format!("<peerlets xmlns=\"{PEERLETS_NAMESPACE}\">");
+        let mut running = host.running(now);
+        let cut = running.len().saturating_sub(MAX_LISTED);
+        if cut > 0 {
+            running.sort_by_key(|r| r.2);
+            running.truncate(MAX_LISTED);
+            running.sort();
+        }
+        let mut xml = format!("<peerlets xmlns=\"{PEERLETS_NAMESPACE}\" cut=\"{cut}\">");
         for app in host.apps() {
             xml.push_str(&format!("<type app=\"{}\"/>", escape(&app)));
         }
-        for (app, id, idle) in host.running(now) {
+        for (app, id, idle) in running {
             xml.push_str(&format!(
                 "<instance app=\"{}\" id=\"{id}\" idle-ms=\"{}\"/>",
                 escape(&app),

@@ -45,6 +45,8 @@ struct Listing {
     types: Vec<String>,
     /// (type, instance, idle ms).
     instances: Vec<(String, String, u64)>,
+    /// Instances the blade left out of its answer.
+    cut: u64,
     error: Option<String>,
 }
 
@@ -113,7 +115,7 @@ pub async fn peerlets(
                     .iter()
                     .map(|(app, id, idle)| json!({"app": app, "instance": id, "idle_ms": idle}))
                     .collect();
-                json!({"blade": l.blade, "types": l.types, "instances": instances, "error": l.error})
+                json!({"blade": l.blade, "types": l.types, "instances": instances, "cut": l.cut, "error": l.error})
             })
             .collect();
         serde_json::to_string_pretty(&rows).unwrap_or_default()
@@ -140,6 +142,7 @@ fn listing(blade: &str, answer: Option<&Envelope>) -> Listing {
         blade: blade.to_owned(),
         types: Vec::new(),
         instances: Vec::new(),
+        cut: 0,
         error: None,
     };
     let Some(answer) = answer else {
@@ -151,10 +154,11 @@ fn listing(blade: &str, answer: Option<&Envelope>) -> Listing {
         return l;
     }
     let root = children(answer.payload.as_str()).unwrap_or_default();
-    let Some((_, whole)) = root.first() else {
+    let Some((attrs, whole)) = root.first() else {
         l.error = Some(format!("bad answer: {}", answer.payload.as_str()));
         return l;
     };
+    l.cut = attrs.get("cut").and_then(|c| c.parse().ok()).unwrap_or(0);
     for (attrs, _) in children(inner(whole)).unwrap_or_default() {
         let get = |k: &str| attrs.get(k).cloned().unwrap_or_default();
         match attrs.get("").map(String::as_str) {
@@ -200,6 +204,10 @@ fn text(listings: &[Listing]) -> String {
             false,
         ));
         out.push_str(&format!("{} instance(s) running", running.len()));
+    }
+    let cut: u64 = listings.iter().map(|l| l.cut).sum();
+    if cut > 0 {
+        out.push_str(&format!(" ({cut} more not listed)"));
     }
     out
 }

@@ -5,7 +5,7 @@
 //! costs: no blade is asked anything. On a terminal the screen is cleared and redrawn until `q`
 //! or Ctrl-C; otherwise (or with `--once` or `--json`) one table is printed.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -117,17 +117,11 @@ async fn live(
 ) -> Result<(), ClientError> {
     let _keys = KeyMode::enter();
     let (quit_tx, mut quit) = tokio::sync::mpsc::channel::<()>(1);
+    // Set when `top` returns, so that the key reader never steals a key from the prompt after.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _stop_reader = StopOnDrop(std::sync::Arc::clone(&done));
     if std::io::stdin().is_terminal() {
-        // A blocking read has no async form on a terminal; the thread dies with the process.
-        std::thread::spawn(move || {
-            let mut byte = [0u8; 1];
-            while let Ok(1) = std::io::stdin().read(&mut byte) {
-                if byte[0] == b'q' || byte[0] == b'Q' {
-                    let _ = quit_tx.blocking_send(());
-                    return;
-                }
-            }
-        });
+        std::thread::spawn(move || read_keys(&done, &quit_tx));
     }
     let interval = Duration::from_secs_f64(args.interval);
     loop {
@@ -146,6 +140,44 @@ async fn live(
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
         rows = snapshot(client, args).await?;
+    }
+}
+
+/// Sends on `quit` at `q`, polling stdin so that it sees `done` within 100 ms.
+fn read_keys(done: &std::sync::atomic::AtomicBool, quit: &tokio::sync::mpsc::Sender<()>) {
+    use std::sync::atomic::Ordering;
+    while !done.load(Ordering::Relaxed) {
+        let mut fd = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd owned here.
+        let ready = unsafe { libc::poll(&mut fd, 1, 100) };
+        if ready < 0 || (ready > 0 && fd.revents & libc::POLLIN == 0) {
+            return;
+        }
+        if ready > 0 {
+            // One byte straight from the fd: a buffered reader would take keys meant for the
+            // prompt that follows.
+            let mut byte = 0u8;
+            // SAFETY: reads one byte into a byte owned here.
+            if unsafe { libc::read(0, (&mut byte as *mut u8).cast(), 1) } != 1 {
+                return;
+            }
+            if byte == b'q' || byte == b'Q' {
+                let _ = quit.blocking_send(());
+                return;
+            }
+        }
+    }
+}
+
+struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
