@@ -63,6 +63,8 @@ fn exec_streams_gathers_and_reports_every_blade() {
         &nodes,
     );
     interactive_session_through_a_terminal(dir.path(), &nodes[0]);
+    top_lists_every_blade_with_figures_in_range(&nodes[0]);
+    peerlets_lists_types_and_instances_and_stops_them(&nodes);
     // Last: it kills a blade.
     gathers_outputs_by_blade_and_names_every_blade_that_failed(dir.path(), &nodes);
 }
@@ -519,4 +521,132 @@ fn interactive_session_through_a_terminal(dir: &Path, b1: &Node) {
         history.contains("nodeset --fold @active\n") && history.contains("exit"),
         "{history}"
     );
+}
+
+/// `top` off a terminal prints one table (sorted by CPU), `--json` one array, both with every
+/// selected blade and its figures in percent.
+fn top_lists_every_blade_with_figures_in_range(b1: &Node) {
+    // Memory is read at start, so every member carries it once its metadata went round.
+    wait_until(Duration::from_secs(20), || {
+        let out = b1.dcish(&["--json", "top"]);
+        out.status.success() && rows(&out).iter().all(|r| r["memory"].is_u64())
+    })
+    .expect("some member never reported its memory use");
+    let out = b1.dcish(&["--json", "top"]);
+    let rows = rows(&out);
+    let mut names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    let cpus: Vec<i64> = rows
+        .iter()
+        .map(|r| r["cpu"].as_i64().unwrap_or(-1))
+        .collect();
+    assert!(
+        cpus.windows(2).all(|w| w[0] >= w[1]),
+        "not by CPU: {cpus:?}"
+    );
+    names.sort();
+    assert_eq!(names, ["b1", "b2", "b3", "s1"]);
+    for r in &rows {
+        for key in ["cpu", "memory", "disk"] {
+            assert!(
+                r[key].is_null() || r[key].as_u64().is_some_and(|v| v <= 100),
+                "{key} out of range: {r}"
+            );
+        }
+        assert!(r["load"].is_null() || r["load"].is_u64(), "{r}");
+        assert_eq!(r["state"], "alive");
+        assert!(r["degraded"].is_boolean());
+        let spare = r["name"] == "s1";
+        assert_eq!(r["role"], if spare { "spare" } else { "active" });
+        assert_eq!(r["blade"].is_null(), spare, "{r}");
+    }
+
+    // The table, once, for a set with an exclusion.
+    let out = b1.dcish(&["top", "@active", "-x", "b2"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("DEGRADED"),
+        "{stdout}"
+    );
+    let mut shown: Vec<&str> = lines[1..3]
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    shown.sort();
+    assert_eq!(shown, ["b1", "b3"], "{stdout}");
+    assert!(lines[3].starts_with("2 blades, "), "{stdout}");
+
+    // Bad input: one line, non-zero.
+    let out = b1.dcish(&["top", "--interval", "0"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--interval"), "{stderr}");
+    let out = b1.dcish(&["top", "nosuch[", "--once"]);
+    assert!(!out.status.success());
+}
+
+/// `peerlets` asks every blade what it offers and runs; an instance shows once an envelope
+/// started it, and an operator (b1 is in `exec_operators`) stops it; another node may not.
+fn peerlets_lists_types_and_instances_and_stops_them(nodes: &[Node]) {
+    let (b1, s1) = (&nodes[0], &nodes[3]);
+    let instances_of = |blade: &str, app: &str| -> Vec<Value> {
+        let out = b1.dcish(&["--json", "peerlets", blade]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        let rows = rows(&out);
+        assert_eq!(rows.len(), 1, "{stdout}");
+        rows[0]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["app"] == app)
+            .cloned()
+            .collect()
+    };
+
+    let out = b1.dcish(&["--json", "peerlets"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let listed = rows(&out);
+    let blades: Vec<&str> = listed
+        .iter()
+        .map(|r| r["blade"].as_str().unwrap())
+        .collect();
+    assert_eq!(blades, ["b1", "b2", "b3", "s1"], "{stdout}");
+    for r in &listed {
+        assert!(r["error"].is_null(), "{r}");
+        let types = r["types"].as_array().unwrap();
+        for app in ["echo", "exec", "fs", "sysinfo"] {
+            assert!(types.iter().any(|t| t == app), "{app} missing: {r}");
+        }
+    }
+
+    let out = b1.dcish(&["send", "b2", "--app", "echo", "<hi xmlns=\"urn:x\"/>"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let running = instances_of("b2", "echo");
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert!(running[0]["idle_ms"].is_u64());
+    let id = running[0]["instance"].as_str().unwrap().to_owned();
+
+    // The table says the same.
+    let out = b1.dcish(&["peerlets", "b2"]);
+    let (stdout, _) = text(&out);
+    assert!(stdout.starts_with("BLADE  OFFERS\n"), "{stdout}");
+    assert!(stdout.contains(&id), "{stdout}");
+
+    // A node that is no operator may not stop it; b1 may.
+    let out = s1.dcish(&["peerlets", "stop", "b2", "echo"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not-authorized"), "{stderr}");
+    assert_eq!(instances_of("b2", "echo").len(), 1);
+    let out = b1.dcish(&["peerlets", "stop", "b2", "echo", "--instance", &id]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout, "stopped 1 echo instance(s) on b2\n");
+    assert!(instances_of("b2", "echo").is_empty());
+
+    let out = b1.dcish(&["peerlets", "stop", "b2", "echo", "--instance", "nope"]);
+    assert!(!out.status.success());
 }

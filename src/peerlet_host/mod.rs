@@ -160,6 +160,37 @@ impl Host {
         self.instances.len()
     }
 
+    /// Running instances as (app, instance, idle for), by app then instance.
+    pub fn running(&self, now: Duration) -> Vec<(String, Uuid, Duration)> {
+        let mut rows: Vec<_> = self
+            .instances
+            .iter()
+            .map(|(id, i)| {
+                let idle = now.saturating_sub(i.last_used);
+                (i.identity.app.clone(), *id, idle)
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// Stops the instances of `app` (only `instance` when given); answers how many stopped.
+    pub fn stop(&mut self, app: &str, instance: Option<Uuid>) -> usize {
+        let Some(id) = instance else {
+            return self.restart(app);
+        };
+        if self
+            .instances
+            .get(&id)
+            .is_none_or(|i| i.identity.app != app)
+        {
+            return 0;
+        }
+        self.instances.remove(&id);
+        self.defaults.retain(|_, d| *d != id);
+        1
+    }
+
     /// What the host did so far.
     pub fn stats(&self) -> &HostStats {
         &self.stats
@@ -467,5 +498,28 @@ mod tests {
         assert_eq!(h.instances(), 1);
         h.deliver(&to("echo", None, ""), Duration::from_secs(12), &mut out);
         assert_eq!(h.instances(), 2, "a stopped type starts again on demand");
+    }
+
+    #[test]
+    fn running_instances_are_listed_with_their_idle_time_and_stopped_by_type_or_id() {
+        let mut h = host();
+        let mut out = Vec::new();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        h.deliver(&to("echo", Some(a), ""), Duration::from_secs(1), &mut out);
+        h.deliver(&to("echo", Some(b), ""), Duration::from_secs(3), &mut out);
+        h.deliver(&to("echo", None, ""), Duration::from_secs(3), &mut out);
+        let running = h.running(Duration::from_secs(4));
+        assert_eq!(running.len(), 3);
+        let idle_a = running.iter().find(|r| r.1 == a).unwrap().2;
+        assert_eq!(idle_a, Duration::from_secs(3));
+        assert_eq!(
+            h.stop("chat", Some(a)),
+            0,
+            "an instance of another type is left"
+        );
+        assert_eq!(h.stop("echo", Some(a)), 1);
+        assert_eq!(h.stop("echo", Some(a)), 0);
+        assert_eq!(h.stop("echo", None), 2);
+        assert!(h.running(Duration::from_secs(5)).is_empty());
     }
 }

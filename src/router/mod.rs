@@ -17,6 +17,7 @@ pub mod control;
 pub mod core;
 pub mod dedup;
 pub mod log;
+pub mod peerlets;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -46,7 +47,12 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_BATCH: usize = 512;
 /// Apps whose envelopes must come straight from their sender (no relay): their authority is
 /// the sender's identity.
-const AUTHENTICATED_APPS: [&str; 3] = [NOTICE_APP, "exec", dci_peerlet_fs::APP];
+const AUTHENTICATED_APPS: [&str; 4] = [
+    NOTICE_APP,
+    "exec",
+    dci_peerlet_fs::APP,
+    peerlets::PEERLETS_APP,
+];
 /// The local app that answers log queries and replays.
 pub const MSGLOG_APP: &str = "msglog";
 /// Its namespace.
@@ -767,6 +773,17 @@ impl Messenger {
                 }
             }
             Some(MSGLOG_APP) => self.msglog(env, emitted),
+            Some(peerlets::PEERLETS_APP) => {
+                let me = Sender {
+                    node: self.core.view().local.clone(),
+                    blade: self.core.view().local_blade.clone(),
+                    app: peerlets::PEERLETS_APP.into(),
+                    instance: None,
+                };
+                let now = self.started.elapsed();
+                let operators = &self.config.exec_operators;
+                emitted.push(peerlets::answer(&mut self.host, &env, me, operators, now));
+            }
             Some(app) if self.retrieve.is_some() && !self.host.knows(app) => {
                 let app = app.to_owned();
                 self.await_retrieval(app, env, emitted)

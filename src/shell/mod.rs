@@ -11,8 +11,10 @@ pub mod moves;
 pub mod msg;
 pub mod nodeset;
 pub mod package;
+pub mod peerlets;
 pub mod prompt;
 pub mod task;
+pub mod top;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -166,6 +168,12 @@ pub enum Command {
         #[arg(long)]
         from: String,
     },
+    /// The peerlet types each blade of a set offers and the instances running [default: @all];
+    /// `peerlets stop BLADE TYPE [--instance GUID]` stops them.
+    Peerlets(peerlets::PeerletsArgs),
+    /// A live view of the blades' resources (CPU, memory, disk, load), refreshed every interval;
+    /// `q` or Ctrl-C leaves. One table when not on a terminal, or with `--once`.
+    Top(top::TopArgs),
     /// The packages installed on a set of blades [default: @all].
     Packages {
         /// The blades (a node set).
@@ -238,6 +246,11 @@ async fn with_agent(
             }
         }
         Command::Exec(args) => exec::exec(&mut client, args, cli.json).await?,
+        Command::Peerlets(args) => peerlets::peerlets(&mut client, args, cli.json).await?,
+        Command::Top(args) => match top::top(&mut client, args, cli.json, color).await? {
+            Some(text) => text,
+            None => return Ok(None),
+        },
         Command::Nodeset(args) => exec::nodeset(&mut client, args, cli.json).await?,
         Command::Send(args) => msg::send(&mut client, args, cli.json).await?,
         Command::Log(args) => msg::log(&mut client, args, cli.json).await?,
