@@ -65,7 +65,7 @@ fn exec_streams_gathers_and_reports_every_blade() {
     interactive_session_through_a_terminal(dir.path(), &nodes[0]);
     top_lists_every_blade_with_figures_in_range(&nodes[0]);
     peerlets_lists_types_and_instances_and_stops_them(&nodes);
-    // Last: it kills a blade.
+    // Last: it kills the spare, then a blade.
     gathers_outputs_by_blade_and_names_every_blade_that_failed(dir.path(), &nodes);
 }
 

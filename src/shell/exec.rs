@@ -655,7 +655,9 @@ mod tests {
             .map(|(n, m)| (n, m.name.clone()))
             .collect();
         let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-            v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
         };
         assert_eq!(view, pairs(&[("b1", "b1"), ("b3", "s1"), ("s2", "s2")]));
         assert_eq!(resolve(&members, "@active", None).unwrap(), ["b1", "b3"]);
