@@ -192,6 +192,9 @@ fn gathers_outputs_by_blade_and_names_every_blade_that_failed(dir: &Path, nodes:
         b1.state_of("s1").as_deref() == Some("dead")
     })
     .expect("s1 never declared dead");
+    // Forgotten, so that b1 and b2 stay a majority (and keep their leases) once b3 is gone too.
+    let out = b1.dcish(&["forget", "s1"]);
+    assert!(out.status.success(), "{:?}", text(&out));
     let b3 = &nodes[2];
     b3.signal(9);
     wait_until(Duration::from_secs(20), || {
