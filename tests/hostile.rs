@@ -67,15 +67,17 @@ async fn a_lying_member_changes_nothing_and_is_counted() {
     let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{p1}").parse().unwrap();
     let forged = [
         // The victim "leaves", and "refutes" with evil metadata: signed by the liar, not the victim.
+        // Far above any real incarnation (they start at the wall clock in ms), so that only the
+        // proof can refuse them.
         gossip(Update::Left {
             id: victim_id,
-            inc: 1_000,
+            inc: u64::MAX / 2,
             meta: meta("victim"),
             proof: vec![7; 64],
         }),
         gossip(Update::Alive {
             id: victim_id,
-            inc: 1_001,
+            inc: u64::MAX / 2 + 1,
             meta: meta("evil"),
             proof: vec![7; 64],
         }),
