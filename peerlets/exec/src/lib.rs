@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use dci_peerlet::{
-    escape, unescape, Context, Envelope, Kind, Payload, Peerlet, PeerletType, Refusal, Uuid,
+    check_operator, escape, unescape, Context, Envelope, Kind, Payload, Peerlet, PeerletType,
+    Refusal, Uuid,
 };
 
 /// The exec peerlet's namespace.
@@ -81,23 +82,7 @@ impl Peerlet for Exec {
         if env.kind != Kind::Request {
             return Err(Refusal::new("bad-kind", "exec only answers requests"));
         }
-        let s = &env.sender;
-        let operator = matches!(s.app.as_str(), "control" | "task")
-            && self
-                .0
-                .operators
-                .iter()
-                .any(|o| o == &s.node || s.blade.as_deref() == Some(o.as_str()));
-        if !operator {
-            return Err(Refusal::new(
-                "not-authorized",
-                format!(
-                    "{} ({}) is not an operator allowed to run commands here",
-                    s.blade.as_deref().unwrap_or(&s.node),
-                    s.app
-                ),
-            ));
-        }
+        check_operator(&env.sender, &self.0.operators, "run commands")?;
         let request = parse(&env.payload)?;
         let job = Job {
             timeout: request
