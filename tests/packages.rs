@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{free_port, ok, wait_until, Node, DCISH};
 use serde_json::Value;
@@ -246,6 +246,47 @@ fn a_signed_package_is_deployed_upgraded_listed_and_removed_across_a_set() {
     ))
     .unwrap();
     assert_eq!(rows[0]["status"], "not-installed");
+
+    // Deployed back to b2 at a time of day two seconds ahead: dcish waits for it, then deploys;
+    // a time that is not one is refused in one line before anything is sent.
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 2;
+    let at = format!(
+        "{:02}:{:02}:{:02}",
+        at % 86_400 / 3600,
+        at % 3600 / 60,
+        at % 60
+    );
+    let asked = Instant::now();
+    let out = b1.dcish(&[
+        "--json",
+        "deploy",
+        v2.to_str().unwrap(),
+        "--to",
+        "b2",
+        "--at",
+        &at,
+    ]);
+    let rows: Vec<Value> = serde_json::from_str(&ok(out)).unwrap();
+    assert!(
+        asked.elapsed() >= Duration::from_secs(1),
+        "deployed before {at}"
+    );
+    assert_eq!(statuses(&rows), vec![("b2".into(), "installed".into())]);
+    let out = b1.dcish(&[
+        "deploy",
+        v2.to_str().unwrap(),
+        "--to",
+        "b2",
+        "--at",
+        "25:00",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.lines().count() == 1, "{err}");
+    assert!(err.contains("--at \"25:00\" is not HH:MM"), "{err}");
 }
 
 /// A package source named `name` with one file and these instructions.

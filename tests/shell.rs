@@ -487,8 +487,8 @@ fn plain(screen: &str) -> String {
 fn interactive_session_through_a_terminal(dir: &Path, b1: &Node) {
     // At a terminal dcish prompts, runs each line, says what went wrong in one line, prompts
     // again, and leaves on `exit` with a status saying whether any line failed. Tab completes
-    // command names and blade names and groups; Ctrl-P brings back the last line; the history
-    // outlives the session.
+    // command names, blade names and groups, and paths of the mesh's file tree (asked of the
+    // agent); Ctrl-P brings back the last line; the history outlives the session.
     let (screen, status) = on_a_terminal(
         dir,
         b1,
@@ -496,6 +496,8 @@ fn interactive_session_through_a_terminal(dir: &Path, b1: &Node) {
             "exec --lines b2 -- echo 'one  two'",
             "exec 'b[1-' -- true",
             "exec --stdin b1 -- cat",
+            "cd /ar\ts\t",
+            "cd /",
             "nodese\t--fold @act\t",
             "exec --lines s\t -- echo spare",
             "\x10",
@@ -508,6 +510,8 @@ fn interactive_session_through_a_terminal(dir: &Path, b1: &Node) {
         "dcish:/> exec 'b[1-' -- true\ndcish: usage: bad node set \"b[1-\": '[' without ']'\n",
         "dcish:/> exec --stdin b1 -- cat\n\
          dcish: exec --stdin: standard input holds the commands here; use it in one-shot commands or with -f SCRIPT\n",
+        "cd /archives/s1/\n",
+        "dcish:/archives/s1> cd /\n",
         "nodeset --fold @active\nb[1-3]\n",
         "exec --lines s1 -- echo spare\ns1: spare\n",
         "exec --lines s1 -- echo spare\ns1: spare\n",

@@ -326,6 +326,28 @@ async fn list(client: &mut Client, p: &Place) -> Result<(Vec<ListEntry>, bool), 
     Ok((entries, false))
 }
 
+/// The names in the directory `dir` (relative to the session's working directory), a
+/// directory's with a `/` after it: what Tab offers for a path at the prompt.
+pub async fn names_in(
+    client: &mut Client,
+    session: &Session,
+    dir: &str,
+) -> Result<Vec<String>, ClientError> {
+    let (_, p) = resolve(session, Some(dir))?;
+    let (entries, _) = list(client, &p).await?;
+    Ok(entries
+        .into_iter()
+        .map(|e| {
+            let name = e.path.rsplit('/').next().unwrap_or_default();
+            if e.kind == "dir" {
+                format!("{name}/")
+            } else {
+                name.to_owned()
+            }
+        })
+        .collect())
+}
+
 /// `dcish ls [PATH]`.
 pub async fn ls(
     client: &mut Client,

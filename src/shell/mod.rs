@@ -763,7 +763,11 @@ pub async fn repl(cli: &Cli) -> bool {
         };
     }
     let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-    match terminal.then(prompt::Prompt::new).flatten().map(Box::new) {
+    match terminal
+        .then(|| prompt::Prompt::new(&cli.agent))
+        .flatten()
+        .map(Box::new)
+    {
         Some(editor) => {
             commands(
                 cli,
@@ -795,7 +799,7 @@ impl<L: Iterator<Item = std::io::Result<String>>> Input<L> {
                         editor.set_members(&members);
                     }
                 }
-                editor.read(&format!("dcish:{cwd}> "))
+                editor.read(cwd)
             }
         }
     }

@@ -73,7 +73,7 @@ pub fn until(at: &str, now: u64) -> Result<std::time::Duration, ShellError> {
 
 /// How long to wait for `at`, if given: checked before anything else, so that a malformed time
 /// is refused whatever the mesh looks like.
-fn wait_of(at: Option<&str>) -> Result<Option<std::time::Duration>, ShellError> {
+pub(super) fn wait_of(at: Option<&str>) -> Result<Option<std::time::Duration>, ShellError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -81,7 +81,7 @@ fn wait_of(at: Option<&str>) -> Result<Option<std::time::Duration>, ShellError> 
 }
 
 /// Waits `wait`, if given, on a connection made again afterwards; says whether it waited.
-async fn wait_for(
+pub(super) async fn wait_for(
     client: &mut Client,
     wait: Option<std::time::Duration>,
 ) -> Result<bool, ShellError> {

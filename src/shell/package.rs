@@ -49,6 +49,10 @@ pub struct DeployArgs {
     /// Leave these blades out (a node set).
     #[arg(short = 'x', long)]
     pub exclude: Option<String>,
+    /// Start at this time of day, `HH:MM` or `HH:MM:SS` UTC (the next one to come): the package
+    /// and the set are checked now, the set resolved again then.
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
 }
 
 fn local(message: String) -> ClientError {
@@ -182,9 +186,13 @@ pub async fn deploy(
     args: &DeployArgs,
     json: bool,
 ) -> Result<String, ClientError> {
+    let wait = super::moves::wait_of(args.at.as_deref())?;
     let path = std::fs::canonicalize(&args.package)
         .map_err(|e| usage(format!("{}: {e}", args.package.display())))?;
-    let blades = blades(client, &args.to, args.exclude.as_deref()).await?;
+    let mut blades = blades(client, &args.to, args.exclude.as_deref()).await?;
+    if super::moves::wait_for(client, wait).await? {
+        blades = self::blades(client, &args.to, args.exclude.as_deref()).await?;
+    }
     let request = PackageRequest::Deploy {
         path: path.display().to_string(),
         blades,
