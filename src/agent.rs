@@ -66,7 +66,19 @@ pub enum StartError {
     /// The control socket could not be opened.
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    /// The backup settings an operator changed, kept in the data dir, cannot be read.
+    #[error("cannot apply the kept backup settings {reason} (fix or remove the file)")]
+    Settings {
+        /// The file and why.
+        reason: String,
+    },
+    /// The web console could not be started.
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
 }
+
+/// The file in the data dir that keeps an operator's backup settings changes.
+pub const BACKUP_OVERRIDES: &str = "backup-settings.json";
 
 /// A started agent, ready to [`Agent::run`].
 pub struct Agent {
@@ -167,6 +179,11 @@ impl Agent {
                 })?;
         }
 
+        let console = match config.console.http {
+            Some(addr) => Some(crate::console::bind(addr).await?),
+            None => None,
+        };
+
         // From here on the agent writes to its data dir.
         data_dir.create()?;
         if new_key {
@@ -223,6 +240,19 @@ impl Agent {
             retrieve: on_demand.then_some(retrieve_tx),
         });
         tokio::spawn(messenger.run());
+        if let Some(listener) = console {
+            let control = crate::console::api::Control::new(
+                local_id.to_string(),
+                config.name.clone(),
+                query_tx.clone(),
+                messenger_handle.clone(),
+            );
+            tokio::spawn(crate::console::serve(
+                listener,
+                config.console.clone(),
+                control,
+            ));
+        }
         tokio::spawn(control::serve(
             listener,
             local_id.to_string(),
@@ -1390,6 +1420,15 @@ impl Agent {
             Query::Seats(reply) => {
                 let _ = reply.send(self.seat_infos());
             }
+            Query::Discover(reply) => {
+                // The operator asks now: every seed is tried at once, whatever its backoff.
+                self.seeds_reached.clear();
+                for seed in &self.config.join {
+                    self.seed_backoff.reset(seed);
+                }
+                self.redial_seeds();
+                let _ = reply.send(self.member_infos());
+            }
             Query::Failover { blade, to, reply } => {
                 let _ = reply.send(self.declare_failover(blade, to));
             }
@@ -1652,6 +1691,9 @@ fn start_replication(
         (ch.stats, ch.seats),
         Some(installer),
     );
+    service
+        .load_overrides(data_dir.path().join(BACKUP_OVERRIDES))
+        .map_err(|reason| StartError::Settings { reason })?;
     let (inbound, control) = (ch.inbound, ch.control);
     Ok((link, move |events, retrieve| {
         tokio::spawn(service.run(inbound, control, events, retrieve));

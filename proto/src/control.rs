@@ -71,6 +71,9 @@ pub enum ControlRequest {
     Counters,
     /// The seat table, `<seats/>`; answered by [`seats_to_payload`].
     Seats,
+    /// Look for members again now, `<discover/>`: the agent dials its seeds afresh (mDNS, when
+    /// on, keeps looking by itself); answered by [`members_to_payload`] with the table as it is.
+    Discover,
     /// An operator declares `blade`'s holder failed: it hands the blade over to `to` (a node
     /// name) or to the first spare in rank order, `<failover blade="B" to="N"/>`; answered by
     /// [`handover_to_payload`] once the holder was asked.
@@ -97,6 +100,7 @@ impl ControlRequest {
             ControlRequest::Events => "events",
             ControlRequest::Counters => "counters",
             ControlRequest::Seats => "seats",
+            ControlRequest::Discover => "discover",
             ControlRequest::Failover { .. } => "failover",
             ControlRequest::Forget { .. } => "forget",
         }
@@ -109,7 +113,8 @@ impl ControlRequest {
             ControlRequest::Nodes
             | ControlRequest::Events
             | ControlRequest::Counters
-            | ControlRequest::Seats => {}
+            | ControlRequest::Seats
+            | ControlRequest::Discover => {}
             ControlRequest::Failover { blade, to } => {
                 push_attribute(&mut s, "blade", blade);
                 if let Some(to) = to {
@@ -131,6 +136,7 @@ impl ControlRequest {
             "events" => ControlRequest::Events,
             "counters" => ControlRequest::Counters,
             "seats" => ControlRequest::Seats,
+            "discover" => ControlRequest::Discover,
             "failover" => {
                 let [blade, to] = attributes(&root, "failover", ["blade", "to"])?;
                 no_content(&root, "failover")?;
@@ -989,11 +995,10 @@ mod tests {
 
     #[test]
     fn requests_and_errors_round_trip() {
+        for r in [ControlRequest::Nodes, ControlRequest::Discover] {
+            assert_eq!(ControlRequest::from_payload(&r.to_payload()).unwrap(), r);
+        }
         let p = ControlRequest::Nodes.to_payload();
-        assert_eq!(
-            ControlRequest::from_payload(&p).unwrap(),
-            ControlRequest::Nodes
-        );
         let e = error_payload("unknown-command", "no <such> command\nreally & \u{1}truly");
         Payload::new(e.as_str()).unwrap();
         assert_eq!(

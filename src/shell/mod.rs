@@ -121,6 +121,18 @@ pub enum Command {
     },
     /// Restore a blade's archives, sequentially up to one, or only some paths.
     Restore(backup::RestoreCommand),
+    /// A blade's backup settings, as the node acting as it applies them.
+    Settings {
+        /// The blade.
+        blade: String,
+    },
+    /// Change a blade's backup settings on the node acting as it; kept there across restarts.
+    Configure(backup::ConfigureCommand),
+    /// Look for members again now (the agent dials its seeds afresh) and list them.
+    Discover,
+    /// Read a password from standard input and print its argon2 hash, for a
+    /// `[[console.users]]` entry of the config file.
+    HashPassword,
     /// List a directory of the tree: `/blades/B/EXPORT/...` (exported folders) or
     /// `/archives/B/ID|latest/...` (archived trees).
     Ls {
@@ -194,6 +206,7 @@ pub async fn run(
     let text = match command {
         Command::Keygen { file } => package::keygen(file, cli.json)?,
         Command::Package(c) => package::build(c, cli.json)?,
+        Command::HashPassword => hash_password()?,
         _ => match with_agent(cli, command, session).await? {
             Some(text) => text,
             None => return Ok(()),
@@ -259,6 +272,20 @@ async fn with_agent(
         Command::Backup(c) => backup::backup(&mut client, c, cli.json).await?,
         Command::Archives { blade } => backup::archives(&mut client, blade, cli.json).await?,
         Command::Restore(c) => backup::restore(&mut client, c, cli.json).await?,
+        Command::Settings { blade } => backup::settings(&mut client, blade, cli.json).await?,
+        Command::Configure(c) => backup::configure(&mut client, c, cli.json).await?,
+        Command::HashPassword => hash_password()?,
+        Command::Discover => {
+            let payload = client
+                .request(ControlRequest::Discover.to_payload())
+                .await?;
+            let members = members_from_payload(&payload).map_err(protocol)?;
+            if cli.json {
+                nodes_json(&members)
+            } else {
+                nodes_table(&members, color, false)
+            }
+        }
         Command::Ls { path } => files::ls(&mut client, session, path.as_deref(), cli.json).await?,
         Command::Cd { path } => {
             return files::cd(&mut client, session, path.as_deref())
@@ -325,6 +352,22 @@ async fn with_agent(
         }
     };
     Ok(Some(text))
+}
+
+/// `dcish hash-password`: the first line of standard input (no echo needed: pipe it, or type
+/// it at a prompt that hides it, e.g. `read -rs`), hashed with argon2id and a random salt.
+fn hash_password() -> Result<String, ShellError> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| msg::usage(format!("cannot read the password from stdin: {e}")))?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err(msg::usage(
+            "give the password on standard input, e.g. read -rs P; printf '%s\\n' \"$P\" | dcish hash-password".into(),
+        ));
+    }
+    crate::console::auth::hash_password(password).map_err(msg::usage)
 }
 
 fn color_enabled() -> bool {
@@ -700,7 +743,8 @@ pub fn seats_table(seats: &[SeatInfo], color: bool) -> String {
     )
 }
 
-fn events_json(events: &[EventInfo]) -> String {
+/// The `events --json` document.
+pub fn events_json(events: &[EventInfo]) -> String {
     let rows: Vec<serde_json::Value> = events
         .iter()
         .map(|e| serde_json::json!({ "at_ms": e.at_ms, "name": e.name, "id": e.id, "event": e.kind, "detail": e.detail }))
