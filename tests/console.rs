@@ -520,3 +520,129 @@ async fn an_operator_logs_in_configures_backs_up_and_restores_a_file_from_the_br
     );
     assert_eq!(status, 413);
 }
+
+#[test]
+fn a_console_without_users_or_with_a_bad_address_hash_or_port_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let base = ["--data-dir", data_arg, "--listen", &listen, "--no-mdns"];
+    let refuse = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        common::dcid_refuses(&args)
+    };
+    let (code, err) = refuse(&["--http", "127.0.0.1:0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("console.users") && err.contains("hash-password"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let (code, err) = refuse(&["--http", "localhost:8080"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("console.http"), "{err}");
+
+    let config = dir.path().join("bad-hash.toml");
+    fs::write(
+        &config,
+        "[console]\nhttp = \"127.0.0.1:0\"\n[[console.users]]\nname = \"ops\"\npassword_hash = \"plain text\"\n",
+    )
+    .unwrap();
+    let (code, err) = refuse(&["--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("console.users.password_hash"), "{err}");
+
+    // The console's port is taken: refused before anything is written to the data dir.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$2CRGSBE3wNoRhRoRcrVW9LfYj1Ol4hK7cwcP0hvjV3o";
+    let config = dir.path().join("taken.toml");
+    fs::write(
+        &config,
+        format!("[console]\nhttp = \"127.0.0.1:{port}\"\n[[console.users]]\nname = \"ops\"\npassword_hash = \"{hash}\"\n"),
+    )
+    .unwrap();
+    let (code, err) = refuse(&["--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot serve the console on"), "{err}");
+    assert!(!data.exists(), "the data dir was written");
+}
+
+#[test]
+fn backup_settings_changed_by_an_operator_are_checked_kept_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tree");
+    make_tree(&data);
+    let root_arg = data.to_str().unwrap().to_owned();
+    let extra = [
+        "--backup-root",
+        root_arg.as_str(),
+        "--replication-factor",
+        "0",
+    ];
+    let port = free_port();
+    let node = Node::start(dir.path(), "b1", port, &[], &extra);
+    for (args, says) in [
+        (&["configure", "b1", "--factor", "17"][..], "at most 16"),
+        (
+            &["configure", "b1", "--exclude-exts", "tar.gz"][..],
+            "one word",
+        ),
+        (
+            &["configure", "b1", "--exclude-dirs", "../up"][..],
+            "relative to the backup root",
+        ),
+        (
+            &["configure", "b1", "--root", "/nonexistent/dir"][..],
+            "not a directory",
+        ),
+        (
+            &["configure", "b1", "--schedule", "now and then"][..],
+            "expected hourly",
+        ),
+        (
+            &["configure", "nosuch", "--factor", "1"][..],
+            "no live node named nosuch",
+        ),
+    ] {
+        let out = node.dcish(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    // Nothing refused was kept.
+    assert!(!node.data_dir.join("backup-settings.json").exists());
+    let out = ok(node.dcish(&[
+        "configure",
+        "b1",
+        "--exclude-dirs",
+        "cache, tmp",
+        "--schedule",
+        "daily 02:30",
+    ]));
+    assert!(
+        out.contains("cache, tmp") && out.contains("daily 02:30"),
+        "{out}"
+    );
+
+    // A backup follows the change at once.
+    ok(node.dcish(&["backup", "now"]));
+    let listing = ok(node.dcish(&["--json", "ls", "/archives/b1/latest/"]));
+    assert!(
+        !listing.contains("cache") && listing.contains("docs"),
+        "{listing}"
+    );
+
+    // And the change outlives the agent.
+    assert!(node.terminate().success());
+    let node = Node::start(dir.path(), "b1", port, &[], &extra);
+    let seen: Value = serde_json::from_str(&ok(node.dcish(&["--json", "settings", "b1"]))).unwrap();
+    assert_eq!(seen["exclude_dirs"], json!(["cache", "tmp"]), "{seen}");
+    assert_eq!(seen["schedule"], json!(["daily 02:30"]), "{seen}");
+    assert_eq!(seen["factor"], json!(0), "{seen}");
+    assert_eq!(seen["root"], json!(root_arg), "{seen}");
+}
