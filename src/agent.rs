@@ -77,6 +77,9 @@ pub enum StartError {
     Console(#[from] crate::console::ConsoleError),
 }
 
+/// Failure notices kept for `dcish notices`; the oldest go first.
+const RECENT_NOTICES: usize = 256;
+
 /// The file in the data dir that keeps an operator's backup settings changes.
 pub const BACKUP_OVERRIDES: &str = "backup-settings.json";
 
@@ -104,6 +107,8 @@ pub struct Agent {
     seed_dials: HashMap<ConnectionId, Multiaddr>,
     events: EventHub,
     notices_seen: Dedup,
+    /// The notices logged lately, oldest first, for `dcish notices` and the console.
+    recent_notices: std::collections::VecDeque<dci_proto::control::NoticeInfo>,
     sampler: Sampler,
     detector: Detector,
     /// Members whose metadata says they are degraded, to publish the change once.
@@ -332,6 +337,7 @@ impl Agent {
             takeover_tx,
             events: EventHub::default(),
             notices_seen: Dedup::default(),
+            recent_notices: std::collections::VecDeque::new(),
             sampler,
             detector: Detector::new(config.degradation.clone()),
             degraded_members: HashSet::new(),
@@ -1048,6 +1054,21 @@ impl Agent {
         if self.notices_seen.is_new(notice, Instant::now()) {
             notice::log(notice, from);
             notice::page(&self.config.page, notice, from);
+            let sender = from.parse::<PeerId>().ok().and_then(|p| {
+                if p == self.local_id {
+                    Some(self.config.name.clone())
+                } else {
+                    self.swim.member(&p).map(|m| m.meta.name.clone())
+                }
+            });
+            if self.recent_notices.len() >= RECENT_NOTICES {
+                self.recent_notices.pop_front();
+            }
+            self.recent_notices
+                .push_back(dci_proto::control::NoticeInfo {
+                    notice: notice.clone(),
+                    from: sender.unwrap_or_else(|| from.to_owned()),
+                });
         }
     }
 
@@ -1419,6 +1440,9 @@ impl Agent {
             Query::Backup(call) => self.replication.control(call),
             Query::Seats(reply) => {
                 let _ = reply.send(self.seat_infos());
+            }
+            Query::Notices(reply) => {
+                let _ = reply.send(self.recent_notices.iter().cloned().collect());
             }
             Query::Discover(reply) => {
                 // The operator asks now: every seed is tried at once, whatever its backoff.

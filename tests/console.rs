@@ -130,6 +130,14 @@ fn login_cookie(port: u16) -> String {
     cookie.split(';').next().unwrap().to_owned()
 }
 
+/// The page's text, for a failure message.
+async fn page_text(c: &Client) -> String {
+    match c.find(Locator::Css("body")).await {
+        Ok(body) => body.text().await.unwrap_or_default(),
+        Err(e) => format!("(no page: {e})"),
+    }
+}
+
 /// Waits until `css` matches an element whose text contains `needle`.
 async fn wait_text(c: &Client, css: &str, needle: &str) {
     let start = std::time::Instant::now();
@@ -139,16 +147,12 @@ async fn wait_text(c: &Client, css: &str, needle: &str) {
                 return;
             }
         }
-        assert!(
-            start.elapsed() < STEP,
-            "{css} never showed {needle:?}; the page has:\n{}",
-            c.find(Locator::Css("body"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap_or_default()
-        );
+        if start.elapsed() > STEP {
+            panic!(
+                "{css} never showed {needle:?}; the page has:\n{}",
+                page_text(c).await
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -161,19 +165,24 @@ async fn wait_count(c: &Client, css: &str, n: usize) -> Vec<fantoccini::elements
         if found.len() >= n {
             return found;
         }
-        assert!(
-            start.elapsed() < STEP,
-            "{css} matched {} of {n} elements; the page has:\n{}",
-            found.len(),
-            c.find(Locator::Css("body"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap_or_default()
-        );
+        if start.elapsed() > STEP {
+            let page = page_text(c).await;
+            panic!(
+                "{css} matched {} of {n} elements; the page has:\n{page}",
+                found.len()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
 
 async fn set_field(c: &Client, css: &str, value: &str) {
@@ -269,24 +278,14 @@ async fn an_operator_logs_in_configures_backs_up_and_restores_a_file_from_the_br
     // A wrong password is refused, and says so.
     set_field(&c, "#user", USER).await;
     set_field(&c, "#password", "wrong password").await;
-    c.find(Locator::Css("#login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#login").await;
     wait_text(&c, "#login-error", "wrong user name or password").await;
     // Failed logins slow their address down: wait out the first delay.
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
     set_field(&c, "#user", USER).await;
     set_field(&c, "#password", PASSWORD).await;
-    c.find(Locator::Css("#login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#login").await;
 
     // The overview lists the three members, alive, and the seats.
     wait_count(&c, "#members tbody tr[data-state=alive]", 3).await;
@@ -304,21 +303,11 @@ async fn an_operator_logs_in_configures_backs_up_and_restores_a_file_from_the_br
     assert!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
 
     // "Discover nodes" goes through the agent and answers with the member table.
-    c.find(Locator::Css("#discover"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#discover").await;
     wait_text(&c, "#discover-status", "3 members known").await;
 
     // b2's page, from b1's console: its settings live on b2.
-    c.find(Locator::Css("#members tr[data-name=b2] a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#members tr[data-name=b2] a").await;
     let start_wait = std::time::Instant::now();
     while c
         .find(Locator::Css("#factor"))
@@ -335,22 +324,12 @@ async fn an_operator_logs_in_configures_backs_up_and_restores_a_file_from_the_br
     }
     // The form checks its input before sending.
     set_field(&c, "#root", "relative/dir").await;
-    c.find(Locator::Css("#save-settings"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#save-settings").await;
     wait_text(&c, "#settings-status", "absolute path").await;
     set_field(&c, "#root", roots[1].to_str().unwrap()).await;
     set_field(&c, "#exclude-dirs", "cache").await;
     set_field(&c, "#exclude-exts", "log").await;
-    c.find(Locator::Css("#save-settings"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#save-settings").await;
     wait_text(&c, "#settings-status", "saved").await;
 
     // The shell, on a third agent, sees the change: one control path, one answer.
@@ -370,22 +349,12 @@ async fn an_operator_logs_in_configures_backs_up_and_restores_a_file_from_the_br
     );
 
     // Back up b2 now; the job shows its progress, then its archive.
-    c.find(Locator::Css("#backup-now"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#backup-now").await;
     wait_count(&c, "#jobs li[data-state=done]", 1).await;
     wait_text(&c, "#jobs", "files,").await;
 
     // The recovery view lists the archive; its contents leave the exclusions out.
-    c.find(Locator::Css("#recovery-link"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#recovery-link").await;
     let rows = wait_count(&c, "#archives tbody tr[data-archive]", 1).await;
     assert_eq!(rows.len(), 1);
     wait_text(&c, "#archives", "Recover sequentially to this archive").await;
@@ -412,18 +381,8 @@ async fn an_operator_logs_in_configures_backs_up_and_restores_a_file_from_the_br
     let original = fs::read(&lost).unwrap();
     fs::remove_file(&lost).unwrap();
     fs::write(roots[1].join("docs/b.txt"), b"changed since the backup\n").unwrap();
-    c.find(Locator::Css("input[data-path='docs/a.txt']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.find(Locator::Css("#restore-selected"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "input[data-path='docs/a.txt']").await;
+    click(&c, "#restore-selected").await;
     c.accept_alert().await.unwrap();
     wait_count(&c, "#jobs li[data-state=done]", 2).await;
     wait_text(&c, "#jobs", "restored ").await;
@@ -438,13 +397,13 @@ async fn an_operator_logs_in_configures_backs_up_and_restores_a_file_from_the_br
         "a partial restore touched a file that was not selected"
     );
 
+    // A blade dies: its failure notice reaches the alerts of every page.
+    nodes[2].signal(libc::SIGKILL);
+    wait_text(&c, "#alerts", "system-down").await;
+    wait_text(&c, "#alerts", "node b3").await;
+
     // Logging out ends the session: the pages lead to the login page again.
-    c.find(Locator::Css("#logout"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#logout").await;
     let start_wait = std::time::Instant::now();
     while !c.current_url().await.unwrap().path().ends_with("/login") {
         assert!(

@@ -21,8 +21,8 @@ use dci_proto::backup::{
     BackupRequest, RestoreArgs, SettingsChange,
 };
 use dci_proto::control::{
-    error_from_payload, events_from_payload, members_from_payload, seats_from_payload,
-    ControlRequest,
+    error_from_payload, events_from_payload, members_from_payload, notices_from_payload,
+    seats_from_payload, ControlRequest,
 };
 use dci_proto::{Envelope, Kind, Payload, Sender};
 use serde::Deserialize;
@@ -34,8 +34,6 @@ use crate::control::Query;
 
 /// Jobs remembered; the oldest finished ones are forgotten beyond it.
 const MAX_JOBS: usize = 64;
-/// Failure notices shown on the overview.
-const NOTICES_SHOWN: usize = 50;
 
 /// The agent's control path, as the console reaches it.
 pub struct Control {
@@ -287,42 +285,27 @@ async fn overview(State(c): State<Arc<Control>>, Extension(s): Extension<Session
     })))
 }
 
-/// Membership events, and the failure notices in the message log (`dcish log --app
-/// failure-notice`), newest first.
+/// The failure notices this agent received (`dcish notices`) and the membership events
+/// (`dcish events`), newest first.
 async fn alerts(State(c): State<Arc<Control>>, Extension(s): Extension<Session>) -> ApiResult {
     let events = events_from_payload(&c.call(&s.user, ControlRequest::Events.to_payload()).await?)
         .map_err(ApiError::reply)?;
-    let query = crate::shell::msg::log_query(&crate::shell::msg::LogArgs {
-        app: Some(dci_proto::notice::NOTICE_APP.into()),
-        sender: None,
-        target: None,
-        since: None,
-        until: None,
-        limit: NOTICES_SHOWN,
-    })
+    let notices = notices_from_payload(
+        &c.call(&s.user, ControlRequest::Notices.to_payload())
+            .await?,
+    )
     .map_err(ApiError::reply)?;
-    let reply = c.exchange(&s.user, query).await;
-    let (_, answers) = crate::shell::msg::read_answers(&reply).map_err(ApiError::reply)?;
-    let mut notices = Vec::new();
-    for (attrs, env, _) in crate::shell::msg::log_rows(answers).map_err(ApiError::reply)? {
-        // Each notice is logged as sent and as received: show it once.
-        if attrs.get("dir").map(String::as_str) == Some("out") {
-            continue;
+    let newest_first = |text: String| {
+        let mut v = doc(text);
+        if let Value::Array(rows) = &mut v {
+            rows.reverse();
         }
-        if let Ok(n) = dci_proto::notice::FailureNotice::from_payload(&env.payload) {
-            notices.push(json!({
-                "level": n.level.as_str(), "part": n.part.as_str(), "id": n.id, "name": n.name,
-                "address": n.address, "at_ms": n.at_ms, "detail": n.detail,
-                "from": env.sender.blade.unwrap_or(env.sender.node),
-            }));
-        }
-    }
-    notices.reverse();
-    let mut events = doc(crate::shell::events_json(&events));
-    if let Value::Array(e) = &mut events {
-        e.reverse();
-    }
-    Ok(Json(json!({ "events": events, "notices": notices })))
+        v
+    };
+    Ok(Json(json!({
+        "events": newest_first(crate::shell::events_json(&events)),
+        "notices": newest_first(crate::shell::notices_json(&notices)),
+    })))
 }
 
 async fn discover(State(c): State<Arc<Control>>, Extension(s): Extension<Session>) -> ApiResult {

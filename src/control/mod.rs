@@ -33,6 +33,8 @@ pub enum Query {
     Counters(oneshot::Sender<Vec<(String, u64)>>),
     /// The seat table, as shown by `dcish seats`.
     Seats(oneshot::Sender<Vec<SeatInfo>>),
+    /// The failure notices received lately (`dcish notices`).
+    Notices(oneshot::Sender<Vec<dci_proto::control::NoticeInfo>>),
     /// Dial the seeds afresh, then the member table (`dcish discover`).
     Discover(oneshot::Sender<Vec<MemberInfo>>),
     /// An operator declares a blade's holder failed (`dcish failover`).
@@ -291,6 +293,9 @@ async fn answer(
         ControlRequest::Events => ask(queries, Query::Events)
             .await
             .map(|e| events_to_payload(&e)),
+        ControlRequest::Notices => ask(queries, Query::Notices)
+            .await
+            .map(|n| dci_proto::control::notices_to_payload(&n)),
         ControlRequest::Discover => ask(queries, Query::Discover)
             .await
             .map(|m| members_to_payload(&m)),

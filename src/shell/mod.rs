@@ -130,6 +130,8 @@ pub enum Command {
     Configure(backup::ConfigureCommand),
     /// Look for members again now (the agent dials its seeds afresh) and list them.
     Discover,
+    /// The failure notices this agent received lately (its own too), oldest first.
+    Notices,
     /// Read a password from standard input and print its argon2 hash, for a
     /// `[[console.users]]` entry of the config file.
     HashPassword,
@@ -275,6 +277,15 @@ async fn with_agent(
         Command::Settings { blade } => backup::settings(&mut client, blade, cli.json).await?,
         Command::Configure(c) => backup::configure(&mut client, c, cli.json).await?,
         Command::HashPassword => hash_password()?,
+        Command::Notices => {
+            let payload = client.request(ControlRequest::Notices.to_payload()).await?;
+            let notices = dci_proto::control::notices_from_payload(&payload).map_err(protocol)?;
+            if cli.json {
+                notices_json(&notices)
+            } else {
+                notices_table(&notices, color)
+            }
+        }
         Command::Discover => {
             let payload = client
                 .request(ControlRequest::Discover.to_payload())
@@ -741,6 +752,45 @@ pub fn seats_table(seats: &[SeatInfo], color: bool) -> String {
         Some(3),
         color,
     )
+}
+
+/// The `notices --json` document.
+pub fn notices_json(notices: &[dci_proto::control::NoticeInfo]) -> String {
+    let rows: Vec<serde_json::Value> = notices
+        .iter()
+        .map(|n| {
+            let f = &n.notice;
+            serde_json::json!({
+                "at_ms": f.at_ms, "level": f.level.as_str(), "part": f.part.as_str(), "id": f.id,
+                "name": f.name, "address": f.address, "detail": f.detail, "from": n.from,
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".into())
+}
+
+fn notices_table(notices: &[dci_proto::control::NoticeInfo], color: bool) -> String {
+    let rows: Vec<Vec<String>> = notices
+        .iter()
+        .map(|n| {
+            let f = &n.notice;
+            vec![
+                format_clock(f.at_ms),
+                f.level.as_str().to_owned(),
+                format!("{} {}", f.part.as_str(), f.name.as_deref().unwrap_or(&f.id)),
+                n.from.clone(),
+                f.detail.clone(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["TIME (UTC)", "LEVEL", "PART", "FROM", "DETAIL"],
+        &rows,
+        Some(1),
+        color,
+    );
+    out.push_str(&format!("{} notices", notices.len()));
+    out
 }
 
 /// The `events --json` document.

@@ -205,9 +205,7 @@ pub(crate) async fn answers_of(
 }
 
 /// The attributes of the `<answers>` an agent replied with, and the envelopes inside.
-pub(crate) fn read_answers(
-    reply: &Envelope,
-) -> Result<(HashMap<String, String>, Vec<Envelope>), ClientError> {
+fn read_answers(reply: &Envelope) -> Result<(HashMap<String, String>, Vec<Envelope>), ClientError> {
     let bad = |reason: String| ClientError::Refused {
         code: "bad-answer".into(),
         message: reason,
@@ -362,8 +360,8 @@ fn only_answer(answers: Vec<Envelope>) -> Result<Envelope, ClientError> {
     Ok(answer)
 }
 
-/// The envelope `dcish log` sends: a query of the local message log.
-pub(crate) fn log_query(args: &LogArgs) -> Result<Envelope, ClientError> {
+/// Runs `dcish log`.
+pub async fn log(client: &mut Client, args: &LogArgs, json: bool) -> Result<String, ClientError> {
     let esc = dci_peerlet::escape;
     let mut q = format!(
         "<query xmlns=\"{}\" limit=\"{}\"",
@@ -385,14 +383,7 @@ pub(crate) fn log_query(args: &LogArgs) -> Result<Envelope, ClientError> {
         }
     }
     q.push_str("/>");
-    msglog_envelope(q)
-}
-
-/// One logged envelope: the record's attributes (`at`, `dir`, `replay-of`), the envelope, its XML.
-pub(crate) type LogRow = (HashMap<String, String>, Envelope, String);
-
-/// The records in the message log's answer to [`log_query`].
-pub(crate) fn log_rows(answers: Vec<Envelope>) -> Result<Vec<LogRow>, ClientError> {
+    let (_, answers) = answers_of(client, &msglog_envelope(q)?).await?;
     let answer = only_answer(answers)?;
     let bad = |m: String| ClientError::Refused {
         code: "bad-answer".into(),
@@ -400,7 +391,7 @@ pub(crate) fn log_rows(answers: Vec<Envelope>) -> Result<Vec<LogRow>, ClientErro
     };
     let records = children(answer.payload.as_str()).map_err(bad)?;
     let Some((_, inner_xml)) = records.into_iter().next() else {
-        return Ok(Vec::new());
+        return Ok(String::new());
     };
     let mut rows = Vec::new();
     for (attrs, record) in children(inner(inner_xml)).map_err(bad)? {
@@ -409,13 +400,6 @@ pub(crate) fn log_rows(answers: Vec<Envelope>) -> Result<Vec<LogRow>, ClientErro
             .map_err(|e| bad(e.to_string()))?;
         rows.push((attrs, env, xml.to_owned()));
     }
-    Ok(rows)
-}
-
-/// Runs `dcish log`.
-pub async fn log(client: &mut Client, args: &LogArgs, json: bool) -> Result<String, ClientError> {
-    let (_, answers) = answers_of(client, &log_query(args)?).await?;
-    let rows = log_rows(answers)?;
     if json {
         let v: Vec<_> = rows
             .iter()
