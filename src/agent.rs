@@ -66,7 +66,22 @@ pub enum StartError {
     /// The control socket could not be opened.
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    /// The backup settings an operator changed, kept in the data dir, cannot be read.
+    #[error("cannot apply the kept backup settings {reason} (fix or remove the file)")]
+    Settings {
+        /// The file and why.
+        reason: String,
+    },
+    /// The web console could not be started.
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
 }
+
+/// Failure notices kept for `dcish notices`; the oldest go first.
+const RECENT_NOTICES: usize = 256;
+
+/// The file in the data dir that keeps an operator's backup settings changes.
+pub const BACKUP_OVERRIDES: &str = "backup-settings.json";
 
 /// A started agent, ready to [`Agent::run`].
 pub struct Agent {
@@ -92,6 +107,8 @@ pub struct Agent {
     seed_dials: HashMap<ConnectionId, Multiaddr>,
     events: EventHub,
     notices_seen: Dedup,
+    /// The notices logged lately, oldest first, for `dcish notices` and the console.
+    recent_notices: std::collections::VecDeque<dci_proto::control::NoticeInfo>,
     sampler: Sampler,
     detector: Detector,
     /// Members whose metadata says they are degraded, to publish the change once.
@@ -167,6 +184,11 @@ impl Agent {
                 })?;
         }
 
+        let console = match config.console.http {
+            Some(addr) => Some(crate::console::bind(addr).await?),
+            None => None,
+        };
+
         // From here on the agent writes to its data dir.
         data_dir.create()?;
         if new_key {
@@ -223,6 +245,19 @@ impl Agent {
             retrieve: on_demand.then_some(retrieve_tx),
         });
         tokio::spawn(messenger.run());
+        if let Some(listener) = console {
+            let control = crate::console::api::Control::new(
+                local_id.to_string(),
+                config.name.clone(),
+                query_tx.clone(),
+                messenger_handle.clone(),
+            );
+            tokio::spawn(crate::console::serve(
+                listener,
+                config.console.clone(),
+                control,
+            ));
+        }
         tokio::spawn(control::serve(
             listener,
             local_id.to_string(),
@@ -302,6 +337,7 @@ impl Agent {
             takeover_tx,
             events: EventHub::default(),
             notices_seen: Dedup::default(),
+            recent_notices: std::collections::VecDeque::new(),
             sampler,
             detector: Detector::new(config.degradation.clone()),
             degraded_members: HashSet::new(),
@@ -1018,6 +1054,21 @@ impl Agent {
         if self.notices_seen.is_new(notice, Instant::now()) {
             notice::log(notice, from);
             notice::page(&self.config.page, notice, from);
+            let sender = from.parse::<PeerId>().ok().and_then(|p| {
+                if p == self.local_id {
+                    Some(self.config.name.clone())
+                } else {
+                    self.swim.member(&p).map(|m| m.meta.name.clone())
+                }
+            });
+            if self.recent_notices.len() >= RECENT_NOTICES {
+                self.recent_notices.pop_front();
+            }
+            self.recent_notices
+                .push_back(dci_proto::control::NoticeInfo {
+                    notice: notice.clone(),
+                    from: sender.unwrap_or_else(|| from.to_owned()),
+                });
         }
     }
 
@@ -1390,6 +1441,18 @@ impl Agent {
             Query::Seats(reply) => {
                 let _ = reply.send(self.seat_infos());
             }
+            Query::Notices(reply) => {
+                let _ = reply.send(self.recent_notices.iter().cloned().collect());
+            }
+            Query::Discover(reply) => {
+                // The operator asks now: every seed is tried at once, whatever its backoff.
+                self.seeds_reached.clear();
+                for seed in &self.config.join {
+                    self.seed_backoff.reset(seed);
+                }
+                self.redial_seeds();
+                let _ = reply.send(self.member_infos());
+            }
             Query::Failover { blade, to, reply } => {
                 let _ = reply.send(self.declare_failover(blade, to));
             }
@@ -1652,6 +1715,9 @@ fn start_replication(
         (ch.stats, ch.seats),
         Some(installer),
     );
+    service
+        .load_overrides(data_dir.path().join(BACKUP_OVERRIDES))
+        .map_err(|reason| StartError::Settings { reason })?;
     let (inbound, control) = (ch.inbound, ch.control);
     Ok((link, move |events, retrieve| {
         tokio::spawn(service.run(inbound, control, events, retrieve));

@@ -179,6 +179,9 @@ pub struct FileConfig {
     /// Software packages.
     #[serde(default)]
     pub packages: PackagesFile,
+    /// `[console]`.
+    #[serde(default)]
+    pub console: ConsoleFile,
 }
 
 /// `[fs]`: the folders this blade exports through the `fs` peerlet, and who may use them.
@@ -250,6 +253,92 @@ fn fs_policy(file: FsFile) -> Result<dci_peerlet_fs::Policy, ConfigError> {
     })
 }
 
+/// `[console]` as written: the web console and who may log in to it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleFile {
+    /// Serve the console on this address (`HOST:PORT`); off when absent.
+    pub http: Option<String>,
+    /// How long a session lasts without use, e.g. `30m`.
+    pub session_idle: Option<String>,
+    /// The operators.
+    #[serde(default)]
+    pub users: Vec<UserFile>,
+}
+
+/// One `[[console.users]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserFile {
+    /// The login name.
+    pub name: String,
+    /// An argon2 hash in PHC form (`dcish hash-password` makes one).
+    pub password_hash: String,
+}
+
+/// The web console, validated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConsoleConfig {
+    /// Where to serve it; `None`: no console.
+    pub http: Option<std::net::SocketAddr>,
+    /// A session unused this long is over.
+    pub session_idle: Duration,
+    /// (name, argon2 PHC hash) of each operator.
+    pub users: Vec<(String, String)>,
+}
+
+fn console_config(file: ConsoleFile, http: Option<&str>) -> Result<ConsoleConfig, ConfigError> {
+    let http = match http.map(str::to_owned).or(file.http) {
+        None => None,
+        Some(a) => Some(a.parse().map_err(|_| {
+            invalid(
+                "console.http",
+                &a,
+                "expected HOST:PORT with an IP address, like 127.0.0.1:8080",
+            )
+        })?),
+    };
+    let session_idle = match &file.session_idle {
+        None => Duration::from_secs(1800),
+        Some(d) => crate::replication::settings::parse_duration(d)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| invalid("console.session_idle", d, "not a duration like 30m or 8h"))?,
+    };
+    let mut users: Vec<(String, String)> = Vec::new();
+    for u in file.users {
+        if u.name.is_empty() || u.name.len() > 64 || u.name.chars().any(|c| c.is_control()) {
+            return Err(invalid(
+                "console.users.name",
+                &u.name,
+                "1 to 64 printable characters",
+            ));
+        }
+        if users.iter().any(|(n, _)| *n == u.name) {
+            return Err(invalid("console.users.name", &u.name, "given twice"));
+        }
+        if argon2::PasswordHash::new(&u.password_hash).is_err() {
+            return Err(invalid(
+                "console.users.password_hash",
+                &u.name,
+                "not an argon2 hash in PHC form (make one with dcish hash-password)",
+            ));
+        }
+        users.push((u.name, u.password_hash));
+    }
+    if http.is_some() && users.is_empty() {
+        return Err(invalid(
+            "console.users",
+            "",
+            "the console needs at least one [[console.users]] entry (make a hash with dcish hash-password)",
+        ));
+    }
+    Ok(ConsoleConfig {
+        http,
+        session_idle,
+        users,
+    })
+}
+
 /// `[packages]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -308,6 +397,8 @@ pub struct Overrides {
     pub replication_factor: Option<usize>,
     /// `--trusted-key` (repeatable; replaces the file's list when given).
     pub trusted_keys: Vec<PathBuf>,
+    /// `--http`.
+    pub http: Option<String>,
 }
 
 /// A complete, validated agent configuration.
@@ -347,6 +438,8 @@ pub struct Config {
     pub fs: dci_peerlet_fs::Policy,
     /// Software packages.
     pub packages: PackagesConfig,
+    /// The web console.
+    pub console: ConsoleConfig,
 }
 
 impl Config {
@@ -554,6 +647,7 @@ impl Config {
             backup,
             fs: fs_policy(file.fs)?,
             packages,
+            console: console_config(file.console, cli.http.as_deref())?,
         })
     }
 }

@@ -19,12 +19,15 @@
 //! - [`package`]: signed software packages, their installer, and deploying them over the mesh.
 //! - [`agent`]: the one event loop that owns the swarm and drives the cores.
 //! - [`shell`]: `dcish`, the operator's client.
+//! - [`console`]: the web console the agent serves, a client of the same control path as
+//!   [`shell`] (and showing the same `--json` documents).
 //! - [`sim`]: the deterministic simulator that runs the protocol cores at scale.
 #![deny(missing_docs)]
 
 pub mod agent;
 pub mod backup;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod datadir;
 pub mod degradation;

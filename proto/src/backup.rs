@@ -58,6 +58,132 @@ pub enum BackupRequest {
         /// The archive whose tree is read; the latest when absent.
         archive: Option<u64>,
     },
+    /// `<get-settings blade=".."/>`: a blade's backup settings, read on the node acting as it;
+    /// answered by [`settings_to_payload`].
+    GetSettings {
+        /// The blade.
+        blade: String,
+    },
+    /// `<configure blade="..">...</configure>`: change some of a blade's backup settings on the
+    /// node acting as it; answered by [`settings_to_payload`] with the settings now in force.
+    Configure(SettingsChange),
+}
+
+/// A change of a blade's backup settings: each field that is set replaces the current value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettingsChange {
+    /// The blade.
+    pub blade: String,
+    /// The backup root, an absolute directory on the blade's node.
+    pub root: Option<String>,
+    /// Holders besides the blade's own node.
+    pub factor: Option<u64>,
+    /// Directory names (or paths relative to the root) left out.
+    pub exclude_dirs: Option<Vec<String>>,
+    /// File extensions left out.
+    pub exclude_exts: Option<Vec<String>>,
+    /// Schedule rules (`hourly`, `daily HH:MM`, `weekly DAY HH:MM`, `every DURATION`).
+    pub schedule: Option<Vec<String>>,
+}
+
+/// A blade's backup settings as its node applies them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BladeSettings {
+    /// The blade.
+    pub blade: String,
+    /// The backup root; absent on a node that only holds others' data.
+    pub root: Option<String>,
+    /// Holders besides the blade's own node.
+    pub factor: u64,
+    /// Directory exclusions.
+    pub exclude_dirs: Vec<String>,
+    /// Extension exclusions.
+    pub exclude_exts: Vec<String>,
+    /// Schedule rules, in their written form.
+    pub schedule: Vec<String>,
+    /// `snapshot` or `delta` (from the config file only).
+    pub method: String,
+    /// Whether changes are backed up as they happen (from the config file only).
+    pub continuous: bool,
+}
+
+/// The lists of settings payloads: (element, its items) in the order they are written.
+const LISTS: [&str; 3] = ["exclude-dirs", "exclude-extensions", "schedule"];
+
+fn push_list(s: &mut String, name: &str, items: &[String]) {
+    s.push_str(&format!("<{name}>"));
+    for i in items {
+        s.push_str("<item>");
+        xml::escape_text(s, i);
+        s.push_str("</item>");
+    }
+    s.push_str(&format!("</{name}>"));
+}
+
+/// Reads the lists of a settings payload: each present at most once, `None` when absent.
+fn read_lists(e: &Node, element: &str) -> Result<[Option<Vec<String>>; 3], ProtoError> {
+    let mut out: [Option<Vec<String>>; 3] = Default::default();
+    for c in children(e, element, &LISTS)? {
+        let i = LISTS.iter().position(|l| *l == c.local).unwrap_or(0);
+        if out[i].is_some() {
+            return Err(ProtoError::invalid(element, format!("<{}> twice", c.local)));
+        }
+        let [] = attributes(c, &c.local, [])?;
+        let mut items = Vec::new();
+        for item in children(c, &c.local, &["item"])? {
+            let [] = attributes(item, "item", [])?;
+            items.push(text_content(item, "item")?);
+        }
+        out[i] = Some(items);
+    }
+    Ok(out)
+}
+
+/// The reply to [`BackupRequest::GetSettings`] and [`BackupRequest::Configure`].
+pub fn settings_to_payload(b: &BladeSettings) -> Payload {
+    let mut s = String::from("<blade-settings");
+    attr(&mut s, "blade", &b.blade);
+    if let Some(r) = &b.root {
+        attr(&mut s, "root", r);
+    }
+    attr(&mut s, "factor", &b.factor.to_string());
+    attr(&mut s, "method", &b.method);
+    attr(
+        &mut s,
+        "continuous",
+        if b.continuous { "true" } else { "false" },
+    );
+    attr(&mut s, "xmlns", BACKUP_NAMESPACE);
+    s.push('>');
+    for (name, items) in LISTS
+        .iter()
+        .zip([&b.exclude_dirs, &b.exclude_exts, &b.schedule])
+    {
+        push_list(&mut s, name, items);
+    }
+    s.push_str("</blade-settings>");
+    Payload::trusted(s)
+}
+
+/// Reads [`settings_to_payload`]'s output.
+pub fn settings_from_payload(payload: &Payload) -> Result<BladeSettings, ProtoError> {
+    let root = named_element(payload, "blade-settings", BACKUP_NAMESPACE)?;
+    let [blade, backup_root, factor, method, continuous] = attributes(
+        &root,
+        "blade-settings",
+        ["blade", "root", "factor", "method", "continuous"],
+    )?;
+    let [dirs, exts, schedule] = read_lists(&root, "blade-settings")?;
+    Ok(BladeSettings {
+        blade: required("blade-settings/@blade", blade)?.to_owned(),
+        root: backup_root.map(str::to_owned),
+        factor: number("blade-settings/@factor", factor)?,
+        exclude_dirs: dirs.unwrap_or_default(),
+        exclude_exts: exts.unwrap_or_default(),
+        schedule: schedule.unwrap_or_default(),
+        method: required("blade-settings/@method", method)?.to_owned(),
+        continuous: boolean("blade-settings/@continuous", continuous)?,
+    })
 }
 
 /// One entry of a listing (`dcish ls`).
@@ -385,6 +511,34 @@ impl BackupRequest {
                 }
                 s.push_str("</restore>");
             }
+            BackupRequest::GetSettings { blade } => {
+                s.push_str("<get-settings");
+                attr(&mut s, "blade", blade);
+                attr(&mut s, "xmlns", BACKUP_NAMESPACE);
+                s.push_str("/>");
+            }
+            BackupRequest::Configure(c) => {
+                s.push_str("<configure");
+                attr(&mut s, "blade", &c.blade);
+                if let Some(r) = &c.root {
+                    attr(&mut s, "root", r);
+                }
+                if let Some(f) = c.factor {
+                    attr(&mut s, "factor", &f.to_string());
+                }
+                attr(&mut s, "xmlns", BACKUP_NAMESPACE);
+                s.push('>');
+                for (name, items) in
+                    LISTS
+                        .iter()
+                        .zip([&c.exclude_dirs, &c.exclude_exts, &c.schedule])
+                {
+                    if let Some(items) = items {
+                        push_list(&mut s, name, items);
+                    }
+                }
+                s.push_str("</configure>");
+            }
         }
         Payload::trusted(s)
     }
@@ -461,6 +615,28 @@ impl BackupRequest {
                     paths,
                     to: to.map(str::to_owned),
                     on: on.map(str::to_owned),
+                }))
+            }
+            "get-settings" => {
+                let [blade] = attributes(&root, "get-settings", ["blade"])?;
+                no_content(&root, "get-settings")?;
+                Ok(BackupRequest::GetSettings {
+                    blade: required("get-settings/@blade", blade)?.to_owned(),
+                })
+            }
+            "configure" => {
+                let [blade, backup_root, factor] =
+                    attributes(&root, "configure", ["blade", "root", "factor"])?;
+                let [exclude_dirs, exclude_exts, schedule] = read_lists(&root, "configure")?;
+                Ok(BackupRequest::Configure(SettingsChange {
+                    blade: required("configure/@blade", blade)?.to_owned(),
+                    root: backup_root.map(str::to_owned),
+                    factor: factor
+                        .map(|f| number("configure/@factor", Some(f)))
+                        .transpose()?,
+                    exclude_dirs,
+                    exclude_exts,
+                    schedule,
                 }))
             }
             other => Err(ProtoError::invalid(
@@ -603,6 +779,19 @@ pub(crate) mod tests {
                 to: Some("/tmp/x".into()),
                 on: Some("n2".into()),
             }),
+            BackupRequest::GetSettings { blade: "b1".into() },
+            BackupRequest::Configure(SettingsChange {
+                blade: "b1".into(),
+                root: Some("/srv/<data>".into()),
+                factor: Some(3),
+                exclude_dirs: Some(vec!["tmp".into(), "a&b".into()]),
+                exclude_exts: Some(Vec::new()),
+                schedule: None,
+            }),
+            BackupRequest::Configure(SettingsChange {
+                blade: "b1".into(),
+                ..SettingsChange::default()
+            }),
         ];
         for r in reqs {
             let p = r.to_payload();
@@ -687,6 +876,17 @@ pub(crate) mod tests {
             .to_payload(),
             file_to_payload("f", b"bytes"),
             restored_to_payload(&RestoreSummary::default()),
+            BackupRequest::GetSettings { blade: "b".into() }.to_payload(),
+            BackupRequest::Configure(SettingsChange {
+                blade: "b".into(),
+                root: Some("/r".into()),
+                factor: Some(1),
+                exclude_dirs: Some(vec!["tmp".into()]),
+                exclude_exts: Some(vec!["mp3".into()]),
+                schedule: Some(vec!["daily 02:00".into()]),
+            })
+            .to_payload(),
+            settings_to_payload(&settings()),
         ];
         assert_valid(schema, &payloads);
     }
@@ -716,6 +916,30 @@ pub(crate) mod tests {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+
+    fn settings() -> BladeSettings {
+        BladeSettings {
+            blade: "b".into(),
+            root: Some("/srv/b".into()),
+            factor: 2,
+            exclude_dirs: vec!["tmp".into()],
+            exclude_exts: vec!["mp3".into(), "iso".into()],
+            schedule: vec!["every 3600s".into()],
+            method: "delta".into(),
+            continuous: false,
+        }
+    }
+
+    #[test]
+    fn settings_round_trip_and_a_list_given_twice_is_refused() {
+        let b = settings();
+        assert_eq!(settings_from_payload(&settings_to_payload(&b)).unwrap(), b);
+        let twice = Payload::new(format!(
+            "<configure xmlns=\"{BACKUP_NAMESPACE}\" blade=\"b\"><schedule/><schedule/></configure>"
+        ))
+        .unwrap();
+        assert!(BackupRequest::from_payload(&twice).unwrap().is_err());
     }
 
     #[test]

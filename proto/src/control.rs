@@ -71,6 +71,12 @@ pub enum ControlRequest {
     Counters,
     /// The seat table, `<seats/>`; answered by [`seats_to_payload`].
     Seats,
+    /// The failure notices this agent received lately (its own included), `<notices/>`;
+    /// answered by [`notices_to_payload`].
+    Notices,
+    /// Look for members again now, `<discover/>`: the agent dials its seeds afresh (mDNS, when
+    /// on, keeps looking by itself); answered by [`members_to_payload`] with the table as it is.
+    Discover,
     /// An operator declares `blade`'s holder failed: it hands the blade over to `to` (a node
     /// name) or to the first spare in rank order, `<failover blade="B" to="N"/>`; answered by
     /// [`handover_to_payload`] once the holder was asked.
@@ -97,6 +103,8 @@ impl ControlRequest {
             ControlRequest::Events => "events",
             ControlRequest::Counters => "counters",
             ControlRequest::Seats => "seats",
+            ControlRequest::Discover => "discover",
+            ControlRequest::Notices => "notices",
             ControlRequest::Failover { .. } => "failover",
             ControlRequest::Forget { .. } => "forget",
         }
@@ -109,7 +117,9 @@ impl ControlRequest {
             ControlRequest::Nodes
             | ControlRequest::Events
             | ControlRequest::Counters
-            | ControlRequest::Seats => {}
+            | ControlRequest::Seats
+            | ControlRequest::Discover
+            | ControlRequest::Notices => {}
             ControlRequest::Failover { blade, to } => {
                 push_attribute(&mut s, "blade", blade);
                 if let Some(to) = to {
@@ -131,6 +141,8 @@ impl ControlRequest {
             "events" => ControlRequest::Events,
             "counters" => ControlRequest::Counters,
             "seats" => ControlRequest::Seats,
+            "discover" => ControlRequest::Discover,
+            "notices" => ControlRequest::Notices,
             "failover" => {
                 let [blade, to] = attributes(&root, "failover", ["blade", "to"])?;
                 no_content(&root, "failover")?;
@@ -425,6 +437,67 @@ pub fn events_to_payload(events: &[EventInfo]) -> Payload {
     }
     s.push_str("</events>");
     Payload::trusted(s)
+}
+
+/// One failure notice as the answering agent received it (`dcish notices`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoticeInfo {
+    /// The notice.
+    pub notice: crate::notice::FailureNotice,
+    /// The name (or node id, if unknown) of the member that sent it.
+    pub from: String,
+}
+
+/// The reply payload of [`ControlRequest::Notices`], oldest first.
+pub fn notices_to_payload(notices: &[NoticeInfo]) -> Payload {
+    let mut s = format!("<notices xmlns=\"{CONTROL_NAMESPACE}\">");
+    for n in notices {
+        let f = &n.notice;
+        s.push_str("<notice");
+        push_attribute(&mut s, "from", &n.from);
+        push_attribute(&mut s, "level", f.level.as_str());
+        push_attribute(&mut s, "part", f.part.as_str());
+        push_attribute(&mut s, "id", &f.id);
+        for (name, value) in [("name", &f.name), ("address", &f.address)] {
+            if let Some(v) = value {
+                push_attribute(&mut s, name, v);
+            }
+        }
+        push_attribute(&mut s, "at", &f.at_ms.to_string());
+        s.push('>');
+        xml::escape_text(&mut s, &f.detail);
+        s.push_str("</notice>");
+    }
+    s.push_str("</notices>");
+    Payload::trusted(s)
+}
+
+/// Reads the reply payload of [`ControlRequest::Notices`].
+pub fn notices_from_payload(payload: &Payload) -> Result<Vec<NoticeInfo>, ProtoError> {
+    let root = named_element(payload, "notices", CONTROL_NAMESPACE)?;
+    let [] = attributes(&root, "notices", [])?;
+    elements(&root, "notices", &["notice"])?
+        .into_iter()
+        .map(|e| {
+            let [from, level, part, id, name, address, at] = attributes(
+                e,
+                "notice",
+                ["from", "level", "part", "id", "name", "address", "at"],
+            )?;
+            Ok(NoticeInfo {
+                from: required("notice/@from", from)?.to_owned(),
+                notice: crate::notice::FailureNotice {
+                    level: required("notice/@level", level)?.parse()?,
+                    part: required("notice/@part", part)?.parse()?,
+                    id: required("notice/@id", id)?.to_owned(),
+                    name: name.map(str::to_owned),
+                    address: address.map(str::to_owned),
+                    at_ms: number("notice/@at", at)?,
+                    detail: text_content(e, "notice")?,
+                },
+            })
+        })
+        .collect()
 }
 
 /// The reply payload of [`ControlRequest::Counters`]: named counters, in the given order.
@@ -989,11 +1062,32 @@ mod tests {
 
     #[test]
     fn requests_and_errors_round_trip() {
-        let p = ControlRequest::Nodes.to_payload();
-        assert_eq!(
-            ControlRequest::from_payload(&p).unwrap(),
-            ControlRequest::Nodes
+        for r in [
+            ControlRequest::Nodes,
+            ControlRequest::Discover,
+            ControlRequest::Notices,
+        ] {
+            assert_eq!(ControlRequest::from_payload(&r.to_payload()).unwrap(), r);
+        }
+        let n = NoticeInfo {
+            notice: crate::notice::FailureNotice {
+                level: crate::notice::Level::SystemDown,
+                part: crate::notice::Part::Node,
+                id: "12D3KooWa".into(),
+                name: Some("b<2>".into()),
+                address: None,
+                at_ms: 7,
+                detail: "silent for 3 s & more".into(),
+            },
+            from: "b1".into(),
+        };
+        let p = notices_to_payload(std::slice::from_ref(&n));
+        assert_eq!(notices_from_payload(&p).unwrap(), vec![n]);
+        crate::backup::tests::assert_valid(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/control.xsd"),
+            &[p, ControlRequest::Notices.to_payload()],
         );
+        let p = ControlRequest::Nodes.to_payload();
         let e = error_payload("unknown-command", "no <such> command\nreally & \u{1}truly");
         Payload::new(e.as_str()).unwrap();
         assert_eq!(

@@ -57,6 +57,10 @@ struct Cli {
     /// repeatable.
     #[arg(long, value_name = "PUBFILE")]
     trusted_key: Vec<PathBuf>,
+    /// Serve the web console on this address, e.g. 127.0.0.1:8080 (users in [console] of the
+    /// config file) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
     #[command(subcommand)]
     command: Option<Tool>,
 }
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
         backup_root: cli.backup_root,
         replication_factor: cli.replication_factor,
         trusted_keys: cli.trusted_key,
+        http: cli.http,
     };
     let config = match Config::load(&overrides) {
         Ok(c) => c,

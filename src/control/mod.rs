@@ -33,6 +33,10 @@ pub enum Query {
     Counters(oneshot::Sender<Vec<(String, u64)>>),
     /// The seat table, as shown by `dcish seats`.
     Seats(oneshot::Sender<Vec<SeatInfo>>),
+    /// The failure notices received lately (`dcish notices`).
+    Notices(oneshot::Sender<Vec<dci_proto::control::NoticeInfo>>),
+    /// Dial the seeds afresh, then the member table (`dcish discover`).
+    Discover(oneshot::Sender<Vec<MemberInfo>>),
     /// An operator declares a blade's holder failed (`dcish failover`).
     Failover {
         /// The blade.
@@ -177,18 +181,42 @@ async fn serve_connection(
         }
         let reply = match parsed {
             Err(e) => error_envelope(&me, "bad-envelope", &e.to_string()),
-            // Anything not for the control app is an envelope to route (`dcish send`, `log`, ...).
-            Ok(request)
-                if request.target.app.as_deref() != Some(dci_proto::control::CONTROL_APP) =>
-            {
-                crate::router::control::answer(&me, request, messenger).await
-            }
-            Ok(request) => answer(&me, &request, queries, messenger).await,
+            Ok(request) => dispatch(&me, request, queries, messenger).await,
         };
         frame::write_frame(&mut stream, reply.to_xml().as_bytes())
             .await
             .map_err(|e| e.to_string())?;
     }
+}
+
+/// The operator's request envelope for this agent's control app, as `dcish` and the console
+/// send it: one builder, so that both speak the same envelopes.
+pub fn request(sender: Sender, payload: dci_proto::Payload) -> Envelope {
+    Envelope::request(
+        sender,
+        dci_proto::Target {
+            to: dci_proto::Destination::Node("local".into()),
+            app: Some(dci_proto::control::CONTROL_APP.into()),
+            instance: None,
+        },
+        payload,
+    )
+}
+
+/// Answers one operator request: a control command (membership, seats, backup, packages) is
+/// asked of the event loop, anything for another app is routed as sent by this node's operator
+/// (`dcish send`, `log`, ...). The control socket and the web console both come here, so the two
+/// never disagree.
+pub async fn dispatch(
+    me: &Sender,
+    request: Envelope,
+    queries: &mpsc::Sender<Query>,
+    messenger: &crate::router::MessengerHandle,
+) -> Envelope {
+    if request.target.app.as_deref() != Some(dci_proto::control::CONTROL_APP) {
+        return crate::router::control::answer(me, request, messenger).await;
+    }
+    answer(me, &request, queries, messenger).await
 }
 
 fn error_envelope(me: &Sender, code: &str, message: &str) -> Envelope {
@@ -265,6 +293,12 @@ async fn answer(
         ControlRequest::Events => ask(queries, Query::Events)
             .await
             .map(|e| events_to_payload(&e)),
+        ControlRequest::Notices => ask(queries, Query::Notices)
+            .await
+            .map(|n| dci_proto::control::notices_to_payload(&n)),
+        ControlRequest::Discover => ask(queries, Query::Discover)
+            .await
+            .map(|m| members_to_payload(&m)),
         ControlRequest::Seats => ask(queries, Query::Seats)
             .await
             .map(|s| seats_to_payload(&s)),

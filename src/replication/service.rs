@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dci_proto::backup::{
-    archives_to_payload, restored_to_payload, ArchiveInfo, BackupRequest, RestoreArgs,
-    RestoreSummary,
+    archives_to_payload, restored_to_payload, settings_to_payload, ArchiveInfo, BackupRequest,
+    BladeSettings, RestoreArgs, RestoreSummary, SettingsChange,
 };
 use dci_proto::control::MemberInfo;
 use dci_proto::Payload;
@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
 
 use super::placement::{self, Candidate, Placement};
 use super::protocol::{self, Request, Response, MAX_HAVE_IDS, MAX_PUT_BLOCKS};
-use super::settings::{next_due, BackupConfig};
+use super::settings::{next_due, BackupConfig, Overrides};
 use super::{ControlCall, Inbound, NetCommand};
 use crate::backup::restore::{BlockSource, Restorer};
 use crate::backup::scan::ScanSettings;
@@ -77,7 +77,13 @@ fn which(archive: Option<u64>) -> String {
 pub struct Service {
     store: Arc<dyn BlockStore>,
     catalog: Arc<dyn Catalog>,
-    cfg: BackupConfig,
+    /// The settings of the config file, before any operator change.
+    base: BackupConfig,
+    /// The operator's changes (`dcish configure`, the console) over `base`, and where they are
+    /// kept; a change is written there before it takes effect.
+    overrides: std::sync::Mutex<(Overrides, Option<PathBuf>)>,
+    /// The settings in force: `base` with the overrides. Read through [`Service::cfg`].
+    cfg: std::sync::RwLock<BackupConfig>,
     me: PeerId,
     name: String,
     zone: String,
@@ -124,7 +130,9 @@ impl Service {
         Arc::new(Service {
             store,
             catalog,
-            cfg,
+            base: cfg.clone(),
+            overrides: std::sync::Mutex::new((Overrides::default(), None)),
+            cfg: std::sync::RwLock::new(cfg),
             me,
             name,
             zone,
@@ -138,6 +146,99 @@ impl Service {
             seats,
             packages,
         })
+    }
+
+    /// The settings in force now (an operator may change them while the service runs).
+    pub(crate) fn cfg(&self) -> BackupConfig {
+        self.cfg.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Applies the operator's changes kept at `path` (if it exists) and keeps later ones there.
+    pub fn load_overrides(&self, path: PathBuf) -> Result<(), String> {
+        let kept = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<Overrides>(&bytes)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Overrides::default(),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let cfg = self
+            .base
+            .with_overrides(&kept)
+            .map_err(|(field, value, why)| {
+                format!("{}: {field} {value:?}: {why}", path.display())
+            })?;
+        *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = cfg;
+        *self.overrides.lock().unwrap_or_else(|e| e.into_inner()) = (kept, Some(path));
+        Ok(())
+    }
+
+    /// The settings in force, as an operator sees them.
+    fn settings(&self) -> BladeSettings {
+        let cfg = self.cfg();
+        BladeSettings {
+            blade: self.name.clone(),
+            root: cfg.root.as_ref().map(|r| r.display().to_string()),
+            factor: cfg.factor as u64,
+            exclude_dirs: cfg.exclude_dirs,
+            exclude_exts: cfg.exclude_exts,
+            schedule: cfg.schedule.iter().map(ToString::to_string).collect(),
+            method: match cfg.method {
+                crate::backup::Method::Snapshot => "snapshot",
+                crate::backup::Method::Delta => "delta",
+            }
+            .into(),
+            continuous: cfg.continuous,
+        }
+    }
+
+    /// Validates an operator's change, keeps it, then puts it in force. A new root must be an
+    /// existing directory; continuous mode watches the root it started with, so there the root
+    /// changes only with the config file and a restart.
+    fn configure(&self, change: SettingsChange) -> Result<BladeSettings, Failure> {
+        let bad = |(field, value, why): (&str, String, String)| {
+            fail("bad-setting", format!("{field} {value:?}: {why}"))
+        };
+        let mut guard = self.overrides.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.cfg();
+        let root = change.root.map(PathBuf::from);
+        if let Some(r) = root.as_ref().filter(|r| Some(*r) != current.root.as_ref()) {
+            if current.continuous {
+                return Err(fail(
+                    "bad-setting",
+                    "continuous mode watches the root it started with: change it in the config file and restart",
+                ));
+            }
+            if !r.is_dir() {
+                return Err(fail(
+                    "bad-setting",
+                    format!(
+                        "backup.root {:?}: not a directory on {}",
+                        r.display().to_string(),
+                        self.name
+                    ),
+                ));
+            }
+        }
+        let mut kept = guard.0.clone();
+        kept.merge(Overrides {
+            root,
+            replication_factor: change
+                .factor
+                .map(|f| usize::try_from(f).unwrap_or(usize::MAX)),
+            exclude_dirs: change.exclude_dirs,
+            exclude_extensions: change.exclude_exts,
+            schedule: change.schedule,
+        });
+        let cfg = self.base.with_overrides(&kept).map_err(bad)?;
+        if let Some(path) = &guard.1 {
+            let json = serde_json::to_vec_pretty(&kept).map_err(|e| fail("internal", e))?;
+            crate::datadir::write_atomic(path, &json, 0o600)
+                .map_err(|e| fail("not-saved", format!("the change is not made: {e}")))?;
+        }
+        guard.0 = kept;
+        *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = cfg;
+        tracing::info!(blade = %self.name, "backup settings changed by an operator");
+        Ok(self.settings())
     }
 
     /// The package installer, if this agent has one.
@@ -173,12 +274,12 @@ impl Service {
         mut events: broadcast::Receiver<Event>,
         mut retrieve: Option<mpsc::Receiver<crate::router::Retrieve>>,
     ) {
-        let mut sync = tokio::time::interval(self.cfg.sync_interval);
+        let mut sync = tokio::time::interval(self.cfg().sync_interval);
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut gc = tokio::time::interval(self.cfg.gc_interval);
+        let mut gc = tokio::time::interval(self.cfg().gc_interval);
         gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         gc.tick().await; // not at start-up
-        let mut scrub = tokio::time::interval(self.cfg.scrub_interval);
+        let mut scrub = tokio::time::interval(self.cfg().scrub_interval);
         scrub.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         scrub.tick().await;
         let slots = Arc::new(tokio::sync::Semaphore::new(INBOUND_PARALLEL));
@@ -192,7 +293,7 @@ impl Service {
             changes.as_ref().map(|_| tokio::time::Instant::now());
         let continuous_running = Arc::new(std::sync::atomic::AtomicBool::new(false));
         loop {
-            let due = next_due(&self.cfg.schedule, now_ms() / 1000)
+            let due = next_due(&self.cfg().schedule, now_ms() / 1000)
                 .map(|at| Duration::from_secs(at).saturating_sub(Duration::from_millis(now_ms())))
                 .unwrap_or(Duration::from_secs(86_400));
             tokio::select! {
@@ -257,7 +358,7 @@ impl Service {
                     let me = self.clone();
                     tokio::spawn(async move { me.collect().await });
                 }
-                _ = tokio::time::sleep(due), if !self.cfg.schedule.is_empty() => {
+                _ = tokio::time::sleep(due), if !self.cfg().schedule.is_empty() => {
                     let me = self.clone();
                     tokio::spawn(async move {
                         if let Err((_, e)) = me.backup(false).await {
@@ -307,7 +408,8 @@ impl Service {
     /// Watches the backup root when continuous mode is on: every change wakes `changes`.
     fn watch(&self) -> Option<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
         use notify::Watcher;
-        let root = self.cfg.root.as_ref().filter(|_| self.cfg.continuous)?;
+        let cfg = self.cfg();
+        let root = cfg.root.as_ref().filter(|_| cfg.continuous)?;
         let (tx, rx) = mpsc::channel(1);
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let is_read = event.as_ref().is_ok_and(|e| e.kind.is_access());
@@ -379,9 +481,9 @@ impl Service {
 
     fn placement(&self) -> Placement {
         Placement {
-            factor: self.cfg.factor,
-            manual: self.cfg.holders.clone(),
-            zones: self.cfg.zones.clone(),
+            factor: self.cfg().factor,
+            manual: self.cfg().holders.clone(),
+            zones: self.cfg().zones.clone(),
         }
     }
 
@@ -407,14 +509,14 @@ impl Service {
         let mut reachable = HashSet::new();
         for m in members.iter().filter(|m| m.id != owner_id) {
             let up = matches!(m.state.as_str(), "alive" | "suspect" | "unreachable-link");
-            let within_grace = m
-                .id
-                .parse::<PeerId>()
-                .ok()
-                .map(|id| {
-                    gone.get(&id).copied().unwrap_or(self.started).elapsed() < self.cfg.repair_grace
-                })
-                .unwrap_or(false);
+            let within_grace =
+                m.id.parse::<PeerId>()
+                    .ok()
+                    .map(|id| {
+                        gone.get(&id).copied().unwrap_or(self.started).elapsed()
+                            < self.cfg().repair_grace
+                    })
+                    .unwrap_or(false);
             if up || within_grace {
                 candidates.push(Candidate {
                     id: m.id.clone(),
@@ -446,7 +548,7 @@ impl Service {
                 .ok()
                 .and_then(|id| gone.get(&id).copied())
                 .unwrap_or(self.started);
-        !grace || since.elapsed() >= self.cfg.repair_grace
+        !grace || since.elapsed() >= self.cfg().repair_grace
     }
 
     /// Repair without the owner: for every blade held here whose node has been gone past the
@@ -524,7 +626,7 @@ impl Service {
     /// One peersync round for this blade: age, place, and bring every reachable holder up to date.
     async fn sync_round(&self) {
         self.deputy_round().await;
-        if self.cfg.root.is_none() {
+        if self.cfg().root.is_none() {
             return;
         }
         if let Err(e) = self.age().await {
@@ -539,10 +641,10 @@ impl Service {
         let members = self.members().await;
         let (holders, reachable) = self.holders(&members);
         for r in &records {
-            if r.holders != holders || r.factor != self.cfg.factor as u64 {
+            if r.holders != holders || r.factor != self.cfg().factor as u64 {
                 let mut r = r.clone();
                 r.holders = holders.clone();
-                r.factor = self.cfg.factor as u64;
+                r.factor = self.cfg().factor as u64;
                 let _ = self.catalog.put(&r);
             }
         }
@@ -749,7 +851,7 @@ impl Service {
     /// Removes this blade's archives past the aging period, but never one a kept archive needs:
     /// everything from the latest snapshot at or before the oldest kept archive stays.
     async fn age(&self) -> Result<(), String> {
-        let Some(aging) = self.cfg.aging else {
+        let Some(aging) = self.cfg().aging else {
             return Ok(());
         };
         let records = self.catalog.list(&self.name).map_err(|e| e.to_string())?;
@@ -778,7 +880,11 @@ impl Service {
     /// without removing anything if any manifest cannot be read.
     pub async fn collect(self: &Arc<Self>) -> u64 {
         let _guard = self.store_lock.lock().await;
-        let (store, catalog, grace) = (self.store.clone(), self.catalog.clone(), self.cfg.gc_grace);
+        let (store, catalog, grace) = (
+            self.store.clone(),
+            self.catalog.clone(),
+            self.cfg().gc_grace,
+        );
         let result = blocking(move || -> Result<u64, String> {
             let mut live: HashSet<BlockId> = HashSet::new();
             for r in catalog.all().map_err(|e| e.to_string())? {
@@ -872,7 +978,7 @@ impl Service {
                 runtime: tokio::runtime::Handle::current(),
                 peers: r.acked.iter().filter_map(|p| p.parse().ok()).collect(),
             };
-            let compress = self.cfg.compress;
+            let compress = self.cfg().compress;
             let seq = r.seq;
             let repaired = blocking(move || -> Result<(), String> {
                 let store = source.service.store.clone();
@@ -909,7 +1015,7 @@ impl Service {
 
     /// Makes an archive now and pushes it; with `wait`, answers once it is complete.
     async fn backup(self: &Arc<Self>, wait: bool) -> Result<ArchiveRecord, Failure> {
-        let Some(root) = self.cfg.root.clone() else {
+        let Some(root) = self.cfg().root.clone() else {
             return Err(fail(
                 "no-backup-root",
                 format!("{} has no backup root (--backup-root)", self.name),
@@ -930,16 +1036,16 @@ impl Service {
         }
         let settings = ScanSettings {
             root,
-            exclude_dirs: self.cfg.exclude_dirs.clone(),
-            exclude_exts: self.cfg.exclude_exts.clone(),
-            compress: self.cfg.compress,
+            exclude_dirs: self.cfg().exclude_dirs.clone(),
+            exclude_exts: self.cfg().exclude_exts.clone(),
+            compress: self.cfg().compress,
         };
         let record = {
             let _guard = self.store_lock.lock().await;
             let (store, catalog, method, blade) = (
                 self.store.clone(),
                 self.catalog.clone(),
-                self.cfg.method,
+                self.cfg().method,
                 self.name.clone(),
             );
             let (record, stats) = blocking(move || {
@@ -950,7 +1056,7 @@ impl Service {
             .map_err(|e| fail("backup-failed", e))?;
             // Completeness is judged against the factor of the owner, wherever it is read.
             let mut record = record;
-            record.factor = self.cfg.factor as u64;
+            record.factor = self.cfg().factor as u64;
             self.catalog
                 .put(&record)
                 .map_err(|e| fail("backup-failed", e))?;
@@ -995,7 +1101,7 @@ impl Service {
                 "archive {} is stored here but incomplete: {} of {} holders have it{}",
                 record.seq,
                 record.holders.len() - lacking.len(),
-                self.cfg.factor,
+                self.cfg().factor,
                 if lacking.is_empty() {
                     " (not enough live nodes)".to_string()
                 } else {
@@ -1012,6 +1118,21 @@ impl Service {
         request: BackupRequest,
         forward: bool,
     ) -> Result<Payload, Failure> {
+        // Settings live on the node acting as the blade.
+        if let BackupRequest::GetSettings { blade }
+        | BackupRequest::Configure(SettingsChange { blade, .. }) = &request
+        {
+            if *blade != self.name {
+                if !forward {
+                    return Err(fail(
+                        "not-here",
+                        format!("this node is {}, not {blade}", self.name),
+                    ));
+                }
+                let blade = blade.clone();
+                return self.forward(&blade, request).await;
+            }
+        }
         match request {
             BackupRequest::Now { blade, wait } => {
                 let blade = blade.unwrap_or_else(|| self.name.clone());
@@ -1043,6 +1164,10 @@ impl Service {
             BackupRequest::Archives { blade } => {
                 let (records, _) = self.gather(&blade).await;
                 Ok(archives_to_payload(&records))
+            }
+            BackupRequest::GetSettings { .. } => Ok(settings_to_payload(&self.settings())),
+            BackupRequest::Configure(change) => {
+                self.configure(change).map(|s| settings_to_payload(&s))
             }
             BackupRequest::Ls {
                 blade,
@@ -1312,7 +1437,7 @@ impl Service {
         args: RestoreArgs,
         from_peer: bool,
     ) -> Result<RestoreSummary, Failure> {
-        let target: PathBuf = match (&args.to, &self.cfg.root) {
+        let target: PathBuf = match (&args.to, &self.cfg().root) {
             (Some(to), _) => to.into(),
             (None, Some(root)) => root.clone(),
             (None, None) => {
@@ -1331,7 +1456,8 @@ impl Service {
         // Any member of the mesh may forward a restore: it writes only where this node's
         // operator allowed, not wherever the agent's user can.
         if from_peer && args.to.is_some() {
-            let allowed = self.cfg.root.iter().chain(&self.cfg.restore_into);
+            let cfg = self.cfg();
+            let allowed = cfg.root.iter().chain(&cfg.restore_into);
             if !allowed.clone().any(|dir| within(&target, dir)) {
                 let dirs: Vec<String> = allowed.map(|d| d.display().to_string()).collect();
                 return Err(fail(
@@ -1396,7 +1522,7 @@ impl Service {
         let target = args
             .to
             .clone()
-            .or(self.cfg.root.as_ref().map(|r| r.display().to_string()))
+            .or(self.cfg().root.as_ref().map(|r| r.display().to_string()))
             .unwrap_or_default();
         tracing::info!(blade = %args.blade, upto, entries = stats.1.entries, "restored");
         Ok(RestoreSummary {

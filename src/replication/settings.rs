@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backup::Method;
 
@@ -61,6 +61,41 @@ pub enum Rule {
     Every(u64),
 }
 
+/// The settings an operator changed at run time (`dcish configure`, the console), kept in the
+/// data dir: each field that is set wins over the config file, so a change survives a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    /// The backup root.
+    pub root: Option<PathBuf>,
+    /// Holders per blade.
+    pub replication_factor: Option<usize>,
+    /// Directory exclusions.
+    pub exclude_dirs: Option<Vec<String>>,
+    /// Extension exclusions.
+    pub exclude_extensions: Option<Vec<String>>,
+    /// Schedule rules, as written.
+    pub schedule: Option<Vec<String>>,
+}
+
+impl Overrides {
+    /// `later`'s set fields replace these.
+    pub fn merge(&mut self, later: Overrides) {
+        let Overrides {
+            root,
+            replication_factor,
+            exclude_dirs,
+            exclude_extensions,
+            schedule,
+        } = later;
+        self.root = root.or(self.root.take());
+        self.replication_factor = replication_factor.or(self.replication_factor);
+        self.exclude_dirs = exclude_dirs.or(self.exclude_dirs.take());
+        self.exclude_extensions = exclude_extensions.or(self.exclude_extensions.take());
+        self.schedule = schedule.or(self.schedule.take());
+    }
+}
+
 /// Validated backup settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackupConfig {
@@ -98,6 +133,20 @@ pub struct BackupConfig {
     pub continuous: bool,
     /// Where a restore asked by another node may write (the backup root counts too).
     pub restore_into: Vec<PathBuf>,
+}
+
+impl std::fmt::Display for Rule {
+    /// The written form [`parse_rule`] reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+        let hm = |t: u64| format!("{:02}:{:02}", t / 3600, t / 60 % 60);
+        match *self {
+            Rule::Hourly => write!(f, "hourly"),
+            Rule::Daily(t) => write!(f, "daily {}", hm(t)),
+            Rule::Weekly(d, t) => write!(f, "weekly {} {}", DAYS[d as usize % 7], hm(t)),
+            Rule::Every(s) => write!(f, "every {s}s"),
+        }
+    }
 }
 
 /// A bad setting: field, value, reason.
@@ -185,28 +234,8 @@ impl BackupConfig {
                 )
             }),
         };
-        let schedule = file
-            .schedule
-            .iter()
-            .flatten()
-            .map(|s| {
-                parse_rule(s).ok_or_else(|| {
-                    (
-                        "backup.schedule",
-                        s.clone(),
-                        "expected hourly, daily HH:MM, weekly DAY HH:MM or every DURATION".into(),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let factor = factor.or(file.replication_factor).unwrap_or(2);
-        if factor > 16 {
-            return Err((
-                "replication-factor",
-                factor.to_string(),
-                "at most 16".into(),
-            ));
-        }
+        let schedule = parse_schedule(file.schedule.iter().flatten())?;
+        let factor = check_factor(factor.or(file.replication_factor).unwrap_or(2))?;
         let sync_interval = dur(
             "backup.sync_interval",
             &file.sync_interval,
@@ -282,6 +311,88 @@ impl BackupConfig {
     }
 }
 
+fn parse_schedule<'a>(
+    rules: impl IntoIterator<Item = &'a String>,
+) -> Result<Vec<Rule>, SettingError> {
+    rules
+        .into_iter()
+        .map(|s| {
+            parse_rule(s).ok_or_else(|| {
+                (
+                    "backup.schedule",
+                    s.clone(),
+                    "expected hourly, daily HH:MM, weekly DAY HH:MM or every DURATION".into(),
+                )
+            })
+        })
+        .collect()
+}
+
+fn check_factor(factor: usize) -> Result<usize, SettingError> {
+    if factor > 16 {
+        return Err((
+            "replication-factor",
+            factor.to_string(),
+            "at most 16".into(),
+        ));
+    }
+    Ok(factor)
+}
+
+/// Exclusion entries: neither empty nor holding a NUL (a name no file system has); a directory
+/// entry neither absolute nor climbing out, since it is matched relative to the root.
+fn check_names(field: &'static str, names: &[String], dirs: bool) -> Result<(), SettingError> {
+    for n in names {
+        let bad = if n.trim().is_empty() {
+            Some("an entry is empty")
+        } else if n.contains('\0') {
+            Some("an entry holds a NUL byte")
+        } else if dirs && (n.starts_with('/') || n.split('/').any(|p| p == "..")) {
+            Some("a directory is a name or a path relative to the backup root")
+        } else if !dirs && n.trim_start_matches('.').contains(['/', '.']) {
+            Some("an extension is one word like mp3, with or without its dot")
+        } else {
+            None
+        };
+        if let Some(why) = bad {
+            return Err((field, n.clone(), why.into()));
+        }
+    }
+    Ok(())
+}
+
+impl BackupConfig {
+    /// These settings with an operator's `overrides` applied, validated like the file's.
+    pub fn with_overrides(&self, o: &Overrides) -> Result<BackupConfig, SettingError> {
+        let mut cfg = self.clone();
+        if let Some(root) = &o.root {
+            if !root.is_absolute() {
+                return Err((
+                    "backup.root",
+                    root.display().to_string(),
+                    "must be an absolute path".into(),
+                ));
+            }
+            cfg.root = Some(root.clone());
+        }
+        if let Some(f) = o.replication_factor {
+            cfg.factor = check_factor(f)?;
+        }
+        if let Some(d) = &o.exclude_dirs {
+            check_names("backup.exclude_dirs", d, true)?;
+            cfg.exclude_dirs = d.clone();
+        }
+        if let Some(x) = &o.exclude_extensions {
+            check_names("backup.exclude_extensions", x, false)?;
+            cfg.exclude_exts = x.clone();
+        }
+        if let Some(s) = &o.schedule {
+            cfg.schedule = parse_schedule(s)?;
+        }
+        Ok(cfg)
+    }
+}
+
 impl Default for BackupConfig {
     fn default() -> Self {
         BackupConfig::from_file(&BackupFile::default(), None, None)
@@ -313,6 +424,91 @@ mod tests {
             BackupConfig::from_file(&file, None, None).unwrap_err().0,
             "backup.schedule"
         );
+    }
+
+    #[test]
+    fn overrides_replace_only_what_they_set_and_bad_ones_say_which_field() {
+        let base = BackupConfig::default();
+        let o = Overrides {
+            exclude_dirs: Some(vec!["cache".into(), "build/out".into()]),
+            exclude_extensions: Some(vec![".iso".into(), "mp3".into()]),
+            schedule: Some(vec!["weekly sun 06:00".into()]),
+            ..Overrides::default()
+        };
+        let cfg = base.with_overrides(&o).unwrap();
+        assert_eq!(cfg.exclude_dirs, ["cache", "build/out"]);
+        assert_eq!(cfg.exclude_exts, [".iso", "mp3"]);
+        assert_eq!(cfg.schedule, [Rule::Weekly(6, 6 * 3600)]);
+        assert_eq!((cfg.factor, &cfg.root), (base.factor, &base.root));
+
+        let mut merged = o.clone();
+        merged.merge(Overrides {
+            replication_factor: Some(3),
+            exclude_dirs: Some(Vec::new()),
+            ..Overrides::default()
+        });
+        assert_eq!(merged.replication_factor, Some(3));
+        assert_eq!(merged.exclude_dirs, Some(Vec::new()));
+        assert_eq!(merged.schedule, o.schedule);
+
+        for (bad, field) in [
+            (
+                Overrides {
+                    root: Some("rel/dir".into()),
+                    ..Overrides::default()
+                },
+                "backup.root",
+            ),
+            (
+                Overrides {
+                    replication_factor: Some(17),
+                    ..Overrides::default()
+                },
+                "replication-factor",
+            ),
+            (
+                Overrides {
+                    exclude_dirs: Some(vec!["../up".into()]),
+                    ..Overrides::default()
+                },
+                "backup.exclude_dirs",
+            ),
+            (
+                Overrides {
+                    exclude_dirs: Some(vec![" ".into()]),
+                    ..Overrides::default()
+                },
+                "backup.exclude_dirs",
+            ),
+            (
+                Overrides {
+                    exclude_extensions: Some(vec!["tar.gz".into()]),
+                    ..Overrides::default()
+                },
+                "backup.exclude_extensions",
+            ),
+            (
+                Overrides {
+                    schedule: Some(vec!["now and then".into()]),
+                    ..Overrides::default()
+                },
+                "backup.schedule",
+            ),
+        ] {
+            assert_eq!(base.with_overrides(&bad).unwrap_err().0, field);
+        }
+    }
+
+    #[test]
+    fn every_rule_is_written_as_it_is_read() {
+        for r in [
+            Rule::Hourly,
+            Rule::Daily(9000),
+            Rule::Weekly(6, 60),
+            Rule::Every(90),
+        ] {
+            assert_eq!(parse_rule(&r.to_string()), Some(r));
+        }
     }
 
     #[test]

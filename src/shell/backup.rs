@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use dci_proto::backup::{
-    archives_from_payload, restored_from_payload, ArchiveInfo, BackupRequest, ListEntry,
-    RestoreArgs,
+    archives_from_payload, restored_from_payload, settings_from_payload, ArchiveInfo,
+    BackupRequest, BladeSettings, ListEntry, RestoreArgs, SettingsChange,
 };
 
 use super::client::{Client, ClientError};
@@ -44,6 +44,102 @@ pub struct RestoreCommand {
     /// The node (by name) that restores [default: the agent's own].
     #[arg(long, value_name = "NODE")]
     pub on: Option<String>,
+}
+
+/// `dcish configure BLADE ...`: each option given replaces that setting.
+#[derive(Debug, Args)]
+pub struct ConfigureCommand {
+    /// The blade.
+    pub blade: String,
+    /// The backup root, an absolute directory on the node acting as the blade.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<String>,
+    /// How many other nodes keep the blade's archives (0 to 16).
+    #[arg(long, value_name = "N")]
+    pub factor: Option<u64>,
+    /// Directories left out, comma-separated (names, or paths relative to the root); an empty
+    /// value clears the list.
+    #[arg(long, value_name = "LIST")]
+    pub exclude_dirs: Option<String>,
+    /// File extensions left out, comma-separated; an empty value clears the list.
+    #[arg(long, value_name = "LIST")]
+    pub exclude_exts: Option<String>,
+    /// When to back up (UTC): `hourly`, `daily HH:MM`, `weekly DAY HH:MM`, `every DURATION`;
+    /// repeatable. Replaces the schedule.
+    #[arg(long, value_name = "RULE")]
+    pub schedule: Vec<String>,
+    /// Back up only on demand: clear the schedule.
+    #[arg(long, conflicts_with = "schedule")]
+    pub no_schedule: bool,
+}
+
+fn comma_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty())
+        .collect()
+}
+
+fn settings_out(b: &BladeSettings, json: bool) -> String {
+    if json {
+        return serde_json::json!({
+            "blade": b.blade, "root": b.root, "factor": b.factor,
+            "exclude_dirs": b.exclude_dirs, "exclude_exts": b.exclude_exts,
+            "schedule": b.schedule, "method": b.method, "continuous": b.continuous,
+        })
+        .to_string();
+    }
+    let none = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    format!(
+        "blade               {}\nroot                {}\nreplication factor  {}\nexclude dirs        {}\nexclude extensions  {}\nschedule (UTC)      {}\nmethod              {}{}",
+        b.blade,
+        b.root.as_deref().unwrap_or("- (holds others' data only)"),
+        b.factor,
+        none(&b.exclude_dirs),
+        none(&b.exclude_exts),
+        none(&b.schedule),
+        b.method,
+        if b.continuous { ", continuous" } else { "" }
+    )
+}
+
+/// `dcish settings BLADE`.
+pub async fn settings(client: &mut Client, blade: &str, json: bool) -> Result<String, ClientError> {
+    let request = BackupRequest::GetSettings {
+        blade: blade.into(),
+    };
+    let payload = client.request(request.to_payload()).await?;
+    Ok(settings_out(
+        &settings_from_payload(&payload).map_err(protocol)?,
+        json,
+    ))
+}
+
+/// `dcish configure BLADE ...`.
+pub async fn configure(
+    client: &mut Client,
+    c: &ConfigureCommand,
+    json: bool,
+) -> Result<String, ClientError> {
+    let request = BackupRequest::Configure(SettingsChange {
+        blade: c.blade.clone(),
+        root: c.root.clone(),
+        factor: c.factor,
+        exclude_dirs: c.exclude_dirs.as_deref().map(comma_list),
+        exclude_exts: c.exclude_exts.as_deref().map(comma_list),
+        schedule: (c.no_schedule || !c.schedule.is_empty()).then(|| c.schedule.clone()),
+    });
+    let payload = client.request(request.to_payload()).await?;
+    Ok(settings_out(
+        &settings_from_payload(&payload).map_err(protocol)?,
+        json,
+    ))
 }
 
 fn protocol(e: dci_proto::ProtoError) -> ClientError {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dci_proto::{frame, Destination, Envelope, Kind, Limits, Payload, Sender, Target};
+use dci_proto::{frame, Envelope, Kind, Limits, Payload, Sender};
 use tokio::net::UnixStream;
 
 /// Largest reply accepted from the agent.
@@ -89,13 +89,8 @@ impl Client {
             app: "control".into(),
             instance: None,
         };
-        let target = Target {
-            to: Destination::Node("local".into()),
-            app: Some("control".into()),
-            instance: None,
-        };
         let reply = self
-            .exchange_within(&Envelope::request(sender, target, payload), timeout)
+            .exchange_within(&crate::control::request(sender, payload), timeout)
             .await?;
         match reply.kind {
             Kind::Reply => Ok(reply.payload),

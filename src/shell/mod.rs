@@ -121,6 +121,20 @@ pub enum Command {
     },
     /// Restore a blade's archives, sequentially up to one, or only some paths.
     Restore(backup::RestoreCommand),
+    /// A blade's backup settings, as the node acting as it applies them.
+    Settings {
+        /// The blade.
+        blade: String,
+    },
+    /// Change a blade's backup settings on the node acting as it; kept there across restarts.
+    Configure(backup::ConfigureCommand),
+    /// Look for members again now (the agent dials its seeds afresh) and list them.
+    Discover,
+    /// The failure notices this agent received lately (its own too), oldest first.
+    Notices,
+    /// Read a password from standard input and print its argon2 hash, for a
+    /// `[[console.users]]` entry of the config file.
+    HashPassword,
     /// List a directory of the tree: `/blades/B/EXPORT/...` (exported folders) or
     /// `/archives/B/ID|latest/...` (archived trees).
     Ls {
@@ -194,6 +208,7 @@ pub async fn run(
     let text = match command {
         Command::Keygen { file } => package::keygen(file, cli.json)?,
         Command::Package(c) => package::build(c, cli.json)?,
+        Command::HashPassword => hash_password()?,
         _ => match with_agent(cli, command, session).await? {
             Some(text) => text,
             None => return Ok(()),
@@ -259,6 +274,29 @@ async fn with_agent(
         Command::Backup(c) => backup::backup(&mut client, c, cli.json).await?,
         Command::Archives { blade } => backup::archives(&mut client, blade, cli.json).await?,
         Command::Restore(c) => backup::restore(&mut client, c, cli.json).await?,
+        Command::Settings { blade } => backup::settings(&mut client, blade, cli.json).await?,
+        Command::Configure(c) => backup::configure(&mut client, c, cli.json).await?,
+        Command::HashPassword => hash_password()?,
+        Command::Notices => {
+            let payload = client.request(ControlRequest::Notices.to_payload()).await?;
+            let notices = dci_proto::control::notices_from_payload(&payload).map_err(protocol)?;
+            if cli.json {
+                notices_json(&notices)
+            } else {
+                notices_table(&notices, color)
+            }
+        }
+        Command::Discover => {
+            let payload = client
+                .request(ControlRequest::Discover.to_payload())
+                .await?;
+            let members = members_from_payload(&payload).map_err(protocol)?;
+            if cli.json {
+                nodes_json(&members)
+            } else {
+                nodes_table(&members, color, false)
+            }
+        }
         Command::Ls { path } => files::ls(&mut client, session, path.as_deref(), cli.json).await?,
         Command::Cd { path } => {
             return files::cd(&mut client, session, path.as_deref())
@@ -325,6 +363,22 @@ async fn with_agent(
         }
     };
     Ok(Some(text))
+}
+
+/// `dcish hash-password`: the first line of standard input (no echo needed: pipe it, or type
+/// it at a prompt that hides it, e.g. `read -rs`), hashed with argon2id and a random salt.
+fn hash_password() -> Result<String, ShellError> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| msg::usage(format!("cannot read the password from stdin: {e}")))?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err(msg::usage(
+            "give the password on standard input, e.g. read -rs P; printf '%s\\n' \"$P\" | dcish hash-password".into(),
+        ));
+    }
+    crate::console::auth::hash_password(password).map_err(msg::usage)
 }
 
 fn color_enabled() -> bool {
@@ -700,7 +754,47 @@ pub fn seats_table(seats: &[SeatInfo], color: bool) -> String {
     )
 }
 
-fn events_json(events: &[EventInfo]) -> String {
+/// The `notices --json` document.
+pub fn notices_json(notices: &[dci_proto::control::NoticeInfo]) -> String {
+    let rows: Vec<serde_json::Value> = notices
+        .iter()
+        .map(|n| {
+            let f = &n.notice;
+            serde_json::json!({
+                "at_ms": f.at_ms, "level": f.level.as_str(), "part": f.part.as_str(), "id": f.id,
+                "name": f.name, "address": f.address, "detail": f.detail, "from": n.from,
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".into())
+}
+
+fn notices_table(notices: &[dci_proto::control::NoticeInfo], color: bool) -> String {
+    let rows: Vec<Vec<String>> = notices
+        .iter()
+        .map(|n| {
+            let f = &n.notice;
+            vec![
+                format_clock(f.at_ms),
+                f.level.as_str().to_owned(),
+                format!("{} {}", f.part.as_str(), f.name.as_deref().unwrap_or(&f.id)),
+                n.from.clone(),
+                f.detail.clone(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["TIME (UTC)", "LEVEL", "PART", "FROM", "DETAIL"],
+        &rows,
+        Some(1),
+        color,
+    );
+    out.push_str(&format!("{} notices", notices.len()));
+    out
+}
+
+/// The `events --json` document.
+pub fn events_json(events: &[EventInfo]) -> String {
     let rows: Vec<serde_json::Value> = events
         .iter()
         .map(|e| serde_json::json!({ "at_ms": e.at_ms, "name": e.name, "id": e.id, "event": e.kind, "detail": e.detail }))
