@@ -9,7 +9,7 @@
 //! minute, nearly all due within a second: a single heap sifted every pop through a dozen levels, a
 //! fifth of the run time. Buckets are narrower than a simulated LAN hop (250 microseconds), so that a
 //! packet sent now lands in a later bucket, not in the heap beside the current one: one sort per
-//! bucket costs a tenth of what a heap pop per item did.
+//! bucket costs less than half of what a heap pop per item did.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
