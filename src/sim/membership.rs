@@ -211,6 +211,9 @@ struct World {
     /// touching the node (a node has one probe timeout pending at a time).
     probes_answered: Vec<Option<u32>>,
     restarts: u32,
+    /// Whether a spread or the number of live nodes changed since [`World::track_p9999`] last
+    /// looked (it used to look after every event, a few percent of the run).
+    spread_changed: bool,
     heal_ms: Option<f64>,
     /// Detection and dissemination times of crashes already over (restarted nodes).
     detect_done: Vec<f64>,
@@ -304,6 +307,7 @@ impl World {
     }
 
     fn observe(&mut self, observer: u32, subject: u32, liveness: Liveness, now: Duration) {
+        self.spread_changed = true;
         match liveness {
             Liveness::Dead => {
                 // The death of an earlier life of a restarted node is a true one.
@@ -406,6 +410,7 @@ impl World {
                 }
                 self.nodes[i] = Some(node);
                 self.live += 1;
+                self.spread_changed = true;
                 self.joins.insert(ev.node, (ev.at, Spread::default()));
                 self.drain(ev.node, ev.at);
                 continue;
@@ -433,6 +438,7 @@ impl World {
             if let Kind::Crash = ev.kind {
                 self.crashed_at[i] = Some(ev.at);
                 self.live -= 1;
+                self.spread_changed = true;
                 if let Some(after) = self.cfg.restart_after {
                     self.push(ev.at + after, ev.node, Kind::Restart);
                 }
@@ -451,21 +457,21 @@ impl World {
                 }
             }
             let now = ev.at;
-            match ev.kind {
-                Kind::Deliver { from, packet } => {
-                    if let Some(node) = self.nodes[i].as_mut() {
-                        node.handle_packet(from, packet, now);
-                    }
+            if let Some(node) = self.nodes[i].as_mut() {
+                // The node writes into the world's buffer, which `drain` reads.
+                node.swap_outputs(&mut self.outputs);
+                match ev.kind {
+                    Kind::Deliver { from, packet } => node.handle_packet(from, packet, now),
+                    Kind::Timer(t) => node.handle_timer(t, now),
+                    Kind::Crash | Kind::Join | Kind::Restart | Kind::Check => {}
                 }
-                Kind::Timer(t) => {
-                    if let Some(node) = self.nodes[i].as_mut() {
-                        node.handle_timer(t, now);
-                    }
-                }
-                Kind::Crash | Kind::Join | Kind::Restart | Kind::Check => {}
+                node.swap_outputs(&mut self.outputs);
             }
             self.drain(ev.node, now);
-            self.track_p9999(now);
+            if self.spread_changed {
+                self.spread_changed = false;
+                self.track_p9999(now);
+            }
         }
         self.summarize(started.elapsed().as_secs_f64())
     }
@@ -511,6 +517,7 @@ impl World {
         self.nodes[i] = Some(node);
         self.crashed_at[i] = None;
         self.live += 1;
+        self.spread_changed = true;
         self.restarts += 1;
         self.drain(id, now);
     }
@@ -655,6 +662,7 @@ pub fn run(cfg: SimConfig) -> Summary {
         incarnation: Vec::new(),
         probes_answered: Vec::new(),
         restarts: 0,
+        spread_changed: false,
         heal_ms: None,
         detect_done: Vec::new(),
         spread_done: Vec::new(),
