@@ -61,6 +61,37 @@ impair_off() {
   true
 }
 
+# Whether container $1 lists every member alive and, with $2 = seated, seats each blade on its own
+# node (one docker exec: under load, one per member is too slow).
+camp_whole() {
+  printf 'nodes\nseats\n' | timeout 20 docker exec -i "$1" dcish --json 2>/dev/null | python3 -c '
+import json, sys
+text, dec, docs, i = sys.stdin.read(), json.JSONDecoder(), [], 0
+while i < len(text):
+    if text[i].isspace(): i += 1; continue
+    d, i = dec.raw_decode(text, i); docs.append(d)
+nodes, seats = docs
+alive = {m["name"] for m in nodes if m["state"] == "alive"}
+ok = alive >= set(sys.argv[2].split())
+if sys.argv[1] == "seated":
+    ok = ok and all(any(s["blade"] == b and s["holder_name"] == b and s["state"] == "held" for s in seats)
+                    for b in sys.argv[3].split())
+sys.exit(0 if ok else 1)' "${2:-}" "${camp_names[*]}" "${camp_blades[*]}"
+}
+
+# Waits up to $1 seconds until every container that is up passes camp_whole $2.
+camp_wait_whole() {
+  local deadline=$((SECONDS+$1)) c ok
+  while [ $SECONDS -lt $deadline ]; do
+    ok=1
+    for c in $(camp_all); do camp_whole "$c" "${2:-}" || { ok=0; break; }; done
+    [ $ok -eq 1 ] && return 0
+    sleep 1
+  done
+  for c in $(camp_all); do echo "--- $c"; docker exec "$c" dcish nodes; docker exec "$c" dcish seats; done
+  return 1
+}
+
 # Starts the mesh with config $1 (a file beside campaign.yml) and waits until every container lists
 # every member alive and seats each blade on its own node.
 camp_up() {
@@ -68,20 +99,7 @@ camp_up() {
   [ -s scripts/compose/cluster.key ] ||
     docker run --rm -v "$PWD/scripts/compose:/out" "${DCI_IMAGE:-dci:latest}" keygen /out/cluster.key >/dev/null || return 1
   DCI_CAMPAIGN_CONFIG=$1 camp_compose up -d --force-recreate >/dev/null 2>&1 || { echo "the campaign mesh did not start"; return 1; }
-  local cs; mapfile -t cs < <(camp_all)
-  all_alive 90 "${cs[@]}" -- "${camp_names[@]}" || return 1
-  local deadline=$((SECONDS+30)) c b ok
-  while [ $SECONDS -lt $deadline ]; do
-    ok=1
-    for c in "${cs[@]}"; do
-      for b in "${camp_blades[@]}"; do [ "$(seat_of "$c" $b)" = "$b held" ] || { ok=0; break; }; done
-      [ $ok -eq 1 ] || break
-    done
-    [ $ok -eq 1 ] && return 0
-    sleep 0.5
-  done
-  for c in "${cs[@]}"; do echo "--- $c"; docker exec "$c" dcish seats; done
-  return 1
+  camp_wait_whole 240 seated
 }
 
 # Saves every container's log (a container removed later keeps its log here) and removes the

@@ -41,6 +41,7 @@ print(next((m["id"] for m in json.load(sys.stdin) if m["name"] == sys.argv[1] an
 wiped=""
 a_wiped_holder_rejoins_and_the_factor_is_restored() {
   local b round held old new start deadline ok c step=0
+  rm -f "$RUN/stop"; sample_loop & load_pids=($!)
   for round in 1 2; do
     for b in "${camp_blades[@]}"; do
       step=$((step+1))
@@ -57,8 +58,7 @@ import json, sys; print(json.load(sys.stdin)[-1]["holders"][0])')
   echo "wiping $wiped ($old), a holder of: $(echo $held)"
   camp_wipe "$wiped" || return 1
   start=$SECONDS
-  local cs; mapfile -t cs < <(camp_all)
-  all_alive 90 "${cs[@]}" -- "${camp_names[@]}" || return 1
+  camp_wait_whole 180 || return 1
   new=$(id_of "$(camp_c "$wiped")" "$wiped")
   echo "$wiped is back after $((SECONDS-start))s as $new ($(role_of "$(camp_c spare-1)" "$wiped") in spare-1's table)"
   [ -n "$new" ] && [ "$new" != "$old" ] || { echo "expected a new identity"; return 1; }
@@ -81,14 +81,15 @@ import json, sys; print(json.load(sys.stdin)[-1]["holders"][0])')
     [ "$(seat_of "$(camp_c spare-1)" "$b")" = "$b held" ] && workload_backup $step "$b"
   done
   # The rejoined node holds blocks again when placement picks its new id.
-  docker exec "$(camp_c "$wiped")" dcish status | grep -i 'held\|received' | head -3
-  true
+  docker exec "$(camp_c "$wiped")" dcish status | grep -o 'backup-received-blocks [0-9]*'
+  camp_stop_load
 }
 
 P=dciwipe RUN=$(mktemp -d /tmp/dciwipe.XXXXXX)
-trap 'camp_down; exit 130' INT TERM
+trap 'camp_stop_load; camp_down; exit 130' INT TERM
 if camp_up lan.toml; then
   check "wipe: a holder's data volume wiped while down; it rejoins and the factor is restored" a_wiped_holder_rejoins_and_the_factor_is_restored
+  camp_stop_load
   check "wipe: the checker restores every acknowledged archive byte for byte" camp_check 2
 else
   echo "compose: the wipe mesh did not start"; failed=$((failed+1))
