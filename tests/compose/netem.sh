@@ -39,6 +39,9 @@ loss_and_delay_cause_no_failover() {
   local before after t0 dead notices failed_backups b ok_blades=0
   before=$(seats_everywhere)
   [ "$(echo "$before" | wc -l)" -eq 24 ] || { echo "$before"; return 1; }
+  # Every blade's root has data before the fault, whichever blades the workload picks during it.
+  for b in "${camp_blades[@]}"; do ok_blades=$((ok_blades+1)); workload_backup $((1000+ok_blades)) "$b"; done
+  ok_blades=0
   camp_start_load 5
   sleep 10
   t0=$(now_ms)
