@@ -1705,7 +1705,14 @@ fn start_replication(
     let catalog = SledCatalog::open(db).map_err(store_err)?;
     let (link, ch) = channels();
     let mut backup = config.backup.clone();
-    backup.restore_into.push(data_dir.path().join("restores"));
+    // Made now: a restore forwarded from another node may write under it, and an allowed
+    // directory must exist to be resolved (symlinks and all) before anything is written.
+    let restores = data_dir.path().join("restores");
+    std::fs::create_dir_all(&restores).map_err(|e| StartError::Database {
+        path: restores.clone(),
+        reason: one_line(&e.to_string()),
+    })?;
+    backup.restore_into.push(restores);
     let service = Service::new(
         std::sync::Arc::new(store),
         std::sync::Arc::new(catalog),

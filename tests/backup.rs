@@ -268,6 +268,18 @@ fn a_blade_backed_up_twice_is_restored_exactly_on_another_node_after_its_data_di
         .unwrap();
     fs::remove_dir_all(expected_2.join("cache")).unwrap();
     assert_same_tree(&expected_2, &full);
+    // Into `<data-dir>/restores` of a node with no `restore_into` of its own: allowed from the
+    // start (the compose campaign's checker found it refused until something made the directory).
+    let into = b2.data_dir.join("restores/from-b3");
+    ok(b3.dcish(&[
+        "restore",
+        "b1",
+        "--on",
+        "b2",
+        "--to",
+        into.to_str().unwrap(),
+    ]));
+    assert_same_tree(&expected_2, &into);
 
     // Sequentially up to archive 1 only: the first versions, nothing of archive 2.
     let first = tmp.path().join("restored-1");
