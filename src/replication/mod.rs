@@ -71,6 +71,9 @@ pub enum Operator {
     Backup(BackupRequest),
     /// `dcish deploy`, `undeploy`, `packages`.
     Package(dci_proto::package::PackageRequest),
+    /// Not an operator's: this node won the blade from another node; adopt its archives and
+    /// restore it (`to`, or the backup root).
+    TakeOver(dci_proto::backup::RestoreArgs),
 }
 
 /// An operator's command from the control socket, and where its answer goes.
@@ -93,6 +96,14 @@ impl SeatEpochs {
     pub fn get(&self, blade: &str) -> Option<(PeerId, u64)> {
         let t = self.0.read().unwrap_or_else(|e| e.into_inner());
         t.get(blade).copied()
+    }
+
+    /// The blade `node` holds, if any (a node holds at most one).
+    pub fn held_by(&self, node: PeerId) -> Option<String> {
+        let t = self.0.read().unwrap_or_else(|e| e.into_inner());
+        t.iter()
+            .find(|(_, (holder, _))| *holder == node)
+            .map(|(blade, _)| blade.clone())
     }
 }
 
