@@ -565,8 +565,9 @@ impl Agent {
                 }
                 Effect::Changed => {
                     let seats = self.failover.seats().iter();
+                    let acting = self.failover.acting().map(|(b, _)| b.clone());
                     self.replication
-                        .set_seats(seats.map(|(b, s)| (b.clone(), (s.holder, s.epoch))));
+                        .set_seats(seats.map(|(b, s)| (b.clone(), (s.holder, s.epoch))), acting);
                     self.publish_seat();
                     self.sync_blade_peerlets();
                 }

@@ -374,17 +374,16 @@ impl Service {
         }
     }
 
-    /// The blade whose data set this node backs up now: the one it holds in the seat table (a
-    /// node that took a blade over archives it under that blade's name, so that the blade's
-    /// chain of archives goes on and its holders are chosen for it), else its own name, unless
-    /// another node holds that (what is here is then a stale copy).
+    /// The blade whose data set this node backs up now: the one it acts as (a node that took a
+    /// blade over archives it under that blade's name, so that the blade's chain of archives
+    /// goes on and its holders are chosen for it), else, before its own blade has a seat, its
+    /// own name. A node whose blade is held elsewhere has a stale copy, and one whose lease
+    /// lapsed (cut off from a majority) may have been replaced: neither makes archives.
     pub(crate) fn blade(&self) -> Option<String> {
-        if let Some(blade) = self.seats.held_by(self.me) {
-            return Some(blade);
-        }
-        match self.seats.get(&self.name) {
-            Some((holder, _)) if holder != self.me => None,
-            _ => Some(self.name.clone()),
+        match (self.seats.acting(), self.seats.get(&self.name)) {
+            (Some(blade), _) => Some(blade),
+            (None, Some(_)) => None,
+            (None, None) => Some(self.name.clone()),
         }
     }
 
@@ -1089,16 +1088,24 @@ impl Service {
         Ok(adopted)
     }
 
-    /// Why a node whose blade another node holds makes no archive.
+    /// Why a node that acts as no blade makes no archive.
     fn not_holder(&self) -> Failure {
-        let epoch = self.seats.get(&self.name).map_or(0, |(_, e)| e);
-        fail(
-            "not-holder",
-            format!(
-                "{} is held by another node since epoch {epoch}: this node makes no archive of it",
-                self.name
+        match self.seats.get(&self.name) {
+            Some((holder, epoch)) if holder != self.me => fail(
+                "not-holder",
+                format!(
+                    "{} is held by another node since epoch {epoch}: this node makes no archive of it",
+                    self.name
+                ),
             ),
-        )
+            Some(_) | None => fail(
+                "not-acting",
+                format!(
+                    "{} is not renewed by a majority now (cut off?): this node makes no archive until it is",
+                    self.name
+                ),
+            ),
+        }
     }
 
     /// An operator's command. `forward` is false for a command another agent forwarded, so that
