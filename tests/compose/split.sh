@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # Sourced by scripts/compose-test (after tests/compose/lib.sh), or run alone: the 3 | 2 split.
 #
 # Four active blades and one spare (tests/compose/split.yml) are cut 3 | 2 with iptables in each
