@@ -136,7 +136,15 @@ pub struct Agent {
     no_spare_alerted: HashSet<(String, u64)>,
     /// When to look for down blades with no spare next.
     next_no_spare_check: Duration,
+    /// The blade whose own peerlets (from its data set's [`BLADE_PEERLETS`]) are registered
+    /// here, and their app types.
+    blade_peerlets: Option<(String, Vec<String>)>,
 }
+
+/// Where a blade's data set carries the external peerlets that belong to the blade: the node
+/// acting as the blade registers them, so they follow the blade through a takeover or a move
+/// (restored with its files) and stop on a node that no longer acts as it.
+pub const BLADE_PEERLETS: &str = ".dci/peerlets";
 
 /// How long a blade's holder must have been gone, with no spare to take it, before the alert:
 /// long enough for a spare that is only slow to claim it first.
@@ -329,6 +337,7 @@ impl Agent {
         let mut agent = Agent {
             no_spare_alerted: HashSet::new(),
             next_no_spare_check: Duration::ZERO,
+            blade_peerlets: None,
             handovers,
             handover_tx,
             failover,
@@ -592,9 +601,11 @@ impl Agent {
                 }
                 Effect::Changed => {
                     let seats = self.failover.seats().iter();
+                    let acting = self.failover.acting().map(|(b, _)| b.clone());
                     self.replication
-                        .set_seats(seats.map(|(b, s)| (b.clone(), (s.holder, s.epoch))));
+                        .set_seats(seats.map(|(b, s)| (b.clone(), (s.holder, s.epoch))), acting);
                     self.publish_seat();
+                    self.sync_blade_peerlets();
                 }
             }
         }
@@ -715,7 +726,7 @@ impl Agent {
     }
 
     /// Hands `blade`, held here, over to `to`: first the `[moves] pre_command`, if any, then, when
-    /// it is this node's own data set, a last backup pushed to the holders, so that the successor
+    /// the blade's data set is here, a last backup pushed to the holders, so that the successor
     /// restores what is here now. The hand-over goes on if either fails: the operator declared
     /// this node failed, or asked for the move.
     fn hand_over(&mut self, blade: String, to: PeerId) {
@@ -730,7 +741,9 @@ impl Agent {
             return;
         };
         let hooks = self.config.moves.clone();
-        let backup = blade == self.config.name && self.config.backup.root.is_some();
+        // The blade's archives go on under its name wherever it is held, so its holder (its own
+        // node, or one that took it over) pushes a last one.
+        let backup = self.blade_root(&blade).is_some();
         if hooks.pre.is_empty() && !backup {
             return self.release(blade, to);
         }
@@ -779,33 +792,23 @@ impl Agent {
         self.apply_effects(effects);
     }
 
-    /// This node won `blade` from another node: restore the blade's latest archive from its
-    /// holders into this node's backup root (the same path as `dcish restore`).
+    /// This node won `blade` from another node: the backup service adopts the blade's archives
+    /// and restores the latest from its holders into this node's backup root (or
+    /// `<data-dir>/blades/BLADE` without one), the same path as `dcish restore`.
     fn take_over(&mut self, blade: String, epoch: u64) {
         tracing::warn!(%blade, epoch, "taking the blade over: restoring its data from its holders");
         self.counters.takeovers += 1;
         self.restoring = Some((blade.clone(), epoch));
-        let to = match &self.config.backup.root {
-            Some(_) => None,
-            None => Some(
-                self.data_dir
-                    .path()
-                    .join("blades")
-                    .join(&blade)
-                    .display()
-                    .to_string(),
-            ),
-        };
-        let request = dci_proto::backup::BackupRequest::Restore(dci_proto::backup::RestoreArgs {
+        let args = dci_proto::backup::RestoreArgs {
             blade: blade.clone(),
             archive: None,
             paths: Vec::new(),
-            to,
+            to: None,
             on: None,
-        });
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.replication
-            .control((crate::replication::Operator::Backup(request), tx));
+            .control((crate::replication::Operator::TakeOver(args), tx));
         let done = self.takeover_tx.clone();
         tokio::spawn(async move {
             let answer = rx
@@ -815,11 +818,76 @@ impl Agent {
         });
     }
 
-    /// A takeover's restore finished: say what happened to every member.
+    /// Where `blade`'s data set lives on this node, if it has one: the backup root, or for a
+    /// blade taken over without one, `<data-dir>/blades/BLADE` (where the takeover restored it).
+    fn blade_root(&self, blade: &str) -> Option<std::path::PathBuf> {
+        match &self.config.backup.root {
+            Some(root) => Some(root.clone()),
+            None if blade != self.config.name => {
+                Some(self.data_dir.path().join("blades").join(blade))
+            }
+            None => None,
+        }
+    }
+
+    /// Registers the peerlets of the blade this node acts as (once its data is restored) and
+    /// unregisters those of a blade it no longer acts as.
+    fn sync_blade_peerlets(&mut self) {
+        let acting = self
+            .failover
+            .acting()
+            .map(|(b, _)| b.clone())
+            .filter(|b| self.restoring.as_ref().is_none_or(|(r, _)| r != b));
+        if acting.as_ref() == self.blade_peerlets.as_ref().map(|(b, _)| b) {
+            return;
+        }
+        let old = self
+            .blade_peerlets
+            .take()
+            .map(|(_, apps)| apps)
+            .unwrap_or_default();
+        let mut found = Vec::new();
+        if let Some(blade) = &acting {
+            let dir = self.blade_root(blade).map(|r| r.join(BLADE_PEERLETS));
+            if let Some(dir) = dir.filter(|d| d.is_dir()) {
+                let (manifests, bad) = crate::peerlet_host::external::Manifest::scan(&dir);
+                for e in bad {
+                    tracing::warn!(%blade, "{e}; that peerlet of the blade is not available");
+                }
+                found = manifests;
+            }
+            let apps: Vec<String> = found.iter().map(|m| m.app.clone()).collect();
+            self.blade_peerlets = Some((blade.clone(), apps));
+        }
+        let messenger = self.messenger.clone();
+        let blade = acting.unwrap_or_default();
+        tokio::spawn(async move {
+            use crate::router::PeerletChange;
+            for app in old {
+                let _ = messenger
+                    .peerlets(PeerletChange::Unregister(app.clone()))
+                    .await;
+                tracing::info!(%app, "the blade's peerlet unregistered: this node no longer acts as its blade");
+            }
+            for m in found {
+                let app = m.app.clone();
+                match messenger.peerlets(PeerletChange::Register(m)).await {
+                    Ok(_) => tracing::info!(%blade, %app, "the blade's peerlet registered"),
+                    Err(e) => {
+                        tracing::warn!(%blade, %app, "the blade's peerlet not registered: {e}")
+                    }
+                }
+            }
+        });
+    }
+
+    /// A takeover's restore finished: start the blade's peerlets, and say what happened to
+    /// every member.
     fn on_takeover_done(&mut self, (blade, epoch, answer): Takeover) {
         if self.restoring.as_ref() == Some(&(blade.clone(), epoch)) {
             self.restoring = None;
         }
+        self.sync_blade_peerlets();
         let me = format!("{} ({})", self.config.name, self.local_id);
         let detail = match &answer {
             Ok(p) => match dci_proto::backup::restored_from_payload(p) {
@@ -1713,6 +1781,7 @@ fn start_replication(
         reason: one_line(&e.to_string()),
     })?;
     backup.restore_into.push(restores);
+    backup.takeover_dir = Some(data_dir.path().join("blades"));
     let service = Service::new(
         std::sync::Arc::new(store),
         std::sync::Arc::new(catalog),

@@ -85,6 +85,39 @@ fn same_tree(a: &Path, b: &Path) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// The answers to `dcish send blade:BLADE --app shout` asked on `from`: (node id, stdout).
+fn shout(from: &Node, blade: &str) -> Vec<(String, String)> {
+    let out = from.dcish(&[
+        "--json",
+        "send",
+        &format!("blade:{blade}"),
+        "--app",
+        "shout",
+        r#"<args xmlns="urn:dci:wrap:1"/>"#,
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v["answers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|a| {
+                    let node = a["node"].as_str()?.to_string();
+                    Some((node, a["payload"].as_str().unwrap_or_default().to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `dcish --json archives BLADE` on `node`; empty if it failed.
+fn archives(node: &Node, blade: &str) -> Vec<Value> {
+    let out = node.dcish(&["--json", "archives", blade]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
 fn role_of(seen_by: &Node, name: &str) -> Option<String> {
     seen_by
         .members()?
@@ -93,17 +126,37 @@ fn role_of(seen_by: &Node, name: &str) -> Option<String> {
         .and_then(|m| m["role"].as_str().map(String::from))
 }
 
+/// Also: the blade's own peerlet (carried in its data set) answers to its name on its node, then
+/// on the spare that took it over, and never on the old node come back; and the new holder's
+/// backups continue the blade's chain of archives, on as many live holders as the factor asks
+/// (the dead node replaced), restorable with what was written after the takeover.
 #[test]
 fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_back_a_spare() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("b1-data");
     make_tree(&root);
+    // The blade's peerlet, which travels with its data set.
+    let peerlet = root.join(".dci/peerlets/shout");
+    fs::create_dir_all(&peerlet).unwrap();
+    fs::write(
+        peerlet.join("peerlet.toml"),
+        "app = \"shout\"\nmode = \"wrap\"\ncommand = [\"echo\", \"blade-b1-speaking\"]\n",
+    )
+    .unwrap();
     let spare_root = tmp.path().join("spare-data");
+    // A dead node is replaced as a holder 2 s after its death.
+    let cfg = tmp.path().join("backup.toml");
+    fs::write(
+        &cfg,
+        "[backup]\nrepair_grace = \"2s\"\nsync_interval = \"500ms\"\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let b1_args = ["--backup-root", root.to_str().unwrap()];
+    let b1_args = ["--backup-root", root.to_str().unwrap(), "--config", cfg];
     let b1 = Node::start(tmp.path(), "b1", ports[0], &[], &b1_args);
-    let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &[]);
-    let b3 = Node::start(tmp.path(), "b3", ports[2], &[ports[0]], &[]);
+    let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &["--config", cfg]);
+    let b3 = Node::start(tmp.path(), "b3", ports[2], &[ports[0]], &["--config", cfg]);
     let spare = Node::start(
         tmp.path(),
         "spare",
@@ -114,6 +167,8 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
             "spare",
             "--backup-root",
             spare_root.to_str().unwrap(),
+            "--config",
+            cfg,
         ],
     );
     let (b1_id, b2_id, b3_id, spare_id) = (b1.id(), b2.id(), b3.id(), spare.id());
@@ -140,6 +195,16 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
 
     let out = ok(b1.dcish(&["backup", "now"]));
     assert!(out.contains("complete"), "{out}");
+    let first = archives(&b2, "b1");
+    assert_eq!(first.len(), 1, "{first:?}");
+    let first_id = first[0]["id"].as_u64().unwrap();
+    // The blade's peerlet answers on its node.
+    let spoke = wait_until(Duration::from_secs(30), || {
+        shout(&b2, "b1")
+            .iter()
+            .any(|(n, p)| *n == b1_id && p.contains("blade-b1-speaking"))
+    });
+    assert!(spoke.is_some(), "{:?}\n{}", shout(&b2, "b1"), b1.log_text());
 
     // The owner dies: the spare wins the blade at a higher epoch, on every live node.
     b1.signal(libc::SIGKILL);
@@ -201,6 +266,64 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
     let status: Value = serde_json::from_str(&ok(spare.dcish(&["--json", "status"]))).unwrap();
     assert_eq!(status["counters"]["failover-takeovers"], 1, "{status}");
     assert_eq!(status["counters"]["failover-restoring"], 0, "{status}");
+    // The blade's peerlet came with its data, and answers to its name on the spare.
+    let spoke = wait_until(Duration::from_secs(30), || {
+        let answers = shout(&b3, "b1");
+        answers.len() == 1 && answers[0].0 == spare_id && answers[0].1.contains("blade-b1-speaking")
+    });
+    assert!(
+        spoke.is_some(),
+        "{:?}\n{}",
+        shout(&b3, "b1"),
+        spare.log_text()
+    );
+
+    // The new holder backs the blade up under its name: the chain goes on, and the archive
+    // reaches the factor (2) on live holders, b2 and b3, the dead b1 replaced.
+    fs::write(
+        spare_root.join("docs/after.md"),
+        b"written on the new holder\n",
+    )
+    .unwrap();
+    let out = spare.dcish(&["backup", "now"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("not-holder"), "{text}");
+    let replicated = wait_until(Duration::from_secs(60), || {
+        let all = archives(&b2, "b1");
+        let Some(latest) = all.last() else {
+            return false;
+        };
+        let mut holders: Vec<&str> = latest["holders"]
+            .as_array()
+            .map(|h| h.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        holders.sort();
+        latest["id"].as_u64() > Some(first_id)
+            && latest["kind"] == "delta"
+            && latest["complete"] == true
+            && holders == ["b2", "b3"]
+    });
+    assert!(
+        replicated.is_some(),
+        "{text}\n{:?}\n{}",
+        archives(&b2, "b1"),
+        spare.log_text()
+    );
+    assert!(
+        archives(&b3, "b1")
+            .iter()
+            .all(|a| a["id"].as_u64() >= Some(first_id)),
+        "one chain, no second one started at 1"
+    );
+    // Restorable from the holders, with the file written after the takeover.
+    let again = b3.data_dir.join("restores/b1");
+    ok(b3.dcish(&["restore", "b1", "--to", again.to_str().unwrap()]));
+    assert!(same_tree(&spare_root, &again), "{}", b3.log_text());
+    assert_eq!(
+        fs::read(again.join("docs/after.md")).unwrap(),
+        b"written on the new holder\n"
+    );
 
     // Only a member that is gone may be forgotten; then it no longer counts in quorums.
     let out = b2.dcish(&["forget", "b3"]);
@@ -233,8 +356,27 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
         let held = wait_until(Duration::from_secs(30), || held_by(n, "b1", &spare_id, 2));
         assert!(held.is_some(), "{}: {:?}", n.name, seat(n, "b1"));
     }
-    // Even asked on the old node itself, the blade is served by the spare.
+    // Even asked on the old node itself, the blade is served by the spare, and so is its
+    // peerlet: the old node does not start it.
     assert_answered_only_by(&b1, "b1", &spare_id);
+    let answers = shout(&b1, "b1");
+    assert!(
+        answers.len() == 1 && answers[0].0 == spare_id,
+        "{answers:?}"
+    );
+    let out = b2.dcish(&[
+        "--json",
+        "send",
+        &format!("node:{b1_id}"),
+        "--app",
+        "shout",
+        r#"<args xmlns="urn:dci:wrap:1"/>"#,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("unknown-app") && !text.contains("blade-b1-speaking"),
+        "{text}"
+    );
 }
 
 /// An operator declares a live blade failed: its node makes a last backup, hands the blade to the

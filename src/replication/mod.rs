@@ -71,28 +71,44 @@ pub enum Operator {
     Backup(BackupRequest),
     /// `dcish deploy`, `undeploy`, `packages`.
     Package(dci_proto::package::PackageRequest),
+    /// Not an operator's: this node won the blade from another node; adopt its archives and
+    /// restore it (`to`, or the backup root).
+    TakeOver(dci_proto::backup::RestoreArgs),
 }
 
 /// An operator's command from the control socket, and where its answer goes.
 pub type ControlCall = (Operator, oneshot::Sender<Result<Payload, (String, String)>>);
 
-/// Each seated blade's holder and epoch, as the election last said. An owner stamps its pushes
-/// with its own blade's epoch, and a holder refuses an owner's push stamped below the seat's: a
-/// replaced owner (paused, partitioned, restarted) writes nothing more as that blade.
+/// Each seated blade's holder and epoch, as the election last said, and the blade this node acts
+/// as now (it holds the seat and a lease renewed by a majority). An owner stamps its pushes with
+/// its blade's epoch, and a holder refuses an owner's push stamped below the seat's: a replaced
+/// owner (paused, partitioned, restarted) writes nothing more as that blade.
 #[derive(Debug, Default)]
-pub struct SeatEpochs(std::sync::RwLock<HashMap<String, (PeerId, u64)>>);
+pub struct SeatEpochs(std::sync::RwLock<(HashMap<String, (PeerId, u64)>, Option<String>)>);
 
 impl SeatEpochs {
     /// Replaces the table.
     pub fn set(&self, seats: impl IntoIterator<Item = (String, (PeerId, u64))>) {
         let mut t = self.0.write().unwrap_or_else(|e| e.into_inner());
-        *t = seats.into_iter().collect();
+        t.0 = seats.into_iter().collect();
+    }
+
+    /// Says which blade this node acts as now.
+    pub fn set_acting(&self, blade: Option<String>) {
+        let mut t = self.0.write().unwrap_or_else(|e| e.into_inner());
+        t.1 = blade;
     }
 
     /// The holder and epoch of `blade`, if it has a seat.
     pub fn get(&self, blade: &str) -> Option<(PeerId, u64)> {
         let t = self.0.read().unwrap_or_else(|e| e.into_inner());
-        t.get(blade).copied()
+        t.0.get(blade).copied()
+    }
+
+    /// The blade this node acts as now, if any.
+    pub fn acting(&self) -> Option<String> {
+        let t = self.0.read().unwrap_or_else(|e| e.into_inner());
+        t.1.clone()
     }
 }
 
@@ -170,8 +186,13 @@ impl Link {
     }
 
     /// The seat table changed: the service stamps and checks pushes with it from now on.
-    pub fn set_seats(&self, seats: impl IntoIterator<Item = (String, (PeerId, u64))>) {
+    pub fn set_seats(
+        &self,
+        seats: impl IntoIterator<Item = (String, (PeerId, u64))>,
+        acting: Option<String>,
+    ) {
         self.seats.set(seats);
+        self.seats.set_acting(acting);
     }
 
     /// The next command from the service (for the event loop's `select!`).

@@ -94,6 +94,9 @@ pub struct Service {
     sync_lock: Mutex<()>,
     /// A sync was asked for while one ran: the running one goes round again.
     resync: std::sync::atomic::AtomicBool,
+    /// Blades taken over here whose restore failed: no archive is made of them until an
+    /// operator's restore succeeds.
+    unrestored: std::sync::Mutex<HashSet<String>>,
     /// When each member was last seen to die or leave, for the repair grace.
     gone_since: std::sync::Mutex<HashMap<PeerId, Instant>>,
     started: Instant,
@@ -141,6 +144,7 @@ impl Service {
             sync_lock: Mutex::new(()),
             resync: std::sync::atomic::AtomicBool::new(false),
             gone_since: std::sync::Mutex::new(HashMap::new()),
+            unrestored: std::sync::Mutex::new(HashSet::new()),
             started: Instant::now(),
             stats,
             seats,
@@ -315,6 +319,7 @@ impl Service {
                         let answer = match request {
                             super::Operator::Backup(r) => me.control(r, true).await,
                             super::Operator::Package(r) => crate::package::deploy::control(&me, r).await,
+                            super::Operator::TakeOver(args) => me.take_over(args).await,
                         };
                         let _ = reply.send(answer);
                     });
@@ -462,12 +467,48 @@ impl Service {
         }
     }
 
-    /// The epoch this node's pushes carry: its own blade's seat epoch while it holds that seat,
-    /// else 0 (a node whose blade went elsewhere pushes nothing a holder of it accepts).
+    /// The epoch this node's pushes carry: its blade's seat epoch while it holds that seat, else
+    /// 0 (a node whose blade went elsewhere pushes nothing a holder of it accepts).
     fn own_epoch(&self) -> u64 {
-        match self.seats.get(&self.name) {
+        match self.blade().and_then(|b| self.seats.get(&b)) {
             Some((holder, epoch)) if holder == self.me => epoch,
             _ => 0,
+        }
+    }
+
+    /// The blade whose data set this node backs up now: the one it acts as (a node that took a
+    /// blade over archives it under that blade's name, so that the blade's chain of archives
+    /// goes on and its holders are chosen for it), else, before its own blade has a seat, its
+    /// own name. A node whose blade is held elsewhere has a stale copy, and one whose lease
+    /// lapsed (cut off from a majority) may have been replaced: neither makes archives.
+    pub(crate) fn blade(&self) -> Option<String> {
+        match (self.seats.acting(), self.seats.get(&self.name)) {
+            (Some(blade), _) => Some(blade),
+            (None, Some(_)) => None,
+            (None, None) => Some(self.name.clone()),
+        }
+    }
+
+    /// Where `blade`'s data set lives on this node: the backup root, or, for a blade taken over
+    /// by a node without one, its directory under the takeover directory.
+    fn root_of(&self, blade: &str) -> Option<PathBuf> {
+        let cfg = self.cfg();
+        match (&cfg.root, &cfg.takeover_dir) {
+            (Some(root), _) => Some(root.clone()),
+            (None, Some(dir)) if blade != self.name => Some(dir.join(blade)),
+            (None, _) => None,
+        }
+    }
+
+    /// The member that acts as `blade`: its seat's holder, or before any seat, the node of that
+    /// name.
+    fn node_of<'a>(&self, members: &'a [MemberInfo], blade: &str) -> Option<&'a MemberInfo> {
+        match self.seats.get(blade) {
+            Some((holder, _)) => {
+                let id = holder.to_string();
+                members.iter().find(|m| m.id == id)
+            }
+            None => members.iter().find(|m| m.name == blade),
         }
     }
 
@@ -487,12 +528,13 @@ impl Service {
         }
     }
 
-    /// The holders for this blade, and which of them can be reached now. A member dead or gone
-    /// for less than the repair grace still counts as a holder (it may come back), so its data
-    /// is not moved for a blip; past the grace the next node in placement order replaces it.
-    fn holders(&self, members: &[MemberInfo]) -> (Vec<String>, HashSet<String>) {
+    /// The holders for `blade`, held here, and which of them can be reached now. A member dead
+    /// or gone for less than the repair grace still counts as a holder (it may come back), so
+    /// its data is not moved for a blip; past the grace the next node in placement order
+    /// replaces it.
+    fn holders(&self, blade: &str, members: &[MemberInfo]) -> (Vec<String>, HashSet<String>) {
         let me = self.me.to_string();
-        self.holders_for(&self.name, &me, &self.zone, &self.placement(), members)
+        self.holders_for(blade, &me, &self.zone, &self.placement(), members)
     }
 
     /// [`Service::holders`] for any blade, owned by `owner_id`.
@@ -532,11 +574,12 @@ impl Service {
         (holders, reachable)
     }
 
-    /// With `grace`, whether the member named `blade` has been dead or gone for longer than the
-    /// repair grace, or is unknown (the deputy's question). Without, whether it is known and not
-    /// up (the entitlement question: a name nobody knows entitles no one).
+    /// With `grace`, whether the node acting as `blade` (its seat's holder, or the member of
+    /// that name) has been dead or gone for longer than the repair grace, or is unknown (the
+    /// deputy's question). Without, whether it is known and not up (the entitlement question: a
+    /// name nobody knows entitles no one).
     fn owner_gone(&self, members: &[MemberInfo], blade: &str, grace: bool) -> bool {
-        let Some(m) = members.iter().find(|m| m.name == blade) else {
+        let Some(m) = self.node_of(members, blade) else {
             return grace;
         };
         if matches!(m.state.as_str(), "alive" | "suspect" | "unreachable-link") {
@@ -558,9 +601,10 @@ impl Service {
         let Ok(all) = self.catalog.all() else {
             return;
         };
+        let own = self.blade();
         let blades: std::collections::BTreeSet<String> = all
             .iter()
-            .filter(|r| r.blade != self.name)
+            .filter(|r| Some(&r.blade) != own.as_ref())
             .map(|r| r.blade.clone())
             .collect();
         if blades.is_empty() {
@@ -575,9 +619,8 @@ impl Service {
             let records: Vec<ArchiveRecord> =
                 all.iter().filter(|r| r.blade == blade).cloned().collect();
             let factor = records.iter().map(|r| r.factor).max().unwrap_or(0) as usize;
-            let owner_id = members
-                .iter()
-                .find(|m| m.name == blade)
+            let owner_id = self
+                .node_of(&members, &blade)
                 .map(|m| m.id.clone())
                 .unwrap_or_default();
             let placement = Placement {
@@ -626,20 +669,20 @@ impl Service {
     /// One peersync round for this blade: age, place, and bring every reachable holder up to date.
     async fn sync_round(&self) {
         self.deputy_round().await;
-        if self.cfg().root.is_none() {
+        let Some(blade) = self.blade().filter(|b| self.root_of(b).is_some()) else {
             return;
-        }
-        if let Err(e) = self.age().await {
+        };
+        if let Err(e) = self.age(&blade).await {
             tracing::warn!("aging failed: {e}");
         }
-        let Ok(records) = self.catalog.list(&self.name) else {
+        let Ok(records) = self.catalog.list(&blade) else {
             return;
         };
         if records.is_empty() {
             return;
         }
         let members = self.members().await;
-        let (holders, reachable) = self.holders(&members);
+        let (holders, reachable) = self.holders(&blade, &members);
         for r in &records {
             if r.holders != holders || r.factor != self.cfg().factor as u64 {
                 let mut r = r.clone();
@@ -652,7 +695,7 @@ impl Service {
         let count_incomplete = |me: &Self| {
             let n = me
                 .catalog
-                .list(&me.name)
+                .list(&blade)
                 .map(|rs| rs.iter().filter(|r| !r.complete()).count())
                 .unwrap_or(0);
             me.stats
@@ -663,7 +706,7 @@ impl Service {
             .iter()
             .filter(|h| reachable.contains(*h))
             .filter_map(|h| h.parse::<PeerId>().ok())
-            .map(|h| self.sync_holder(h, keep.clone()));
+            .map(|h| self.sync_holder(&blade, h, keep.clone()));
         let results = futures::future::join_all(jobs).await;
         for (peer, result) in results {
             let held = match result {
@@ -674,18 +717,24 @@ impl Service {
                 }
             };
             for seq in held {
-                self.mark_acked(seq, &peer.to_string());
+                self.mark_acked(&blade, seq, &peer.to_string());
             }
         }
         count_incomplete(self);
-        self.release_former_holders(&holders, &reachable).await;
+        self.release_former_holders(&blade, &holders, &reachable)
+            .await;
     }
 
     /// Once every archive is complete on the current holders, nodes that held it before (a
     /// placement change, a manual list edited) are told to forget this blade, and their garbage
     /// collection frees the space. Never earlier: until then they are copies that count.
-    async fn release_former_holders(&self, holders: &[String], reachable: &HashSet<String>) {
-        let Ok(records) = self.catalog.list(&self.name) else {
+    async fn release_former_holders(
+        &self,
+        blade: &str,
+        holders: &[String],
+        reachable: &HashSet<String>,
+    ) {
+        let Ok(records) = self.catalog.list(blade) else {
             return;
         };
         if records.is_empty() || !records.iter().all(|r| r.complete()) {
@@ -702,7 +751,7 @@ impl Service {
                 continue;
             };
             let forget = Request::Sync {
-                blade: self.name.clone(),
+                blade: blade.to_string(),
                 keep: Vec::new(),
             };
             match self.call(peer, &forget).await {
@@ -721,8 +770,8 @@ impl Service {
         }
     }
 
-    fn mark_acked(&self, seq: u64, holder: &str) {
-        let Ok(records) = self.catalog.list(&self.name) else {
+    fn mark_acked(&self, blade: &str, seq: u64, holder: &str) {
+        let Ok(records) = self.catalog.list(blade) else {
             return;
         };
         if let Some(r) = records.iter().find(|r| r.seq == seq) {
@@ -737,6 +786,7 @@ impl Service {
     /// Tells one holder which archives exist, and pushes those it lacks, oldest first.
     async fn sync_holder(
         &self,
+        blade: &str,
         holder: PeerId,
         keep: Vec<u64>,
     ) -> (PeerId, Result<Vec<u64>, String>) {
@@ -745,7 +795,7 @@ impl Service {
                 .call(
                     holder,
                     &Request::Sync {
-                        blade: self.name.clone(),
+                        blade: blade.to_string(),
                         keep: keep.clone(),
                     },
                 )
@@ -755,13 +805,13 @@ impl Service {
                 other => return Err(format!("unexpected answer {other:?}")),
             };
             let mut have: Vec<u64> = held.into_iter().filter(|s| keep.contains(s)).collect();
-            let records = self.catalog.list(&self.name).map_err(|e| e.to_string())?;
+            let records = self.catalog.list(blade).map_err(|e| e.to_string())?;
             let lacking: Vec<&ArchiveRecord> =
                 records.iter().filter(|r| !have.contains(&r.seq)).collect();
             for r in lacking {
                 self.push(holder, r).await?;
                 have.push(r.seq);
-                self.mark_acked(r.seq, &holder.to_string());
+                self.mark_acked(blade, r.seq, &holder.to_string());
             }
             Ok(have)
         }
@@ -850,11 +900,11 @@ impl Service {
 
     /// Removes this blade's archives past the aging period, but never one a kept archive needs:
     /// everything from the latest snapshot at or before the oldest kept archive stays.
-    async fn age(&self) -> Result<(), String> {
+    async fn age(&self, blade: &str) -> Result<(), String> {
         let Some(aging) = self.cfg().aging else {
             return Ok(());
         };
-        let records = self.catalog.list(&self.name).map_err(|e| e.to_string())?;
+        let records = self.catalog.list(blade).map_err(|e| e.to_string())?;
         let cutoff = now_ms().saturating_sub(aging.as_millis() as u64);
         let Some(oldest_kept) = records
             .iter()
@@ -908,10 +958,11 @@ impl Service {
                 if n > 0 {
                     tracing::info!(blocks = n, "garbage collection removed unreferenced blocks");
                 }
+                let own = self.blade();
                 let held = self
                     .catalog
                     .all()
-                    .map(|rs| rs.iter().filter(|r| r.blade != self.name).count())
+                    .map(|rs| rs.iter().filter(|r| Some(&r.blade) != own.as_ref()).count())
                     .unwrap_or(0);
                 self.stats
                     .held_archives
@@ -955,6 +1006,7 @@ impl Service {
         if bad == 0 {
             return;
         }
+        let own = self.blade();
         for r in self.catalog.all().unwrap_or_default() {
             let store = self.store.clone();
             let rec = r.clone();
@@ -968,7 +1020,7 @@ impl Service {
             if whole {
                 continue;
             }
-            if r.blade != self.name {
+            if Some(&r.blade) != own.as_ref() {
                 tracing::warn!(blade = %r.blade, archive = r.seq, "held archive damaged; forgotten until its owner pushes it again");
                 let _ = self.catalog.remove(&r.blade, r.seq);
                 continue;
@@ -978,32 +1030,8 @@ impl Service {
                 runtime: tokio::runtime::Handle::current(),
                 peers: r.acked.iter().filter_map(|p| p.parse().ok()).collect(),
             };
-            let compress = self.cfg().compress;
             let seq = r.seq;
-            let repaired = blocking(move || -> Result<(), String> {
-                let store = source.service.store.clone();
-                let refetch = |ids: Vec<BlockId>| -> Result<(), String> {
-                    let missing: Vec<BlockId> = ids
-                        .into_iter()
-                        .filter(|id| !store.touch(id).unwrap_or(false))
-                        .collect();
-                    for batch in missing.chunks(MAX_PUT_BLOCKS) {
-                        let plain = source.fetch(batch)?;
-                        let blocks: Vec<(BlockId, Vec<u8>)> = batch
-                            .iter()
-                            .zip(plain)
-                            .map(|(id, p)| (*id, crate::store::encode(&p, compress)))
-                            .collect();
-                        store.put_many(&blocks).map_err(|e| e.to_string())?;
-                    }
-                    Ok(())
-                };
-                refetch(r.manifest.clone())?;
-                let m = load_manifest(&r, &LocalSource(&*store)).map_err(|e| e.to_string())?;
-                refetch(m.block_ids().copied().collect())
-            })
-            .await
-            .and_then(|x| x);
+            let repaired = blocking(move || source.fill(&r)).await.and_then(|x| x);
             match repaired {
                 Ok(()) => {
                     tracing::info!(archive = seq, "scrub repaired the archive from its holders")
@@ -1015,25 +1043,28 @@ impl Service {
 
     /// Makes an archive now and pushes it; with `wait`, answers once it is complete.
     async fn backup(self: &Arc<Self>, wait: bool) -> Result<ArchiveRecord, Failure> {
-        let Some(root) = self.cfg().root.clone() else {
+        // Once another node holds this node's blade, what is here is a stale copy: an archive
+        // of it would be the blade's latest and restore wrong.
+        let Some(blade) = self.blade() else {
+            return Err(self.not_holder());
+        };
+        if self
+            .unrestored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&blade)
+        {
+            return Err(fail(
+                "not-restored",
+                format!("{blade} was taken over here but its restore failed: restore it (dcish restore {blade}) before backing it up"),
+            ));
+        }
+        let Some(root) = self.root_of(&blade) else {
             return Err(fail(
                 "no-backup-root",
                 format!("{} has no backup root (--backup-root)", self.name),
             ));
         };
-        // Once another node holds this blade, what is here is a stale copy (or another blade's
-        // data restored here): an archive of it would be the blade's latest and restore wrong.
-        if let Some((holder, epoch)) = self.seats.get(&self.name) {
-            if holder != self.me {
-                return Err(fail(
-                    "not-holder",
-                    format!(
-                        "{} is held by another node since epoch {epoch}: this node makes no archive of it",
-                        self.name
-                    ),
-                ));
-            }
-        }
         let settings = ScanSettings {
             root,
             exclude_dirs: self.cfg().exclude_dirs.clone(),
@@ -1042,14 +1073,14 @@ impl Service {
         };
         let record = {
             let _guard = self.store_lock.lock().await;
-            let (store, catalog, method, blade) = (
+            let (store, catalog, method, name) = (
                 self.store.clone(),
                 self.catalog.clone(),
                 self.cfg().method,
-                self.name.clone(),
+                blade.clone(),
             );
             let (record, stats) = blocking(move || {
-                make_archive(&settings, method, &*store, &*catalog, &blade, now_ms())
+                make_archive(&settings, method, &*store, &*catalog, &name, now_ms())
             })
             .await
             .map_err(|e| fail("backup-failed", e))?
@@ -1061,6 +1092,7 @@ impl Service {
                 .put(&record)
                 .map_err(|e| fail("backup-failed", e))?;
             tracing::info!(
+                %blade,
                 archive = record.seq,
                 kind = record.kind.as_str(),
                 files = stats.files,
@@ -1081,7 +1113,7 @@ impl Service {
         }
         let record = self
             .catalog
-            .list(&self.name)
+            .list(&blade)
             .ok()
             .and_then(|rs| rs.into_iter().find(|r| r.seq == record.seq))
             .unwrap_or(record);
@@ -1111,6 +1143,78 @@ impl Service {
         ))
     }
 
+    /// This node won `args.blade` from another node: it adopts the blade's archives
+    /// ([`Service::adopt`]), then restores the latest into the blade's data set. Backups,
+    /// collection and scrubs wait meanwhile, so that no archive is made of a half-restored
+    /// tree; if the restore fails, none is made until an operator's restore of the blade
+    /// succeeds (an archive of what is there would become the blade's latest).
+    async fn take_over(self: &Arc<Self>, mut args: RestoreArgs) -> Result<Payload, Failure> {
+        let blade = args.blade.clone();
+        if args.to.is_none() {
+            args.to = self.root_of(&blade).map(|r| r.display().to_string());
+        }
+        let _guard = self.store_lock.lock().await;
+        match self.adopt(&blade).await {
+            Ok(n) => {
+                tracing::info!(%blade, archives = n, "the blade's archives adopted: its chain goes on here")
+            }
+            Err(e) => {
+                tracing::error!(%blade, "the blade's archives not all adopted (the next archive here starts after the last adopted one): {e}")
+            }
+        }
+        let restored = self.restore(args, false).await;
+        let mut unrestored = self.unrestored.lock().unwrap_or_else(|p| p.into_inner());
+        match &restored {
+            Err((code, _)) if code != "no-archive" => unrestored.insert(blade),
+            Ok(_) | Err(_) => unrestored.remove(&blade),
+        };
+        restored.map(|summary| restored_to_payload(&summary))
+    }
+
+    /// Makes `blade`'s archives, as the live nodes hold them, this node's own, each with every
+    /// block it needs fetched into the local store: the next archive here is a delta on the
+    /// blade's latest under the next number, and the sync rounds push every archive to the
+    /// holders placement now chooses for the blade. Stops at the first archive it cannot fetch;
+    /// answers how many it adopted.
+    async fn adopt(self: &Arc<Self>, blade: &str) -> Result<usize, String> {
+        let (_, merged) = self.gather(blade).await;
+        let me = self.me.to_string();
+        let mut adopted = 0;
+        for (mut record, have) in merged.into_values() {
+            let source = self.net_source(std::iter::once(&have));
+            let r = record.clone();
+            blocking(move || source.fill(&r))
+                .await?
+                .map_err(|e| format!("archive {}: {e}", record.seq))?;
+            // This node is the blade's owner now, not one of its holders.
+            record.acked.retain(|a| *a != me);
+            record.holders.retain(|h| *h != me);
+            self.catalog.put(&record).map_err(|e| e.to_string())?;
+            adopted += 1;
+        }
+        Ok(adopted)
+    }
+
+    /// Why a node that acts as no blade makes no archive.
+    fn not_holder(&self) -> Failure {
+        match self.seats.get(&self.name) {
+            Some((holder, epoch)) if holder != self.me => fail(
+                "not-holder",
+                format!(
+                    "{} is held by another node since epoch {epoch}: this node makes no archive of it",
+                    self.name
+                ),
+            ),
+            Some(_) | None => fail(
+                "not-acting",
+                format!(
+                    "{} is not renewed by a majority now (cut off?): this node makes no archive until it is",
+                    self.name
+                ),
+            ),
+        }
+    }
+
     /// An operator's command. `forward` is false for a command another agent forwarded, so that
     /// a command travels one hop at most.
     pub async fn control(
@@ -1135,17 +1239,25 @@ impl Service {
         }
         match request {
             BackupRequest::Now { blade, wait } => {
-                let blade = blade.unwrap_or_else(|| self.name.clone());
-                if blade != self.name {
+                let own = self.blade();
+                let blade = match (blade, &own) {
+                    (Some(blade), _) => blade,
+                    (None, Some(own)) => own.clone(),
+                    (None, None) => return Err(self.not_holder()),
+                };
+                if Some(&blade) != own.as_ref() {
                     if !forward {
                         return Err(fail(
                             "not-here",
-                            format!("this node is {}, not {blade}", self.name),
+                            format!("this node ({}) does not act as {blade}", self.name),
                         ));
                     }
+                    // To the node acting as the blade now, which may have taken it over.
+                    let members = self.members().await;
+                    let node = self.node_of(&members, &blade).map(|m| m.name.clone());
                     return self
                         .forward(
-                            &blade,
+                            node.as_deref().unwrap_or(&blade),
                             BackupRequest::Now {
                                 blade: Some(blade.clone()),
                                 wait,
@@ -1265,10 +1377,7 @@ impl Service {
         let answers =
             futures::future::join_all(peers.iter().map(|p| self.call(*p, &request))).await;
         let mut merged: BTreeMap<u64, (ArchiveRecord, Vec<PeerId>)> = BTreeMap::new();
-        let owner = members
-            .iter()
-            .find(|m| m.name == blade)
-            .map(|m| m.id.clone());
+        let owner = self.node_of(&members, blade).map(|m| m.id.clone());
         let mut add = |peer: PeerId, records: Vec<ArchiveRecord>| {
             for r in records.into_iter().filter(|r| r.blade == blade) {
                 let from_owner = owner.as_deref() == Some(&peer.to_string());
@@ -1525,6 +1634,15 @@ impl Service {
             .or(self.cfg().root.as_ref().map(|r| r.display().to_string()))
             .unwrap_or_default();
         tracing::info!(blade = %args.blade, upto, entries = stats.1.entries, "restored");
+        let into_data_set = self
+            .root_of(&args.blade)
+            .is_some_and(|r| r.display().to_string() == target);
+        if into_data_set && self.blade().as_deref() == Some(args.blade.as_str()) {
+            self.unrestored
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&args.blade);
+        }
         Ok(RestoreSummary {
             node,
             target,
@@ -1546,7 +1664,14 @@ impl Service {
                 return Response::Refused(e);
             }
         };
-        let owner_of = |blade: &str| inbound.peer_name.as_deref() == Some(blade);
+        // The peer speaks as `blade`: it holds the blade's seat, or is the node of that name.
+        let speaks_as = |blade: &str| {
+            inbound.peer_name.as_deref() == Some(blade)
+                || self
+                    .seats
+                    .get(blade)
+                    .is_some_and(|(h, _)| h == inbound.peer)
+        };
         // While a blade's node is down, the holders of its data repair each other's copies.
         let members = match &request {
             Request::Have { .. } | Request::Put { .. } | Request::Commit { .. } => {
@@ -1560,8 +1685,10 @@ impl Service {
         };
         // An owner stamped below its blade's seat was replaced: fenced, however it was entitled.
         let stale = |blade: &str| {
-            owner_of(blade) && self.seats.get(blade).is_some_and(|(_, seat)| epoch < seat)
+            speaks_as(blade) && self.seats.get(blade).is_some_and(|(_, seat)| epoch < seat)
         };
+        // The blade's owner: the node acting as it, under an epoch not below its seat's.
+        let owner_of = |blade: &str| speaks_as(blade) && !stale(blade);
         let may_push = |blade: &str| {
             !stale(blade) && (owner_of(blade) || self.owner_gone(&members, blade, false))
         };
@@ -1783,6 +1910,34 @@ struct NetSource {
     service: Arc<Service>,
     runtime: tokio::runtime::Handle,
     peers: Vec<PeerId>,
+}
+
+impl NetSource {
+    /// Fetches into the local store every block of `record` that is not there yet: its
+    /// manifest's, then its files'.
+    fn fill(&self, record: &ArchiveRecord) -> Result<(), String> {
+        let store = self.service.store.clone();
+        let compress = self.service.cfg().compress;
+        let refetch = |ids: Vec<BlockId>| -> Result<(), String> {
+            let missing: Vec<BlockId> = ids
+                .into_iter()
+                .filter(|id| !store.touch(id).unwrap_or(false))
+                .collect();
+            for batch in missing.chunks(MAX_PUT_BLOCKS) {
+                let plain = self.fetch(batch)?;
+                let blocks: Vec<(BlockId, Vec<u8>)> = batch
+                    .iter()
+                    .zip(plain)
+                    .map(|(id, p)| (*id, crate::store::encode(&p, compress)))
+                    .collect();
+                store.put_many(&blocks).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        };
+        refetch(record.manifest.clone())?;
+        let m = load_manifest(record, &LocalSource(&*store)).map_err(|e| e.to_string())?;
+        refetch(m.block_ids().copied().collect())
+    }
 }
 
 impl BlockSource for NetSource {

@@ -133,6 +133,9 @@ pub struct BackupConfig {
     pub continuous: bool,
     /// Where a restore asked by another node may write (the backup root counts too).
     pub restore_into: Vec<PathBuf>,
+    /// Where a blade taken over lives when this node has no backup root (`<dir>/BLADE`); set by
+    /// the agent to `<data-dir>/blades`, not by configuration.
+    pub takeover_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Display for Rule {
@@ -270,6 +273,7 @@ impl BackupConfig {
         }
         Ok(BackupConfig {
             restore_into,
+            takeover_dir: None,
             root: root.or(file.root.clone()),
             factor,
             exclude_dirs: file.exclude_dirs.clone().unwrap_or_default(),

@@ -60,3 +60,28 @@ all_alive() {
   for c in "${cs[@]}"; do echo "--- $c"; docker exec "$c" dcish nodes; done
   return 1
 }
+
+# Drops all traffic between every container named in $1 and every one named in $2 (lists
+# separated by spaces), with iptables in each container's own network namespace.
+cut_apart() {
+  local one=($1) other=($2) a b ip from to
+  for a in "${one[@]}"; do
+    for b in "${other[@]}"; do
+      for from in "$a" "$b"; do
+        to=$([ "$from" = "$a" ] && echo "$b" || echo "$a")
+        ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$to")
+        nsenter -t "$(docker inspect -f '{{.State.Pid}}' "$from")" -n iptables -I INPUT -s "$ip" -j DROP || return 1
+        nsenter -t "$(docker inspect -f '{{.State.Pid}}' "$from")" -n iptables -I OUTPUT -d "$ip" -j DROP || return 1
+      done
+    done
+  done
+}
+
+# Lifts every cut_apart rule in the containers named.
+heal_nets() {
+  local c
+  for c in "$@"; do
+    nsenter -t "$(docker inspect -f '{{.State.Pid}}' "$c")" -n iptables -F INPUT
+    nsenter -t "$(docker inspect -f '{{.State.Pid}}' "$c")" -n iptables -F OUTPUT
+  done
+}

@@ -18,28 +18,8 @@ partition_compose() {
   docker-compose -p dcipart -f tests/compose/partition.yml "$@"
 }
 
-# Drops all traffic between the two sides, in each container's own network namespace.
-cut_sides() {
-  local a b ip
-  for a in "${part[@]}"; do
-    for b in "${minority[@]}"; do
-      for pair in "$a $b" "$b $a"; do
-        set -- $pair
-        ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$2")
-        nsenter -t "$(docker inspect -f '{{.State.Pid}}' "$1")" -n iptables -I INPUT -s "$ip" -j DROP || return 1
-        nsenter -t "$(docker inspect -f '{{.State.Pid}}' "$1")" -n iptables -I OUTPUT -d "$ip" -j DROP || return 1
-      done
-    done
-  done
-}
-
-heal_sides() {
-  local c
-  for c in "${everyone[@]}"; do
-    nsenter -t "$(docker inspect -f '{{.State.Pid}}' "$c")" -n iptables -F INPUT
-    nsenter -t "$(docker inspect -f '{{.State.Pid}}' "$c")" -n iptables -F OUTPUT
-  done
-}
+cut_sides() { cut_apart "${part[*]}" "${minority[*]}"; }
+heal_sides() { heal_nets "${everyone[@]}"; }
 
 # Every container seats blade-N on blade-N's node.
 partition_mesh_seated() {
