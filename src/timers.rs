@@ -121,7 +121,7 @@ impl<T> TimerQueue<T> {
         // Drained, not taken: the bucket keeps its allocation for its next turn round the ring.
         let keys = &mut self.ring[(next % RING) as usize];
         self.in_ring -= keys.len();
-        self.near.extend(keys.drain(..));
+        self.near.append(keys);
         // The ring now reaches further: bring in the far keys that fall inside it.
         while let Some(Reverse(key)) = self.far.peek() {
             if bucket(key) - self.cursor >= RING {

@@ -84,7 +84,10 @@ pub type ControlCall = (Operator, oneshot::Sender<Result<Payload, (String, Strin
 /// its blade's epoch, and a holder refuses an owner's push stamped below the seat's: a replaced
 /// owner (paused, partitioned, restarted) writes nothing more as that blade.
 #[derive(Debug, Default)]
-pub struct SeatEpochs(std::sync::RwLock<(HashMap<String, (PeerId, u64)>, Option<String>)>);
+pub struct SeatEpochs(std::sync::RwLock<(SeatHolders, Option<String>)>);
+
+/// Blade → (holder, epoch).
+type SeatHolders = HashMap<String, (PeerId, u64)>;
 
 impl SeatEpochs {
     /// Replaces the table.
