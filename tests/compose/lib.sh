@@ -85,3 +85,22 @@ heal_nets() {
     nsenter -t "$(docker inspect -f '{{.State.Pid}}' "$c")" -n iptables -F OUTPUT
   done
 }
+
+# Whether every container of "$@" seats blade-1..blade-4 each on its own node, waiting up to 30 s;
+# prints every container's seat table when not.
+own_blades_seated() {
+  local deadline=$((SECONDS+30)) c b ok
+  while [ $SECONDS -lt $deadline ]; do
+    ok=1
+    for c in "$@"; do
+      for b in blade-1 blade-2 blade-3 blade-4; do
+        [ "$(seat_of "$c" $b)" = "$b held" ] || { ok=0; break; }
+      done
+      [ $ok -eq 1 ] || break
+    done
+    [ $ok -eq 1 ] && return 0
+    sleep 0.5
+  done
+  for c in "$@"; do echo "--- $c"; docker exec "$c" dcish seats; done
+  return 1
+}

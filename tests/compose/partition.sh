@@ -23,21 +23,7 @@ heal_sides() { heal_nets "${everyone[@]}"; }
 
 # Every container seats blade-N on blade-N's node.
 partition_mesh_seated() {
-  all_alive 60 "${everyone[@]}" -- "${names[@]}" || return 1
-  local deadline=$((SECONDS+30)) c b ok
-  while [ $SECONDS -lt $deadline ]; do
-    ok=1
-    for c in "${everyone[@]}"; do
-      for b in blade-1 blade-2 blade-3 blade-4; do
-        [ "$(seat_of "$c" $b)" = "$b held" ] || { ok=0; break; }
-      done
-      [ $ok -eq 1 ] || break
-    done
-    [ $ok -eq 1 ] && return 0
-    sleep 0.5
-  done
-  for c in "${everyone[@]}"; do echo "--- $c"; docker exec "$c" dcish seats; done
-  return 1
+  all_alive 60 "${everyone[@]}" -- "${names[@]}" && own_blades_seated "${everyone[@]}"
 }
 
 # Files copied into blade-1's and blade-4's backup roots, then backed up onto their holders.

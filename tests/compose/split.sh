@@ -49,21 +49,7 @@ split_seats() {
 
 # Every container lists five members alive and seats blade-N on blade-N's node.
 split_mesh_seated() {
-  all_alive 60 "${split_everyone[@]}" -- "${split_names[@]}" || return 1
-  local deadline=$((SECONDS+30)) c b ok
-  while [ $SECONDS -lt $deadline ]; do
-    ok=1
-    for c in "${split_everyone[@]}"; do
-      for b in blade-1 blade-2 blade-3 blade-4; do
-        [ "$(seat_of "$c" $b)" = "$b held" ] || { ok=0; break; }
-      done
-      [ $ok -eq 1 ] || break
-    done
-    [ $ok -eq 1 ] && return 0
-    sleep 0.5
-  done
-  split_seats
-  return 1
+  all_alive 60 "${split_everyone[@]}" -- "${split_names[@]}" && own_blades_seated "${split_everyone[@]}"
 }
 
 # Each blade's own files (a 300 KB random file and a config file), backed up across the cut-to-be.
