@@ -189,13 +189,13 @@ pub async fn deploy(
     let wait = super::moves::wait_of(args.at.as_deref())?;
     let path = std::fs::canonicalize(&args.package)
         .map_err(|e| usage(format!("{}: {e}", args.package.display())))?;
-    let mut blades = blades(client, &args.to, args.exclude.as_deref()).await?;
+    let mut targets = blades(client, &args.to, args.exclude.as_deref()).await?;
     if super::moves::wait_for(client, wait).await? {
-        blades = self::blades(client, &args.to, args.exclude.as_deref()).await?;
+        targets = blades(client, &args.to, args.exclude.as_deref()).await?;
     }
     let request = PackageRequest::Deploy {
         path: path.display().to_string(),
-        blades,
+        blades: targets,
     };
     reports(client, request, json).await
 }
