@@ -88,6 +88,8 @@ pub struct Agent {
     config: Config,
     local_id: PeerId,
     swarm: Swarm<Behaviour>,
+    /// Block transfers, on connections of their own (see `crate::net`).
+    data_swarm: Swarm<net::DataBehaviour>,
     swim: MeshSwim,
     /// The core's timers; a stale one is a no-op when it fires, so none is ever cancelled.
     timers: TimerQueue<Timer<PeerId>>,
@@ -183,13 +185,20 @@ impl Agent {
         };
         let local_id = key.public().to_peer_id();
         let mut swarm = net::build_swarm(key.clone(), config.cluster_key, config.mdns)?;
+        let mut data_swarm = net::build_data_swarm(key.clone(), config.cluster_key)?;
+        let listen_err = |addr: &Multiaddr, e| StartError::Listen {
+            addr: addr.clone(),
+            reason: listen_reason(&e),
+        };
         for addr in &config.listen {
             swarm
                 .listen_on(addr.clone())
-                .map_err(|e| StartError::Listen {
-                    addr: addr.clone(),
-                    reason: listen_reason(&e),
-                })?;
+                .map_err(|e| listen_err(addr, e))?;
+        }
+        for addr in &config.data_listen {
+            data_swarm
+                .listen_on(addr.clone())
+                .map_err(|e| listen_err(addr, e))?;
         }
 
         let console = match config.console.http {
@@ -304,6 +313,7 @@ impl Agent {
             role: config.role,
             zone: config.zone.clone(),
             addrs: Vec::new(),
+            data_addrs: Vec::new(),
             version: env!("CARGO_PKG_VERSION").into(),
             resources: sampler.sample(),
             degraded: false,
@@ -361,6 +371,7 @@ impl Agent {
             local_id,
             config,
             swarm,
+            data_swarm,
             swim,
             db,
             saved_incarnation: incarnation,
@@ -418,6 +429,7 @@ impl Agent {
                 _ = redial.tick() => self.redial_seeds(),
                 _ = sample.tick() => self.sample_resources(),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                event = self.data_swarm.select_next_some() => self.on_data_event(event),
                 Some(query) = self.queries.recv() => self.on_query(query),
                 Some(reason) = self.disk_faults.recv() => self.on_disk_fault(reason),
                 Some((env, peer)) = self.notices_in.recv() => self.on_notice(env, peer),
@@ -1310,11 +1322,6 @@ impl Agent {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Membership(event)) => self.on_membership(event),
             SwarmEvent::Behaviour(BehaviourEvent::Election(event)) => self.on_election(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Blocks(event)) => {
-                let swim = &self.swim;
-                self.replication
-                    .on_event(event, |p| swim.member(p).map(|m| m.meta.name.clone()));
-            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -1331,6 +1338,31 @@ impl Agent {
                         let _ = self.swarm.dial(opts);
                     }
                 }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_data_event(&mut self, event: SwarmEvent<request_response::Event<Vec<u8>, Vec<u8>>>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening for block transfers");
+                self.advertise_listeners();
+            }
+            SwarmEvent::ExpiredListenAddr { .. } => self.advertise_listeners(),
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => tracing::warn!(
+                from = %send_back_addr,
+                "refused block connection: {}",
+                one_line(&error.to_string())
+            ),
+            SwarmEvent::Behaviour(event) => {
+                let swim = &self.swim;
+                self.replication
+                    .on_event(event, |p| swim.member(p).map(|m| m.meta.name.clone()));
             }
             _ => {}
         }
@@ -1454,13 +1486,19 @@ impl Agent {
                 let addrs = self
                     .swim
                     .member(&to)
-                    .map(|m| m.meta.addrs.iter().filter_map(|a| a.parse().ok()).collect())
+                    .map(|m| {
+                        m.meta
+                            .data_addrs
+                            .iter()
+                            .filter_map(|a| a.parse().ok())
+                            .collect()
+                    })
                     .unwrap_or_default();
-                let blocks = &mut self.swarm.behaviour_mut().blocks;
+                let blocks = self.data_swarm.behaviour_mut();
                 self.replication.send(blocks, to, request, addrs, reply);
             }
             NetCommand::Respond { token, response } => {
-                let blocks = &mut self.swarm.behaviour_mut().blocks;
+                let blocks = self.data_swarm.behaviour_mut();
                 self.replication.respond(blocks, token, response);
             }
             NetCommand::Members(reply) => {
@@ -1471,9 +1509,11 @@ impl Agent {
 
     fn advertise_listeners(&mut self) {
         let addrs = advertised(self.swarm.listeners());
+        let data_addrs = advertised(self.data_swarm.listeners());
         let mut meta = self.swim.meta().clone();
-        if meta.addrs != addrs {
+        if meta.addrs != addrs || meta.data_addrs != data_addrs {
             meta.addrs = addrs;
+            meta.data_addrs = data_addrs;
             self.swim.set_meta(meta);
             self.apply_outputs();
         }

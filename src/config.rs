@@ -143,6 +143,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// Listen addresses.
     pub listen: Option<Vec<String>>,
+    /// Listen addresses for block transfers (default: each listen IP, any free port).
+    pub data_listen: Option<Vec<String>>,
     /// Seed peers.
     pub join: Option<Vec<String>>,
     /// `active` or `spare`.
@@ -379,6 +381,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--listen` (repeatable; replaces the file's list when given).
     pub listen: Vec<String>,
+    /// `--data-listen` (repeatable; replaces the file's list when given).
+    pub data_listen: Vec<String>,
     /// `--join` (repeatable; replaces the file's list when given).
     pub join: Vec<String>,
     /// `--role`.
@@ -410,6 +414,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Addresses to listen on.
     pub listen: Vec<Multiaddr>,
+    /// Addresses to listen on for block transfers, which run on connections of their own.
+    pub data_listen: Vec<Multiaddr>,
     /// Seed peers to dial at start and whenever the mesh is lost.
     pub join: Vec<Multiaddr>,
     /// Active blade or spare.
@@ -484,6 +490,18 @@ impl Config {
                 "listen",
                 "",
                 "at least one listen address is needed",
+            ));
+        }
+        let data_listen = match (cli.data_listen.is_empty(), file.data_listen) {
+            (false, _) => parse_listen_list("data_listen", &cli.data_listen)?,
+            (true, Some(list)) => parse_listen_list("data_listen", &list)?,
+            (true, None) => listen.iter().map(crate::net::data_listen_addr).collect(),
+        };
+        if data_listen.is_empty() {
+            return Err(invalid(
+                "data_listen",
+                "",
+                "at least one data listen address is needed",
             ));
         }
         let join_src = if cli.join.is_empty() {
@@ -630,6 +648,7 @@ impl Config {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("./dci-data")),
             listen,
+            data_listen,
             join,
             role: cli.role.or(file.role).unwrap_or(Role::Active),
             zone,
@@ -762,12 +781,20 @@ pub fn validate_name(field: &'static str, name: &str) -> Result<(), ConfigError>
 
 /// A listen address: a multiaddr `/ip4|ip6/ADDR/tcp/PORT`, or `HOST:PORT` with an IP or `localhost`.
 pub fn parse_listen_addr(s: &str) -> Result<Multiaddr, ConfigError> {
-    let addr = parse_any_addr("listen", s)?;
+    parse_listen_field("listen", s)
+}
+
+fn parse_listen_list(field: &'static str, list: &[String]) -> Result<Vec<Multiaddr>, ConfigError> {
+    list.iter().map(|a| parse_listen_field(field, a)).collect()
+}
+
+fn parse_listen_field(field: &'static str, s: &str) -> Result<Multiaddr, ConfigError> {
+    let addr = parse_any_addr(field, s)?;
     let mut parts = addr.iter();
     match (parts.next(), parts.next(), parts.next()) {
         (Some(Protocol::Ip4(_) | Protocol::Ip6(_)), Some(Protocol::Tcp(_)), None) => Ok(addr),
         _ => Err(invalid(
-            "listen",
+            field,
             s,
             "expected /ip4/ADDR/tcp/PORT, /ip6/ADDR/tcp/PORT or IP:PORT",
         )),

@@ -55,6 +55,7 @@ async fn a_lying_member_changes_nothing_and_is_counted() {
         role: Role::Active,
         zone: "default".into(),
         addrs: vec![],
+        data_addrs: vec![],
         version: "0".into(),
         resources: Default::default(),
         degraded: false,

@@ -29,6 +29,10 @@ struct Cli {
     /// Listen address, a multiaddr or HOST:PORT; repeatable [default: /ip4/0.0.0.0/tcp/7946].
     #[arg(long, value_name = "ADDR")]
     listen: Vec<String>,
+    /// Listen address for block transfers, which run on connections of their own (so that bulk
+    /// data never delays heartbeats); repeatable [default: each --listen IP, a free port].
+    #[arg(long, value_name = "ADDR")]
+    data_listen: Vec<String>,
     /// Seed peer, a multiaddr or HOST:PORT; repeatable.
     #[arg(long, value_name = "ADDR")]
     join: Vec<String>,
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
         name: cli.name,
         data_dir: cli.data_dir,
         listen: cli.listen,
+        data_listen: cli.data_listen,
         join: cli.join,
         role: cli.role,
         zone: cli.zone,

@@ -35,6 +35,8 @@ pub struct MemberMeta {
     pub zone: String,
     /// Listen addresses.
     pub addrs: Vec<String>,
+    /// Listen addresses for block transfers (`crate::net`'s data swarm).
+    pub data_addrs: Vec<String>,
     /// Agent version.
     pub version: String,
     /// Resource figures, re-announced when one moves by 5 points or more.
@@ -48,10 +50,12 @@ pub struct MemberMeta {
 impl MemberMeta {
     fn within_limits(&self) -> bool {
         self.addrs.len() <= MAX_ADDRS
+            && self.data_addrs.len() <= MAX_ADDRS
             && [&self.name, &self.zone, &self.version]
                 .into_iter()
                 .chain(self.blade.as_ref().map(|(b, _)| b))
                 .chain(&self.addrs)
+                .chain(&self.data_addrs)
                 .all(|f| f.len() <= MAX_FIELD_BYTES)
     }
 }
@@ -151,6 +155,7 @@ mod tests {
             role: Role::Active,
             zone: "default".into(),
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            data_addrs: vec!["/ip4/127.0.0.1/tcp/2".into()],
             version: "0.1.0".into(),
             resources: Resources::default(),
             degraded: false,

@@ -5,6 +5,12 @@
 //! private-network layer encrypts everything under the cluster key, so a node without the key fails
 //! the noise handshake and never reaches any protocol: it is neither connected nor seen. QUIC is left
 //! out on purpose, because the private-network layer cannot wrap it and it would bypass admission.
+//!
+//! Blocks travel on a second swarm with its own listener, so on connections of their own: a bulk
+//! transfer on a lossy link fills its TCP connection's buffers for seconds, and probes, lease
+//! renewals and envelopes queued behind it on the same connection would miss their deadlines (a
+//! live node declared dead, a holder's lease lapsing). The two swarms share the identity key and the
+//! transport's admission (cluster key, noise).
 
 pub mod backoff;
 pub mod codec;
@@ -62,8 +68,6 @@ mod behaviour {
         pub membership: request_response::Behaviour<FrameCodec>,
         /// Long-lived envelope streams, driven by the router's messenger task.
         pub stream: libp2p_stream::Behaviour,
-        /// Blocks and archives between a blade's owner and its holders (`crate::replication`).
-        pub blocks: request_response::Behaviour<FrameCodec>,
         /// Claims, grants, renewals and seat tables (`crate::failover`), frames capped at the
         /// election message limit.
         pub election: request_response::Behaviour<FrameCodec>,
@@ -156,15 +160,6 @@ pub fn build_swarm(
                     .with_max_concurrent_streams(64),
             ),
             stream: libp2p_stream::Behaviour::new(),
-            blocks: request_response::Behaviour::with_codec(
-                FrameCodec {
-                    max_bytes: crate::replication::protocol::MAX_FRAME_BYTES,
-                },
-                [(crate::replication::BLOCKS_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(BLOCKS_REQUEST_TIMEOUT)
-                    .with_max_concurrent_streams(64),
-            ),
             election: request_response::Behaviour::with_codec(
                 FrameCodec {
                     max_bytes: crate::failover::driver::MAX_MESSAGE_BYTES,
@@ -178,6 +173,45 @@ pub fn build_swarm(
     Ok(builder
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
         .build())
+}
+
+/// The data swarm's only protocol: blocks and archives between a blade's owner and its holders
+/// (`crate::replication`).
+pub type DataBehaviour = request_response::Behaviour<FrameCodec>;
+
+/// Builds the data swarm for `key`: the blocks protocol alone, on the same admission as the mesh.
+pub fn build_data_swarm(
+    key: Keypair,
+    psk: Option<PreSharedKey>,
+) -> Result<Swarm<DataBehaviour>, NetError> {
+    let transport = transport(&key, psk)?;
+    let Ok(builder) = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_other_transport(|_| transport);
+    let Ok(builder) = builder.with_behaviour(|_| {
+        request_response::Behaviour::with_codec(
+            FrameCodec {
+                max_bytes: crate::replication::protocol::MAX_FRAME_BYTES,
+            },
+            [(crate::replication::BLOCKS_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(BLOCKS_REQUEST_TIMEOUT)
+                .with_max_concurrent_streams(64),
+        )
+    });
+    Ok(builder
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .build())
+}
+
+/// The data listener beside a mesh listen address: the same IP on a port the system picks.
+pub fn data_listen_addr(mesh: &libp2p::Multiaddr) -> libp2p::Multiaddr {
+    mesh.iter()
+        .map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(_) => libp2p::multiaddr::Protocol::Tcp(0),
+            p => p,
+        })
+        .collect()
 }
 
 /// A fresh random cluster key, in the file format `--cluster-key` reads.
