@@ -14,10 +14,10 @@ use dci_proto::notice::{FailureNotice, Level, Part, NOTICE_APP};
 use dci_proto::Envelope;
 use futures::StreamExt;
 use libp2p::identity::Keypair;
-use libp2p::request_response::{self, OutboundRequestId};
-use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::request_response;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{identify, mdns, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{one_line, Config};
@@ -29,6 +29,7 @@ use crate::failover::driver::{self as failover, Effect, Failover};
 use crate::membership::mesh::{self, MemberMeta, MeshPacket, MeshSwim, Signer};
 use crate::membership::swim::{Liveness, Output, Timer};
 use crate::net::backoff::Backoff;
+use crate::net::frames::{Frames, Inbound, Lane};
 use crate::net::{self, Behaviour, BehaviourEvent, NetError, PROTOCOL_VERSION};
 use crate::notice::{self, Dedup};
 use crate::resources::{Resources, Sampler};
@@ -90,6 +91,10 @@ pub struct Agent {
     swarm: Swarm<Behaviour>,
     /// Block transfers, on connections of their own (see `crate::net`).
     data_swarm: Swarm<net::DataBehaviour>,
+    /// Membership and election messages to each peer, on long-lived streams.
+    frames: Frames,
+    /// What those streams bring in.
+    frames_in: mpsc::Receiver<Inbound>,
     swim: MeshSwim,
     /// The core's timers; a stale one is a no-op when it fires, so none is ever cancelled.
     timers: TimerQueue<Timer<PeerId>>,
@@ -241,6 +246,7 @@ impl Agent {
             config.degradation.sample_interval,
             fault_tx,
         ));
+        let (frames, frames_in) = Frames::start(swarm.behaviour().stream.new_control());
         let (view, view_rx) = watch::channel(Arc::new(router::core::View {
             local: local_id.to_string(),
             local_blade: Some(config.name.clone()),
@@ -372,6 +378,8 @@ impl Agent {
             config,
             swarm,
             data_swarm,
+            frames,
+            frames_in,
             swim,
             db,
             saved_incarnation: incarnation,
@@ -430,6 +438,7 @@ impl Agent {
                 _ = sample.tick() => self.sample_resources(),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 event = self.data_swarm.select_next_some() => self.on_data_event(event),
+                Some(inbound) = self.frames_in.recv() => self.on_frames(inbound),
                 Some(query) = self.queries.recv() => self.on_query(query),
                 Some(reason) = self.disk_faults.recv() => self.on_disk_fault(reason),
                 Some((env, peer)) = self.notices_in.recv() => self.on_notice(env, peer),
@@ -586,15 +595,7 @@ impl Agent {
                     if gone {
                         continue;
                     }
-                    let addrs: Vec<Multiaddr> = self
-                        .swim
-                        .member(&to)
-                        .map(|m| m.meta.addrs.iter().filter_map(|a| a.parse().ok()).collect())
-                        .unwrap_or_default();
-                    self.swarm
-                        .behaviour_mut()
-                        .election
-                        .send_request_with_addresses(&to, bytes, addrs);
+                    self.send_frame(Lane::Election, to, bytes);
                 }
                 Effect::TakeOver {
                     blade,
@@ -1223,15 +1224,25 @@ impl Agent {
     }
 
     fn send_packet(&mut self, to: PeerId, packet: &MeshPacket) {
-        let addrs: Vec<Multiaddr> = self
-            .swim
-            .member(&to)
-            .map(|m| m.meta.addrs.iter().filter_map(|a| a.parse().ok()).collect())
-            .unwrap_or_default();
-        self.swarm
-            .behaviour_mut()
-            .membership
-            .send_request_with_addresses(&to, mesh::encode(packet), addrs);
+        self.send_frame(Lane::Membership, to, mesh::encode(packet));
+    }
+
+    /// Queues a message for `to`, dialling it at its announced addresses first when it is not
+    /// connected (the stream waits for that connection).
+    fn send_frame(&mut self, lane: Lane, to: PeerId, message: Vec<u8>) {
+        if !self.connected.contains(&to) {
+            let addrs: Vec<Multiaddr> = self
+                .swim
+                .member(&to)
+                .map(|m| m.meta.addrs.iter().filter_map(|a| a.parse().ok()).collect())
+                .unwrap_or_default();
+            let opts = DialOpts::peer_id(to)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            let _ = self.swarm.dial(opts);
+        }
+        self.frames.send(lane, to, message);
     }
 
     /// Dials every seed not reached yet. Seeds are retried even while other peers are connected:
@@ -1320,8 +1331,14 @@ impl Agent {
                     tracing::debug!(peer = ?peer_id, "cannot connect: {}", one_line(&error.to_string()));
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Membership(event)) => self.on_membership(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Election(event)) => self.on_election(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(e),
+            })) => {
+                tracing::debug!(%peer, "ping failed ({e}); closing the connection");
+                self.swarm.close_connection(connection);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -1368,59 +1385,23 @@ impl Agent {
         }
     }
 
-    /// Membership and election are one-way protocols: a request is a whole message and its
-    /// empty answer only closes the stream. Acknowledges a request and hands it back; an inbound
-    /// stream broken by an I/O error (the frame codec refused what the peer sent) disconnects
-    /// the peer and is counted by `on_bad_stream`; everything else needs nothing.
-    fn one_way_request(
-        &mut self,
-        protocol: &str,
-        event: request_response::Event<Vec<u8>, Vec<u8>>,
-        behaviour: fn(&mut Behaviour) -> &mut request_response::Behaviour<net::codec::FrameCodec>,
-        on_bad_stream: impl FnOnce(&mut Self),
-    ) -> Option<(PeerId, Vec<u8>)> {
-        match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let _ = behaviour(self.swarm.behaviour_mut()).send_response(channel, Vec::new());
-                Some((peer, request))
-            }
-            request_response::Event::Message {
-                message: request_response::Message::Response { .. },
-                ..
-            }
-            | request_response::Event::ResponseSent { .. } => None,
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                if let request_response::InboundFailure::Io(e) = &error {
-                    on_bad_stream(self);
-                    tracing::warn!(%peer, "bad {protocol} stream ({}); disconnecting", one_line(&e.to_string()));
-                    let _ = self.swarm.disconnect_peer_id(peer);
+    fn on_frames(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Message(Lane::Membership, peer, message) => self.on_membership(peer, &message),
+            Inbound::Message(Lane::Election, peer, message) => self.on_election(peer, &message),
+            Inbound::BadStream(lane, peer, reason) => {
+                match lane {
+                    Lane::Membership => self.counters.membership_bad_streams += 1,
+                    Lane::Election => self.failover.refused += 1,
                 }
-                None
-            }
-            request_response::Event::OutboundFailure { peer, error, .. } => {
-                tracing::trace!(%peer, "{protocol} message not delivered: {error}");
-                None
+                tracing::warn!(%peer, "bad {lane:?} stream ({reason}); disconnecting");
+                let _ = self.swarm.disconnect_peer_id(peer);
             }
         }
     }
 
-    fn on_membership(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
-        let Some((peer, request)) = self.one_way_request(
-            "membership",
-            event,
-            |b| &mut b.membership,
-            |a| a.counters.membership_bad_streams += 1,
-        ) else {
-            return;
-        };
-        match mesh::decode(&request) {
+    fn on_membership(&mut self, peer: PeerId, message: &[u8]) {
+        match mesh::decode(message) {
             Ok(packet) => {
                 let now = self.now();
                 self.swim.handle_packet(peer, packet, now);
@@ -1437,17 +1418,9 @@ impl Agent {
         }
     }
 
-    fn on_election(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
-        let Some((peer, request)) = self.one_way_request(
-            "election",
-            event,
-            |b| &mut b.election,
-            |a| a.failover.refused += 1,
-        ) else {
-            return;
-        };
+    fn on_election(&mut self, peer: PeerId, message: &[u8]) {
         let now = self.now();
-        match self.failover.handle_message(peer, &request, now) {
+        match self.failover.handle_message(peer, message, now) {
             Ok(effects) => self.apply_effects(effects),
             Err(e @ failover::MessageError::NotMember) => {
                 tracing::debug!(%peer, "{e}");
@@ -1749,34 +1722,21 @@ impl Agent {
 
     /// Tells every live member that this node leaves, and waits briefly for the packets to go.
     async fn leave(mut self) {
-        let mut pending: HashSet<OutboundRequestId> = HashSet::new();
         let packets = self.swim.leave();
         self.save_incarnation(true);
+        let mut written = futures::stream::FuturesUnordered::new();
         for (to, packet) in packets {
-            pending.insert(
-                self.swarm
-                    .behaviour_mut()
-                    .membership
-                    .send_request(&to, mesh::encode(&packet)),
-            );
+            self.send_packet(to, &packet);
+            written.push(self.frames.flushed(Lane::Membership, to));
         }
         let deadline = tokio::time::sleep(LEAVE_GRACE);
         tokio::pin!(deadline);
-        while !pending.is_empty() {
+        while !written.is_empty() {
             tokio::select! {
                 _ = &mut deadline => break,
-                event = self.swarm.select_next_some() => {
-                    if let SwarmEvent::Behaviour(BehaviourEvent::Membership(
-                        request_response::Event::Message {
-                            message: request_response::Message::Response { request_id, .. },
-                            ..
-                        }
-                        | request_response::Event::OutboundFailure { request_id, .. },
-                    )) = event
-                    {
-                        pending.remove(&request_id);
-                    }
-                }
+                _ = written.next() => {}
+                // Dials for the packets need the swarm.
+                _ = self.swarm.select_next_some() => {}
             }
         }
         let _ = std::fs::remove_file(self.data_dir.socket_path());

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{free_port, keygen, wait_until, Node};
@@ -12,10 +11,9 @@ use dci::config::read_cluster_key;
 use dci::membership::mesh::{encode, MemberMeta, MeshPacket, MAX_UPDATES};
 use dci::membership::swim::{Message, Packet, Update};
 use dci::membership::Role;
-use dci::net::{build_swarm, BehaviourEvent};
-use futures::StreamExt;
+use dci::net::{build_swarm, MEMBERSHIP_PROTOCOL};
+use futures::{AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
-use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
 
@@ -23,6 +21,22 @@ fn counters(node: &Node) -> serde_json::Value {
     let out = node.dcish(&["--json", "status"]);
     assert!(out.status.success(), "{out:?}");
     serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["counters"].clone()
+}
+
+/// Writes one membership packet on a stream of its own, as an agent frames it.
+async fn send_once(control: &mut libp2p_stream::Control, to: PeerId, packet: &[u8]) {
+    let Ok(Ok(mut stream)) = tokio::time::timeout(
+        Duration::from_secs(5),
+        control.open_stream(to, MEMBERSHIP_PROTOCOL),
+    )
+    .await
+    else {
+        return;
+    };
+    let mut frame = (packet.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(packet);
+    let _ = stream.write_all(&frame).await;
+    let _ = stream.close().await;
 }
 
 fn gossip(update: Update<PeerId, MemberMeta, Vec<u8>>) -> Vec<u8> {
@@ -97,47 +111,47 @@ async fn a_lying_member_changes_nothing_and_is_counted() {
     };
     let oversized = encode(&too_many);
     let garbage = b"\xff\xff\xff\xff not a packet".to_vec();
-    // One at a time, each resent if its connection dropped: an oversized or malformed one gets
-    // the liar disconnected, and it dials again.
-    let mut queue = vec![forged[0].clone(), forged[1].clone(), oversized, garbage];
-    let mut inflight: HashMap<OutboundRequestId, Vec<u8>> = HashMap::new();
+    // The liar's swarm runs on its own, dialling the target again whenever it drops the liar (as
+    // it does after an oversized or malformed packet).
+    let mut control = liar.behaviour().stream.new_control();
     liar.dial(addr.clone()).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !queue.is_empty() || !inflight.is_empty() {
-        if inflight.is_empty() && liar.is_connected(&target_id) {
-            let bytes = queue.remove(0);
-            let id = liar
-                .behaviour_mut()
-                .membership
-                .send_request(&target_id, bytes.clone());
-            inflight.insert(id, bytes);
-        }
-        let event = tokio::time::timeout_at(deadline, liar.select_next_some())
-            .await
-            .expect("the liar's messages were never answered");
-        match event {
-            SwarmEvent::Behaviour(BehaviourEvent::Membership(
-                request_response::Event::Message {
-                    message: request_response::Message::Response { request_id, .. },
-                    ..
-                },
-            )) => {
-                inflight.remove(&request_id);
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Membership(
-                request_response::Event::OutboundFailure { request_id, .. },
-            )) => {
-                if let Some(bytes) = inflight.remove(&request_id) {
-                    queue.insert(0, bytes);
-                }
-            }
-            SwarmEvent::ConnectionClosed { .. } | SwarmEvent::OutgoingConnectionError { .. }
-                if !queue.is_empty() || !inflight.is_empty() =>
+    tokio::spawn(async move {
+        loop {
+            if let SwarmEvent::ConnectionClosed { .. }
+            | SwarmEvent::OutgoingConnectionError { .. } = liar.select_next_some().await
             {
-                liar.dial(addr.clone()).unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = liar.dial(addr.clone());
             }
-            _ => {}
         }
+    });
+    // One at a time, each sent again until the target has counted it.
+    let expected = [
+        ("membership-forged", 1),
+        ("membership-forged", 2),
+        ("membership-oversized", 1),
+        ("membership-malformed", 1),
+    ];
+    let messages = [forged[0].clone(), forged[1].clone(), oversized, garbage];
+    for (bytes, (counter, n)) in messages.iter().zip(expected) {
+        let mut counted = false;
+        for _ in 0..10 {
+            send_once(&mut control, target_id, bytes).await;
+            counted = tokio::task::block_in_place(|| {
+                wait_until(Duration::from_secs(3), || {
+                    counters(&target)[counter].as_u64() >= Some(n)
+                })
+                .is_some()
+            });
+            if counted {
+                break;
+            }
+        }
+        assert!(
+            counted,
+            "{counter} never reached {n}: {:?}",
+            counters(&target)
+        );
     }
 
     let counted = wait_until(Duration::from_secs(10), || {

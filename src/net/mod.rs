@@ -14,6 +14,7 @@
 
 pub mod backoff;
 pub mod codec;
+pub mod frames;
 
 use std::time::Duration;
 
@@ -26,21 +27,22 @@ use libp2p::identity::Keypair;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{identify, mdns, noise, tcp, yamux, PeerId, StreamProtocol, Swarm};
+use libp2p::{identify, mdns, noise, ping, tcp, yamux, PeerId, StreamProtocol, Swarm};
 
-use crate::membership::mesh::MAX_PACKET_BYTES;
 use codec::FrameCodec;
 
 /// Identify's protocol version; a peer announcing another one is disconnected.
 pub const PROTOCOL_VERSION: &str = "/dci/1";
-/// The membership gossip protocol.
-pub const MEMBERSHIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/membership/1");
-/// The election protocol (`crate::failover`).
-pub const ELECTION_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/election/1");
+/// The membership gossip protocol: long-lived streams of length-prefixed packets.
+pub const MEMBERSHIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/membership/2");
+/// The election protocol (`crate::failover`), framed as membership's.
+pub const ELECTION_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/election/2");
 /// How long a connection upgrade (private network, noise, yamux) may take.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a membership request waits for its answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often each connection is pinged; a connection whose ping goes unanswered for
+/// [`PING_TIMEOUT`] is closed, so that long-lived streams do not keep writing into a dead peer's.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a block-protocol request may take: a forwarded restore answers when it is done.
 const BLOCKS_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Connections without traffic are closed after this long.
@@ -51,11 +53,8 @@ pub use behaviour::{Behaviour, BehaviourEvent};
 /// The behaviour lives in its own module because its derive generates an undocumented event enum.
 #[allow(missing_docs)]
 mod behaviour {
-    use libp2p::request_response;
     use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour};
-    use libp2p::{identify, mdns};
-
-    use super::codec::FrameCodec;
+    use libp2p::{identify, mdns, ping};
 
     /// One field per protocol; see the module docs.
     #[derive(NetworkBehaviour)]
@@ -64,13 +63,11 @@ mod behaviour {
         pub identify: identify::Behaviour,
         /// Local-subnet discovery, off with `--no-mdns`.
         pub mdns: Toggle<mdns::tokio::Behaviour>,
-        /// Membership gossip, length-prefixed frames capped at the membership message limit.
-        pub membership: request_response::Behaviour<FrameCodec>,
-        /// Long-lived envelope streams, driven by the router's messenger task.
+        /// Finds dead connections.
+        pub ping: ping::Behaviour,
+        /// Long-lived streams: envelopes (the router's messenger task), membership and election
+        /// messages ([`super::frames`]).
         pub stream: libp2p_stream::Behaviour,
-        /// Claims, grants, renewals and seat tables (`crate::failover`), frames capped at the
-        /// election message limit.
-        pub election: request_response::Behaviour<FrameCodec>,
     }
 }
 
@@ -150,25 +147,12 @@ pub fn build_swarm(
                     .with_agent_version(format!("dcid/{}", env!("CARGO_PKG_VERSION"))),
             ),
             mdns: Toggle::from(mdns),
-            membership: request_response::Behaviour::with_codec(
-                FrameCodec {
-                    max_bytes: MAX_PACKET_BYTES,
-                },
-                [(MEMBERSHIP_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(REQUEST_TIMEOUT)
-                    .with_max_concurrent_streams(64),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(PING_INTERVAL)
+                    .with_timeout(PING_TIMEOUT),
             ),
             stream: libp2p_stream::Behaviour::new(),
-            election: request_response::Behaviour::with_codec(
-                FrameCodec {
-                    max_bytes: crate::failover::driver::MAX_MESSAGE_BYTES,
-                },
-                [(ELECTION_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(REQUEST_TIMEOUT)
-                    .with_max_concurrent_streams(256),
-            ),
         });
     Ok(builder
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))

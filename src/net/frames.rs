@@ -1,0 +1,222 @@
+//! One-way messages on long-lived streams: membership and election packets.
+//!
+//! Each message used to be a request-response exchange on a stream of its own: open, negotiate the
+//! protocol, write, close, an empty answer, close again, each step a yamux frame and a wake-up of
+//! another thread. At 20 members, with every seat holder renewing its lease with every member
+//! three times a second, that was ten `sendto`s per message and saturated two cores with 21 idle
+//! agents. Here each peer gets one outgoing stream per protocol, opened on the first message and
+//! closed after [`WRITER_IDLE`] without one, and every message queued by then goes out in one write.
+//! Both protocols are built to survive loss, so a message is dropped rather than waited for when
+//! its peer's queue is full or its stream breaks; the next message opens a new stream.
+
+use std::collections::HashMap;
+use std::io;
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long opening a stream (and dialling for it) may take before its queued messages are dropped.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// An outgoing stream with nothing to send for this long is closed, so that a connection to a
+/// member this node no longer talks to can idle out.
+const WRITER_IDLE: Duration = Duration::from_secs(30);
+/// Messages waiting for one peer's stream; more are dropped (the peer is not keeping up).
+const QUEUE: usize = 256;
+/// Inbound messages waiting for the agent's event loop, from all peers.
+const INBOUND_QUEUE: usize = 4096;
+
+/// Which of the two protocols a message belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// SWIM packets (`crate::membership`).
+    Membership,
+    /// Claims, grants, renewals and seat tables (`crate::failover`).
+    Election,
+}
+
+impl Lane {
+    const ALL: [Lane; 2] = [Lane::Membership, Lane::Election];
+
+    fn protocol(self) -> StreamProtocol {
+        match self {
+            Lane::Membership => super::MEMBERSHIP_PROTOCOL,
+            Lane::Election => super::ELECTION_PROTOCOL,
+        }
+    }
+
+    fn max_bytes(self) -> usize {
+        match self {
+            Lane::Membership => crate::membership::mesh::MAX_PACKET_BYTES,
+            Lane::Election => crate::failover::driver::MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// What arrived from a peer.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A whole message.
+    Message(Lane, PeerId, Vec<u8>),
+    /// The peer broke the framing (an oversized length); its stream was closed.
+    BadStream(Lane, PeerId, String),
+}
+
+enum Out {
+    Message(Vec<u8>),
+    /// Answered once everything queued before it was written.
+    Flushed(oneshot::Sender<()>),
+}
+
+/// The outgoing streams, by peer and lane; owned by the agent's event loop.
+pub struct Frames {
+    control: libp2p_stream::Control,
+    writers: HashMap<(Lane, PeerId), mpsc::Sender<Out>>,
+    /// Messages dropped because a peer's queue was full.
+    pub dropped: u64,
+}
+
+impl Frames {
+    /// Starts accepting both lanes' inbound streams; what they carry comes out of the receiver.
+    pub fn start(mut control: libp2p_stream::Control) -> (Frames, mpsc::Receiver<Inbound>) {
+        let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
+        for lane in Lane::ALL {
+            match control.accept(lane.protocol()) {
+                Ok(incoming) => {
+                    tokio::spawn(accept(lane, incoming, tx.clone()));
+                }
+                Err(e) => tracing::error!("cannot accept {:?} streams: {e}", lane),
+            }
+        }
+        let frames = Frames {
+            control,
+            writers: HashMap::new(),
+            dropped: 0,
+        };
+        (frames, rx)
+    }
+
+    /// Queues `message` for `peer`; the caller makes sure a connection exists or is being dialled.
+    pub fn send(&mut self, lane: Lane, peer: PeerId, message: Vec<u8>) {
+        match self.writer(lane, peer).try_send(Out::Message(message)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.dropped += 1,
+            // The writer gave up (idle, or its stream broke) since the last look: start another.
+            Err(mpsc::error::TrySendError::Closed(Out::Message(message))) => {
+                self.writers.remove(&(lane, peer));
+                if self
+                    .writer(lane, peer)
+                    .try_send(Out::Message(message))
+                    .is_err()
+                {
+                    self.dropped += 1;
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(Out::Flushed(_))) => {}
+        }
+    }
+
+    /// Resolves once every message queued so far for `peer` on `lane` is written (or dropped).
+    pub fn flushed(&mut self, lane: Lane, peer: PeerId) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.writer(lane, peer).try_send(Out::Flushed(tx));
+        rx
+    }
+
+    fn writer(&mut self, lane: Lane, peer: PeerId) -> &mpsc::Sender<Out> {
+        let control = &self.control;
+        self.writers.entry((lane, peer)).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(write(lane, peer, control.clone(), rx));
+            tx
+        })
+    }
+}
+
+async fn accept(
+    lane: Lane,
+    mut incoming: libp2p_stream::IncomingStreams,
+    tx: mpsc::Sender<Inbound>,
+) {
+    while let Some((peer, stream)) = incoming.next().await {
+        tokio::spawn(read(lane, peer, stream, tx.clone()));
+    }
+}
+
+/// Reads length-prefixed messages off one inbound stream until it ends.
+async fn read(lane: Lane, peer: PeerId, stream: Stream, tx: mpsc::Sender<Inbound>) {
+    let max = lane.max_bytes();
+    let mut r = futures::io::BufReader::with_capacity(16 << 10, stream);
+    loop {
+        let mut head = [0u8; 4];
+        if r.read_exact(&mut head).await.is_err() {
+            return; // closed (or broken) between messages
+        }
+        let len = u32::from_be_bytes(head) as usize;
+        if len > max {
+            let reason = format!("a message of {len} bytes exceeds the {max}-byte limit");
+            let _ = tx.send(Inbound::BadStream(lane, peer, reason)).await;
+            return;
+        }
+        let mut body = vec![0u8; len];
+        if r.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        if tx.send(Inbound::Message(lane, peer, body)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Opens a stream to `peer` and writes what is queued for it, everything waiting in one write.
+async fn write(
+    lane: Lane,
+    peer: PeerId,
+    mut control: libp2p_stream::Control,
+    mut rx: mpsc::Receiver<Out>,
+) {
+    let opened =
+        tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, lane.protocol())).await;
+    let mut stream = match opened {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return tracing::debug!(%peer, "cannot open a {lane:?} stream: {e}"),
+        Err(_) => return tracing::debug!(%peer, "opening a {lane:?} stream timed out"),
+    };
+    let mut buf = Vec::with_capacity(16 << 10);
+    let mut flushed = Vec::new();
+    loop {
+        let first = match tokio::time::timeout(WRITER_IDLE, rx.recv()).await {
+            Ok(Some(out)) => out,
+            Ok(None) | Err(_) => break,
+        };
+        buf.clear();
+        let mut next = Some(first);
+        while let Some(out) = next {
+            match out {
+                Out::Message(m) => {
+                    buf.extend_from_slice(&(m.len() as u32).to_be_bytes());
+                    buf.extend_from_slice(&m);
+                }
+                Out::Flushed(done) => flushed.push(done),
+            }
+            next = if buf.len() < 1 << 20 {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        let written: io::Result<()> = async {
+            stream.write_all(&buf).await?;
+            stream.flush().await
+        }
+        .await;
+        for done in flushed.drain(..) {
+            let _ = done.send(());
+        }
+        if let Err(e) = written {
+            return tracing::debug!(%peer, "{lane:?} stream broke: {e}");
+        }
+    }
+    let _ = stream.close().await;
+}
