@@ -159,9 +159,11 @@ async fn read(lane: Lane, peer: PeerId, stream: Stream, tx: mpsc::Sender<Inbound
             let _ = tx.send(Inbound::BadStream(lane, peer, reason)).await;
             return;
         }
-        let mut body = vec![0u8; len];
-        if r.read_exact(&mut body).await.is_err() {
-            return;
+        // Grown as the bytes arrive, not allocated at the announced length.
+        let mut body = Vec::new();
+        match (&mut r).take(len as u64).read_to_end(&mut body).await {
+            Ok(n) if n == len => {}
+            _ => return, // broken inside a message
         }
         if tx.send(Inbound::Message(lane, peer, body)).await.is_err() {
             return;
