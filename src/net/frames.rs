@@ -14,7 +14,7 @@ use std::io;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::{PeerId, Stream, StreamProtocol};
+use libp2p::{PeerId, StreamProtocol};
 use tokio::sync::{mpsc, oneshot};
 
 /// How long opening a stream (and dialling for it) may take before its queued messages are dropped.
@@ -145,7 +145,12 @@ async fn accept(
 }
 
 /// Reads length-prefixed messages off one inbound stream until it ends.
-async fn read(lane: Lane, peer: PeerId, stream: Stream, tx: mpsc::Sender<Inbound>) {
+async fn read<S: futures::AsyncRead + Unpin>(
+    lane: Lane,
+    peer: PeerId,
+    stream: S,
+    tx: mpsc::Sender<Inbound>,
+) {
     let max = lane.max_bytes();
     let mut r = futures::io::BufReader::with_capacity(16 << 10, stream);
     loop {
@@ -221,4 +226,65 @@ async fn write(
         }
     }
     let _ = stream.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(messages: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in messages {
+            out.extend_from_slice(&(m.len() as u32).to_be_bytes());
+            out.extend_from_slice(m);
+        }
+        out
+    }
+
+    async fn read_all(lane: Lane, bytes: Vec<u8>) -> Vec<Inbound> {
+        let (tx, mut rx) = mpsc::channel(16);
+        read(lane, PeerId::random(), futures::io::Cursor::new(bytes), tx).await;
+        let mut got = Vec::new();
+        while let Ok(i) = rx.try_recv() {
+            got.push(i);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn messages_come_out_whole_and_in_order() {
+        let got = read_all(Lane::Election, framed(&[b"one", b"", b"three"])).await;
+        let bodies: Vec<&[u8]> = got
+            .iter()
+            .map(|i| match i {
+                Inbound::Message(Lane::Election, _, m) => m.as_slice(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(bodies, [&b"one"[..], b"", b"three"]);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_length_ends_the_stream_and_is_reported() {
+        let mut bytes = framed(&[b"ok"]);
+        let too_big = (Lane::Election.max_bytes() + 1) as u32;
+        bytes.extend_from_slice(&too_big.to_be_bytes());
+        bytes.extend_from_slice(&framed(&[b"never read"]));
+        let got = read_all(Lane::Election, bytes).await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(matches!(&got[0], Inbound::Message(_, _, m) if m == b"ok"));
+        assert!(
+            matches!(&got[1], Inbound::BadStream(Lane::Election, _, reason) if reason.contains("exceeds")),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_cut_short_is_dropped() {
+        let mut bytes = framed(&[b"whole"]);
+        bytes.extend_from_slice(&10u32.to_be_bytes());
+        bytes.extend_from_slice(b"half");
+        let got = read_all(Lane::Membership, bytes).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+    }
 }
