@@ -348,7 +348,9 @@ impl World {
         for i in 0..n {
             let seed = self.rng.gen();
             let mut node = Swim::new(i, 1, (), Trusting, self.cfg.swim.clone(), seed, now);
-            node.reserve(n as usize);
+            // Room for the joiners too: growing 10,000 tables when the first one comes copied
+            // each of them whole (and faulted in the copy's pages).
+            node.reserve((n + self.cfg.joins) as usize);
             for j in 0..n {
                 if j != i {
                     node.assume_alive(j, 1, (), (), now);
