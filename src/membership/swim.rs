@@ -34,7 +34,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::table::{MemberId, Table};
+use super::table::{prefetch, MemberId, Table};
 
 /// Proves that an alive or leave announcement was made by its subject (a signature in the agent;
 /// trivially true in the simulator, whose nodes cannot lie).
@@ -432,6 +432,9 @@ pub struct Swim<Id: MemberId, M, A: Authority<Id, M>> {
     seeds: Vec<Id>,
     probe_order: Vec<Id>,
     probe_next: usize,
+    /// The member after the last one probed, as the order stood then: only a hint for
+    /// [`Swim::prefetch_probe_target`], which may be stale (the pick itself reads the order).
+    probe_hint: Option<Id>,
     /// Open probes by sequence number (they may overlap: the indirect phase outlasts a period).
     probes: BySeq<Probe<Id>>,
     relays: BySeq<Relay<Id>>,
@@ -500,6 +503,7 @@ where
             seeds: Vec::new(),
             probe_order: Vec::new(),
             probe_next: 0,
+            probe_hint: None,
             probes: BySeq::default(),
             relays: BySeq::default(),
             suspicions: HashMap::new(),
@@ -593,6 +597,28 @@ where
     /// entry into the cache. Changes nothing.
     pub fn prefetch_member(&self, id: &Id) {
         self.members.prefetch(id);
+    }
+
+    /// A hint for a driver that knows a probe tick comes next: starts bringing into the cache
+    /// what picking and recording the probe reads (the next member of the probe order, its
+    /// entry, the open probes). At 10,000 simulated nodes these were two misses one after the
+    /// other, a quarter of the run. Changes nothing.
+    pub fn prefetch_probe_target(&self) {
+        if let Some(id) = &self.probe_hint {
+            self.members.prefetch(id);
+        }
+        if let Some(next) = self.probe_order.get(self.probe_next) {
+            prefetch(next);
+        }
+        self.prefetch_probes();
+    }
+
+    /// A hint for a driver that knows an ack or a nack comes next: starts bringing the open
+    /// probes into the cache. Changes nothing.
+    pub fn prefetch_probes(&self) {
+        if let Some(open) = self.probes.0.first() {
+            prefetch(open);
+        }
     }
 
     /// Makes room for `n` more members at once (a simulator building large tables).
@@ -845,6 +871,8 @@ where
                     .get(&id)
                     .is_some_and(|m| !matches!(m.liveness, Liveness::Dead | Liveness::Left))
                 {
+                    // Its cache line is at hand now; at the next tick it would be a miss.
+                    self.probe_hint = self.probe_order.get(self.probe_next).copied();
                     return Some(id);
                 }
             }
