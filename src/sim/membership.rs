@@ -387,10 +387,7 @@ impl World {
         if let Some(p) = self.cfg.partition {
             self.push(p.at + p.lasting, 0, Kind::Check);
         }
-        loop {
-            let Some((at, (node, kind))) = self.queue.pop() else {
-                break;
-            };
+        while let Some((at, (node, kind))) = self.queue.pop() {
             if at > d {
                 break;
             }
