@@ -1083,7 +1083,7 @@ impl Agent {
     fn declare_dead(&mut self, id: PeerId) {
         let (name, address, silent_ms) = match self.swim.member(&id) {
             Some(m) => {
-                let heard = [m.last_ack(), m.last_announce()]
+                let heard = [m.last_ack(), self.swim.last_announce(&id)]
                     .into_iter()
                     .flatten()
                     .max();
@@ -1628,7 +1628,7 @@ impl Agent {
         }];
         for (id, m) in self.swim.members() {
             // Last sign of life: an ack, an announcement, or else when its state last changed.
-            let heard = [m.last_ack(), m.last_announce()]
+            let heard = [m.last_ack(), self.swim.last_announce(&id)]
                 .into_iter()
                 .flatten()
                 .max()
@@ -1645,7 +1645,7 @@ impl Agent {
                 addrs: m.meta.addrs.clone(),
                 degraded: m.meta.degraded,
                 resources: resource_row(&m.meta.resources),
-                channels: self.channels(m, now),
+                channels: self.channels(&id, m, now),
                 blade: m.meta.blade.clone(),
             });
         }
@@ -1658,10 +1658,12 @@ impl Agent {
     /// (its signed announcements through any member; serial = its incarnation).
     fn channels(
         &self,
+        id: &PeerId,
         m: &crate::membership::swim::Member<MemberMeta, Vec<u8>>,
         now: Duration,
     ) -> Vec<ChannelInfo> {
         let ago = |t: Option<Duration>| t.map(|t| now.saturating_sub(t).as_millis() as u64);
+        let last_announce = self.swim.last_announce(id);
         let probe_state = match m.liveness {
             Liveness::Left => "disabled",
             Liveness::Alive if m.last_ack().is_none() => "idle",
@@ -1676,7 +1678,7 @@ impl Agent {
             // Announcements are solicited by suspicion: one that answered it keeps the member up.
             Liveness::UnreachableLink => "ok",
             Liveness::Suspect => "failed",
-            Liveness::Alive if m.last_announce().is_none() => "idle",
+            Liveness::Alive if last_announce.is_none() => "idle",
             Liveness::Alive => "ok",
         };
         vec![
@@ -1691,7 +1693,7 @@ impl Agent {
                 name: "relay".into(),
                 enabled: relay_enabled,
                 serial: m.inc,
-                last_ms: ago(m.last_announce()),
+                last_ms: ago(last_announce),
                 state: relay_state.into(),
             },
         ]

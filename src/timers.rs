@@ -15,6 +15,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
+use crate::membership::table::prefetch;
+
 /// Width of a bucket.
 const BUCKET_NANOS: u64 = 200_000;
 /// Buckets in the ring: how far ahead, in buckets, items are kept unsorted (3.3 s).
@@ -164,6 +166,24 @@ impl<T> TimerQueue<T> {
     pub fn peek(&mut self) -> Option<&T> {
         let ((_, _, slot), _) = self.earliest()?;
         self.slots[slot as usize].as_ref()
+    }
+
+    /// The `k`-th next item of the current bucket (0: the next), as a hint of what comes soon:
+    /// it ignores items pushed since the bucket was sorted and those of later buckets.
+    pub fn upcoming(&self, k: usize) -> Option<&T> {
+        let i = self.near.len().checked_sub(k + 1)?;
+        self.slots[self.near[i].2 as usize].as_ref()
+    }
+
+    /// Starts bringing the `k`-th next item of the current bucket into the cache (see
+    /// [`TimerQueue::upcoming`]), without reading it. Changes nothing.
+    pub fn prefetch_upcoming(&self, k: usize) {
+        let Some(i) = self.near.len().checked_sub(k + 1) else {
+            return;
+        };
+        if let Some(slot) = self.slots.get(self.near[i].2 as usize) {
+            prefetch(slot);
+        }
     }
 
     /// Takes the earliest item with its due time.

@@ -264,31 +264,39 @@ impl World {
         self.outputs = outputs;
     }
 
-    /// Asks for the state of the next event's node while this event is handled. At 10,000 nodes
-    /// each event touches a node and member entries that are nowhere near the cache; waiting for
-    /// them one after another was most of the run time. Prefetches change nothing, so a run is
-    /// the same with or without them.
-    fn prefetch_next_node(&mut self) {
-        if let Some((next, _)) = self.queue.peek() {
+    /// Asks for what the next events will touch, in a pipeline, while this one is handled: at
+    /// 10,000 nodes each event touches its queue item, its node and member entries of that node
+    /// that are nowhere near the cache, each found through the one before. So three events
+    /// ahead the item is fetched; two ahead, its node; one ahead, the member entries the node
+    /// will look up (a packet's sender and first piggybacked subjects, a probe tick's target and
+    /// open probes). Each stage then has a whole event's time to arrive. Prefetches change
+    /// nothing, so a run is the same with or without them (and a stale guess costs only time).
+    fn prefetch_ahead(&self) {
+        self.queue.prefetch_upcoming(2);
+        if let Some((next, _)) = self.queue.upcoming(1) {
             if let Some(node) = self.nodes.get(*next as usize) {
                 prefetch(node);
             }
         }
-    }
-
-    /// Before the next event is taken: asks for the member entries it will look up (its sender
-    /// and the first piggybacked subjects), all at once, in its node's table (which
-    /// [`World::prefetch_next_node`] asked for during the event before).
-    fn prefetch_next_members(&mut self) {
-        let Some((to, Kind::Deliver { from, packet })) = self.queue.peek() else {
+        let Some((to, kind)) = self.queue.upcoming(0) else {
             return;
         };
         let Some(node) = self.nodes.get(*to as usize).and_then(Option::as_ref) else {
             return;
         };
-        node.prefetch_member(from);
-        for update in packet.updates.iter().take(PREFETCH_UPDATES) {
-            node.prefetch_member(&update.subject());
+        match kind {
+            Kind::Deliver { from, packet } => {
+                node.prefetch_member(from);
+                for update in packet.updates.iter().take(PREFETCH_UPDATES) {
+                    node.prefetch_member(&update.subject());
+                }
+                if let Message::Ack { .. } | Message::Nack { .. } = packet.message {
+                    node.prefetch_probes();
+                }
+            }
+            // A third of the events: the node picks its next probe target.
+            Kind::Timer(Timer::ProbeTick) => node.prefetch_probe_target(),
+            _ => {}
         }
     }
 
@@ -348,7 +356,9 @@ impl World {
         for i in 0..n {
             let seed = self.rng.gen();
             let mut node = Swim::new(i, 1, (), Trusting, self.cfg.swim.clone(), seed, now);
-            node.reserve(n as usize);
+            // Room for the joiners too: growing 10,000 tables when the first one comes copied
+            // each of them whole (and faulted in the copy's pages).
+            node.reserve((n + self.cfg.joins) as usize);
             for j in 0..n {
                 if j != i {
                     node.assume_alive(j, 1, (), (), now);
@@ -377,20 +387,16 @@ impl World {
         if let Some(p) = self.cfg.partition {
             self.push(p.at + p.lasting, 0, Kind::Check);
         }
-        loop {
-            self.prefetch_next_members();
-            let Some((at, (node, kind))) = self.queue.pop() else {
-                break;
-            };
+        while let Some((at, (node, kind))) = self.queue.pop() {
             if at > d {
                 break;
             }
+            self.prefetch_ahead();
             if let Kind::Timer(Timer::ProbeTimeout { seq }) = kind {
                 if self.probes_answered[node as usize] == Some(seq) {
                     continue;
                 }
             }
-            self.prefetch_next_node();
             let ev = Event { at, node, kind };
             self.events += 1;
             let i = ev.node as usize;
