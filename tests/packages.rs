@@ -567,7 +567,8 @@ fn with_run_as_install_commands_run_as_that_user_without_roots_groups() {
         "ids",
         "any",
         &install_xml(
-            "<place file=\"data.txt\"/><run timeout-ms=\"10000\"><arg>sh</arg><arg>-c</arg><arg>id -u &gt; uid.txt; id -G &gt; groups.txt</arg></run>",
+            "<place file=\"data.txt\"/><run timeout-ms=\"10000\"><arg>sh</arg><arg>-c</arg><arg>id -u &gt; uid.txt; id -G &gt; groups.txt</arg></run>\
+             <place file=\"peerlet.toml\" to=\"late/peerlet.toml\"/><run timeout-ms=\"10000\"><arg>sh</arg><arg>-c</arg><arg>echo appended &gt;&gt; late/peerlet.toml</arg></run>",
         ),
     );
     let ids = build(&ids, Some(&op), &root.join("ids.dcipkg"));
@@ -579,8 +580,15 @@ fn with_run_as_install_commands_run_as_that_user_without_roots_groups() {
     assert_eq!(read("uid.txt").trim(), "65534");
     let groups = read("groups.txt");
     assert!(!groups.split_whitespace().any(|g| g == "0"), "{groups}");
-    // The directory and the file placed before the command were given to nobody.
-    for path in [installed.clone(), installed.join("data.txt")] {
+    // The directory, and the files placed before and after the first command, were given to
+    // nobody: the last command could write to the file placed after.
+    assert!(read("late/peerlet.toml").ends_with("appended\n"));
+    for path in [
+        installed.clone(),
+        installed.join("data.txt"),
+        installed.join("late"),
+        installed.join("late/peerlet.toml"),
+    ] {
         assert_eq!(std::fs::metadata(&path).unwrap().uid(), 65534, "{path:?}");
     }
     assert!(!node.data_dir.join("packages").exists());
