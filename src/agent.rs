@@ -76,6 +76,9 @@ pub enum StartError {
     /// The web console could not be started.
     #[error(transparent)]
     Console(#[from] crate::console::ConsoleError),
+    /// `[packages] run_as` is set but dcid cannot change user.
+    #[error("[packages] run_as = \"{0}\" needs dcid to run as root")]
+    RunAsNeedsRoot(String),
 }
 
 /// Failure notices kept for `dcish notices`; the oldest go first.
@@ -183,6 +186,12 @@ impl Agent {
     /// Checks everything, binds the ports, then creates the data dir, identity, database and
     /// control socket. Must run inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Agent, StartError> {
+        if let Some(u) = &config.packages.run_as {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            if unsafe { libc::geteuid() } != 0 {
+                return Err(StartError::RunAsNeedsRoot(u.user.clone()));
+            }
+        }
         let mut data_dir = DataDir::inspect(&config.data_dir)?;
         let (key, new_key) = match data_dir.read_identity()? {
             Some(key) => (key, false),
@@ -294,9 +303,10 @@ impl Agent {
                 crate::package::install::Settings {
                     trusted: config.packages.trusted.clone(),
                     platform: crate::package::platform(),
-                    root: data_dir.path().join("packages"),
+                    root: config.packages.root.clone(),
                     max_step: config.packages.max_step,
                     on_demand_signers: config.packages.on_demand_signers.clone(),
+                    run_as: config.packages.run_as.clone(),
                 },
                 Some(messenger_handle.clone()),
             )

@@ -355,6 +355,10 @@ pub struct PackagesFile {
     /// Fingerprints of the trusted keys whose packages on-demand retrieval installs; none: any
     /// trusted key.
     pub on_demand_signers: Option<Vec<String>>,
+    /// Where packages are installed.
+    pub root: Option<PathBuf>,
+    /// The user install commands run as.
+    pub run_as: Option<String>,
 }
 
 /// Software packages, validated.
@@ -368,6 +372,10 @@ pub struct PackagesConfig {
     pub on_demand: bool,
     /// The signers on-demand retrieval accepts (empty: any trusted).
     pub on_demand_signers: Vec<String>,
+    /// Where packages are installed.
+    pub root: PathBuf,
+    /// The user install commands run as (none: dcid's own).
+    pub run_as: Option<crate::package::install::RunAs>,
 }
 
 /// What the command line says; `None` means "not given, use the file or the default".
@@ -618,6 +626,11 @@ impl Config {
         )
         .map_err(|(field, value, reason)| invalid(field, &value, &reason))?;
 
+        let data_dir = cli
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./dci-data"));
         let key_paths = if cli.trusted_keys.is_empty() {
             file.packages.trusted_keys.unwrap_or_default()
         } else {
@@ -638,15 +651,31 @@ impl Config {
             )?,
             on_demand: file.packages.on_demand.unwrap_or(false),
             on_demand_signers: file.packages.on_demand_signers.unwrap_or_default(),
+            root: file
+                .packages
+                .root
+                .unwrap_or_else(|| data_dir.join("packages")),
+            run_as: file
+                .packages
+                .run_as
+                .map(|user| {
+                    crate::package::install::RunAs::lookup(&user)
+                        .map_err(|e| invalid("packages.run_as", &user, &e))
+                })
+                .transpose()?,
         };
+        if packages.run_as.is_some() && resolved(&packages.root).starts_with(resolved(&data_dir)) {
+            return Err(invalid(
+                "packages.root",
+                &packages.root.display().to_string(),
+                "must be outside the data dir when run_as is set (the data dir holds the \
+                 identity key and database, and is never opened to another user)",
+            ));
+        }
 
         Ok(Config {
             name,
-            data_dir: cli
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("./dci-data")),
+            data_dir,
             listen,
             data_listen,
             join,
@@ -710,6 +739,38 @@ fn degradation_config(
         ));
     }
     Ok(config)
+}
+
+/// `path` absolute, `.` and `..` folded, and symlinks resolved as far as it exists (it may not
+/// exist yet), so that two spellings of one place compare equal.
+fn resolved(path: &Path) -> PathBuf {
+    let mut plain = PathBuf::new();
+    for part in std::path::absolute(path)
+        .unwrap_or_else(|_| path.into())
+        .components()
+    {
+        match part {
+            std::path::Component::ParentDir => {
+                plain.pop();
+            }
+            std::path::Component::CurDir => {}
+            part => plain.push(part),
+        }
+    }
+    let mut missing = Vec::new();
+    let mut at = plain.as_path();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(at) {
+            return missing.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name);
+                at = parent;
+            }
+            _ => return plain,
+        }
+    }
 }
 
 fn invalid(field: &'static str, value: &str, reason: &str) -> ConfigError {
@@ -994,5 +1055,46 @@ mod tests {
             assert!(validate_name("name", bad).is_err(), "{bad:?} was accepted");
         }
         validate_name("name", "blade-01.rack_2").unwrap();
+    }
+
+    #[test]
+    fn run_as_needs_a_known_user_and_a_root_outside_the_data_dir() {
+        let load = |packages: &str| {
+            let file: FileConfig = toml::from_str(&format!(
+                "data_dir = \"/srv/dci\"\n[packages]\n{packages}\n"
+            ))
+            .unwrap();
+            Config::merge(file, &cli()).map(|c| c.packages)
+        };
+        let p = load("").unwrap();
+        assert_eq!(
+            (p.root, p.run_as),
+            (PathBuf::from("/srv/dci/packages"), None)
+        );
+
+        let err = load("run_as = \"no-such-user-here\"")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "invalid packages.run_as 'no-such-user-here': no such user"
+        );
+        for inside in [
+            "",
+            "root = \"/srv/dci/pkgs\"",
+            "root = \"/srv/other/../dci/./x\"",
+        ] {
+            let err = load(&format!("run_as = \"nobody\"\n{inside}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("invalid packages.root"), "{inside}: {err}");
+            assert!(err.contains("outside the data dir"), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+
+        let p = load("run_as = \"nobody\"\nroot = \"/srv/dci-packages\"").unwrap();
+        assert_eq!(p.root, PathBuf::from("/srv/dci-packages"));
+        let u = p.run_as.unwrap();
+        assert_eq!((u.user.as_str(), u.uid), ("nobody", 65534));
     }
 }

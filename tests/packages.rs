@@ -517,3 +517,79 @@ fn an_envelope_for_a_missing_peerlet_makes_its_blade_retrieve_it_from_a_peer_whe
     assert!(err.contains("unknown-app"), "{err}");
     assert_eq!(installed(b2, "b3"), vec![]);
 }
+
+#[test]
+fn with_run_as_install_commands_run_as_that_user_without_roots_groups() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: [packages] run_as needs dcid to run as root");
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // nobody must reach the install root through the temp dir, which tempfile makes 0700.
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for parent in root.ancestors().skip(1) {
+        let mode = std::fs::metadata(parent).unwrap().permissions().mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(mode | 0o001))
+                .unwrap();
+        }
+    }
+    let op = key(root, "op.key");
+    let packages = root.join("installed");
+    let config = root.join("run-as.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[packages]\nrun_as = \"nobody\"\nroot = {:?}\ntrusted_keys = [{:?}]\n",
+            packages.to_str().unwrap(),
+            root.join("op.key.pub").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let node = Node::start(
+        root,
+        "b1",
+        free_port(),
+        &[],
+        &["--config", config.to_str().unwrap()],
+    );
+    wait_until(Duration::from_secs(20), || {
+        node.members()
+            .is_some_and(|m| m.iter().any(|m| m["state"] == "alive"))
+    })
+    .expect("b1 never saw itself alive");
+
+    let ids = source(
+        root,
+        "ids",
+        "any",
+        &install_xml(
+            "<place file=\"data.txt\"/><run timeout-ms=\"10000\"><arg>sh</arg><arg>-c</arg><arg>id -u &gt; uid.txt; id -G &gt; groups.txt</arg></run>\
+             <place file=\"peerlet.toml\" to=\"late/peerlet.toml\"/><run timeout-ms=\"10000\"><arg>sh</arg><arg>-c</arg><arg>echo appended &gt;&gt; late/peerlet.toml</arg></run>",
+        ),
+    );
+    let ids = build(&ids, Some(&op), &root.join("ids.dcipkg"));
+    let (success, rows) = deploy(&node, &ids, "b1");
+    assert!(success, "{rows:?}");
+
+    let installed = packages.join("ids/1.0");
+    let read = |f: &str| std::fs::read_to_string(installed.join(f)).unwrap();
+    assert_eq!(read("uid.txt").trim(), "65534");
+    let groups = read("groups.txt");
+    assert!(!groups.split_whitespace().any(|g| g == "0"), "{groups}");
+    // The directory, and the files placed before and after the first command, were given to
+    // nobody: the last command could write to the file placed after.
+    assert!(read("late/peerlet.toml").ends_with("appended\n"));
+    for path in [
+        installed.clone(),
+        installed.join("data.txt"),
+        installed.join("late"),
+        installed.join("late/peerlet.toml"),
+    ] {
+        assert_eq!(std::fs::metadata(&path).unwrap().uid(), 65534, "{path:?}");
+    }
+    assert!(!node.data_dir.join("packages").exists());
+}

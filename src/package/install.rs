@@ -1,13 +1,15 @@
 //! The installer: verifies a package, turns its instructions into actions on this blade, and
 //! records what is installed.
 //!
-//! Each package version gets its own directory, `<data-dir>/packages/<name>/<version>/`, the
-//! install root its steps are confined to: every path is relative and plain, no existing part of
-//! it may be a symlink (a step that made one cannot write through it), and commands run there
-//! with a cleared environment and a time limit (the step's, capped by `[packages] max_step_ms`),
-//! killed with their whole process group when it passes. Every action done is pushed on an undo
-//! stack; when a step fails the stack is run backwards and the directory removed, so nothing
-//! half-installed is left. One install or removal runs at a time.
+//! Each package version gets its own directory, `<root>/<name>/<version>/` (`[packages] root`,
+//! by default `<data-dir>/packages`), the install root its steps are confined to: every path is
+//! relative and plain, no existing part of it may be a symlink (a step that made one cannot write
+//! through it), and commands run there with a cleared environment and a time limit (the step's,
+//! capped by `[packages] max_step_ms`), killed with their whole process group when it passes.
+//! With `[packages] run_as`, the directory is given to that user just before the first command
+//! runs, and every command runs as that user, without root's supplementary groups. Every action
+//! done is pushed on an undo stack; when a step fails the stack is run backwards and the directory
+//! removed, so nothing half-installed is left. One install or removal runs at a time.
 //!
 //! An upgrade installs the new version beside the old one; once every step has succeeded the old
 //! version's directory is removed, and the peerlets it registered that the new one does not are
@@ -41,6 +43,55 @@ pub struct Settings {
     pub max_step: Duration,
     /// The signers whose packages on-demand retrieval installs (empty: any trusted).
     pub on_demand_signers: Vec<String>,
+    /// The user install commands run as (none: dcid's own).
+    pub run_as: Option<RunAs>,
+}
+
+/// A user install commands run as, from `[packages] run_as`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// The user name.
+    pub user: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+}
+
+impl RunAs {
+    /// Looks `user` up in the password database.
+    pub fn lookup(user: &str) -> Result<RunAs, String> {
+        let name = std::ffi::CString::new(user).map_err(|_| "contains a NUL byte".to_string())?;
+        let mut buf = vec![0 as libc::c_char; 1024];
+        loop {
+            // SAFETY: a plain C struct, all integers and pointers, for getpwnam_r to fill.
+            let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+            let mut found = std::ptr::null_mut();
+            // SAFETY: every pointer is valid for the call and `buf`'s length is its own; only the
+            // integer fields of `pwd` are read after.
+            let rc = unsafe {
+                libc::getpwnam_r(
+                    name.as_ptr(),
+                    &mut pwd,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    &mut found,
+                )
+            };
+            match rc {
+                0 if found.is_null() => return Err("no such user".into()),
+                0 => {
+                    return Ok(RunAs {
+                        user: user.into(),
+                        uid: pwd.pw_uid,
+                        gid: pwd.pw_gid,
+                    })
+                }
+                libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
+                e => return Err(std::io::Error::from_raw_os_error(e).to_string()),
+            }
+        }
+    }
 }
 
 /// What is installed, as kept in sled.
@@ -133,6 +184,38 @@ fn package_file(dir: &Path) -> PathBuf {
     let mut s = dir.as_os_str().to_owned();
     s.push(".dcipkg");
     s.into()
+}
+
+/// Gives `path` and everything under it to `to`, not following symlinks. Done once, before the
+/// first command runs: until then only the installer has written there, so no link the user
+/// planted can turn this onto a file outside.
+fn chown_tree(path: &Path, to: &RunAs) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(to.uid), Some(to.gid))?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), to)?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates the missing directories from `dir` down to `path` (which is under it), given to
+/// `owner` when set.
+fn make_dirs(dir: &Path, path: &Path, owner: Option<&RunAs>) -> Result<(), String> {
+    let mut at = dir.to_path_buf();
+    for part in path.strip_prefix(dir).unwrap_or(Path::new("")).components() {
+        at.push(part);
+        let made = match std::fs::create_dir(&at) {
+            Ok(()) => match owner {
+                Some(u) => std::os::unix::fs::lchown(&at, Some(u.uid), Some(u.gid)),
+                None => Ok(()),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        };
+        made.map_err(|e| format!("{}: {e}", at.display()))?;
+    }
+    Ok(())
 }
 
 /// `rel` under `dir`, refused if it escapes or any existing part of it is a symlink.
@@ -277,15 +360,34 @@ impl Installer {
                 std::io::ErrorKind::NotFound => Ok(()),
                 _ => Err(e),
             })
-            .and_then(|()| std::fs::create_dir_all(&dir));
+            // Traversable: a run_as user reaches its directory through `<root>/<name>`.
+            .and_then(|()| {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(&dir)
+            });
         if let Err(e) = fresh {
             return Err(refused(format!("{}: {e}", dir.display())));
         }
         let mut undo = Vec::new();
         let mut registered = Vec::new();
+        // Set once the directory belongs to the run_as user: files placed after are given to it.
+        let mut owner = None;
         for step in &package.steps {
+            if let (Some(u), Step::Run { .. }, None) = (&self.settings.run_as, step, owner) {
+                if let Err(e) = chown_tree(&dir, u) {
+                    self.roll_back(undo, &dir).await;
+                    return Err(Failure {
+                        step: Some(step.describe()),
+                        output: format!("cannot give {} to {}: {e}", dir.display(), u.user),
+                    });
+                }
+                owner = Some(u);
+            }
             if let Err(output) = self
-                .apply(step, &package, &dir, &mut undo, &mut registered)
+                .apply(step, &package, &dir, owner, &mut undo, &mut registered)
                 .await
             {
                 self.roll_back(undo, &dir).await;
@@ -337,6 +439,7 @@ impl Installer {
         step: &Step,
         package: &Package,
         dir: &Path,
+        owner: Option<&RunAs>,
         undo: &mut Vec<Undo>,
         registered: &mut Vec<(String, PathBuf)>,
     ) -> Result<(), String> {
@@ -348,8 +451,7 @@ impl Installer {
                     .ok_or_else(|| format!("the package has no file {file}"))?;
                 let dest = inside(dir, to)?;
                 if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| format!("{}: {e}", parent.display()))?;
+                    make_dirs(dir, parent, owner)?;
                 }
                 let write = || -> std::io::Result<()> {
                     use std::io::Write;
@@ -360,6 +462,9 @@ impl Installer {
                         .custom_flags(libc::O_NOFOLLOW)
                         .open(&dest)?;
                     f.write_all(bytes)?;
+                    if let Some(u) = owner {
+                        std::os::unix::fs::fchown(&f, Some(u.uid), Some(u.gid))?;
+                    }
                     f.set_permissions(std::fs::Permissions::from_mode(*mode))?;
                     f.sync_all()
                 };
@@ -433,6 +538,26 @@ impl Installer {
             // Its own process group, so that a timeout kills whatever it started too.
             .process_group(0)
             .kill_on_drop(true);
+        if let Some(u) = &self.settings.run_as {
+            let (uid, gid) = (u.uid, u.gid);
+            // Not Command::uid/gid: std runs pre_exec closures after its setuid, too late to drop
+            // the groups here, and it ignores a failing setgroups.
+            // SAFETY: the closure runs in the forked child before exec, where only
+            // async-signal-safe calls are sound: it makes three system calls and reads errno.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // Root's supplementary groups first, then the group, then the user (after
+                    // which the other two are no longer allowed).
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", command.args[0]))?;
