@@ -44,20 +44,29 @@ for s in json.load(sys.stdin): print(s["holder_name"])' 2>/dev/null
 # Waits up to $1 seconds until every container of the rest of the arguments (up to "--") lists
 # every member after "--" alive.
 all_alive() {
-  local deadline=$((SECONDS+$1)); shift
-  local cs=() ms=() c m ok
+  local secs=$1 cs=() c; shift
   while [ "$1" != -- ]; do cs+=("$1"); shift; done; shift
-  ms=("$@")
+  until_every "$secs" 1 lists_alive "$@" -- "${cs[@]}" && return 0
+  for c in "${cs[@]}"; do echo "--- $c"; docker exec "$c" dcish nodes; done
+  return 1
+}
+# Whether container $1 lists every member after it alive.
+lists_alive() {
+  local c=$1 m; shift
+  for m; do [ "$(state_of "$c" "$m")" = alive ] || return 1; done
+}
+
+# Polls, every $2 s for up to $1 s, until `CHECK CONTAINER ARG...` succeeds for every container
+# after "--": `until_every SECONDS EVERY CHECK [ARG...] -- CONTAINER...`. Fails when time runs out.
+until_every() {
+  local deadline=$((SECONDS+$1)) every=$2 check=$3 args=() c ok; shift 3
+  while [ "$1" != -- ]; do args+=("$1"); shift; done; shift
   while [ $SECONDS -lt $deadline ]; do
     ok=1
-    for c in "${cs[@]}"; do
-      for m in "${ms[@]}"; do [ "$(state_of "$c" "$m")" = alive ] || { ok=0; break; }; done
-      [ $ok -eq 1 ] || break
-    done
+    for c in "$@"; do "$check" "$c" "${args[@]}" || { ok=0; break; }; done
     [ $ok -eq 1 ] && return 0
-    sleep 1
+    sleep "$every"
   done
-  for c in "${cs[@]}"; do echo "--- $c"; docker exec "$c" dcish nodes; done
   return 1
 }
 
@@ -89,18 +98,13 @@ heal_nets() {
 # Whether every container of "$@" seats blade-1..blade-4 each on its own node, waiting up to 30 s;
 # prints every container's seat table when not.
 own_blades_seated() {
-  local deadline=$((SECONDS+30)) c b ok
-  while [ $SECONDS -lt $deadline ]; do
-    ok=1
-    for c in "$@"; do
-      for b in blade-1 blade-2 blade-3 blade-4; do
-        [ "$(seat_of "$c" $b)" = "$b held" ] || { ok=0; break; }
-      done
-      [ $ok -eq 1 ] || break
-    done
-    [ $ok -eq 1 ] && return 0
-    sleep 0.5
-  done
+  local c
+  until_every 30 0.5 seats_own_blades blade-1 blade-2 blade-3 blade-4 -- "$@" && return 0
   for c in "$@"; do echo "--- $c"; docker exec "$c" dcish seats; done
   return 1
+}
+# Whether container $1 seats each blade after it on the blade's own node.
+seats_own_blades() {
+  local c=$1 b; shift
+  for b; do [ "$(seat_of "$c" "$b")" = "$b held" ] || return 1; done
 }

@@ -75,24 +75,17 @@ only_the_majority_elects() {
 
 # After healing: every container seats blade-1..3 on their nodes and blade-4 on spare-1, and
 # blade-4's old node is a spare.
+agrees_after_healing() {
+  seats_own_blades "$1" blade-1 blade-2 blade-3 && [ "$(seat_of "$1" blade-4)" = "spare-1 held" ] &&
+    [ "$(role_of "$1" blade-4)" = "alive spare" ]
+}
 one_holder_per_blade_after_healing() {
   heal_sides
-  local start=$SECONDS deadline=$((SECONDS+60)) c b ok
-  while [ $SECONDS -lt $deadline ]; do
-    ok=1
-    for c in "${everyone[@]}"; do
-      for b in blade-1 blade-2 blade-3; do
-        [ "$(seat_of "$c" $b)" = "$b held" ] || { ok=0; break; }
-      done
-      [ $ok -eq 1 ] && [ "$(seat_of "$c" blade-4)" = "spare-1 held" ] || { ok=0; break; }
-      [ "$(role_of "$c" blade-4)" = "alive spare" ] || { ok=0; break; }
-    done
-    if [ $ok -eq 1 ]; then
-      echo "healed: every container agrees within $((SECONDS-start))s; blade-4's old node is a spare"
-      return 0
-    fi
-    sleep 0.5
-  done
+  local start=$SECONDS c
+  if until_every 60 0.5 agrees_after_healing -- "${everyone[@]}"; then
+    echo "healed: every container agrees within $((SECONDS-start))s; blade-4's old node is a spare"
+    return 0
+  fi
   for c in "${everyone[@]}"; do echo "--- $c"; docker exec "$c" dcish nodes; docker exec "$c" dcish seats; done
   return 1
 }

@@ -147,25 +147,17 @@ split_writes_during_the_cut() {
 
 # After healing: blade-1, blade-2 and Y on their own nodes, X on spare-1, X's old node a spare,
 # in every container.
+split_agrees_after_healing() {
+  seats_own_blades "$1" blade-1 blade-2 "$split_y" && [ "$(seat_of "$1" "$split_x")" = "spare-1 held" ] &&
+    [ "$(role_of "$1" "$split_x")" = "alive spare" ] && [ "$(holders_in "$1" | sort | uniq -d)" = "" ]
+}
 split_one_holder_per_blade_after_healing() {
   heal_nets "${split_everyone[@]}"
-  local start=$SECONDS deadline=$((SECONDS+60)) c b ok
-  while [ $SECONDS -lt $deadline ]; do
-    ok=1
-    for c in "${split_everyone[@]}"; do
-      for b in blade-1 blade-2 "$split_y"; do
-        [ "$(seat_of "$c" $b)" = "$b held" ] || { ok=0; break; }
-      done
-      [ $ok -eq 1 ] && [ "$(seat_of "$c" "$split_x")" = "spare-1 held" ] || { ok=0; break; }
-      [ "$(role_of "$c" "$split_x")" = "alive spare" ] || { ok=0; break; }
-      [ "$(holders_in "$c" | sort | uniq -d)" = "" ] || { ok=0; break; }
-    done
-    if [ $ok -eq 1 ]; then
-      echo "healed: every container agrees within $((SECONDS-start))s; $split_x's old node is a spare"
-      return 0
-    fi
-    sleep 0.5
-  done
+  local start=$SECONDS c
+  if until_every 60 0.5 split_agrees_after_healing -- "${split_everyone[@]}"; then
+    echo "healed: every container agrees within $((SECONDS-start))s; $split_x's old node is a spare"
+    return 0
+  fi
   for c in "${split_everyone[@]}"; do echo "--- $c"; docker exec "$c" dcish nodes; docker exec "$c" dcish seats; done
   return 1
 }
