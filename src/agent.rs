@@ -1513,6 +1513,7 @@ impl Agent {
                     ("membership-malformed", c.membership_malformed),
                     ("membership-oversized", c.membership_oversized),
                     ("membership-bad-streams", c.membership_bad_streams),
+                    ("messages-dropped", self.frames.dropped),
                     ("membership-forged", self.swim.rejected().bad_proof),
                     ("envelopes-refused", c.envelopes_refused),
                     ("notices-sent", c.notices_sent),

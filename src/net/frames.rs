@@ -73,7 +73,8 @@ enum Out {
 pub struct Frames {
     control: libp2p_stream::Control,
     writers: HashMap<(Lane, PeerId), mpsc::Sender<Out>>,
-    /// Messages dropped because a peer's queue was full.
+    /// Membership and election messages dropped because a peer's queue was full (`dcish status`
+    /// shows it as `messages-dropped`).
     pub dropped: u64,
 }
 
