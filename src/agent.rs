@@ -28,6 +28,7 @@ use crate::events::{Event, EventHub, EventKind};
 use crate::failover::driver::{self as failover, Effect, Failover};
 use crate::membership::mesh::{self, MemberMeta, MeshPacket, MeshSwim, Signer};
 use crate::membership::swim::{Liveness, Output, Timer};
+use crate::membership::Role;
 use crate::net::backoff::Backoff;
 use crate::net::frames::{Frames, Inbound, Lane};
 use crate::net::{self, Behaviour, BehaviourEvent, NetError, PROTOCOL_VERSION};
@@ -841,16 +842,14 @@ impl Agent {
         });
     }
 
-    /// Where `blade`'s data set lives on this node, if it has one: the backup root, or for a
-    /// blade taken over without one, `<data-dir>/blades/BLADE` (where the takeover restored it).
+    /// Where `blade`'s data set lives on this node, if it has one (where a takeover restores it).
     fn blade_root(&self, blade: &str) -> Option<std::path::PathBuf> {
-        match &self.config.backup.root {
-            Some(root) => Some(root.clone()),
-            None if blade != self.config.name => {
-                Some(self.data_dir.path().join("blades").join(blade))
-            }
-            None => None,
-        }
+        crate::replication::settings::data_set(
+            self.config.backup.root.as_deref(),
+            Some(&self.data_dir.path().join("blades")),
+            (&self.config.name, self.config.role == Role::Spare),
+            blade,
+        )
     }
 
     /// Registers the peerlets of the blade this node acts as (once its data is restored) and
@@ -1795,6 +1794,7 @@ fn start_replication(
     })?;
     backup.restore_into.push(restores);
     backup.takeover_dir = Some(data_dir.path().join("blades"));
+    backup.spare = config.role == Role::Spare;
     let service = Service::new(
         std::sync::Arc::new(store),
         std::sync::Arc::new(catalog),

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, ok, wait_until, Node};
+use common::{archive_id, archives, free_port, ok, wait_until, Node};
 use serde_json::Value;
 
 /// A small tree with what a restore must get right: nested dirs, an empty dir and file, modes,
@@ -31,14 +31,6 @@ fn make_tree(root: &Path) {
     fs::set_permissions(root.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
     symlink("docs/a.md", root.join("link")).unwrap();
     symlink("/nonexistent/target", root.join("dangling")).unwrap();
-}
-
-fn archives(node: &Node, blade: &str) -> Vec<Value> {
-    let out = node.dcish(&["--json", "archives", blade]);
-    if !out.status.success() {
-        return Vec::new();
-    }
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
 
 /// `diff -r` of two trees, plus the modes of every path (diff ignores modes).
@@ -145,7 +137,7 @@ fn a_blade_backed_up_twice_is_restored_exactly_on_another_node_after_its_data_di
 
     let out = ok(b1.dcish(&["backup", "now"]));
     assert!(
-        out.contains("archive 1 (snapshot") && out.contains("complete"),
+        out.contains(".1 (snapshot") && out.contains("complete"),
         "{out}"
     );
     // Expected tree: what was backed up, without the excluded directory.
@@ -165,7 +157,7 @@ fn a_blade_backed_up_twice_is_restored_exactly_on_another_node_after_its_data_di
     fs::write(root.join("big.bin"), &big).unwrap();
     let out = ok(b1.dcish(&["backup", "now", "b1"]));
     assert!(
-        out.contains("archive 2 (delta") && out.contains("complete"),
+        out.contains(".2 (delta") && out.contains("complete"),
         "{out}"
     );
 
@@ -176,9 +168,10 @@ fn a_blade_backed_up_twice_is_restored_exactly_on_another_node_after_its_data_di
     for a in &list {
         assert_eq!(a["complete"], true, "{a}");
         assert_eq!(a["holders"].as_array().unwrap().len(), 2, "{a}");
-        for key in ["id", "time", "bytes", "files"] {
+        for key in ["epoch", "time", "bytes", "files"] {
             assert!(a[key].is_u64(), "{key} in {a}");
         }
+        assert!(archive_id(a).is_some(), "id in {a}");
     }
 
     // The owner dies and its data dir is gone.
@@ -199,12 +192,20 @@ fn a_blade_backed_up_twice_is_restored_exactly_on_another_node_after_its_data_di
     );
     let cat = b3.dcish(&["cat", "/archives/b1/latest/docs/a.md"]);
     assert_eq!(ok(cat), "alpha, second version\n");
-    // An older archive's tree, by id; the archives of a blade are its directories.
+    // An older archive's tree, by id (EPOCH.NUMBER) or by its number alone; the archives of a
+    // blade are its directories.
+    let list = archives(&b3, "b1");
+    let id = |a: &Value| a["id"].as_str().unwrap().to_string();
+    let (first, second) = (id(&list[0]), id(&list[1]));
+    let cat = b3.dcish(&["cat", &format!("/archives/b1/{first}/docs/a.md")]);
+    assert_eq!(ok(cat), "alpha\n");
     let cat = b3.dcish(&["cat", "/archives/b1/1/docs/a.md"]);
     assert_eq!(ok(cat), "alpha\n");
     let ids = ok(b3.dcish(&["ls", "/archives/b1"]));
     assert!(
-        ids.contains(" 1/") && ids.contains(" 2/") && ids.contains(" latest/"),
+        ids.contains(&format!(" {first}/"))
+            && ids.contains(&format!(" {second}/"))
+            && ids.contains(" latest/"),
         "{ids}"
     );
     // find and du inside an archived tree.
@@ -325,10 +326,14 @@ fn a_blade_backed_up_twice_is_restored_exactly_on_another_node_after_its_data_di
     assert!(!out.status.success());
 }
 
-fn pushed_blocks(log: &str, holder_id: &str, archive: u64) -> Option<u64> {
+fn pushed_blocks(log: &str, holder_id: &str, number: u64) -> Option<u64> {
+    let id_number = |l: &str| {
+        let id = l.split("archive=").nth(1)?.split_whitespace().next()?;
+        id.split_once('.')?.1.parse::<u64>().ok()
+    };
     log.lines()
         .filter(|l| l.contains("archive pushed") && l.contains(holder_id))
-        .find(|l| l.contains(&format!("archive={archive} ")))
+        .find(|l| id_number(l) == Some(number))
         .and_then(|l| l.split("blocks=").nth(1))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
@@ -504,7 +509,7 @@ fn aging_removes_old_archives_and_only_their_unreferenced_blocks() {
     let aged = wait_until(Duration::from_secs(20), || {
         let list = archives(&b1, "b1");
         list.len() == 1
-            && list[0]["id"] == 2
+            && archive_id(&list[0]).is_some_and(|(_, number)| number == 2)
             && list[0]["holders"].as_array().unwrap().len() == 2
             && dirs
                 .iter()

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, ok, wait_until, Node};
+use common::{archive_id, archives, free_port, ok, wait_until, Node};
 use serde_json::Value;
 
 /// A small data set: nested directories, a file larger than one chunk.
@@ -109,15 +109,6 @@ fn shout(from: &Node, blade: &str) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// `dcish --json archives BLADE` on `node`; empty if it failed.
-fn archives(node: &Node, blade: &str) -> Vec<Value> {
-    let out = node.dcish(&["--json", "archives", blade]);
-    if !out.status.success() {
-        return Vec::new();
-    }
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
-}
-
 fn role_of(seen_by: &Node, name: &str) -> Option<String> {
     seen_by
         .members()?
@@ -197,7 +188,7 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
     assert!(out.contains("complete"), "{out}");
     let first = archives(&b2, "b1");
     assert_eq!(first.len(), 1, "{first:?}");
-    let first_id = first[0]["id"].as_u64().unwrap();
+    let first_id = archive_id(&first[0]).unwrap();
     // The blade's peerlet answers on its node.
     let spoke = wait_until(Duration::from_secs(30), || {
         shout(&b2, "b1")
@@ -299,7 +290,7 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
             .map(|h| h.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         holders.sort();
-        latest["id"].as_u64() > Some(first_id)
+        archive_id(latest) > Some(first_id)
             && latest["kind"] == "delta"
             && latest["complete"] == true
             && holders == ["b2", "b3"]
@@ -310,11 +301,15 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
         archives(&b2, "b1"),
         spare.log_text()
     );
+    let after = archives(&b3, "b1");
     assert!(
-        archives(&b3, "b1")
-            .iter()
-            .all(|a| a["id"].as_u64() >= Some(first_id)),
-        "one chain, no second one started at 1"
+        after.iter().all(|a| archive_id(a) >= Some(first_id)),
+        "one chain, no second one started at 1: {after:?}"
+    );
+    let latest = archive_id(after.last().unwrap()).unwrap();
+    assert!(
+        latest.0 >= 2 && latest.1 == first_id.1 + 1,
+        "the new holder numbers on, under its own epoch: {after:?}"
     );
     // Restorable from the holders, with the file written after the takeover.
     let again = b3.data_dir.join("restores/b1");
@@ -636,7 +631,16 @@ fn move_cascade_and_swap_finish_with_every_blade_held_once_and_its_files_on_its_
     let all: Vec<&Node> = nodes.iter().collect();
     let node = |name: &str| &nodes[names.iter().position(|n| *n == name).unwrap()];
     let orig = |blade: &str| tmp.path().join(format!("orig-{blade}"));
-    let data = |name: &str| tmp.path().join(format!("{name}-data"));
+    // Where a blade's files are on its holder: the holder's root for its own blade and on a
+    // spare; for a blade an active node took over, under its data dir (its root keeps its own
+    // blade's files, apart).
+    let data = |blade: &str, on: &str| {
+        if on == blade || ["s", "t"].contains(&on) {
+            tmp.path().join(format!("{on}-data"))
+        } else {
+            node(on).data_dir.join("blades").join(blade)
+        }
+    };
     let blades = ["a", "b", "c"];
     let seated = wait_until(Duration::from_secs(60), || {
         held_once(&all, &blades, &[("a", "a"), ("b", "b"), ("c", "c")]).is_some()
@@ -677,7 +681,7 @@ fn move_cascade_and_swap_finish_with_every_blade_held_once_and_its_files_on_its_
         for blade in moved {
             let on = expect.iter().find(|(b, _)| b == blade).unwrap().1;
             let restored = wait_until(Duration::from_secs(60), || {
-                holds_tree(&orig(blade), &data(on))
+                holds_tree(&orig(blade), &data(blade, on))
             });
             assert!(
                 restored.is_some(),
@@ -725,4 +729,142 @@ fn move_cascade_and_swap_finish_with_every_blade_held_once_and_its_files_on_its_
     settled(&[("a", "b"), ("b", "t"), ("c", "s")], &["a", "c"]);
     // The blade's name follows it.
     assert_answered_only_by(node("a"), "a", &node("b").id());
+}
+
+/// A takeover that reaches none of the holders of the blade's latest archives (the one holder is
+/// frozen) starts the blade's history afresh under its own epoch, and never reuses an id: when
+/// the holder comes back, the new holder takes the archives it missed in, puts them on its own
+/// holders, and every archive still restores the tree it was made of.
+#[test]
+fn archives_missed_by_a_takeover_keep_their_ids_and_are_taken_in_when_their_holder_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("b1-data");
+    let spare_root = tmp.path().join("spare-data");
+    fs::create_dir_all(&root).unwrap();
+    // One copy of each archive: b1's on h1, the spare's (once it holds b1) on h2.
+    let cfg = |name: &str, holder: &str| {
+        let path = tmp.path().join(format!("{name}.toml"));
+        fs::write(
+            &path,
+            format!("[backup]\nreplication_factor = 1\nholders = [\"{holder}\"]\nsync_interval = \"500ms\"\n"),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (b1_cfg, spare_cfg) = (cfg("b1", "h1"), cfg("spare", "h2"));
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let b1 = Node::start(
+        tmp.path(),
+        "b1",
+        ports[0],
+        &[],
+        &["--backup-root", root.to_str().unwrap(), "--config", &b1_cfg],
+    );
+    let h1 = Node::start(tmp.path(), "h1", ports[1], &[ports[0]], &[]);
+    let h2 = Node::start(tmp.path(), "h2", ports[2], &[ports[0]], &[]);
+    let h3 = Node::start(tmp.path(), "h3", ports[3], &[ports[0]], &[]);
+    let spare = Node::start(
+        tmp.path(),
+        "spare",
+        ports[4],
+        &[ports[0]],
+        &[
+            "--role",
+            "spare",
+            "--backup-root",
+            spare_root.to_str().unwrap(),
+            "--config",
+            &spare_cfg,
+        ],
+    );
+    let (b1_id, spare_id) = (b1.id(), spare.id());
+    let everyone = [&b1, &h1, &h2, &h3, &spare];
+    let seated = wait_until(Duration::from_secs(60), || {
+        everyone.iter().all(|n| held_by(n, "b1", &b1_id, 1))
+    });
+    assert!(seated.is_some(), "{:?}", seats(&spare));
+
+    // Two archives of b1, both on h1 alone.
+    fs::write(root.join("x"), b"v1").unwrap();
+    ok(b1.dcish(&["backup", "now"]));
+    fs::write(root.join("x"), b"v2").unwrap();
+    fs::write(root.join("y"), b"made before the takeover").unwrap();
+    ok(b1.dcish(&["backup", "now"]));
+    let before = archives(&h3, "b1");
+    assert_eq!(before.len(), 2, "{before:?}");
+    let missed = before[1]["id"].as_str().unwrap().to_string();
+    let expected_missed = tmp.path().join("expected-missed");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(&root)
+        .arg(&expected_missed)
+        .status()
+        .unwrap()
+        .success());
+
+    // h1 freezes and b1 dies: the spare takes b1 over and finds none of its archives.
+    h1.signal(libc::SIGSTOP);
+    b1.signal(libc::SIGKILL);
+    drop(b1);
+    let taken = wait_until(Duration::from_secs(90), || {
+        [&h2, &h3, &spare]
+            .iter()
+            .all(|n| held_by(n, "b1", &spare_id, 2))
+    });
+    assert!(taken.is_some(), "{:?}\n{}", seats(&h3), spare.log_text());
+    fs::create_dir_all(&spare_root).unwrap();
+    fs::write(spare_root.join("z"), b"written after the takeover").unwrap();
+    let made = wait_until(Duration::from_secs(60), || {
+        spare.dcish(&["backup", "now"]).status.success()
+    });
+    assert!(made.is_some(), "{}", spare.log_text());
+    let own = archives(&spare, "b1")
+        .last()
+        .and_then(|a| a["id"].as_str().map(String::from))
+        .unwrap();
+    assert_ne!(own, missed, "the new holder reused an id");
+    assert!(
+        archive_id(&serde_json::json!({ "id": own })).is_some_and(|(epoch, _)| epoch >= 2),
+        "{own}"
+    );
+
+    // h1 comes back: the spare takes both archives in and puts them on h2, its holder.
+    h1.signal(libc::SIGCONT);
+    let all_on_h2 = wait_until(Duration::from_secs(90), || {
+        let list = archives(&h3, "b1");
+        list.len() == 3
+            && list.iter().all(|a| {
+                a["complete"] == true
+                    && a["holders"]
+                        .as_array()
+                        .is_some_and(|h| h.iter().any(|h| h == "h2"))
+            })
+    });
+    assert!(
+        all_on_h2.is_some(),
+        "{:?}\n{}",
+        archives(&h3, "b1"),
+        spare.log_text()
+    );
+
+    // Each archive restores its own tree.
+    let into = |name: &str| h3.data_dir.join("restores").join(name);
+    ok(h3.dcish(&[
+        "restore",
+        "b1",
+        "--archive",
+        &missed,
+        "--to",
+        into("missed").to_str().unwrap(),
+    ]));
+    assert!(same_tree(&expected_missed, &into("missed")));
+    ok(h3.dcish(&[
+        "restore",
+        "b1",
+        "--archive",
+        &own,
+        "--to",
+        into("own").to_str().unwrap(),
+    ]));
+    assert!(same_tree(&spare_root, &into("own")));
 }

@@ -4,6 +4,7 @@
 //! their own so that backup commands can grow without touching the others. Parsing is as strict:
 //! one element, the declared attributes and children, nothing else.
 
+use crate::archive::{ArchiveId, ArchiveRef};
 use crate::control::{
     attributes, named_element, no_content, number, only_element, required, text_content,
 };
@@ -44,7 +45,7 @@ pub enum BackupRequest {
         /// A directory (or file) relative to the backup root; empty for the root.
         path: String,
         /// The archive whose tree is read; the latest when absent.
-        archive: Option<u64>,
+        archive: Option<ArchiveRef>,
         /// Everything under the directory, at any depth, instead of its entries.
         recursive: bool,
     },
@@ -56,7 +57,7 @@ pub enum BackupRequest {
         /// The file, relative to the backup root.
         path: String,
         /// The archive whose tree is read; the latest when absent.
-        archive: Option<u64>,
+        archive: Option<ArchiveRef>,
     },
     /// `<get-settings blade=".."/>`: a blade's backup settings, read on the node acting as it;
     /// answered by [`settings_to_payload`].
@@ -335,7 +336,7 @@ pub struct RestoreArgs {
     /// The blade whose archives are restored.
     pub blade: String,
     /// Restore sequentially up to and including this archive; the latest when absent.
-    pub archive: Option<u64>,
+    pub archive: Option<ArchiveRef>,
     /// Only paths matching one of these globs (relative to the backup root); all when empty.
     pub paths: Vec<String>,
     /// The directory to restore into, on the restoring node; its backup root when absent.
@@ -347,8 +348,8 @@ pub struct RestoreArgs {
 /// One archive as `dcish archives` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveInfo {
-    /// Its number within the blade.
-    pub id: u64,
+    /// Its id within the blade.
+    pub id: ArchiveId,
     /// When it was made, ms since the Unix epoch.
     pub time_ms: u64,
     /// One of [`KINDS`].
@@ -576,9 +577,7 @@ impl BackupRequest {
                 no_content(&root, "ls")?;
                 let blade = required("ls/@blade", blade)?.to_owned();
                 let path = path.unwrap_or_default().to_owned();
-                let archive = archive
-                    .map(|a| number("ls/@archive", Some(a)))
-                    .transpose()?;
+                let archive = archive.map(|a| archive_ref("ls/@archive", a)).transpose()?;
                 Ok(if root.local == "ls" {
                     BackupRequest::Ls {
                         blade,
@@ -610,7 +609,7 @@ impl BackupRequest {
                 Ok(BackupRequest::Restore(RestoreArgs {
                     blade: required("restore/@blade", blade)?.to_owned(),
                     archive: archive
-                        .map(|a| number("restore/@archive", Some(a)))
+                        .map(|a| archive_ref("restore/@archive", a))
                         .transpose()?,
                     paths,
                     to: to.map(str::to_owned),
@@ -645,6 +644,12 @@ impl BackupRequest {
             )),
         }
     }
+}
+
+fn archive_ref(field: &'static str, value: &str) -> Result<ArchiveRef, ProtoError> {
+    value
+        .parse()
+        .map_err(|e: String| ProtoError::invalid(field, e))
 }
 
 /// The reply to [`BackupRequest::Archives`] and [`BackupRequest::Now`].
@@ -709,7 +714,9 @@ pub fn archives_from_payload(payload: &Payload) -> Result<Vec<ArchiveInfo>, Prot
                 }
             }
             Ok(ArchiveInfo {
-                id: number("archive/@id", id)?,
+                id: required("archive/@id", id)?
+                    .parse()
+                    .map_err(|e: String| ProtoError::invalid("archive/@id", e))?,
                 time_ms: number("archive/@time", time)?,
                 kind: kind.to_owned(),
                 bytes: number("archive/@bytes", bytes)?,
@@ -774,7 +781,7 @@ pub(crate) mod tests {
             BackupRequest::Archives { blade: "b1".into() },
             BackupRequest::Restore(RestoreArgs {
                 blade: "b1".into(),
-                archive: Some(3),
+                archive: Some("3.7".parse().unwrap()),
                 paths: vec!["docs/**".into(), "a&b".into()],
                 to: Some("/tmp/x".into()),
                 on: Some("n2".into()),
@@ -838,7 +845,7 @@ pub(crate) mod tests {
         let cat = BackupRequest::Cat {
             blade: "b".into(),
             path: "a".into(),
-            archive: Some(3),
+            archive: Some("3".parse().unwrap()),
         };
         assert_eq!(
             BackupRequest::from_payload(&cat.to_payload())
@@ -861,7 +868,7 @@ pub(crate) mod tests {
             BackupRequest::Archives { blade: "b".into() }.to_payload(),
             BackupRequest::Restore(RestoreArgs {
                 blade: "b".into(),
-                archive: Some(1),
+                archive: Some("1".parse().unwrap()),
                 paths: vec!["x/**".into()],
                 to: Some("/t".into()),
                 on: None,
@@ -870,7 +877,7 @@ pub(crate) mod tests {
             BackupRequest::Ls {
                 blade: "b".into(),
                 path: "d".into(),
-                archive: Some(2),
+                archive: Some("4.2".parse().unwrap()),
                 recursive: true,
             }
             .to_payload(),
@@ -945,7 +952,10 @@ pub(crate) mod tests {
     #[test]
     fn replies_round_trip() {
         let a = ArchiveInfo {
-            id: 2,
+            id: ArchiveId {
+                epoch: 4,
+                number: 2,
+            },
             time_ms: 5,
             kind: "delta".into(),
             bytes: 10,

@@ -26,6 +26,7 @@
 //! Nothing in this crate panics on input, and every error renders as one line.
 #![deny(missing_docs)]
 
+pub mod archive;
 pub mod backup;
 mod codec;
 pub mod control;

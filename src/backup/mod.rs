@@ -14,6 +14,8 @@ use manifest::{fold, Entry, Manifest, ManifestError};
 use restore::BlockSource;
 use scan::{ScanError, ScanSettings, ScanStats};
 
+use dci_proto::archive::ArchiveId;
+
 use crate::store::catalog::{ArchiveKind, ArchiveRecord, Catalog};
 use crate::store::{decode_verified, BlockId, BlockStore, StoreError};
 
@@ -61,27 +63,36 @@ pub fn load_manifest(
     record: &ArchiveRecord,
     source: &dyn BlockSource,
 ) -> Result<Manifest, ManifestError> {
-    let blocks = source.fetch(&record.manifest).map_err(|e| {
-        ManifestError::Malformed(format!("manifest of archive {}: {e}", record.seq))
-    })?;
+    let blocks = source
+        .fetch(&record.manifest)
+        .map_err(|e| ManifestError::Malformed(format!("manifest of archive {}: {e}", record.id)))?;
     Manifest::from_blocks(&blocks)
 }
 
-/// The archives to apply, in order, to restore up to and including `upto`: from the latest
-/// snapshot at or before it. `records` are one blade's, oldest first.
-pub fn chain(records: &[ArchiveRecord], upto: u64) -> Vec<&ArchiveRecord> {
-    let upto: Vec<&ArchiveRecord> = records.iter().filter(|r| r.seq <= upto).collect();
-    let start = upto
-        .iter()
-        .rposition(|r| r.kind == ArchiveKind::Snapshot)
-        .unwrap_or(0);
-    upto[start..].to_vec()
+/// The archives to apply, in order, to restore up to and including `upto`: its line of parents
+/// back to a snapshot (or to the oldest one still kept). Only its own line: a takeover that could
+/// not see the latest archives starts a line of its own from the one it saw, and the archives it
+/// missed belong to none of its archives' trees. `records` are one blade's, from any nodes.
+pub fn chain(records: &[ArchiveRecord], upto: ArchiveId) -> Vec<&ArchiveRecord> {
+    let by_id: BTreeMap<ArchiveId, &ArchiveRecord> = records.iter().map(|r| (r.id, r)).collect();
+    let mut line = Vec::new();
+    let mut next = by_id.get(&upto).copied();
+    while let Some(r) = next {
+        line.push(r);
+        next = match (r.kind, r.parent) {
+            // A parent always sorts before its child, so this walk ends.
+            (ArchiveKind::Delta, Some(p)) if p < r.id => by_id.get(&p).copied(),
+            _ => None,
+        };
+    }
+    line.reverse();
+    line
 }
 
 /// The tree the archives up to `upto` leave, by path.
 pub fn tree_at(
     records: &[ArchiveRecord],
-    upto: u64,
+    upto: ArchiveId,
     source: &dyn BlockSource,
 ) -> Result<BTreeMap<Vec<u8>, Entry>, ManifestError> {
     let manifests = chain(records, upto)
@@ -102,20 +113,22 @@ pub fn archive_blocks(
     Ok(ids)
 }
 
-/// Makes the next archive of `blade` in the local store and catalog, and returns its record
-/// (with no holders yet) and the scan's figures.
+/// Makes the next archive of `blade` in the local store and catalog, numbered under `epoch` (the
+/// blade's seat epoch here), and returns its record (with no holders yet) and the scan's figures.
+/// A delta records the changes since the latest archive this node knows.
 pub fn make_archive(
     settings: &ScanSettings,
     method: Method,
     store: &dyn BlockStore,
     catalog: &dyn Catalog,
     blade: &str,
+    epoch: u64,
     now_ms: u64,
 ) -> Result<(ArchiveRecord, ScanStats), BackupError> {
     let records = catalog.list(blade)?;
     let last = records.last();
     let parent = match (method, last) {
-        (Method::Delta, Some(last)) => Some(tree_at(&records, last.seq, &LocalSource(store))?),
+        (Method::Delta, Some(last)) => Some(tree_at(&records, last.id, &LocalSource(store))?),
         _ => None,
     };
     let (manifest, stats) = scan::scan(settings, store, parent.as_ref())?;
@@ -124,7 +137,11 @@ pub fn make_archive(
     distinct.extend(manifest_ids.iter().copied());
     let record = ArchiveRecord {
         blade: blade.into(),
-        seq: last.map_or(1, |r| r.seq + 1),
+        id: ArchiveId {
+            epoch,
+            number: records.iter().map(|r| r.id.number).max().unwrap_or(0) + 1,
+        },
+        parent: parent.is_some().then(|| last.map(|r| r.id)).flatten(),
         kind: if parent.is_some() {
             ArchiveKind::Delta
         } else {

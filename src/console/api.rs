@@ -16,6 +16,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use dci_proto::archive::ArchiveRef;
 use dci_proto::backup::{
     archives_from_payload, listing_from_payload, restored_from_payload, settings_from_payload,
     BackupRequest, RestoreArgs, SettingsChange,
@@ -411,12 +412,12 @@ async fn archives(
 async fn files(
     State(c): State<Arc<Control>>,
     Extension(s): Extension<Session>,
-    Path((blade, id)): Path<(String, u64)>,
+    Path((blade, id)): Path<(String, String)>,
 ) -> ApiResult {
     let request = BackupRequest::Ls {
         blade,
         path: String::new(),
-        archive: Some(id),
+        archive: Some(archive_ref(&id)?),
         recursive: true,
     };
     let p = c.call(&s.user, request.to_payload()).await?;
@@ -424,12 +425,18 @@ async fn files(
     Ok(Json(doc(crate::shell::backup::listing_json(&entries))))
 }
 
+fn archive_ref(id: &str) -> Result<ArchiveRef, ApiError> {
+    id.parse()
+        .map_err(|e: String| ApiError::refused("bad-archive", &e))
+}
+
 /// A restore from the recovery view (`archive` only: sequentially up to it) or the archive view
 /// (`files` too: only those).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreForm {
-    archive: u64,
+    /// EPOCH.NUMBER.
+    archive: String,
     #[serde(default)]
     files: Vec<String>,
     /// The node that restores; the node acting as the blade when absent.
@@ -448,7 +455,7 @@ async fn restore(
     let blank = |v: Option<String>| v.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
     let request = BackupRequest::Restore(RestoreArgs {
         blade: blade.clone(),
-        archive: Some(f.archive),
+        archive: Some(archive_ref(&f.archive)?),
         paths: f.files.iter().map(|p| literal_glob(p)).collect(),
         to: blank(f.to),
         // The blade's data goes back to the node acting as it, unless the operator says.

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use dci_proto::archive::ArchiveId;
+
 use crate::store::catalog::ArchiveRecord;
 use crate::store::BlockId;
 
@@ -37,13 +39,15 @@ pub enum Request {
         /// The archive.
         record: ArchiveRecord,
     },
-    /// From a blade's owner (peersync): these are the archives that exist; forget others, and
-    /// say which of them are here.
+    /// From a blade's owner (peersync): these are the archives it keeps; forget the others that
+    /// `forget` covers, and say which archives are here.
     Sync {
         /// The blade.
         blade: String,
-        /// The owner's archive numbers.
-        keep: Vec<u64>,
+        /// The owner's archives.
+        keep: Vec<ArchiveId>,
+        /// Which archives missing from `keep` to forget.
+        forget: Forget,
     },
     /// Encoded blocks, for a restore.
     Get {
@@ -62,6 +66,17 @@ pub enum Request {
     Package(crate::package::deploy::Call),
 }
 
+/// Which of a holder's archives missing from the owner's list a `Sync` makes it forget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Forget {
+    /// Every one: the holder is no longer in the blade's placement.
+    All,
+    /// Those made before this time (ms since the Unix epoch), which the owner's aging removed.
+    /// Newer ones stay: an earlier node acting as the blade made them where the owner could not
+    /// see, and the owner takes them in rather than lose what a holder acknowledged.
+    MadeBefore(u64),
+}
+
 /// The answer to a [`Request`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
@@ -69,8 +84,8 @@ pub enum Response {
     Missing(Vec<BlockId>),
     /// To `Put`: every block is durable. To `Commit`: recorded.
     Done,
-    /// To `Sync`: the archive numbers here.
-    Held(Vec<u64>),
+    /// To `Sync`: the archives here, those the owner did not list included.
+    Held(Vec<ArchiveId>),
     /// To `Get`: each block, or `None` when not here.
     Blocks(Vec<Option<Bytes>>),
     /// To `Catalog`.

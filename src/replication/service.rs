@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use dci_proto::archive::{ArchiveId, ArchiveRef};
 use dci_proto::backup::{
     archives_to_payload, restored_to_payload, settings_to_payload, ArchiveInfo, BackupRequest,
     BladeSettings, RestoreArgs, RestoreSummary, SettingsChange,
@@ -26,8 +27,8 @@ use libp2p::PeerId;
 use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
 
 use super::placement::{self, Candidate, Placement};
-use super::protocol::{self, Request, Response, MAX_HAVE_IDS, MAX_PUT_BLOCKS};
-use super::settings::{next_due, BackupConfig, Overrides};
+use super::protocol::{self, Forget, Request, Response, MAX_HAVE_IDS, MAX_PUT_BLOCKS};
+use super::settings::{data_set, next_due, BackupConfig, Overrides};
 use super::{ControlCall, Inbound, NetCommand};
 use crate::backup::restore::{BlockSource, Restorer};
 use crate::backup::scan::ScanSettings;
@@ -69,8 +70,35 @@ fn fail(code: &str, msg: impl std::fmt::Display) -> Failure {
 }
 
 /// An archive as named in messages: the one asked for, or the latest.
-fn which(archive: Option<u64>) -> String {
+fn which(archive: Option<ArchiveRef>) -> String {
     archive.map_or("its latest archive".into(), |a| format!("archive {a}"))
+}
+
+/// The archive of `blade` that `archive` names among `ids` (one blade's, in order), or the
+/// latest when none is named.
+fn pick(
+    blade: &str,
+    archive: Option<ArchiveRef>,
+    ids: impl DoubleEndedIterator<Item = ArchiveId>,
+) -> Result<ArchiveId, Failure> {
+    let mut ids = ids.peekable();
+    if ids.peek().is_none() {
+        return Err(fail(
+            "no-archive",
+            format!("no node holds an archive of {blade}"),
+        ));
+    }
+    match archive {
+        None => Ok(ids.next_back().expect("not empty")),
+        Some(a) => a.pick(ids).map_err(|why| {
+            let code = if why.contains("ambiguous") {
+                "ambiguous-archive"
+            } else {
+                "no-archive"
+            };
+            fail(code, format!("{blade}: {why}"))
+        }),
+    }
 }
 
 /// Everything the service's tasks share.
@@ -99,6 +127,9 @@ pub struct Service {
     unrestored: std::sync::Mutex<HashSet<String>>,
     /// When each member was last seen to die or leave, for the repair grace.
     gone_since: std::sync::Mutex<HashMap<PeerId, Instant>>,
+    /// Members seen alive again since the last sync round: they may keep archives of this
+    /// node's blade that it has not seen (made by an earlier node acting as it).
+    returned: std::sync::Mutex<HashSet<PeerId>>,
     started: Instant,
     stats: Arc<super::Stats>,
     seats: Arc<super::SeatEpochs>,
@@ -144,6 +175,7 @@ impl Service {
             sync_lock: Mutex::new(()),
             resync: std::sync::atomic::AtomicBool::new(false),
             gone_since: std::sync::Mutex::new(HashMap::new()),
+            returned: std::sync::Mutex::new(HashSet::new()),
             unrestored: std::sync::Mutex::new(HashSet::new()),
             started: Instant::now(),
             stats,
@@ -386,6 +418,12 @@ impl Service {
             EventKind::Joined | EventKind::Alive => {
                 gone.remove(&e.id);
                 drop(gone);
+                if e.kind == EventKind::Alive {
+                    self.returned
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(e.id);
+                }
                 // A returning holder is synced at once rather than at the next round.
                 self.clone().spawn_sync();
             }
@@ -489,15 +527,15 @@ impl Service {
         }
     }
 
-    /// Where `blade`'s data set lives on this node: the backup root, or, for a blade taken over
-    /// by a node without one, its directory under the takeover directory.
+    /// Where `blade`'s data set lives on this node (see [`data_set`]).
     fn root_of(&self, blade: &str) -> Option<PathBuf> {
         let cfg = self.cfg();
-        match (&cfg.root, &cfg.takeover_dir) {
-            (Some(root), _) => Some(root.clone()),
-            (None, Some(dir)) if blade != self.name => Some(dir.join(blade)),
-            (None, _) => None,
-        }
+        data_set(
+            cfg.root.as_deref(),
+            cfg.takeover_dir.as_deref(),
+            (&self.name, cfg.spare),
+            blade,
+        )
     }
 
     /// The member that acts as `blade`: its seat's holder, or before any seat, the node of that
@@ -639,7 +677,7 @@ impl Service {
                 let Ok(peer) = h.parse::<PeerId>() else {
                     continue;
                 };
-                let theirs: Vec<u64> = match self
+                let theirs: Vec<ArchiveId> = match self
                     .call(
                         peer,
                         &Request::Catalog {
@@ -648,13 +686,13 @@ impl Service {
                     )
                     .await
                 {
-                    Ok(Response::Records(rs)) => rs.iter().map(|r| r.seq).collect(),
+                    Ok(Response::Records(rs)) => rs.iter().map(|r| r.id).collect(),
                     Ok(_) | Err(_) => continue,
                 };
-                for r in records.iter().filter(|r| !theirs.contains(&r.seq)) {
+                for r in records.iter().filter(|r| !theirs.contains(&r.id)) {
                     match self.push(peer, r).await {
                         Ok(()) => {
-                            tracing::info!(%blade, archive = r.seq, holder = %h, "repaired a gone node's archive from this holder's copy")
+                            tracing::info!(%blade, archive = %r.id, holder = %h, "repaired a gone node's archive from this holder's copy")
                         }
                         Err(e) => {
                             tracing::warn!(%blade, holder = %h, "repair from this holder failed: {e}");
@@ -667,13 +705,25 @@ impl Service {
     }
 
     /// One peersync round for this blade: age, place, and bring every reachable holder up to date.
-    async fn sync_round(&self) {
+    async fn sync_round(self: &Arc<Self>) {
         self.deputy_round().await;
+        let returned =
+            std::mem::take(&mut *self.returned.lock().unwrap_or_else(|p| p.into_inner()));
         let Some(blade) = self.blade().filter(|b| self.root_of(b).is_some()) else {
             return;
         };
         if let Err(e) = self.age(&blade).await {
             tracing::warn!("aging failed: {e}");
+        }
+        let members = self.members().await;
+        let (holders, reachable) = self.holders(&blade, &members);
+        let since = self.aged_before();
+        // Holders are synced below; other members back from away are asked here.
+        for peer in returned
+            .into_iter()
+            .filter(|p| !holders.contains(&p.to_string()))
+        {
+            self.take_in(&blade, peer, &holders, since).await;
         }
         let Ok(records) = self.catalog.list(&blade) else {
             return;
@@ -681,8 +731,6 @@ impl Service {
         if records.is_empty() {
             return;
         }
-        let members = self.members().await;
-        let (holders, reachable) = self.holders(&blade, &members);
         for r in &records {
             if r.holders != holders || r.factor != self.cfg().factor as u64 {
                 let mut r = r.clone();
@@ -691,7 +739,7 @@ impl Service {
                 let _ = self.catalog.put(&r);
             }
         }
-        let keep: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        let keep: Vec<ArchiveId> = records.iter().map(|r| r.id).collect();
         let count_incomplete = |me: &Self| {
             let n = me
                 .catalog
@@ -706,7 +754,7 @@ impl Service {
             .iter()
             .filter(|h| reachable.contains(*h))
             .filter_map(|h| h.parse::<PeerId>().ok())
-            .map(|h| self.sync_holder(&blade, h, keep.clone()));
+            .map(|h| self.sync_holder(&blade, h, &holders, keep.clone(), since));
         let results = futures::future::join_all(jobs).await;
         for (peer, result) in results {
             let held = match result {
@@ -716,8 +764,8 @@ impl Service {
                     continue;
                 }
             };
-            for seq in held {
-                self.mark_acked(&blade, seq, &peer.to_string());
+            for id in held {
+                self.mark_acked(&blade, id, &peer.to_string());
             }
         }
         count_incomplete(self);
@@ -729,7 +777,7 @@ impl Service {
     /// placement change, a manual list edited) are told to forget this blade, and their garbage
     /// collection frees the space. Never earlier: until then they are copies that count.
     async fn release_former_holders(
-        &self,
+        self: &Arc<Self>,
         blade: &str,
         holders: &[String],
         reachable: &HashSet<String>,
@@ -750,9 +798,14 @@ impl Service {
             let Ok(peer) = node.parse::<PeerId>() else {
                 continue;
             };
+            // It forgets every archive of the blade: first take in any this node lacks.
+            if self.take_in(blade, peer, holders, self.aged_before()).await != Some(0) {
+                continue;
+            }
             let forget = Request::Sync {
                 blade: blade.to_string(),
                 keep: Vec::new(),
+                forget: Forget::All,
             };
             match self.call(peer, &forget).await {
                 Ok(_) => {
@@ -770,11 +823,11 @@ impl Service {
         }
     }
 
-    fn mark_acked(&self, blade: &str, seq: u64, holder: &str) {
+    fn mark_acked(&self, blade: &str, id: ArchiveId, holder: &str) {
         let Ok(records) = self.catalog.list(blade) else {
             return;
         };
-        if let Some(r) = records.iter().find(|r| r.seq == seq) {
+        if let Some(r) = records.iter().find(|r| r.id == id) {
             if !r.acked.iter().any(|a| a == holder) {
                 let mut r = r.clone();
                 r.acked.push(holder.into());
@@ -783,20 +836,26 @@ impl Service {
         }
     }
 
-    /// Tells one holder which archives exist, and pushes those it lacks, oldest first.
+    /// Tells one holder which archives exist and which it may forget, takes in those it keeps
+    /// that this node does not know, and pushes those it lacks, oldest first.
     async fn sync_holder(
-        &self,
+        self: &Arc<Self>,
         blade: &str,
         holder: PeerId,
-        keep: Vec<u64>,
-    ) -> (PeerId, Result<Vec<u64>, String>) {
+        placement: &[String],
+        keep: Vec<ArchiveId>,
+        aged_before: u64,
+    ) -> (PeerId, Result<Vec<ArchiveId>, String>) {
         let result = async {
-            let held = match self
+            let mut have = match self
                 .call(
                     holder,
                     &Request::Sync {
                         blade: blade.to_string(),
                         keep: keep.clone(),
+                        // What aging removed here, holders forget; what is newer and unknown
+                        // here, they keep, and this node takes in.
+                        forget: Forget::MadeBefore(aged_before),
                     },
                 )
                 .await?
@@ -804,19 +863,83 @@ impl Service {
                 Response::Held(h) => h,
                 other => return Err(format!("unexpected answer {other:?}")),
             };
-            let mut have: Vec<u64> = held.into_iter().filter(|s| keep.contains(s)).collect();
+            if have.iter().any(|id| !keep.contains(id)) {
+                self.take_in(blade, holder, placement, aged_before).await;
+            }
             let records = self.catalog.list(blade).map_err(|e| e.to_string())?;
             let lacking: Vec<&ArchiveRecord> =
-                records.iter().filter(|r| !have.contains(&r.seq)).collect();
+                records.iter().filter(|r| !have.contains(&r.id)).collect();
             for r in lacking {
                 self.push(holder, r).await?;
-                have.push(r.seq);
-                self.mark_acked(blade, r.seq, &holder.to_string());
+                have.push(r.id);
+                self.mark_acked(blade, r.id, &holder.to_string());
             }
             Ok(have)
         }
         .await;
         (holder, result)
+    }
+
+    /// Takes in the archives of `blade` made since `made_since` that node `from` keeps and this
+    /// node does not know: an earlier node acting as the blade made them out of this one's sight
+    /// (a takeover that reached none of their holders). Each record comes with every block it
+    /// needs, fetched from `from` and checked. Answers how many such archives are still only
+    /// there (one that could not be fetched is tried again next round), or `None` when `from`
+    /// did not answer.
+    async fn take_in(
+        self: &Arc<Self>,
+        blade: &str,
+        from: PeerId,
+        placement: &[String],
+        made_since: u64,
+    ) -> Option<usize> {
+        let request = Request::Catalog {
+            blade: blade.to_string(),
+        };
+        let Ok(Response::Records(records)) = self.call(from, &request).await else {
+            return None;
+        };
+        let known: HashSet<ArchiveId> = self
+            .catalog
+            .list(blade)
+            .ok()?
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        let peers = vec![from];
+        let mut left = 0;
+        for mut record in records
+            .into_iter()
+            .filter(|r| r.blade == blade && !known.contains(&r.id) && r.time_ms >= made_since)
+        {
+            let source = self.net_source(std::iter::once(&peers));
+            let r = record.clone();
+            if let Err(e) = blocking(move || source.fill(&r)).await.and_then(|x| x) {
+                tracing::warn!(%blade, archive = %record.id, %from, "cannot take in an archive made out of this node's sight: {e}");
+                left += 1;
+                continue;
+            }
+            record.factor = self.cfg().factor as u64;
+            record.holders = placement.to_vec();
+            record.acked = vec![from.to_string()];
+            match self.catalog.put(&record) {
+                Ok(()) => {
+                    tracing::info!(%blade, archive = %record.id, %from, "took in an archive made out of this node's sight")
+                }
+                Err(e) => {
+                    tracing::warn!(%blade, archive = %record.id, "cannot record an archive taken in: {e}");
+                    left += 1;
+                }
+            }
+        }
+        Some(left)
+    }
+
+    /// The time before which this blade's archives are past the aging period (0: no aging).
+    fn aged_before(&self) -> u64 {
+        self.cfg()
+            .aging
+            .map_or(0, |a| now_ms().saturating_sub(a.as_millis() as u64))
     }
 
     /// Pushes one archive to one holder: only the blocks it lacks, then the record.
@@ -891,36 +1014,37 @@ impl Service {
             .await?
         {
             Response::Done => {
-                tracing::info!(holder = %holder, archive = record.seq, blocks = missing.len(), "archive pushed");
+                tracing::info!(holder = %holder, archive = %record.id, blocks = missing.len(), "archive pushed");
                 Ok(())
             }
             other => Err(format!("unexpected answer {other:?}")),
         }
     }
 
-    /// Removes this blade's archives past the aging period, but never one a kept archive needs:
-    /// everything from the latest snapshot at or before the oldest kept archive stays.
+    /// Removes this blade's archives past the aging period, but never one a kept archive needs
+    /// (its line of parents back to a snapshot) nor the latest.
     async fn age(&self, blade: &str) -> Result<(), String> {
-        let Some(aging) = self.cfg().aging else {
+        if self.cfg().aging.is_none() {
             return Ok(());
-        };
+        }
         let records = self.catalog.list(blade).map_err(|e| e.to_string())?;
-        let cutoff = now_ms().saturating_sub(aging.as_millis() as u64);
-        let Some(oldest_kept) = records
+        let cutoff = self.aged_before();
+        // Kept: the archives inside the period and the latest, each with its line of parents.
+        let mut needed: HashSet<ArchiveId> = HashSet::new();
+        for r in records
             .iter()
-            .position(|r| r.time_ms >= cutoff)
-            .or(records.len().checked_sub(1))
-        else {
-            return Ok(());
-        };
-        let start = records[..=oldest_kept]
+            .filter(|r| r.time_ms >= cutoff)
+            .chain(records.last())
+        {
+            needed.extend(chain(&records, r.id).iter().map(|a| a.id));
+        }
+        for r in records
             .iter()
-            .rposition(|r| r.kind == crate::store::catalog::ArchiveKind::Snapshot)
-            .unwrap_or(0);
-        for r in &records[..start] {
-            tracing::info!(archive = r.seq, "aging removes archive");
+            .filter(|r| r.time_ms < cutoff && !needed.contains(&r.id))
+        {
+            tracing::info!(archive = %r.id, "aging removes archive");
             self.catalog
-                .remove(&r.blade, r.seq)
+                .remove(&r.blade, r.id)
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
@@ -1021,8 +1145,8 @@ impl Service {
                 continue;
             }
             if Some(&r.blade) != own.as_ref() {
-                tracing::warn!(blade = %r.blade, archive = r.seq, "held archive damaged; forgotten until its owner pushes it again");
-                let _ = self.catalog.remove(&r.blade, r.seq);
+                tracing::warn!(blade = %r.blade, archive = %r.id, "held archive damaged; forgotten until its owner pushes it again");
+                let _ = self.catalog.remove(&r.blade, r.id);
                 continue;
             }
             let source = NetSource {
@@ -1030,13 +1154,13 @@ impl Service {
                 runtime: tokio::runtime::Handle::current(),
                 peers: r.acked.iter().filter_map(|p| p.parse().ok()).collect(),
             };
-            let seq = r.seq;
+            let seq = r.id;
             let repaired = blocking(move || source.fill(&r)).await.and_then(|x| x);
             match repaired {
                 Ok(()) => {
-                    tracing::info!(archive = seq, "scrub repaired the archive from its holders")
+                    tracing::info!(archive = %seq, "scrub repaired the archive from its holders")
                 }
-                Err(e) => tracing::error!(archive = seq, "scrub cannot repair the archive: {e}"),
+                Err(e) => tracing::error!(archive = %seq, "scrub cannot repair the archive: {e}"),
             }
         }
     }
@@ -1073,14 +1197,23 @@ impl Service {
         };
         let record = {
             let _guard = self.store_lock.lock().await;
-            let (store, catalog, method, name) = (
+            let (store, catalog, method, name, epoch) = (
                 self.store.clone(),
                 self.catalog.clone(),
                 self.cfg().method,
                 blade.clone(),
+                self.own_epoch(),
             );
             let (record, stats) = blocking(move || {
-                make_archive(&settings, method, &*store, &*catalog, &name, now_ms())
+                make_archive(
+                    &settings,
+                    method,
+                    &*store,
+                    &*catalog,
+                    &name,
+                    epoch,
+                    now_ms(),
+                )
             })
             .await
             .map_err(|e| fail("backup-failed", e))?
@@ -1093,7 +1226,7 @@ impl Service {
                 .map_err(|e| fail("backup-failed", e))?;
             tracing::info!(
                 %blade,
-                archive = record.seq,
+                archive = %record.id,
                 kind = record.kind.as_str(),
                 files = stats.files,
                 read = stats.read,
@@ -1115,7 +1248,7 @@ impl Service {
             .catalog
             .list(&blade)
             .ok()
-            .and_then(|rs| rs.into_iter().find(|r| r.seq == record.seq))
+            .and_then(|rs| rs.into_iter().find(|r| r.id == record.id))
             .unwrap_or(record);
         if record.complete() {
             return Ok(record);
@@ -1131,7 +1264,7 @@ impl Service {
             "incomplete",
             format!(
                 "archive {} is stored here but incomplete: {} of {} holders have it{}",
-                record.seq,
+                record.id,
                 record.holders.len() - lacking.len(),
                 self.cfg().factor,
                 if lacking.is_empty() {
@@ -1185,7 +1318,7 @@ impl Service {
             let r = record.clone();
             blocking(move || source.fill(&r))
                 .await?
-                .map_err(|e| format!("archive {}: {e}", record.seq))?;
+                .map_err(|e| format!("archive {}: {e}", record.id))?;
             // This node is the blade's owner now, not one of its holders.
             record.acked.retain(|a| *a != me);
             record.holders.retain(|h| *h != me);
@@ -1338,7 +1471,7 @@ impl Service {
 
     fn info(&self, r: &ArchiveRecord, have: &[String], members: &[MemberInfo]) -> ArchiveInfo {
         ArchiveInfo {
-            id: r.seq,
+            id: r.id,
             time_ms: r.time_ms,
             kind: r.kind.as_str().into(),
             bytes: r.bytes,
@@ -1362,7 +1495,7 @@ impl Service {
         blade: &str,
     ) -> (
         Vec<ArchiveInfo>,
-        BTreeMap<u64, (ArchiveRecord, Vec<PeerId>)>,
+        BTreeMap<ArchiveId, (ArchiveRecord, Vec<PeerId>)>,
     ) {
         let members = self.members().await;
         let me = self.me.to_string();
@@ -1376,13 +1509,13 @@ impl Service {
         };
         let answers =
             futures::future::join_all(peers.iter().map(|p| self.call(*p, &request))).await;
-        let mut merged: BTreeMap<u64, (ArchiveRecord, Vec<PeerId>)> = BTreeMap::new();
+        let mut merged: BTreeMap<ArchiveId, (ArchiveRecord, Vec<PeerId>)> = BTreeMap::new();
         let owner = self.node_of(&members, blade).map(|m| m.id.clone());
         let mut add = |peer: PeerId, records: Vec<ArchiveRecord>| {
             for r in records.into_iter().filter(|r| r.blade == blade) {
                 let from_owner = owner.as_deref() == Some(&peer.to_string());
                 let slot = merged
-                    .entry(r.seq)
+                    .entry(r.id)
                     .or_insert_with(|| (r.clone(), Vec::new()));
                 if from_owner {
                     slot.0 = r;
@@ -1421,19 +1554,10 @@ impl Service {
     async fn archived_tree(
         self: &Arc<Self>,
         blade: &str,
-        archive: Option<u64>,
+        archive: Option<ArchiveRef>,
     ) -> Result<(BTreeMap<Vec<u8>, crate::backup::manifest::Entry>, NetSource), Failure> {
         let (_, merged) = self.gather(blade).await;
-        let Some(latest) = merged.keys().next_back().copied() else {
-            return Err(fail(
-                "no-archive",
-                format!("no node holds an archive of {blade}"),
-            ));
-        };
-        let last = archive.unwrap_or(latest);
-        if !merged.contains_key(&last) {
-            return Err(fail("no-archive", format!("{blade} has no archive {last}")));
-        }
+        let last = pick(blade, archive, merged.keys().copied())?;
         let records: Vec<ArchiveRecord> = merged.values().map(|(r, _)| r.clone()).collect();
         let source = self.net_source(merged.values().map(|(_, have)| have));
         blocking(move || {
@@ -1449,7 +1573,7 @@ impl Service {
         self: &Arc<Self>,
         blade: &str,
         path: &str,
-        archive: Option<u64>,
+        archive: Option<ArchiveRef>,
         recursive: bool,
     ) -> Result<Payload, Failure> {
         use crate::backup::manifest::EntryKind;
@@ -1508,7 +1632,7 @@ impl Service {
         self: &Arc<Self>,
         blade: &str,
         path: &str,
-        archive: Option<u64>,
+        archive: Option<ArchiveRef>,
     ) -> Result<Payload, Failure> {
         use crate::backup::manifest::EntryKind;
         /// Larger files are restored, not printed: the reply travels whole.
@@ -1594,22 +1718,10 @@ impl Service {
             Some(b.build().map_err(|e| fail("bad-path", e))?)
         };
         let (_, merged) = self.gather(&args.blade).await;
-        let Some(last) = merged.keys().next_back().copied() else {
-            return Err(fail(
-                "no-archive",
-                format!("no node holds an archive of {}", args.blade),
-            ));
-        };
-        let upto = args.archive.unwrap_or(last);
-        if !merged.contains_key(&upto) {
-            return Err(fail(
-                "no-archive",
-                format!("{} has no archive {upto}", args.blade),
-            ));
-        }
+        let upto = pick(&args.blade, args.archive, merged.keys().copied())?;
         let records: Vec<ArchiveRecord> = merged.values().map(|(r, _)| r.clone()).collect();
         let chain: Vec<ArchiveRecord> = chain(&records, upto).into_iter().cloned().collect();
-        let source = self.net_source(chain.iter().map(|r| &merged[&r.seq].1));
+        let source = self.net_source(chain.iter().map(|r| &merged[&r.id].1));
         let node = self.name.clone();
         let stats = blocking(
             move || -> Result<(u64, crate::backup::restore::RestoreStats), String> {
@@ -1633,7 +1745,7 @@ impl Service {
             .clone()
             .or(self.cfg().root.as_ref().map(|r| r.display().to_string()))
             .unwrap_or_default();
-        tracing::info!(blade = %args.blade, upto, entries = stats.1.entries, "restored");
+        tracing::info!(blade = %args.blade, upto = %upto, entries = stats.1.entries, "restored");
         let into_data_set = self
             .root_of(&args.blade)
             .is_some_and(|r| r.display().to_string() == target);
@@ -1771,7 +1883,7 @@ impl Service {
                         if lacking > 0 {
                             return Err(format!(
                                 "{lacking} blocks of archive {} are not here",
-                                record.seq
+                                record.id
                             ));
                         }
                         catalog.put(&record).map_err(|e| e.to_string())?;
@@ -1781,18 +1893,27 @@ impl Service {
                     .and_then(|r| r),
                 )
             }
-            Request::Sync { blade, keep } => {
+            Request::Sync {
+                blade,
+                keep,
+                forget,
+            } => {
                 if !owner_of(&blade) || stale(&blade) {
                     return refuse(&blade);
                 }
                 done((|| {
                     let mut held = Vec::new();
                     for r in catalog.list(&blade).map_err(|e| e.to_string())? {
-                        if keep.contains(&r.seq) {
-                            held.push(r.seq);
+                        let forgotten = !keep.contains(&r.id)
+                            && match forget {
+                                Forget::All => true,
+                                Forget::MadeBefore(t) => r.time_ms < t,
+                            };
+                        if forgotten {
+                            tracing::info!(%blade, archive = %r.id, "the owner no longer keeps this archive; forgotten");
+                            catalog.remove(&blade, r.id).map_err(|e| e.to_string())?;
                         } else {
-                            tracing::info!(%blade, archive = r.seq, "the owner no longer keeps this archive; forgotten");
-                            catalog.remove(&blade, r.seq).map_err(|e| e.to_string())?;
+                            held.push(r.id);
                         }
                     }
                     Ok(Response::Held(held))
@@ -2068,7 +2189,11 @@ mod tests {
     fn record(manifest: Vec<BlockId>) -> ArchiveRecord {
         ArchiveRecord {
             blade: "b1".into(),
-            seq: 1,
+            id: ArchiveId {
+                epoch: 1,
+                number: 1,
+            },
+            parent: None,
             kind: ArchiveKind::Snapshot,
             time_ms: 0,
             manifest,
@@ -2147,16 +2272,18 @@ mod tests {
         assert!(matches!(ask(&s, "b1", commit).await, Response::Done));
         assert_eq!(catalog.list("b1").unwrap().len(), 1);
 
-        // The owner's sync makes the holder forget what it no longer keeps.
-        let held = ask(
-            &s,
-            "b1",
-            Request::Sync {
-                blade: "b1".into(),
-                keep: vec![],
-            },
-        )
-        .await;
+        // An archive the owner does not list but did not age out either (one it never saw) stays,
+        // and is said to be here, for the owner to take in.
+        let sync = |forget| Request::Sync {
+            blade: "b1".into(),
+            keep: vec![],
+            forget,
+        };
+        let held = ask(&s, "b1", sync(Forget::MadeBefore(0))).await;
+        assert!(matches!(held, Response::Held(h) if h.len() == 1));
+        assert_eq!(catalog.list("b1").unwrap().len(), 1);
+        // What the owner's aging removed, the holder forgets.
+        let held = ask(&s, "b1", sync(Forget::MadeBefore(1))).await;
         assert!(matches!(held, Response::Held(h) if h.is_empty()));
         assert!(catalog.list("b1").unwrap().is_empty());
     }
@@ -2186,6 +2313,7 @@ mod tests {
         let sync = Request::Sync {
             blade: "b1".into(),
             keep: vec![],
+            forget: Forget::All,
         };
         assert!(matches!(
             ask_at(&s, "b1", 2, sync).await,

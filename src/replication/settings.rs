@@ -1,6 +1,6 @@
 //! The `[backup]` settings: what is backed up, how, when, and where to.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -133,9 +133,29 @@ pub struct BackupConfig {
     pub continuous: bool,
     /// Where a restore asked by another node may write (the backup root counts too).
     pub restore_into: Vec<PathBuf>,
-    /// Where a blade taken over lives when this node has no backup root (`<dir>/BLADE`); set by
-    /// the agent to `<data-dir>/blades`, not by configuration.
+    /// Where a blade taken over lives (`<dir>/BLADE`; see [`data_set`]); set by the agent to
+    /// `<data-dir>/blades`, not by configuration.
     pub takeover_dir: Option<PathBuf>,
+    /// This node is a spare: it has no blade of its own. Set by the agent from its role.
+    pub spare: bool,
+}
+
+/// Where `blade`'s data set lives on node `node`: the backup root `root` for the node's own
+/// blade, and on a spare (no blade of its own) for the blade it took over; `<takeover_dir>/BLADE`
+/// for a blade that an active node took over, so that its root, which keeps its own blade's
+/// stale copy, never mixes two blades' files (and for a blade a spare without a root took over).
+pub fn data_set(
+    root: Option<&Path>,
+    takeover_dir: Option<&Path>,
+    (node, spare): (&str, bool),
+    blade: &str,
+) -> Option<PathBuf> {
+    match (root, takeover_dir) {
+        (Some(root), _) if blade == node || spare => Some(root.into()),
+        (_, Some(dir)) if blade != node => Some(dir.join(blade)),
+        // Without a takeover directory (the service's unit tests), everything is in the root.
+        (root, _) => root.map(Path::to_path_buf),
+    }
 }
 
 impl std::fmt::Display for Rule {
@@ -274,6 +294,7 @@ impl BackupConfig {
         Ok(BackupConfig {
             restore_into,
             takeover_dir: None,
+            spare: false,
             root: root.or(file.root.clone()),
             factor,
             exclude_dirs: file.exclude_dirs.clone().unwrap_or_default(),

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use dci_proto::archive::ArchiveRef;
 use dci_proto::backup::{
     archives_from_payload, restored_from_payload, settings_from_payload, ArchiveInfo,
     BackupRequest, BladeSettings, ListEntry, RestoreArgs, SettingsChange,
@@ -32,9 +33,10 @@ pub enum BackupCommand {
 pub struct RestoreCommand {
     /// The blade whose archives are restored.
     pub blade: String,
-    /// Restore sequentially up to and including this archive [default: the latest].
+    /// Restore sequentially up to and including this archive: EPOCH.NUMBER, or the number
+    /// alone where only one archive has it [default: the latest].
     #[arg(long, value_name = "ID")]
-    pub archive: Option<u64>,
+    pub archive: Option<ArchiveRef>,
     /// Restore only paths matching this glob (relative to the backup root); repeatable.
     #[arg(long = "path", value_name = "GLOB")]
     pub paths: Vec<String>,
@@ -185,7 +187,8 @@ pub fn archives_json(archives: &[ArchiveInfo]) -> String {
         .iter()
         .map(|a| {
             serde_json::json!({
-                "id": a.id,
+                "id": a.id.to_string(),
+                "epoch": a.id.epoch,
                 "time": a.time_ms,
                 "kind": a.kind,
                 "bytes": a.bytes,
@@ -317,7 +320,7 @@ pub async fn ls(
     client: &mut Client,
     blade: &str,
     path: &str,
-    archive: Option<u64>,
+    archive: Option<ArchiveRef>,
     recursive: bool,
 ) -> Result<Vec<ListEntry>, ClientError> {
     let request = BackupRequest::Ls {
@@ -337,7 +340,7 @@ pub async fn cat(
     client: &mut Client,
     blade: &str,
     path: &str,
-    archive: Option<u64>,
+    archive: Option<ArchiveRef>,
 ) -> Result<Vec<u8>, ClientError> {
     let request = BackupRequest::Cat {
         blade: blade.into(),

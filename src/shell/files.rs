@@ -16,6 +16,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use dci_proto::archive::ArchiveRef;
 use dci_proto::backup::ListEntry;
 use dci_proto::control::{members_from_payload, ControlRequest};
 use dci_proto::fs::{
@@ -98,7 +99,7 @@ enum Place {
     ArchiveBlade(String),
     Archive {
         blade: String,
-        archive: Option<u64>,
+        archive: Option<ArchiveRef>,
         path: String,
     },
 }
@@ -143,9 +144,9 @@ fn place(abs: &str) -> Result<Place, ClientError> {
             blade: (*b).into(),
             archive: match *a {
                 "latest" => None,
-                id => Some(id.parse().map_err(|_| {
+                id => Some(id.parse().map_err(|_: String| {
                     usage(format!(
-                        "{abs}: an archive is a number or `latest`, not {id:?}"
+                        "{abs}: an archive is an id (EPOCH.NUMBER, or NUMBER) or `latest`, not {id:?}"
                     ))
                 })?),
             },
@@ -802,7 +803,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 async fn archived_under(
     client: &mut Client,
     blade: &str,
-    archive: Option<u64>,
+    archive: Option<ArchiveRef>,
     path: &str,
 ) -> Result<Vec<ListEntry>, ClientError> {
     let mut entries = backup::ls(client, blade, path, archive, true).await?;
@@ -973,5 +974,13 @@ mod tests {
         );
         assert!(place("/etc/passwd").is_err());
         assert!(place("/archives/b1/x7").is_err());
+        assert_eq!(
+            place("/archives/b1/3.12/etc").unwrap(),
+            Place::Archive {
+                blade: "b1".into(),
+                archive: Some("3.12".parse().unwrap()),
+                path: "etc".into()
+            }
+        );
     }
 }

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use dci_proto::archive::ArchiveId;
+
 use super::{BlockId, StoreError};
 
 /// Full or incremental.
@@ -35,8 +37,10 @@ impl ArchiveKind {
 pub struct ArchiveRecord {
     /// The blade it backs up.
     pub blade: String,
-    /// Its number, 1, 2, ... per blade; also its id.
-    pub seq: u64,
+    /// Its id: the blade's epoch where it was made, and its number.
+    pub id: ArchiveId,
+    /// For a delta, the archive it records changes from (an earlier id).
+    pub parent: Option<ArchiveId>,
     /// Snapshot or delta.
     pub kind: ArchiveKind,
     /// When the owner made it, ms since the Unix epoch.
@@ -72,17 +76,18 @@ pub trait Catalog: Send + Sync + 'static {
     /// Writes (or replaces) a record, durably.
     fn put(&self, record: &ArchiveRecord) -> Result<(), StoreError>;
     /// Removes a record (absent is fine).
-    fn remove(&self, blade: &str, seq: u64) -> Result<(), StoreError>;
-    /// One blade's records, oldest first.
+    fn remove(&self, blade: &str, id: ArchiveId) -> Result<(), StoreError>;
+    /// One blade's records, in id order (a parent before its children).
     fn list(&self, blade: &str) -> Result<Vec<ArchiveRecord>, StoreError>;
     /// Every record, of every blade.
     fn all(&self) -> Result<Vec<ArchiveRecord>, StoreError>;
 }
 
-fn key(blade: &str, seq: u64) -> Vec<u8> {
+fn key(blade: &str, id: ArchiveId) -> Vec<u8> {
     let mut k = blade.as_bytes().to_vec();
     k.push(0);
-    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&id.epoch.to_be_bytes());
+    k.extend_from_slice(&id.number.to_be_bytes());
     k
 }
 
@@ -93,7 +98,7 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
     }
 }
 
-/// The catalog in a sled tree, keyed by blade then sequence number.
+/// The catalog in a sled tree, keyed by blade then archive id.
 pub struct SledCatalog {
     tree: sled::Tree,
 }
@@ -115,13 +120,13 @@ impl Catalog for SledCatalog {
     fn put(&self, record: &ArchiveRecord) -> Result<(), StoreError> {
         let bytes = postcard::to_stdvec(record).map_err(db_err)?;
         self.tree
-            .insert(key(&record.blade, record.seq), bytes)
+            .insert(key(&record.blade, record.id), bytes)
             .map_err(db_err)?;
         self.tree.flush().map_err(db_err)?;
         Ok(())
     }
-    fn remove(&self, blade: &str, seq: u64) -> Result<(), StoreError> {
-        self.tree.remove(key(blade, seq)).map_err(db_err)?;
+    fn remove(&self, blade: &str, id: ArchiveId) -> Result<(), StoreError> {
+        self.tree.remove(key(blade, id)).map_err(db_err)?;
         self.tree.flush().map_err(db_err)?;
         Ok(())
     }
@@ -160,11 +165,11 @@ impl MemCatalog {
 impl Catalog for MemCatalog {
     fn put(&self, record: &ArchiveRecord) -> Result<(), StoreError> {
         self.map()
-            .insert(key(&record.blade, record.seq), record.clone());
+            .insert(key(&record.blade, record.id), record.clone());
         Ok(())
     }
-    fn remove(&self, blade: &str, seq: u64) -> Result<(), StoreError> {
-        self.map().remove(&key(blade, seq));
+    fn remove(&self, blade: &str, id: ArchiveId) -> Result<(), StoreError> {
+        self.map().remove(&key(blade, id));
         Ok(())
     }
     fn list(&self, blade: &str) -> Result<Vec<ArchiveRecord>, StoreError> {

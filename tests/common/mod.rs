@@ -22,6 +22,21 @@ pub fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `dcish --json archives BLADE` as `node` sees it; empty when it fails.
+pub fn archives(node: &Node, blade: &str) -> Vec<Value> {
+    let out = node.dcish(&["--json", "archives", blade]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// An archive's id from its `--json` object, as (epoch, number): `"3.12"` is (3, 12).
+pub fn archive_id(archive: &Value) -> Option<(u64, u64)> {
+    let (epoch, number) = archive["id"].as_str()?.split_once('.')?;
+    Some((epoch.parse().ok()?, number.parse().ok()?))
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

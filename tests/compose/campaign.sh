@@ -1,10 +1,11 @@
 # Sourced (after tests/compose/lib.sh) by the campaign scenarios (netem.sh, wipe.sh) and by
 # scripts/chaos: the campaign mesh of campaign.yml under a compose project $P, a workload that
-# writes into the blades' backup roots, backs them up and sends envelopes, and a sampler of every
-# container's seat and member tables. Everything they record goes under the run directory $RUN, for
+# writes into the blades' data sets (on whichever node holds each blade), backs them up and sends
+# envelopes, and a sampler of every container's seat and member tables. Everything they record goes under the run directory $RUN, for
 # tests/compose/checker.py:
 #   acks.jsonl     one line per backup and per envelope, with what the agent answered
-#   acked/ID/      the tree a blade had when its archive ID was acknowledged (ID = blade-archive-step)
+#   acked/ID/      the data set the node acting as a blade had when its archive was acknowledged
+#                  (ID = blade-archive-step)
 #   samples.jsonl  one line per container and sample: its seats and members
 #   faults.jsonl   what was done to which container, when (written by the scenario or scripts/chaos)
 #   faulted        the containers that are paused or down now (the workload and sampler skip them)
@@ -95,7 +96,7 @@ camp_wait_whole() {
 # Starts the mesh with config $1 (a file beside campaign.yml) and waits until every container lists
 # every member alive and seats each blade on its own node.
 camp_up() {
-  mkdir -p "$RUN/logs" "$RUN/acked" "$RUN/roots" && : > "$RUN/faulted" && touch "$RUN/faults.jsonl" "$RUN/acks.jsonl" "$RUN/samples.jsonl"
+  mkdir -p "$RUN/logs" "$RUN/acked" && : > "$RUN/faulted" && touch "$RUN/faults.jsonl" "$RUN/acks.jsonl" "$RUN/samples.jsonl"
   [ -s scripts/compose/cluster.key ] ||
     docker run --rm -v "$PWD/scripts/compose:/out" "${DCI_IMAGE:-dci:latest}" keygen /out/cluster.key >/dev/null || return 1
   DCI_CAMPAIGN_CONFIG=$1 camp_compose up -d --force-recreate >/dev/null 2>&1 || { echo "the campaign mesh did not start"; return 1; }
@@ -125,29 +126,57 @@ camp_wipe() {
   DCI_CAMPAIGN_CONFIG=${CAMP_CONFIG:-lan.toml} camp_compose up -d --no-deps "$1" >/dev/null 2>&1
 }
 
-# One backup of a blade, by the workload: a new random file and a changed config in the host's
-# copy of the blade's root, copied into its container, then `dcish backup now` there. When the
-# agent acknowledges it (exit 0: every holder has every block), the tree is kept under acked/.
+# The node acting as blade $1 now, by name, from the seat table of the first container that is up
+# (nothing when none answers or the blade is down).
+acting_node() {
+  local c
+  for c in $(camp_all); do
+    is_faulted "$c" && continue
+    timeout 10 docker exec "$c" dcish --json seats 2>/dev/null | python3 -c '
+import json, sys
+for s in json.load(sys.stdin):
+    if s["blade"] == sys.argv[1] and s["state"] == "held":
+        print(s["holder_name"])' "$1" && return
+  done
+}
+
+# One backup of a blade, by the workload: a new random file and a changed config written into the
+# blade's data set on the node acting as the blade (its backup root on the blade's own node,
+# /var/lib/dci/blades/BLADE on a node that took it over), then `dcish backup now BLADE` there.
+# When the agent acknowledges it (exit 0: every holder has every block), the data set as that node
+# has it is kept under acked/, unless the blade changed hands meanwhile (then what the archive holds
+# is not known here, and the record says so).
 workload_backup() {
-  local step=$1 b=$2 c root out rc err=$RUN/err.backup.$1
-  c=$(camp_c "$b"); root=$RUN/roots/$b/root
-  mkdir -p "$root/etc" || return
-  head -c $(( (RANDOM * 7) % 200000 + 1 )) /dev/urandom > "$root/f$step.bin"
-  echo "$b step $step $(now_ms)" > "$root/etc/app.conf"
-  docker cp "$root" "$c:/var/lib/dci/" 2>/dev/null || return
-  out=$(timeout 120 docker exec "$c" dcish --json backup now 2>"$err"); rc=$?
-  python3 - "$RUN" "$b" "$step" "$rc" "$(now_ms)" "$out" "$(head -c 300 "$err")" <<'PY'
-import json, shutil, sys
-run, blade, step, rc, t, out, err = sys.argv[1:]
-rec = {"type": "backup", "t": int(t), "blade": blade, "step": int(step), "rc": int(rc), "error": err.strip()}
+  local step=$1 b=$2 node c dir stage out rc copied=0 err=$RUN/err.backup.$1
+  node=$(acting_node "$b"); [ -n "$node" ] || return
+  c=$(camp_c "$node"); is_faulted "$c" && return
+  if [ "$node" = "$b" ]; then dir=/var/lib/dci/root; else dir=/var/lib/dci/blades/$b; fi
+  stage=$RUN/stage.$step; mkdir -p "$stage/etc" || return
+  head -c $(( (RANDOM * 7) % 200000 + 1 )) /dev/urandom > "$stage/f$step.bin"
+  echo "$b step $step $(now_ms)" > "$stage/etc/app.conf"
+  docker cp "$stage/." "$c:$dir" 2>/dev/null; rc=$?
+  rm -rf "$stage"
+  [ $rc -eq 0 ] || return
+  out=$(timeout 120 docker exec "$c" dcish --json backup now "$b" 2>"$err"); rc=$?
+  if [ $rc -eq 0 ] && [ "$(acting_node "$b")" = "$node" ]; then
+    mkdir -p "$RUN/pending.$step" && docker cp "$c:$dir" "$RUN/pending.$step/tree" 2>/dev/null && copied=1
+  fi
+  python3 - "$RUN" "$b" "$step" "$rc" "$(now_ms)" "$out" "$(head -c 300 "$err")" "$node" "$copied" <<'PY'
+import json, os, sys
+run, blade, step, rc, t, out, err, node, copied = sys.argv[1:]
+rec = {"type": "backup", "t": int(t), "blade": blade, "step": int(step), "rc": int(rc), "error": err.strip(),
+       "node": node}
 if rc == "0":
     a = json.loads(out)[0]
     rec.update(archive=a["id"], holders=a["holders"], complete=a["complete"])
-    rec["copy"] = f"{blade}-{a['id']}-{step}"
-    shutil.copytree(f"{run}/roots/{blade}/root", f"{run}/acked/{rec['copy']}")
+    if copied == "1":
+        rec["copy"] = f"{blade}-{a['id']}-{step}"
+        os.rename(f"{run}/pending.{step}/tree", f"{run}/acked/{rec['copy']}")
+    else:
+        rec["copy"] = None  # the blade changed hands: the tree it archived is not known here
 print(json.dumps(rec), file=open(f"{run}/acks.jsonl", "a"))
 PY
-  rm -f "$err"
+  rm -rf "$err" "$RUN/pending.$step"
 }
 
 # One envelope, by the workload: an echo request from container $2 to blade $3, and every answer.

@@ -5,6 +5,8 @@ Invariants, each a list of violations in the report:
   archives   every acknowledged archive restores byte for byte on another node (`dcish restore
              --archive ID --on OTHER`, then diff -r against the tree acknowledged), unless
              replication_factor or more of its holders at the acknowledgement were wiped since
+             (an archive acknowledged just as its blade changed hands has no known tree: counted
+             as tree_unknown, not checked)
   seats      at most one holder per blade at any epoch, over every seat table and every member's
              announced blade and epoch, in every container, at every sample
   envelopes  every envelope the workload sent was answered (an answer or an error), or, when
@@ -76,7 +78,7 @@ def check_seats(samples):
 
 def check_archives(run, project, acks, faults, factor, limit):
     wipes = [(f["t"], f["node"]) for f in faults if f["kind"] == "wipe"]
-    acked = [a for a in acks if a["type"] == "backup" and a["rc"] == 0]
+    acked = [a for a in acks if a["type"] == "backup" and a["rc"] == 0 and a.get("copy")]
     if limit and len(acked) > limit:
         # Evenly spread, and always the last of each blade.
         last = {a["blade"]: a for a in acked}
@@ -92,7 +94,7 @@ def check_archives(run, project, acks, faults, factor, limit):
         if len(lost) >= factor:
             excused.append({"copy": a["copy"], "holders_wiped": lost})
             continue
-        owner = f"{project}_{a['blade']}_1"
+        owner = f"{project}_{a.get('node', a['blade'])}_1"
         others = [c for c in up if c != owner] or up
         on = others[n % len(others)]
         asker = next((c for c in up if c != on), on)
@@ -112,7 +114,9 @@ def check_archives(run, project, acks, faults, factor, limit):
             rc, out, _ = sh("diff", "-r", f"{run}/acked/{a['copy']}", f"{tmp}/restored")
             if rc != 0:
                 violations.append({"copy": a["copy"], "on": node, "diff": out[:600]})
+    moved = sum(1 for a in acks if a["type"] == "backup" and a["rc"] == 0 and not a.get("copy"))
     return violations, {"acknowledged": len(acked), "restored": checked, "excused": excused,
+                        "tree_unknown": moved,
                         "backups_tried": sum(1 for a in acks if a["type"] == "backup")}
 
 

@@ -162,7 +162,7 @@ split_one_holder_per_blade_after_healing() {
   return 1
 }
 
-# "ID KIND COMPLETE" of blade $2's latest archive, as container $1 lists them.
+# "ID KIND COMPLETE" of blade $2's latest archive (ID is EPOCH.NUMBER), as container $1 lists them.
 split_latest() {
   docker exec "$1" dcish --json archives "$2" 2>/dev/null | python3 -c '
 import json, sys
@@ -178,11 +178,11 @@ split_data_reconciled() {
   while [ $SECONDS -lt $deadline ]; do
     b1=$(split_latest dcisplit_blade-3_1 blade-1)
     x=$(split_latest dcisplit_blade-4_1 "$split_x")
-    [[ "$b1" = "2 "*" complete" ]] && [[ "$x" = "2 delta complete" ]] && break
+    [[ "$b1" = *".2 "*" complete" ]] && [[ "$x" = *".2 delta complete" ]] && break
     sleep 1
   done
   echo "blade-1's latest archive: $b1; $split_x's: $x"
-  [[ "$b1" = "2 "*" complete" ]] && [[ "$x" = "2 delta complete" ]] || {
+  [[ "$b1" = *".2 "*" complete" ]] && [[ "$x" = *".2 delta complete" ]] || {
     docker exec dcisplit_blade-1_1 dcish archives blade-1; docker exec dcisplit_blade-1_1 dcish archives "$split_x"; return 1; }
   docker exec dcisplit_blade-2_1 dcish restore "$split_x" --to "/var/lib/dci/restores/$split_x" || return 1
   rm -rf "$split_data/again" && docker cp "dcisplit_blade-2_1:/var/lib/dci/restores/$split_x" "$split_data/again" || return 1

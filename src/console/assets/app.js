@@ -393,7 +393,7 @@ async function start() {
   if (parts.length === 0) overview();
   else if (parts[0] === "blade" && parts.length === 2) bladePage(parts[1]);
   else if (parts[0] === "blade" && parts[2] === "recovery") recovery(parts[1]);
-  else if (parts[0] === "blade" && parts[2] === "archive") archiveView(parts[1], Number(parts[3]));
+  else if (parts[0] === "blade" && parts[2] === "archive") archiveView(parts[1], parts[3]);
   else view.replaceChildren(el("p", { text: "No such page." }));
   poll(drawJobs);
   poll(drawAlerts);
