@@ -17,6 +17,18 @@ fn settings(root: &Path) -> ScanSettings {
     }
 }
 
+/// The next archive of blade `b` of the tree at `root`, made under `epoch` at time `now`.
+fn make(
+    root: &Path,
+    method: Method,
+    store: &dyn BlockStore,
+    catalog: &MemCatalog,
+    epoch: u64,
+    now: u64,
+) -> Result<(ArchiveRecord, ScanStats), BackupError> {
+    make_archive(&settings(root), method, store, catalog, "b", epoch, now)
+}
+
 fn restore_upto(
     store: &MemBlockStore,
     catalog: &MemCatalog,
@@ -61,15 +73,13 @@ fn a_snapshot_then_a_delta_restore_the_tree_with_modes_and_symlinks() {
     symlink("a/b/big", root.join("link")).unwrap();
     let (store, catalog) = (MemBlockStore::default(), MemCatalog::default());
 
-    let (first, _) =
-        make_archive(&settings(&root), Method::Delta, &store, &catalog, "b", 1, 1).unwrap();
+    let (first, _) = make(&root, Method::Delta, &store, &catalog, 1, 1).unwrap();
     assert_eq!(first.kind, ArchiveKind::Snapshot);
     assert_eq!(first.files, 5);
 
     fs::write(root.join("x.txt"), b"changed!").unwrap();
     fs::write(root.join("new"), b"new file").unwrap();
-    let (second, stats) =
-        make_archive(&settings(&root), Method::Delta, &store, &catalog, "b", 1, 2).unwrap();
+    let (second, stats) = make(&root, Method::Delta, &store, &catalog, 1, 2).unwrap();
     assert_eq!(second.kind, ArchiveKind::Delta);
     assert_eq!(stats.read, 2, "only the changed and the new file are read");
     assert_eq!(second.files, 2);
@@ -100,10 +110,10 @@ fn sequential_restore_to_an_earlier_archive_overwrites_clashes_and_deletes_nothi
     fs::create_dir_all(&root).unwrap();
     fs::write(root.join("x"), b"v1").unwrap();
     let (store, catalog) = (MemBlockStore::default(), MemCatalog::default());
-    make_archive(&settings(&root), Method::Delta, &store, &catalog, "b", 1, 1).unwrap();
+    make(&root, Method::Delta, &store, &catalog, 1, 1).unwrap();
     fs::write(root.join("x"), b"version 2").unwrap();
     fs::write(root.join("y"), b"y2").unwrap();
-    make_archive(&settings(&root), Method::Delta, &store, &catalog, "b", 1, 2).unwrap();
+    make(&root, Method::Delta, &store, &catalog, 1, 2).unwrap();
 
     let out = dir.path().join("out");
     fs::create_dir_all(&out).unwrap();
@@ -125,17 +135,14 @@ fn a_takeover_that_missed_the_latest_archive_numbers_its_own_apart_and_each_rest
     // epoch 2 could reach only a holder of the first.
     let (old, new) = (MemCatalog::default(), MemCatalog::default());
     fs::write(old_root.join("x"), b"v1").unwrap();
-    let (first, _) =
-        make_archive(&settings(&old_root), Method::Delta, &store, &old, "b", 1, 1).unwrap();
+    let (first, _) = make(&old_root, Method::Delta, &store, &old, 1, 1).unwrap();
     fs::write(old_root.join("x"), b"v2").unwrap();
     fs::write(old_root.join("y"), b"only in 1.2").unwrap();
-    let (missed, _) =
-        make_archive(&settings(&old_root), Method::Delta, &store, &old, "b", 1, 2).unwrap();
+    let (missed, _) = make(&old_root, Method::Delta, &store, &old, 1, 2).unwrap();
     new.put(&first).unwrap();
     restore_line(&store, &new.list("b").unwrap(), first.id, &new_root, None);
     fs::write(new_root.join("z"), b"after the takeover").unwrap();
-    let (own, _) =
-        make_archive(&settings(&new_root), Method::Delta, &store, &new, "b", 2, 3).unwrap();
+    let (own, _) = make(&new_root, Method::Delta, &store, &new, 2, 3).unwrap();
     assert_eq!(
         (missed.id, own.id),
         (id(1, 2), id(2, 2)),
@@ -165,16 +172,7 @@ fn a_partial_restore_writes_only_the_selected_paths() {
     fs::write(root.join("docs/a.md"), b"a").unwrap();
     fs::write(root.join("b.bin"), b"b").unwrap();
     let (store, catalog) = (MemBlockStore::default(), MemCatalog::default());
-    make_archive(
-        &settings(&root),
-        Method::Snapshot,
-        &store,
-        &catalog,
-        "b",
-        1,
-        1,
-    )
-    .unwrap();
+    make(&root, Method::Snapshot, &store, &catalog, 1, 1).unwrap();
     let globs = globset::GlobSetBuilder::new()
         .add(globset::Glob::new("docs/*.md").unwrap())
         .build()
@@ -234,16 +232,7 @@ fn special_and_unreadable_files_are_skipped_and_counted() {
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
     let (store, catalog) = (MemBlockStore::default(), MemCatalog::default());
-    let (rec, stats) = make_archive(
-        &settings(&root),
-        Method::Snapshot,
-        &store,
-        &catalog,
-        "b",
-        1,
-        1,
-    )
-    .unwrap();
+    let (rec, stats) = make(&root, Method::Snapshot, &store, &catalog, 1, 1).unwrap();
     assert_eq!(stats.skipped, 1);
     assert_eq!(rec.skipped, 1);
     assert_eq!(rec.files, 1);
@@ -294,15 +283,13 @@ fn a_full_disk_stops_the_backup_with_a_clear_error_and_no_archive_is_visible() {
         room: 4.into(),
     };
     let catalog = MemCatalog::default();
-    let err =
-        make_archive(&settings(&root), Method::Delta, &store, &catalog, "b", 1, 1).unwrap_err();
+    let err = make(&root, Method::Delta, &store, &catalog, 1, 1).unwrap_err();
     assert!(err.to_string().contains("No space left"), "{err}");
     assert!(!err.to_string().contains('\n'));
     assert!(catalog.list("b").unwrap().is_empty());
     // Room again: the next run completes, reusing the blocks already written.
     store.room.store(100, std::sync::atomic::Ordering::SeqCst);
-    let (rec, stats) =
-        make_archive(&settings(&root), Method::Delta, &store, &catalog, "b", 1, 2).unwrap();
+    let (rec, stats) = make(&root, Method::Delta, &store, &catalog, 1, 2).unwrap();
     assert_eq!(rec.id, id(1, 1));
     assert!(
         stats.new_blocks < 10,
