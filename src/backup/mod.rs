@@ -139,7 +139,12 @@ pub fn make_archive(
         blade: blade.into(),
         id: ArchiveId {
             epoch,
-            number: records.iter().map(|r| r.id.number).max().unwrap_or(0) + 1,
+            number: records
+                .iter()
+                .map(|r| r.id.number)
+                .max()
+                .unwrap_or(0)
+                .saturating_add(1),
         },
         parent: parent.is_some().then(|| last.map(|r| r.id)).flatten(),
         kind: if parent.is_some() {

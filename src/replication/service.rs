@@ -908,10 +908,14 @@ impl Service {
             .collect();
         let peers = vec![from];
         let mut left = 0;
-        for mut record in records
-            .into_iter()
-            .filter(|r| r.blade == blade && !known.contains(&r.id) && r.time_ms >= made_since)
-        {
+        // No archive can come from an epoch after this node's own seat: such a record is bogus.
+        let epoch = self.own_epoch();
+        for mut record in records.into_iter().filter(|r| {
+            r.blade == blade
+                && !known.contains(&r.id)
+                && r.time_ms >= made_since
+                && r.id.epoch <= epoch
+        }) {
             let source = self.net_source(std::iter::once(&peers));
             let r = record.clone();
             if let Err(e) = blocking(move || source.fill(&r)).await.and_then(|x| x) {
