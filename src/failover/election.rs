@@ -1134,7 +1134,8 @@ mod tests {
                 if let Output::Send(to, m @ Message::Renew { .. }) = o {
                     round.insert(to);
                     nodes[to as usize].handle_message(0, m, now);
-                    for answer in nodes[to as usize].drain_outputs() {
+                    let answers: Vec<_> = nodes[to as usize].drain_outputs().collect();
+                    for answer in answers {
                         if let Output::Send(0, m) = answer {
                             if answered(to) {
                                 nodes[0].handle_message(to, m, now);
