@@ -12,7 +12,9 @@
 //! (id, node it is headed for), with bounded memory. Multicast and broadcast fan out at the
 //! origin, one copy per member; a copy received from a peer is only delivered, never fanned out
 //! again, which with the dedup makes each intended peerlet see it once. A target that is not
-//! connected is reached through a connected member (a relay). Whatever cannot be delivered comes
+//! connected is reached through a connected member (a relay), except an envelope for one of the
+//! [`AUTHENTICATED_APPS`], which its target refuses from a relay: that one is sent directly (the
+//! driver dials). Whatever cannot be delivered comes
 //! back to its sender as an error envelope; an undeliverable reply or error is only counted and
 //! logged, so that errors never bounce forever.
 
@@ -25,6 +27,20 @@ use dci_peerlet::error_payload;
 use dci_proto::{Destination, Envelope, Kind, Sender, MAX_TTL};
 
 use super::dedup::Dedup;
+
+/// Apps whose envelopes must come straight from their sender (no relay): their authority is
+/// the sender's identity.
+pub const AUTHENTICATED_APPS: [&str; 4] = [
+    dci_proto::notice::NOTICE_APP,
+    "exec",
+    dci_peerlet_fs::APP,
+    super::peerlets::PEERLETS_APP,
+];
+
+/// Whether `env` is for an app that refuses relayed envelopes.
+pub fn needs_direct_path(env: &Envelope) -> bool {
+    AUTHENTICATED_APPS.contains(&env.target.app.as_deref().unwrap_or(""))
+}
 
 /// The application name the router signs its own error envelopes with.
 pub const ROUTER_APP: &str = "router";
@@ -278,7 +294,7 @@ impl Router {
     /// otherwise (or when no relay is left) answer with an error.
     pub fn handle_send_failed(&mut self, env: Envelope, peer: &str, relay_to: Option<&str>) {
         // The TTL taken for the failed hop pays for the hop to the relay instead.
-        if relay_to.is_none() {
+        if relay_to.is_none() && !needs_direct_path(&env) {
             if let Some(relay) = self.pick_relay(peer, &[peer]).map(str::to_owned) {
                 return self.send(env, &relay, Some(peer.to_owned()));
             }
@@ -402,7 +418,9 @@ impl Router {
         env.ttl -= 1;
         let view = Arc::clone(&self.view);
         match view.peer(node) {
-            Some(p) if p.up && p.connected => self.send(env, &p.node, None),
+            Some(p) if p.up && (p.connected || needs_direct_path(&env)) => {
+                self.send(env, &p.node, None)
+            }
             Some(p) if p.up => {
                 let avoid: Vec<&str> = [Some(node), from].into_iter().flatten().collect();
                 match self.pick_relay(node, &avoid) {
@@ -704,6 +722,19 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert!(s[0].0 == "b" || s[0].0 == "c");
         assert_eq!(s[0].1.as_deref(), Some("d"));
+    }
+
+    #[test]
+    fn an_envelope_its_target_would_refuse_from_a_relay_goes_direct_or_fails() {
+        let mut r = Router::new(Arc::new(view()));
+        let mut e = env("a", Destination::Node("d".into()), 9);
+        e.target.app = Some(dci_proto::notice::NOTICE_APP.into());
+        let a = run(&mut r, e.clone(), Origin::Local);
+        assert_eq!(sends(&a), vec![("d".into(), None, 8)]);
+        r.handle_send_failed(e, "d", None);
+        let a: Vec<Action> = r.drain().collect();
+        assert!(sends(&a).is_empty(), "{a:?}");
+        assert_eq!(errors(&a), vec!["unreachable".to_string()]);
     }
 
     #[test]

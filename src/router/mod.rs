@@ -45,14 +45,6 @@ pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames batched into one write at most.
 const WRITE_BATCH: usize = 512;
-/// Apps whose envelopes must come straight from their sender (no relay): their authority is
-/// the sender's identity.
-const AUTHENTICATED_APPS: [&str; 4] = [
-    NOTICE_APP,
-    "exec",
-    dci_peerlet_fs::APP,
-    peerlets::PEERLETS_APP,
-];
 /// The local app that answers log queries and replays.
 pub const MSGLOG_APP: &str = "msglog";
 /// Its namespace.
@@ -630,8 +622,7 @@ impl Messenger {
                 for (relay_to, env) in items {
                     // The transport authenticated `from`; what these apps act on must come from
                     // its author directly, since a relay could claim any sender.
-                    let sensitive =
-                        AUTHENTICATED_APPS.contains(&env.target.app.as_deref().unwrap_or(""));
+                    let sensitive = self::core::needs_direct_path(&env);
                     if sensitive && (relay_to.is_some() || env.sender.node != *from_text) {
                         self.counters.forged += 1;
                         tracing::warn!(peer = %from, claimed = %env.sender.node, app = ?env.target.app, "refused envelope: sender is not the connected peer");
