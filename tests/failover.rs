@@ -760,7 +760,14 @@ fn archives_missed_by_a_takeover_keep_their_ids_and_are_taken_in_when_their_hold
         &[],
         &["--backup-root", root.to_str().unwrap(), "--config", &b1_cfg],
     );
-    let h1 = Node::start(tmp.path(), "h1", ports[1], &[ports[0]], &[]);
+    // h1 is a spare, so that freezing it fails over no blade of its own.
+    let h1 = Node::start(
+        tmp.path(),
+        "h1",
+        ports[1],
+        &[ports[0]],
+        &["--role", "spare"],
+    );
     let h2 = Node::start(tmp.path(), "h2", ports[2], &[ports[0]], &[]);
     let h3 = Node::start(tmp.path(), "h3", ports[3], &[ports[0]], &[]);
     let spare = Node::start(
