@@ -79,26 +79,26 @@ fn which(archive: Option<ArchiveRef>) -> String {
 fn pick(
     blade: &str,
     archive: Option<ArchiveRef>,
-    ids: impl DoubleEndedIterator<Item = ArchiveId>,
+    ids: impl Iterator<Item = ArchiveId>,
 ) -> Result<ArchiveId, Failure> {
-    let mut ids = ids.peekable();
-    if ids.peek().is_none() {
+    let ids: Vec<ArchiveId> = ids.collect();
+    let Some(latest) = ids.last().copied() else {
         return Err(fail(
             "no-archive",
             format!("no node holds an archive of {blade}"),
         ));
-    }
-    match archive {
-        None => Ok(ids.next_back().expect("not empty")),
-        Some(a) => a.pick(ids).map_err(|why| {
-            let code = if why.contains("ambiguous") {
-                "ambiguous-archive"
-            } else {
-                "no-archive"
-            };
-            fail(code, format!("{blade}: {why}"))
-        }),
-    }
+    };
+    let Some(archive) = archive else {
+        return Ok(latest);
+    };
+    archive.pick(ids).map_err(|why| {
+        let code = if why.contains("ambiguous") {
+            "ambiguous-archive"
+        } else {
+            "no-archive"
+        };
+        fail(code, format!("{blade}: {why}"))
+    })
 }
 
 /// Everything the service's tasks share.
