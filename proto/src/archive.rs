@@ -44,20 +44,32 @@ impl ArchiveRef {
     }
 
     /// The one archive among `ids` this names, or why there is none.
-    pub fn pick(&self, ids: impl IntoIterator<Item = ArchiveId>) -> Result<ArchiveId, String> {
+    pub fn pick(&self, ids: impl IntoIterator<Item = ArchiveId>) -> Result<ArchiveId, PickError> {
         let found: Vec<ArchiveId> = ids.into_iter().filter(|id| self.matches(id)).collect();
         match found.as_slice() {
             [one] => Ok(*one),
-            [] => Err(format!("there is no archive {self}")),
-            many => Err(format!(
-                "archive {self} is ambiguous: name one of {}",
-                many.iter()
-                    .map(ArchiveId::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+            [] => Err(PickError::Missing(*self)),
+            _ => Err(PickError::Ambiguous(*self, found)),
         }
     }
+}
+
+/// Why an operator's name picks no archive.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PickError {
+    /// No archive has that id or number.
+    #[error("there is no archive {0}")]
+    Missing(ArchiveRef),
+    /// A number alone, which a takeover left on more than one archive.
+    #[error("archive {0} is ambiguous: name one of {ids}", ids = joined(.1))]
+    Ambiguous(ArchiveRef, Vec<ArchiveId>),
+}
+
+fn joined(ids: &[ArchiveId]) -> String {
+    ids.iter()
+        .map(ArchiveId::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl From<ArchiveId> for ArchiveRef {
@@ -155,7 +167,8 @@ mod tests {
         assert_eq!(r.pick(ids), Ok(id(2, 3)));
         let r: ArchiveRef = "2".parse().unwrap();
         let why = r.pick(ids).unwrap_err();
-        assert!(why.contains("1.2, 2.2"), "{why}");
+        assert_eq!(why, PickError::Ambiguous(r, vec![id(1, 2), id(2, 2)]));
+        assert!(why.to_string().contains("1.2, 2.2"), "{why}");
         let r: ArchiveRef = "1.2".parse().unwrap();
         assert_eq!(r.pick(ids), Ok(id(1, 2)));
         assert!(ArchiveRef::from(id(5, 5)).pick(ids).is_err());

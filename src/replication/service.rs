@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dci_proto::archive::{ArchiveId, ArchiveRef};
+use dci_proto::archive::{ArchiveId, ArchiveRef, PickError};
 use dci_proto::backup::{
     archives_to_payload, restored_to_payload, settings_to_payload, ArchiveInfo, BackupRequest,
     BladeSettings, RestoreArgs, RestoreSummary, SettingsChange,
@@ -92,10 +92,9 @@ fn pick(
         return Ok(latest);
     };
     archive.pick(ids).map_err(|why| {
-        let code = if why.contains("ambiguous") {
-            "ambiguous-archive"
-        } else {
-            "no-archive"
+        let code = match why {
+            PickError::Missing(_) => "no-archive",
+            PickError::Ambiguous(..) => "ambiguous-archive",
         };
         fail(code, format!("{blade}: {why}"))
     })
@@ -1158,13 +1157,13 @@ impl Service {
                 runtime: tokio::runtime::Handle::current(),
                 peers: r.acked.iter().filter_map(|p| p.parse().ok()).collect(),
             };
-            let seq = r.id;
+            let id = r.id;
             let repaired = blocking(move || source.fill(&r)).await.and_then(|x| x);
             match repaired {
                 Ok(()) => {
-                    tracing::info!(archive = %seq, "scrub repaired the archive from its holders")
+                    tracing::info!(archive = %id, "scrub repaired the archive from its holders")
                 }
-                Err(e) => tracing::error!(archive = %seq, "scrub cannot repair the archive: {e}"),
+                Err(e) => tracing::error!(archive = %id, "scrub cannot repair the archive: {e}"),
             }
         }
     }
