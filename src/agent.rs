@@ -860,7 +860,7 @@ impl Agent {
     fn blade_root(&self, blade: &str) -> Option<std::path::PathBuf> {
         crate::replication::settings::data_set(
             self.config.backup.root.as_deref(),
-            Some(&self.data_dir.path().join("blades")),
+            Some(&self.data_dir.blades_path()),
             (&self.config.name, self.config.role == Role::Spare),
             blade,
         )
@@ -1829,7 +1829,7 @@ fn start_replication(
         reason: one_line(&e.to_string()),
     })?;
     backup.restore_into.push(restores);
-    backup.takeover_dir = Some(data_dir.path().join("blades"));
+    backup.takeover_dir = Some(data_dir.blades_path());
     backup.spare = config.role == Role::Spare;
     let service = Service::new(
         std::sync::Arc::new(store),

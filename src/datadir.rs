@@ -123,6 +123,11 @@ impl DataDir {
         self.path.join("db")
     }
 
+    /// Where the blades this node took over keep their data sets (`blades/BLADE`).
+    pub fn blades_path(&self) -> PathBuf {
+        self.path.join("blades")
+    }
+
     /// The control socket.
     pub fn socket_path(&self) -> PathBuf {
         self.path.join("dcid.sock")

@@ -127,9 +127,12 @@ pub fn make_archive(
 ) -> Result<(ArchiveRecord, ScanStats), BackupError> {
     let records = catalog.list(blade)?;
     let last = records.last();
-    let parent = match (method, last) {
-        (Method::Delta, Some(last)) => Some(tree_at(&records, last.id, &LocalSource(store))?),
-        _ => None,
+    let (parent_id, parent) = match (method, last) {
+        (Method::Delta, Some(last)) => (
+            Some(last.id),
+            Some(tree_at(&records, last.id, &LocalSource(store))?),
+        ),
+        _ => (None, None),
     };
     let (manifest, stats) = scan::scan(settings, store, parent.as_ref())?;
     let manifest_ids = manifest.store(store, settings.compress)?;
@@ -146,8 +149,8 @@ pub fn make_archive(
                 .unwrap_or(0)
                 .saturating_add(1),
         },
-        parent: parent.is_some().then(|| last.map(|r| r.id)).flatten(),
-        kind: if parent.is_some() {
+        parent: parent_id,
+        kind: if parent_id.is_some() {
             ArchiveKind::Delta
         } else {
             ArchiveKind::Snapshot
