@@ -581,9 +581,10 @@ impl Agent {
                 Output::DeclaredDead(id) => self.declare_dead(id),
             }
         }
-        // Most steps (probes, acks, renewals) change no member.
+        // Most steps (probes, acks, renewals) change no member; a step that does is seen by the
+        // router at once, so that a member listed alive is also routable.
         if !touched.is_empty() {
-            self.view_changed();
+            self.sync_view();
         }
         for id in touched {
             self.feed_member(id);
@@ -1018,10 +1019,10 @@ impl Agent {
         self.sync_view();
     }
 
-    /// Members or connections changed: republishes the view now, or, if it was rebuilt less than
-    /// [`VIEW_MIN_GAP`] ago, once that gap has passed. A rebuild formats every member's id, and
-    /// while a large mesh forms nearly every packet changes some member: rebuilt each time, that
-    /// took a third of an idle agent's time at 30 members and more at 100.
+    /// Connections changed: republishes the view now, or, if it was rebuilt less than
+    /// [`VIEW_MIN_GAP`] ago, once that gap has passed (until then the router relays instead of
+    /// sending direct). A rebuild formats every member's id, and while a large mesh forms
+    /// connections open and close all the time.
     fn view_changed(&mut self) {
         if self.view_synced.elapsed() >= VIEW_MIN_GAP {
             self.sync_view();
