@@ -1206,8 +1206,8 @@ mod tests {
         // Node 4 is a spare, seen as a candidate by all.
         nodes[4].set_candidate(true);
         let view = |alive, candidate| MemberView { alive, candidate };
-        for i in 0..4 {
-            nodes[i].handle_member(4, view(true, true), start);
+        for n in nodes.iter_mut().take(4) {
+            n.handle_member(4, view(true, true), start);
         }
         // Cut {3, 4} off from {0, 1, 2}: the small side sees the holder and its voters dead.
         let minority = |i: u32| i >= 3;
@@ -1216,9 +1216,9 @@ mod tests {
                 nodes[i].handle_member(j, view(false, false), start);
             }
         }
-        for j in 0..3usize {
+        for n in nodes.iter_mut().take(3) {
             for i in [3, 4] {
-                nodes[j].handle_member(i, view(false, i == 4), start);
+                n.handle_member(i, view(false, i == 4), start);
             }
         }
         let tick = ElectionConfig::default().tick;
