@@ -139,6 +139,8 @@ pub struct Agent {
     /// The backup settings in force (the config file's, with the operator's changes), which say
     /// where each blade's data set lives.
     backup_settings: Arc<std::sync::RwLock<crate::replication::settings::BackupConfig>>,
+    /// The package installer: what it installs follows the blade this node acts as.
+    installer: Arc<crate::package::install::Installer>,
     /// The election driver: seat table, claims, leases.
     failover: Failover,
     /// The blade this node is restoring after winning it, with the epoch won.
@@ -331,7 +333,7 @@ impl Agent {
             async move { installer.reregister().await }
         });
         let (replication, backup_settings, service) =
-            start_replication(&config, &db, &data_dir, local_id, installer)?;
+            start_replication(&config, &db, &data_dir, local_id, installer.clone())?;
         let retrieve = on_demand.then_some(retrieve_rx);
         let mut sampler = Sampler::new(data_dir.path());
         let meta = MemberMeta {
@@ -389,6 +391,7 @@ impl Agent {
             counters: Counters::default(),
             replication,
             backup_settings,
+            installer,
             seed_backoff: Backoff::default(),
             seeds_reached: HashSet::new(),
             seed_dials: HashMap::new(),
@@ -886,8 +889,10 @@ impl Agent {
             .map(|(_, apps)| apps)
             .unwrap_or_default();
         let mut found = Vec::new();
+        let home = acting.as_ref().and_then(|b| self.blade_root(b));
+        self.installer.set_blade_home(home.clone());
         if let Some(blade) = &acting {
-            let dir = self.blade_root(blade).map(|r| r.join(BLADE_PEERLETS));
+            let dir = home.as_ref().map(|r| r.join(BLADE_PEERLETS));
             if let Some(dir) = dir.filter(|d| d.is_dir()) {
                 let (manifests, bad) = crate::peerlet_host::external::Manifest::scan(&dir);
                 for e in bad {
@@ -899,9 +904,25 @@ impl Agent {
             self.blade_peerlets = Some((blade.clone(), apps));
         }
         let messenger = self.messenger.clone();
+        let installer = self.installer.clone();
         let blade = acting.unwrap_or_default();
         tokio::spawn(async move {
             use crate::router::PeerletChange;
+            // The packages installed for the blade, wherever it was held before.
+            let kept = match &home {
+                Some(home) if !blade.is_empty() => installer.install_blade_packages(home).await,
+                _ => Vec::new(),
+            };
+            for (file, outcome) in kept {
+                match outcome {
+                    Ok(o) => {
+                        tracing::info!(%blade, file = %file.display(), "the blade's package: {}", o.status())
+                    }
+                    Err(e) => {
+                        tracing::warn!(%blade, file = %file.display(), "the blade's package not installed: {}", e.output)
+                    }
+                }
+            }
             for app in old {
                 let _ = messenger
                     .peerlets(PeerletChange::Unregister(app.clone()))

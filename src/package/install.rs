@@ -165,12 +165,20 @@ enum Undo {
     Restart(String),
 }
 
+/// Where a blade's data set keeps the packages installed for it, `NAME.dcipkg` each.
+pub const BLADE_PACKAGES: &str = ".dci/packages";
+/// Package files read from a blade's data set at most (each is checked as any package is).
+const MAX_BLADE_PACKAGES: usize = 256;
+
 /// The installer of one agent.
 pub struct Installer {
     settings: Settings,
     tree: sled::Tree,
     peerlets: Option<MessengerHandle>,
     lock: tokio::sync::Mutex<()>,
+    /// The data set of the blade this node acts as now, if it has one: what is installed here
+    /// is kept there too, so that it follows the blade to the node that takes it over.
+    blade_home: std::sync::Mutex<Option<PathBuf>>,
 }
 
 fn now_ms() -> u64 {
@@ -248,7 +256,75 @@ impl Installer {
             tree,
             peerlets,
             lock: tokio::sync::Mutex::new(()),
+            blade_home: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Where the blade this node acts as now keeps its data (none: it acts as no blade, or the
+    /// blade has no data set here). Set by the agent as that changes.
+    pub fn set_blade_home(&self, home: Option<PathBuf>) {
+        *self.blade_home.lock().unwrap_or_else(|e| e.into_inner()) = home;
+    }
+
+    fn blade_packages(&self) -> Option<PathBuf> {
+        let home = self.blade_home.lock().unwrap_or_else(|e| e.into_inner());
+        home.as_ref().map(|h| h.join(BLADE_PACKAGES))
+    }
+
+    /// Keeps the package file in the acting blade's data set: it is backed up with the blade,
+    /// and the node that takes the blade over installs it again
+    /// ([`Installer::install_blade_packages`]).
+    fn keep_with_blade(&self, name: &str, bytes: &[u8]) {
+        let Some(dir) = self.blade_packages() else {
+            return;
+        };
+        let kept = std::fs::create_dir_all(&dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                crate::datadir::write_atomic(&dir.join(format!("{name}.dcipkg")), bytes, 0o600)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = kept {
+            tracing::warn!(package = %name, dir = %dir.display(), "not kept with the blade's data, so it will not follow the blade: {e}");
+        }
+    }
+
+    /// Installs the packages kept in the data set `home` of a blade this node now acts as (after
+    /// a takeover's restore): each is verified and installed as a deploy would, and one already
+    /// installed is left as it is. Answers each file's outcome.
+    pub async fn install_blade_packages(
+        &self,
+        home: &Path,
+    ) -> Vec<(PathBuf, Result<Outcome, Failure>)> {
+        let Ok(entries) = std::fs::read_dir(home.join(BLADE_PACKAGES)) else {
+            return Vec::new();
+        };
+        let files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "dcipkg"))
+            .take(MAX_BLADE_PACKAGES)
+            .collect();
+        let mut outcomes = Vec::new();
+        for file in files {
+            let read = std::fs::metadata(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|m| {
+                    if m.len() > super::format::MAX_PACKAGE_BYTES {
+                        Err(format!(
+                            "larger than {} bytes",
+                            super::format::MAX_PACKAGE_BYTES
+                        ))
+                    } else {
+                        std::fs::read(&file).map_err(|e| e.to_string())
+                    }
+                });
+            let outcome = match read {
+                Ok(bytes) => self.install(bytes, &[]).await,
+                Err(e) => Err(refused(e)),
+            };
+            outcomes.push((file, outcome));
+        }
+        outcomes
     }
 
     /// Every installed package.
@@ -338,7 +414,10 @@ impl Installer {
         let old = self.get(&h.name);
         if let Some(old) = &old {
             match super::compare_versions(&h.version, &old.version) {
-                std::cmp::Ordering::Equal if old.id == package.id() => return Ok(Outcome::Already),
+                std::cmp::Ordering::Equal if old.id == package.id() => {
+                    self.keep_with_blade(&h.name, package.bytes());
+                    return Ok(Outcome::Already);
+                }
                 std::cmp::Ordering::Equal => {
                     return Err(refused(format!(
                         "{} is installed with other contents; give the new one a new version",
@@ -417,6 +496,7 @@ impl Installer {
             self.roll_back(undo, &dir).await;
             return Err(refused(format!("cannot record the install: {e}")));
         }
+        self.keep_with_blade(&h.name, package.bytes());
         Ok(match old {
             None => Outcome::Installed,
             Some(old) => {
@@ -662,6 +742,9 @@ impl Installer {
             failed.get_or_insert(refused(format!("{}: {e}", record.dir.display())));
         }
         let _ = std::fs::remove_file(package_file(&record.dir));
+        if let Some(dir) = self.blade_packages() {
+            let _ = std::fs::remove_file(dir.join(format!("{name}.dcipkg")));
+        }
         if let Some(parent) = record.dir.parent() {
             let _ = std::fs::remove_dir(parent);
         }
