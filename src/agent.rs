@@ -1963,6 +1963,14 @@ impl Agent {
                     ("failover-takeovers", c.takeovers),
                     ("failover-restoring", u64::from(self.restoring.is_some())),
                     ("failover-handovers", c.handovers),
+                    (
+                        "failover-helpers",
+                        self.helpers.ready().map_or(0, |(_, ids)| ids.len() as u64),
+                    ),
+                    (
+                        "failover-helping",
+                        u64::from(self.helping.as_ref().is_some_and(|h| h.ready)),
+                    ),
                 ];
                 let mut rows: Vec<(String, u64)> =
                     rows.iter().map(|(n, v)| (n.to_string(), *v)).collect();
@@ -2014,6 +2022,7 @@ impl Agent {
     /// The seat table as this node sees it: the holder's name from membership, and whether it
     /// serves the blade (up, or here with a lease), is restoring it here, or is down.
     fn seat_infos(&self) -> Vec<dci_proto::control::SeatInfo> {
+        let helpers = self.helper_table();
         self.failover
             .seats()
             .iter()
@@ -2048,12 +2057,28 @@ impl Agent {
                 } else {
                     self.member_name(&seat.holder)
                 };
+                let helpers = helpers
+                    .get(blade)
+                    .filter(|(granted, _)| *granted == seat.epoch)
+                    .map(|(_, ids)| {
+                        ids.iter()
+                            .map(|id| dci_proto::control::HelperInfo {
+                                name: id
+                                    .parse::<PeerId>()
+                                    .map(|p| self.member_name(&p))
+                                    .unwrap_or_default(),
+                                node: id.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 dci_proto::control::SeatInfo {
                     blade: blade.clone(),
                     holder: seat.holder.to_string(),
                     holder_name,
                     epoch: seat.epoch,
                     state: state.into(),
+                    helpers,
                 }
             })
             .collect()
