@@ -1345,7 +1345,10 @@ impl Agent {
         self.broadcast_notice(FailureNotice {
             level: Level::Moderate,
             part: Part::Node,
-            id: format!("{}/helper/{}/{}/stopped", h.blade, h.seat.epoch, self.local_id),
+            id: format!(
+                "{}/helper/{}/{}/stopped",
+                h.blade, h.seat.epoch, self.local_id
+            ),
             name: Some(h.blade),
             address: None,
             at_ms: unix_ms(),
@@ -1657,7 +1660,11 @@ impl Agent {
         let degraded = self.detector.degraded();
         if worse {
             self.on_own_degradation();
-        } else if !degraded && transitions.iter().any(|t| matches!(t, Transition::Recovered(..))) {
+        } else if !degraded
+            && transitions
+                .iter()
+                .any(|t| matches!(t, Transition::Recovered(..)))
+        {
             self.release_helpers("the holder recovered");
         }
         let mut meta = self.swim.meta().clone();

@@ -167,10 +167,8 @@ fn a_degraded_holder_with_the_move_policy_hands_its_blade_to_the_spare() {
     let (b1, b2, spare, epoch) = mesh(tmp.path(), &config);
     let spare_id = spare.id();
     let degraded = wait_until(Duration::from_secs(30), || {
-        b2.members().is_some_and(|m| {
-            m.iter()
-                .any(|m| m["name"] == "b1" && m["degraded"] == true)
-        })
+        b2.members()
+            .is_some_and(|m| m.iter().any(|m| m["name"] == "b1" && m["degraded"] == true))
     });
     assert!(degraded.is_some(), "{:?}", b2.members());
     assert_eq!(seat(&b2, "b1").unwrap()["epoch"], epoch, "policy none");

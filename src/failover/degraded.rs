@@ -116,7 +116,10 @@ impl<Id: Copy + PartialEq> Helpers<Id> {
     /// A spare answered the request to help with `blade` at `epoch`: whether it is a helper now
     /// (it was asked, for this seat, and it is ready).
     pub fn on_answer(&mut self, from: Id, blade: &str, epoch: u64, ready: bool) -> bool {
-        let current = self.at.as_ref().is_some_and(|(b, e)| b == blade && *e == epoch);
+        let current = self
+            .at
+            .as_ref()
+            .is_some_and(|(b, e)| b == blade && *e == epoch);
         if !current || self.asked != Some(from) {
             return false;
         }
@@ -278,7 +281,10 @@ mod tests {
         assert!(h.sync(Some(&at(2))).is_empty());
         assert_eq!(h.sync(Some(&at(3))), [7]);
         assert_eq!(h.sync(None), Vec::<u32>::new());
-        assert!(!h.on_answer(7, "blade-a", 2, true), "a late answer for the old seat");
+        assert!(
+            !h.on_answer(7, "blade-a", 2, true),
+            "a late answer for the old seat"
+        );
     }
 
     #[test]
@@ -300,6 +306,9 @@ mod tests {
             epoch: 3,
         };
         assert!(!h.holds(Some(moved), true, true), "the seat moved on");
-        assert!(!h.holds(Some(seat), true, false), "listed once, then no more");
+        assert!(
+            !h.holds(Some(seat), true, false),
+            "listed once, then no more"
+        );
     }
 }

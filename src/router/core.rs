@@ -380,7 +380,14 @@ impl Router {
     /// read-only envelope, one of the holder and its helpers granted at this very epoch, chosen
     /// by the envelope's id. A copy from a peer was spread by its origin already: it is served
     /// here when this node helps the blade now, and goes to the holder otherwise.
-    fn server(&self, env: &Envelope, blade: &str, holder: String, epoch: u64, local: bool) -> String {
+    fn server(
+        &self,
+        env: &Envelope,
+        blade: &str,
+        holder: String,
+        epoch: u64,
+        local: bool,
+    ) -> String {
         if !self.read_only(env) {
             return holder;
         }
@@ -948,7 +955,11 @@ mod tests {
         assert_eq!(reads.keys().collect::<Vec<_>>(), ["b", "c"], "{reads:?}");
         for _ in 0..16 {
             let a = run(&mut r, typed("a", "blade-b", "write"), Origin::Local);
-            assert_eq!(sends(&a), vec![("b".into(), None, 8)], "a write stays with the holder");
+            assert_eq!(
+                sends(&a),
+                vec![("b".into(), None, 8)],
+                "a write stays with the holder"
+            );
         }
         // Helpers granted at an older epoch are not used: the seat moved on since.
         let mut r = Router::new(Arc::new(helped_view("a", 3)));
@@ -970,13 +981,25 @@ mod tests {
             r
         };
         let mut r = helper(4);
-        let a = run(&mut r, typed("a", "blade-b", "whoami"), Origin::Peer("a".into()));
+        let a = run(
+            &mut r,
+            typed("a", "blade-b", "whoami"),
+            Origin::Peer("a".into()),
+        );
         assert!(matches!(&a[..], [Action::Deliver(_)]), "{a:?}");
-        let a = run(&mut r, typed("a", "blade-b", "write"), Origin::Peer("a".into()));
+        let a = run(
+            &mut r,
+            typed("a", "blade-b", "write"),
+            Origin::Peer("a".into()),
+        );
         assert_eq!(sends(&a), vec![("b".into(), None, 8)]);
         // Granted at an epoch the seat has left: it is no helper any more.
         let mut r = helper(3);
-        let a = run(&mut r, typed("a", "blade-b", "whoami"), Origin::Peer("a".into()));
+        let a = run(
+            &mut r,
+            typed("a", "blade-b", "whoami"),
+            Origin::Peer("a".into()),
+        );
         assert_eq!(sends(&a), vec![("b".into(), None, 8)]);
     }
 }

@@ -383,9 +383,14 @@ mod tests {
     #[test]
     fn the_message_type_is_the_root_elements_local_name() {
         let p = |x: &str| Payload::new(x).unwrap();
-        assert_eq!(message_type(&p("<read xmlns=\"urn:x\" offset=\"0\"/>")), Some("read"));
         assert_eq!(
-            message_type(&p("<?xml version=\"1.0\"?><!-- c --><f:get xmlns:f=\"urn:x\"/>")),
+            message_type(&p("<read xmlns=\"urn:x\" offset=\"0\"/>")),
+            Some("read")
+        );
+        assert_eq!(
+            message_type(&p(
+                "<?xml version=\"1.0\"?><!-- c --><f:get xmlns:f=\"urn:x\"/>"
+            )),
             Some("get")
         );
         assert_eq!(message_type(&Payload::empty()), None);
