@@ -1092,6 +1092,44 @@ mod tests {
     }
 
     #[test]
+    fn the_degradation_policy_defaults_to_none_and_is_re_read_from_the_file() {
+        let c = Config::merge(FileConfig::default(), &cli()).unwrap();
+        assert_eq!(c.on_degraded, OnDegraded::None);
+        assert_eq!(c.reload_live().unwrap(), None, "no file to re-read");
+        assert!(toml::from_str::<FileConfig>("[failover]
+on_degraded = 'spread'
+").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dcid.toml");
+        std::fs::write(&path, "[failover]
+on_degraded = 'helper'
+").unwrap();
+        let mut o = cli();
+        o.config = Some(path.clone());
+        let c = Config::load(&o).unwrap();
+        assert_eq!(c.on_degraded, OnDegraded::Helper);
+        std::fs::write(
+            &path,
+            "[failover]
+on_degraded = 'move'
+[degradation]
+high_pct = 50
+",
+        )
+        .unwrap();
+        let live = c.reload_live().unwrap().unwrap();
+        assert_eq!(
+            (live.on_degraded, live.degradation.high),
+            (OnDegraded::Move, 50)
+        );
+        std::fs::write(&path, "[degradation]
+high_pct = 10
+low_pct = 20
+").unwrap();
+        assert!(c.reload_live().is_err(), "a bad file changes nothing");
+    }
+
+    #[test]
     fn bad_names_are_refused() {
         for bad in ["", "-x", "a b", "é", &"x".repeat(64)] {
             assert!(validate_name("name", bad).is_err(), "{bad:?} was accepted");

@@ -621,6 +621,15 @@ mod tests {
             },
         };
         assert_eq!(decode(&encode(&climbing)), Err(MessageError::Malformed));
+        let help = Wire::Help {
+            blade: "blade-1".into(),
+            epoch: 2,
+        };
+        assert_eq!(decode(&encode_wire(&help)).unwrap(), help);
+        let bad = Wire::Unhelp {
+            blade: "../x".into(),
+        };
+        assert_eq!(decode(&encode_wire(&bad)), Err(MessageError::Malformed));
         assert_eq!(
             decode(&vec![0; MAX_MESSAGE_BYTES + 1]),
             Err(MessageError::TooLarge)
