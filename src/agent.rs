@@ -1199,7 +1199,12 @@ impl Agent {
                         detail,
                     });
                     self.publish_seat();
-                } else if !ready {
+                } else if ready {
+                    // Ready for a request this node no longer stands by (another seat, or a later
+                    // window asked another spare): not listed, so released.
+                    let bytes = failover::encode_wire(&Wire::Unhelp { blade });
+                    self.apply_effects(vec![Effect::Send(from, bytes)]);
+                } else {
                     tracing::warn!(%blade, spare = %self.member_name(&from), "the spare asked to help cannot; the next sustained window asks again");
                 }
             }

@@ -1096,14 +1096,21 @@ mod tests {
         let c = Config::merge(FileConfig::default(), &cli()).unwrap();
         assert_eq!(c.on_degraded, OnDegraded::None);
         assert_eq!(c.reload_live().unwrap(), None, "no file to re-read");
-        assert!(toml::from_str::<FileConfig>("[failover]
+        assert!(toml::from_str::<FileConfig>(
+            "[failover]
 on_degraded = 'spread'
-").is_err());
+"
+        )
+        .is_err());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dcid.toml");
-        std::fs::write(&path, "[failover]
+        std::fs::write(
+            &path,
+            "[failover]
 on_degraded = 'helper'
-").unwrap();
+",
+        )
+        .unwrap();
         let mut o = cli();
         o.config = Some(path.clone());
         let c = Config::load(&o).unwrap();
@@ -1122,10 +1129,14 @@ high_pct = 50
             (live.on_degraded, live.degradation.high),
             (OnDegraded::Move, 50)
         );
-        std::fs::write(&path, "[degradation]
+        std::fs::write(
+            &path,
+            "[degradation]
 high_pct = 10
 low_pct = 20
-").unwrap();
+",
+        )
+        .unwrap();
         assert!(c.reload_live().is_err(), "a bad file changes nothing");
     }
 

@@ -100,12 +100,41 @@ fn counter(node: &Node, name: &str) -> Option<u64> {
     v["counters"][name].as_u64()
 }
 
+/// Also: the helper restores the blade's latest archive into its `blades/b1`.
 #[test]
 fn a_degraded_holder_gets_a_helper_for_read_only_envelopes_and_releases_it_on_recovery() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = holder_config(&tmp.path().join("b1.toml"), 0, 0, "helper");
+    let data = tmp.path().join("b1-data");
+    fs::create_dir_all(data.join("docs")).unwrap();
+    fs::write(data.join("docs/a.md"), b"alpha\n").unwrap();
+    fs::write(data.join("big.bin"), vec![7u8; 200_000]).unwrap();
+    let config = holder_config(&tmp.path().join("b1.toml"), 0, 0, "none");
+    fs::write(
+        &config,
+        format!(
+            "{}\n[backup]\nroot = \"{}\"\n",
+            fs::read_to_string(&config).unwrap(),
+            data.display()
+        ),
+    )
+    .unwrap();
     let (b1, b2, spare, epoch) = mesh(tmp.path(), &config);
     let (b1_id, spare_id) = (b1.id(), spare.id());
+    let out = b1.dcish(&["backup", "now"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("complete"),
+        "{out:?}"
+    );
+    // Degraded (any disk reading is above 0%) with no policy: nothing but the flag.
+    let degraded = wait_until(Duration::from_secs(30), || {
+        b2.members()
+            .is_some_and(|m| m.iter().any(|m| m["name"] == "b1" && m["degraded"] == true))
+    });
+    assert!(degraded.is_some(), "{:?}", b2.members());
+    assert!(helpers(&b2, "b1").is_empty());
+    let with_root = fs::read_to_string(&config).unwrap();
+    fs::write(&config, with_root.replace("\"none\"", "\"helper\"")).unwrap();
+    b1.signal(libc::SIGHUP);
 
     // Degraded (any disk reading is above 0%): the spare restores b1 and is announced.
     let helped = wait_until(Duration::from_secs(60), || {
@@ -117,6 +146,15 @@ fn a_degraded_holder_gets_a_helper_for_read_only_envelopes_and_releases_it_on_re
         seat(&b2, "b1"),
         b1.log_text()
     );
+
+    let copy = spare.data_dir.join("blades/b1");
+    for f in ["docs/a.md", "big.bin"] {
+        assert_eq!(
+            fs::read(copy.join(f)).ok(),
+            fs::read(data.join(f)).ok(),
+            "{f}"
+        );
+    }
 
     // Read-only envelopes for b1 are spread over the holder and the helper...
     let mut seen = std::collections::BTreeSet::new();
@@ -134,7 +172,11 @@ fn a_degraded_holder_gets_a_helper_for_read_only_envelopes_and_releases_it_on_re
     }
 
     // The operator raises the marks: any reading is below 100%, so b1 recovers and releases.
-    holder_config(&config, 100, 100, "helper");
+    let recovering = with_root
+        .replace("\"none\"", "\"helper\"")
+        .replace("high_pct = 0", "high_pct = 100")
+        .replace("low_pct = 0", "low_pct = 100");
+    fs::write(&config, recovering).unwrap();
     b1.signal(libc::SIGHUP);
     let released = wait_until(Duration::from_secs(30), || {
         helpers(&b2, "b1").is_empty() && counter(&spare, "failover-helping") == Some(0)
