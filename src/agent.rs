@@ -1199,7 +1199,7 @@ impl Agent {
                         detail,
                     });
                     self.publish_seat();
-                } else if ready {
+                } else if ready && !self.helpers.involves(from) {
                     // Ready for a request this node no longer stands by (another seat, or a later
                     // window asked another spare): not listed, so released.
                     let bytes = failover::encode_wire(&Wire::Unhelp { blade });
@@ -1665,11 +1665,8 @@ impl Agent {
         let degraded = self.detector.degraded();
         if worse {
             self.on_own_degradation();
-        } else if !degraded
-            && transitions
-                .iter()
-                .any(|t| matches!(t, Transition::Recovered(..)))
-        {
+        } else if !degraded && self.helpers.any() {
+            // Recovered (or no longer watching the figure that was high, after a SIGHUP).
             self.release_helpers("the holder recovered");
         }
         let mut meta = self.swim.meta().clone();

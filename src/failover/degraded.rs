@@ -165,6 +165,11 @@ impl<Id: Copy + PartialEq> Helpers<Id> {
     pub fn involves(&self, id: Id) -> bool {
         self.ready.contains(&id) || self.asked == Some(id)
     }
+
+    /// Whether any spare helps or was asked to.
+    pub fn any(&self) -> bool {
+        !self.ready.is_empty() || self.asked.is_some()
+    }
 }
 
 /// This node's role as a helper of another node's blade.

@@ -19,7 +19,7 @@ pub const MAX_PACKET_BYTES: usize = 4 << 20;
 pub const MAX_UPDATES: usize = 256;
 /// Most members in one push-pull table.
 pub const MAX_STATE: usize = 65_536;
-/// Most addresses in one member's metadata.
+/// Most addresses (and helpers) in one member's metadata.
 pub const MAX_ADDRS: usize = 16;
 /// Longest name, zone, version or address.
 pub const MAX_FIELD_BYTES: usize = 256;
