@@ -137,6 +137,9 @@ pub struct Agent {
     notices_in: mpsc::Receiver<(Envelope, PeerId)>,
     /// The replication service's requests in flight, and its channels.
     replication: crate::replication::Link,
+    /// The backup settings in force (the config file's, with the operator's changes), which say
+    /// where each blade's data set lives.
+    backup_settings: Arc<std::sync::RwLock<crate::replication::settings::BackupConfig>>,
     /// The election driver: seat table, claims, leases.
     failover: Failover,
     /// The blade this node is restoring after winning it, with the epoch won.
@@ -340,7 +343,7 @@ impl Agent {
             let installer = installer.clone();
             async move { installer.reregister().await }
         });
-        let (replication, service) =
+        let (replication, backup_settings, service) =
             start_replication(&config, &db, &data_dir, local_id, installer)?;
         let retrieve = on_demand.then_some(retrieve_rx);
         let mut sampler = Sampler::new(data_dir.path());
@@ -405,6 +408,7 @@ impl Agent {
             degraded_members: HashSet::new(),
             counters: Counters::default(),
             replication,
+            backup_settings,
             seed_backoff: Backoff::default(),
             seeds_reached: HashSet::new(),
             seed_dials: HashMap::new(),
@@ -896,12 +900,10 @@ impl Agent {
 
     /// Where `blade`'s data set lives on this node, if it has one (where a takeover restores it).
     fn blade_root(&self, blade: &str) -> Option<std::path::PathBuf> {
-        crate::replication::settings::data_set(
-            self.config.backup.root.as_deref(),
-            Some(&self.data_dir.blades_path()),
-            (&self.config.name, self.config.role == Role::Spare),
-            blade,
-        )
+        self.backup_settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .data_set(&self.config.name, blade)
     }
 
     /// Registers the peerlets of the blade this node acts as, or helps (once its data is
@@ -2246,6 +2248,7 @@ fn start_replication(
 ) -> Result<
     (
         crate::replication::Link,
+        Arc<std::sync::RwLock<crate::replication::settings::BackupConfig>>,
         impl FnOnce(tokio::sync::broadcast::Receiver<Event>, Option<mpsc::Receiver<router::Retrieve>>),
     ),
     StartError,
@@ -2283,7 +2286,8 @@ fn start_replication(
         .load_overrides(data_dir.path().join(BACKUP_OVERRIDES))
         .map_err(|reason| StartError::Settings { reason })?;
     let (inbound, control) = (ch.inbound, ch.control);
-    Ok((link, move |events, retrieve| {
+    let settings = service.settings_in_force();
+    Ok((link, settings, move |events, retrieve| {
         tokio::spawn(service.run(inbound, control, events, retrieve));
     }))
 }

@@ -19,11 +19,16 @@ fn repo() -> PathBuf {
 /// Three agents b1, b2, b3, logging every envelope, with group `web` = b1 and b3, the
 /// repository's external peerlets, and b1's operator allowed to use `exec`.
 fn mesh(root: &Path) -> Vec<Node> {
+    mesh_with(root, "")
+}
+
+/// [`mesh`], with more config sections after the messaging ones.
+fn mesh_with(root: &Path, more_config: &str) -> Vec<Node> {
     let config = root.join("dcid.toml");
     std::fs::write(
         &config,
         format!(
-            "[messaging]\nlog_apps = [\"*\"]\nexec_operators = [\"b1\"]\nexec_timeout_ms = 2000\npeerlet_dirs = [{:?}]\n[messaging.groups]\nweb = [\"b1\", \"b3\"]\n",
+            "[messaging]\nlog_apps = [\"*\"]\nexec_operators = [\"b1\"]\nexec_timeout_ms = 2000\npeerlet_dirs = [{:?}]\n[messaging.groups]\nweb = [\"b1\", \"b3\"]\n{more_config}",
             repo().join("peerlets")
         ),
     )
@@ -225,6 +230,39 @@ fn unicast_multicast_and_broadcast_reach_exactly_the_intended_peerlets_once() {
     assert_eq!(answers(&v)[0]["code"], "unknown-app", "{v}");
 
     logged_envelopes_validate(&nodes);
+}
+
+#[test]
+fn an_envelope_written_to_a_frozen_peer_is_answered_unreachable_before_its_sender_gives_up() {
+    let root = tempfile::tempdir().unwrap();
+    // Suspicion of at least 8.4 s: the frozen b3 stays a member the router sends to for longer
+    // than the sender waits (5 s), so only the missing receipt can tell the sender anything.
+    let nodes = mesh_with(root.path(), "[membership]\nsuspicion_mult = 60\n");
+    let (b1, b3) = (&nodes[0], &nodes[2]);
+    let whoami = r#"<whoami xmlns="urn:dci:echo:1"/>"#;
+    // A first exchange opens b1's envelope stream to b3.
+    let (ok, v) = send(b1, &["b3", whoami]);
+    assert!(ok, "{v}");
+
+    b3.signal(libc::SIGSTOP);
+    let (ok, v) = send(b1, &["b3", whoami]);
+    b3.signal(libc::SIGCONT);
+    assert!(!ok, "{v}");
+    let answer = &answers(&v)[0];
+    assert_eq!(answer["code"], "unreachable", "{v}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("may or may not have arrived"),
+        "{v}"
+    );
+    let out = b1.dcish(&["--json", "status"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["counters"]["envelopes-unconfirmed"], 1, "{status}");
+
+    // Thawed, b3 answers again over a new stream.
+    assert!(wait_until(Duration::from_secs(20), || send(b1, &["b3", whoami]).0).is_some());
 }
 
 #[test]

@@ -135,7 +135,9 @@ pub fn decode(bytes: &[u8]) -> Result<Wire, MessageError> {
     let valid = |b: &str| crate::config::validate_name("blade", b).is_ok();
     let names_ok = match &wire {
         Wire::Election(m) => match m {
-            Message::Claim { blade, .. }
+            Message::Ask { blade, .. }
+            | Message::WouldGrant { blade, .. }
+            | Message::Claim { blade, .. }
             | Message::Grant { blade, .. }
             | Message::Refuse { blade, .. }
             | Message::Won { blade, .. }

@@ -5,7 +5,10 @@
 //! **Seats and epochs.** The seat table maps a blade to its holder and epoch. An entry only ever
 //! moves to a higher epoch, and only a won claim makes one.
 //!
-//! **Claims and promises.** A candidate claims a blade at `epoch + 1`. A voter grants at most one
+//! **Claims and promises.** A candidate first asks the voters whether they would grant it the
+//! blade at `epoch + 1` (a pre-vote: nobody promises anything, so a candidate that cannot win, on
+//! the minority side of a partition or cut off itself, raises no voter's epoch and leaves nothing
+//! for the holder to climb over afterwards). With a majority willing, it claims. A voter grants at most one
 //! claimant per (blade, epoch): it keeps the highest epoch it promised for each blade, persists it
 //! before answering, and refuses any claim at or below it from someone else. A claim wins with
 //! grants from a majority of the known members (dead ones included), so two claims at one epoch
@@ -64,6 +67,20 @@ pub enum Reason {
 /// The election protocol's messages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message<Id> {
+    /// Would you grant me `blade` at `epoch` now? (The pre-vote: the answer promises nothing.)
+    Ask {
+        /// The blade.
+        blade: Blade,
+        /// The epoch the claim would be at.
+        epoch: u64,
+    },
+    /// I would grant it now.
+    WouldGrant {
+        /// The blade.
+        blade: Blade,
+        /// The epoch asked about.
+        epoch: u64,
+    },
     /// Grant me `blade` at `epoch`.
     Claim {
         /// The blade.
@@ -232,8 +249,12 @@ pub struct MemberView {
 #[derive(Debug, Clone)]
 struct Claim<Id> {
     epoch: u64,
+    reason: Reason,
+    /// Whether the claim itself is out; before, the voters were only asked (the pre-vote).
+    claimed: bool,
     /// When to give up and try again (randomized, so that rival claimants fall out of step).
     retry_at: Duration,
+    /// The voters willing (while asking) or granting (once claimed), this node included.
     grants: BTreeSet<Id>,
 }
 
@@ -423,6 +444,15 @@ where
     /// A message from `from` (authenticated by the transport).
     pub fn handle_message(&mut self, from: Id, msg: Message<Id>, now: Duration) {
         match msg {
+            Message::Ask { blade, epoch } => match self.may_grant(&blade, epoch, from, now) {
+                Ok(()) => self
+                    .out
+                    .push(Output::Send(from, Message::WouldGrant { blade, epoch })),
+                Err(_) => self.refuse(from, blade, epoch),
+            },
+            Message::WouldGrant { blade, epoch } => {
+                self.handle_would_grant(from, blade, epoch, now)
+            }
             Message::Claim {
                 blade,
                 epoch,
@@ -778,6 +808,7 @@ where
         }
     }
 
+    /// Starts the pre-vote for `blade` above `seat_epoch` and every promise this node knows of.
     fn start_claim(&mut self, blade: Blade, seat_epoch: u64, reason: Reason, now: Duration) {
         let promised = self.durable.promises.get(&blade).map_or(0, |(e, _)| *e);
         let seen = self.promised_seen.get(&blade).copied().unwrap_or(0);
@@ -786,27 +817,70 @@ where
         if self.may_grant(&blade, epoch, self.me, now).is_err() {
             return;
         }
-        self.promise(&blade, epoch, self.me, now);
-        let retry_at = now
-            + self
-                .config
-                .claim_timeout
-                .mul_f64(1.0 + self.rng.gen::<f64>());
+        let retry_at = self.retry_time(now);
         self.claims.insert(
             blade.clone(),
             Claim {
                 epoch,
+                reason,
+                claimed: false,
                 retry_at,
                 grants: BTreeSet::from([self.me]),
             },
         );
+        self.broadcast(Message::Ask {
+            blade: blade.clone(),
+            epoch,
+        });
+        self.check_willing(&blade, now);
+    }
+
+    /// When a claim started now is given up (randomized, so that rivals fall out of step).
+    fn retry_time(&mut self, now: Duration) -> Duration {
+        now + self
+            .config
+            .claim_timeout
+            .mul_f64(1.0 + self.rng.gen::<f64>())
+    }
+
+    fn handle_would_grant(&mut self, from: Id, blade: Blade, epoch: u64, now: Duration) {
+        if let Some(c) = self.claims.get_mut(&blade) {
+            if c.epoch == epoch && !c.claimed {
+                c.grants.insert(from);
+                self.check_willing(&blade, now);
+            }
+        }
+    }
+
+    /// With a majority willing, the claim itself: promise, persist, ask for grants.
+    fn check_willing(&mut self, blade: &str, now: Duration) {
+        let quorum = self.quorum();
+        let Some(c) = self.claims.get(blade) else {
+            return;
+        };
+        if c.claimed || c.grants.len() < quorum {
+            return;
+        }
+        let (epoch, reason) = (c.epoch, c.reason);
+        // Things may have changed while the voters answered (a promise to a rival, a seat).
+        if self.may_grant(blade, epoch, self.me, now).is_err() {
+            self.claims.remove(blade);
+            return;
+        }
+        self.promise(blade, epoch, self.me, now);
+        let retry_at = self.retry_time(now);
+        if let Some(c) = self.claims.get_mut(blade) {
+            c.claimed = true;
+            c.retry_at = retry_at;
+            c.grants = BTreeSet::from([self.me]);
+        }
         self.out.push(Output::Persist);
         self.broadcast(Message::Claim {
-            blade: blade.clone(),
+            blade: blade.into(),
             epoch,
             reason,
         });
-        self.check_won(&blade, now);
+        self.check_won(blade, now);
     }
 
     /// Why this node would refuse `claimant` the blade at `epoch`, if it would.
@@ -902,7 +976,7 @@ where
 
     fn handle_grant(&mut self, from: Id, blade: Blade, epoch: u64, now: Duration) {
         if let Some(c) = self.claims.get_mut(&blade) {
-            if c.epoch == epoch {
+            if c.epoch == epoch && c.claimed {
                 c.grants.insert(from);
                 self.check_won(&blade, now);
             }
@@ -914,7 +988,7 @@ where
         let Some(c) = self.claims.get(blade) else {
             return;
         };
-        if c.grants.len() < quorum {
+        if !c.claimed || c.grants.len() < quorum {
             return;
         }
         let epoch = c.epoch;
@@ -1097,6 +1171,91 @@ mod tests {
         nodes
     }
 
+    /// Ticks every node at `now` and delivers messages, until none is left, only between nodes
+    /// on the same side of `cut` (`cut(i)` names node i's side).
+    fn step_partitioned(nodes: &mut [Election<u32>], now: Duration, cut: impl Fn(u32) -> bool) {
+        for n in nodes.iter_mut() {
+            n.handle_tick(now);
+        }
+        loop {
+            let mut mail = Vec::new();
+            for (i, n) in nodes.iter_mut().enumerate() {
+                for o in n.drain_outputs() {
+                    if let Output::Send(to, m) = o {
+                        if cut(i as u32) == cut(to) {
+                            mail.push((i as u32, to, m));
+                        }
+                    }
+                }
+            }
+            if mail.is_empty() {
+                return;
+            }
+            for (from, to, m) in mail {
+                nodes[to as usize].handle_message(from, m, now);
+            }
+        }
+    }
+
+    #[test]
+    fn a_candidate_on_the_minority_side_raises_no_epoch_and_the_holder_keeps_its_seat() {
+        let start = Duration::from_secs(5);
+        let mut nodes = mesh(5, start);
+        nodes[0].claim_unseated("blade-0", start);
+        pump(&mut nodes, start);
+        // Node 4 is a spare, seen as a candidate by all.
+        nodes[4].set_candidate(true);
+        let view = |alive, candidate| MemberView { alive, candidate };
+        for n in nodes.iter_mut().take(4) {
+            n.handle_member(4, view(true, true), start);
+        }
+        // Cut {3, 4} off from {0, 1, 2}: the small side sees the holder and its voters dead.
+        let minority = |i: u32| i >= 3;
+        for i in [3usize, 4] {
+            for j in 0..3 {
+                nodes[i].handle_member(j, view(false, false), start);
+            }
+        }
+        for n in nodes.iter_mut().take(3) {
+            for i in [3, 4] {
+                n.handle_member(i, view(false, i == 4), start);
+            }
+        }
+        let tick = ElectionConfig::default().tick;
+        let mut now = start;
+        for _ in 0..400 {
+            now += tick; // 20 s: a dozen claim timeouts
+            step_partitioned(&mut nodes, now, minority);
+        }
+        for n in &nodes {
+            let promised = n.durable.promises.get("blade-0").map_or(0, |(e, _)| *e);
+            assert!(promised <= 1, "node {} promised epoch {promised}", n.me);
+        }
+        assert_eq!(nodes[0].serving("blade-0", now), Some(1));
+        // Healed: the holder keeps its seat and epoch.
+        for (i, n) in nodes.iter_mut().enumerate() {
+            for j in 0..5u32 {
+                if j != i as u32 {
+                    n.handle_member(j, view(true, j == 4), now);
+                }
+            }
+        }
+        for _ in 0..100 {
+            now += tick;
+            step_partitioned(&mut nodes, now, |_| true);
+        }
+        for n in &nodes {
+            assert_eq!(
+                n.seats().get("blade-0"),
+                Some(&Seat {
+                    holder: 0,
+                    epoch: 1
+                })
+            );
+        }
+        assert_eq!(nodes[0].serving("blade-0", now), Some(1));
+    }
+
     #[test]
     fn an_unseated_blade_is_won_at_epoch_one_by_a_majority() {
         let now = Duration::from_secs(5);
@@ -1237,7 +1396,9 @@ mod tests {
         for step in 0..10u32 {
             spare.handle_tick(t + Duration::from_millis(50) * step);
             for o in spare.drain_outputs() {
-                if let Output::Send(_, Message::Claim { blade, .. }) = o {
+                if let Output::Send(_, Message::Ask { blade, .. } | Message::Claim { blade, .. }) =
+                    o
+                {
                     claimed.insert(blade);
                 }
             }

@@ -36,7 +36,7 @@ pub const PROTOCOL_VERSION: &str = "/dci/1";
 /// The membership gossip protocol: long-lived streams of length-prefixed packets.
 pub const MEMBERSHIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/membership/2");
 /// The election protocol (`crate::failover`), framed as membership's.
-pub const ELECTION_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/election/2");
+pub const ELECTION_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/election/3");
 /// How long a connection upgrade (private network, noise, yamux) may take.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often each connection is pinged; a connection whose ping goes unanswered for

@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
 
 use super::placement::{self, Candidate, Placement};
 use super::protocol::{self, Forget, Request, Response, MAX_HAVE_IDS, MAX_PUT_BLOCKS};
-use super::settings::{data_set, next_due, BackupConfig, Overrides};
+use super::settings::{next_due, BackupConfig, Overrides};
 use super::{ControlCall, Inbound, NetCommand};
 use crate::backup::restore::{BlockSource, Restorer};
 use crate::backup::scan::ScanSettings;
@@ -110,7 +110,7 @@ pub struct Service {
     /// kept; a change is written there before it takes effect.
     overrides: std::sync::Mutex<(Overrides, Option<PathBuf>)>,
     /// The settings in force: `base` with the overrides. Read through [`Service::cfg`].
-    cfg: std::sync::RwLock<BackupConfig>,
+    cfg: Arc<std::sync::RwLock<BackupConfig>>,
     me: PeerId,
     name: String,
     zone: String,
@@ -165,7 +165,7 @@ impl Service {
             catalog,
             base: cfg.clone(),
             overrides: std::sync::Mutex::new((Overrides::default(), None)),
-            cfg: std::sync::RwLock::new(cfg),
+            cfg: Arc::new(std::sync::RwLock::new(cfg)),
             me,
             name,
             zone,
@@ -526,15 +526,15 @@ impl Service {
         }
     }
 
-    /// Where `blade`'s data set lives on this node (see [`data_set`]).
+    /// Where `blade`'s data set lives on this node (see [`BackupConfig::data_set`]).
     fn root_of(&self, blade: &str) -> Option<PathBuf> {
-        let cfg = self.cfg();
-        data_set(
-            cfg.root.as_deref(),
-            cfg.takeover_dir.as_deref(),
-            (&self.name, cfg.spare),
-            blade,
-        )
+        self.cfg().data_set(&self.name, blade)
+    }
+
+    /// The settings in force, shared: the agent places a blade's peerlets in its data set, which
+    /// an operator's change of the root moves.
+    pub fn settings_in_force(&self) -> Arc<std::sync::RwLock<BackupConfig>> {
+        Arc::clone(&self.cfg)
     }
 
     /// The member that acts as `blade`: its seat's holder, or before any seat, the node of that

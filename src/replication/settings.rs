@@ -1,6 +1,6 @@
 //! The `[backup]` settings: what is backed up, how, when, and where to.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -140,21 +140,19 @@ pub struct BackupConfig {
     pub spare: bool,
 }
 
-/// Where `blade`'s data set lives on node `node`: the backup root `root` for the node's own
-/// blade, and on a spare (no blade of its own) for the blade it took over; `<takeover_dir>/BLADE`
-/// for a blade that an active node took over, so that its root, which keeps its own blade's
-/// stale copy, never mixes two blades' files (and for a blade a spare without a root took over).
-pub fn data_set(
-    root: Option<&Path>,
-    takeover_dir: Option<&Path>,
-    (node, spare): (&str, bool),
-    blade: &str,
-) -> Option<PathBuf> {
-    match (root, takeover_dir) {
-        (Some(root), _) if blade == node || spare => Some(root.into()),
-        (_, Some(dir)) if blade != node => Some(dir.join(blade)),
-        // Without a takeover directory (the service's unit tests), everything is in the root.
-        (root, _) => root.map(Path::to_path_buf),
+impl BackupConfig {
+    /// Where `blade`'s data set lives on node `node`: the backup root for the node's own blade,
+    /// and on a spare (no blade of its own) for the blade it took over; `<takeover_dir>/BLADE`
+    /// for a blade that an active node took over, so that its root, which keeps its own blade's
+    /// stale copy, never mixes two blades' files (and for a blade a spare without a root took
+    /// over).
+    pub fn data_set(&self, node: &str, blade: &str) -> Option<PathBuf> {
+        match (&self.root, &self.takeover_dir) {
+            (Some(root), _) if blade == node || self.spare => Some(root.clone()),
+            (_, Some(dir)) if blade != node => Some(dir.join(blade)),
+            // Without a takeover directory (the service's unit tests), everything is in the root.
+            (root, _) => root.clone(),
+        }
     }
 }
 

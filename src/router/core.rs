@@ -186,6 +186,8 @@ pub enum DropReason {
     UndeliverableAnswer,
     /// The queue to the next hop stayed full.
     Busy,
+    /// Written to the next hop, which never confirmed receipt.
+    Unconfirmed,
     /// Sent as a blade under an epoch older than the seat table's for that blade: its sender was
     /// replaced (fencing).
     StaleEpoch,
@@ -324,6 +326,21 @@ impl Router {
             DropReason::Unroutable,
             "unreachable",
             &format!("no route to node {to}"),
+        );
+    }
+
+    /// An envelope written towards `peer` whose receipt never came (the connection broke or
+    /// stalled): it may or may not have arrived, so it is not sent again but its sender is told,
+    /// in time to hear it before it stops waiting.
+    pub fn handle_unconfirmed(&mut self, env: Envelope, peer: &str, relay_to: Option<&str>) {
+        let to = relay_to.unwrap_or(peer).to_owned();
+        self.refuse(
+            &env,
+            DropReason::Unconfirmed,
+            "unreachable",
+            &format!(
+                "node {peer} did not confirm receipt (its connection broke or stalled); the envelope to {to} may or may not have arrived"
+            ),
         );
     }
 
@@ -816,6 +833,17 @@ mod tests {
         let a: Vec<Action> = r.drain().collect();
         assert!(sends(&a).is_empty(), "{a:?}");
         assert_eq!(errors(&a), vec!["unreachable".to_string()]);
+    }
+
+    #[test]
+    fn an_unconfirmed_envelope_is_answered_unreachable_and_never_sent_again() {
+        let mut r = Router::new(Arc::new(view()));
+        let e = env("a", Destination::Node("b".into()), 8);
+        r.handle_unconfirmed(e, "b", None);
+        let a: Vec<Action> = r.drain().collect();
+        assert!(sends(&a).is_empty(), "a second copy could act twice: {a:?}");
+        assert_eq!(errors(&a), vec!["unreachable".to_string()]);
+        assert_eq!(r.stats().dropped.get(&DropReason::Unconfirmed), Some(&1));
     }
 
     #[test]

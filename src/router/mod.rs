@@ -6,12 +6,15 @@
 //! `libp2p_stream::Control`, and the agent only tells it who is in the mesh (a [`View`] on a
 //! watch channel) and hears back the failure notices it delivers.
 //!
-//! Transport: one long-lived stream per peer and direction (`/dci/envelopes/2`), frames as in
+//! Transport: one long-lived stream per peer and direction (`/dci/envelopes/3`), frames as in
 //! `dci_proto::frame` with the body of [`wire`]. Each peer has a writer task behind a bounded
 //! queue that batches whatever is queued into one write; each inbound stream has a reader task
 //! that parses envelopes off the routing task. Back-pressure: a full peer queue makes the
 //! routing task wait (up to [`QUEUE_WAIT`], then the sender gets a `busy` error), and a busy
 //! routing task stops the readers, which stops their peers through the stream's flow control.
+//! Receipts: the reader writes back, on the same stream, how many frames it has read; the
+//! writer keeps what it wrote until then, so that an envelope written into a connection that
+//! dies (a partition, a frozen peer) is answered `unreachable` instead of vanishing.
 
 pub mod control;
 pub mod core;
@@ -20,7 +23,7 @@ pub mod log;
 pub mod peerlets;
 pub mod wire;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,7 +41,7 @@ use self::log::{Filter, MessageLog, Record};
 use crate::peerlet_host::Host;
 
 /// The mesh protocol for envelopes: long-lived streams of frames.
-pub const MESH_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/envelopes/2");
+pub const MESH_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/envelopes/3");
 /// How long the routing task waits for room in a full peer queue before answering `busy`.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
 /// How long opening a stream to a peer may take.
@@ -193,10 +196,12 @@ enum Command {
         from_text: Arc<str>,
         items: Vec<(Option<String>, Envelope)>,
     },
-    /// A writer could not deliver these.
+    /// A writer's stream to `peer` ended with these envelopes not sent, and these written but
+    /// never confirmed (their payloads dropped: only their headers are needed to answer).
     SendFailed {
         peer: String,
-        items: Vec<(Envelope, Option<String>)>,
+        unsent: Vec<Queued>,
+        unconfirmed: Vec<Queued>,
     },
     /// Counters for `dcish status`.
     Stats(oneshot::Sender<Vec<(String, u64)>>),
@@ -403,8 +408,11 @@ impl Waiter {
     }
 }
 
+/// An envelope queued for a peer, with the node it is relayed to when the peer is a relay.
+type Queued = (Envelope, Option<String>);
+
 struct Link {
-    tx: mpsc::Sender<(Envelope, Option<String>)>,
+    tx: mpsc::Sender<Queued>,
     /// Set when a wait for room timed out: until the queue takes an envelope again, senders are
     /// refused at once instead of each waiting (one slow peer must not stall all routing).
     congested: bool,
@@ -642,9 +650,20 @@ impl Messenger {
                 // One pass for the whole batch: the core keeps the actions in order.
                 self.pump().await;
             }
-            Command::SendFailed { peer, items } => {
-                self.links.remove(&peer);
-                for (env, relay_to) in items {
+            Command::SendFailed {
+                peer,
+                unsent,
+                unconfirmed,
+            } => {
+                // Only this writer's link: a newer one may have been opened since it closed.
+                if self.links.get(&peer).is_some_and(|l| l.tx.is_closed()) {
+                    self.links.remove(&peer);
+                }
+                for (env, relay_to) in unconfirmed {
+                    self.core
+                        .handle_unconfirmed(env, &peer, relay_to.as_deref());
+                }
+                for (env, relay_to) in unsent {
                     self.core
                         .handle_send_failed(env, &peer, relay_to.as_deref());
                 }
@@ -1046,6 +1065,7 @@ impl Messenger {
             ("envelopes-duplicate".into(), d(DropReason::Duplicate)),
             ("envelopes-unroutable".into(), d(DropReason::Unroutable)),
             ("envelopes-stale-epoch".into(), d(DropReason::StaleEpoch)),
+            ("envelopes-unconfirmed".into(), d(DropReason::Unconfirmed)),
             (
                 "envelopes-answer-undeliverable".into(),
                 d(DropReason::UndeliverableAnswer),
@@ -1148,33 +1168,30 @@ async fn read_stream(
     let from_text: Arc<str> = peer.to_string().into();
     let limits = Limits::default();
     let max = limits.max_envelope_bytes + 1024;
-    let mut r = futures::io::BufReader::with_capacity(64 << 10, stream);
+    let (r, mut receipts) = stream.split();
+    let mut r = futures::io::BufReader::with_capacity(64 << 10, r);
+    let mut receipts_ok = true;
     let mut body = Vec::new();
     loop {
         let mut items = Vec::new();
-        loop {
+        let mut frames = 0u32;
+        let ended = loop {
             let mut head = [0u8; 4];
             if r.read_exact(&mut head).await.is_err() {
-                if !items.is_empty() {
-                    let _ = tx
-                        .send(Command::Inbound {
-                            from: peer,
-                            from_text,
-                            items,
-                        })
-                        .await;
-                }
-                return; // closed (or broken) between frames
+                break true; // closed (or broken) between frames
             }
             let len = u32::from_be_bytes(head) as usize;
             if len > max {
                 malformed.fetch_add(1, Ordering::Relaxed);
-                return tracing::warn!(%peer, "envelope frame of {len} bytes exceeds the {max}-byte limit; closing the stream");
+                tracing::warn!(%peer, "envelope frame of {len} bytes exceeds the {max}-byte limit; closing the stream");
+                break true;
             }
             body.resize(len, 0);
             if let Err(e) = r.read_exact(&mut body).await {
-                return tracing::debug!(%peer, "envelope stream ended inside a frame: {e}");
+                tracing::debug!(%peer, "envelope stream ended inside a frame: {e}");
+                break true;
             }
+            frames += 1;
             match wire::decode(&body, &limits) {
                 Ok(b) => items.push((b.relay_to, b.env)),
                 // The frame was whole, so the stream is still in step: refuse this one, go on.
@@ -1190,82 +1207,156 @@ async fn read_stream(
                     >= 4 + u32::from_be_bytes([buffered[0], buffered[1], buffered[2], buffered[3]])
                         as usize;
             if !whole_next || items.len() >= READ_BATCH {
-                break;
+                break false;
+            }
+        };
+        // The receipt: these frames are off the wire and in this node's hands.
+        if frames > 0 && receipts_ok {
+            let sent = async {
+                receipts.write_all(&frames.to_be_bytes()).await?;
+                receipts.flush().await
+            };
+            receipts_ok = sent.await.is_ok();
+        }
+        if !items.is_empty() {
+            let cmd = Command::Inbound {
+                from: peer,
+                from_text: Arc::clone(&from_text),
+                items,
+            };
+            if tx.send(cmd).await.is_err() {
+                return;
             }
         }
-        if items.is_empty() {
-            continue;
-        }
-        let cmd = Command::Inbound {
-            from: peer,
-            from_text: Arc::clone(&from_text),
-            items,
-        };
-        if tx.send(cmd).await.is_err() {
+        if ended {
             return;
         }
     }
 }
 
-/// Opens a stream to `peer` and writes what is queued for it, in batches.
+/// How long written envelopes may go without a receipt from the peer before the link counts
+/// as broken: below the default answer wait, so that the sender of an envelope written into a
+/// dead connection hears `unreachable` before it stops waiting, instead of nothing.
+const RECEIPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Envelopes written and not yet confirmed, at most: beyond, the writer takes no more from its
+/// queue, which fills, and senders get `busy`.
+const MAX_UNCONFIRMED: usize = 4096;
+
+/// Opens a stream to `peer` and writes what is queued for it, in batches, keeping what it wrote
+/// until the peer's receipts (a count of frames, each time it has read some) confirm it. When
+/// the stream ends, what was never written goes back to the router to be relayed or refused,
+/// and what was written but not confirmed is refused to its sender: it may have arrived.
 async fn write_stream(
     peer: PeerId,
     mut control: libp2p_stream::Control,
-    mut rx: mpsc::Receiver<(Envelope, Option<String>)>,
+    mut rx: mpsc::Receiver<Queued>,
     tx: mpsc::Sender<Command>,
 ) {
-    let fail = |mut items: Vec<(Envelope, Option<String>)>,
-                mut rx: mpsc::Receiver<(Envelope, Option<String>)>,
-                tx: mpsc::Sender<Command>| async move {
-        rx.close();
-        while let Ok(item) = rx.try_recv() {
-            items.push(item);
+    let fail = |unconfirmed: VecDeque<Queued>, mut rx: mpsc::Receiver<Queued>| {
+        let tx = tx.clone();
+        async move {
+            rx.close();
+            let mut unsent = Vec::new();
+            while let Ok(item) = rx.try_recv() {
+                unsent.push(item);
+            }
+            if unsent.is_empty() && unconfirmed.is_empty() {
+                return;
+            }
+            let _ = tx
+                .send(Command::SendFailed {
+                    peer: peer.to_string(),
+                    unsent,
+                    unconfirmed: unconfirmed.into(),
+                })
+                .await;
         }
-        let _ = tx
-            .send(Command::SendFailed {
-                peer: peer.to_string(),
-                items,
-            })
-            .await;
     };
     let opened = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, MESH_PROTOCOL)).await;
-    let mut stream = match opened {
+    let stream = match opened {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(%peer, "cannot open envelope stream: {e}");
-            return fail(Vec::new(), rx, tx).await;
+            return fail(VecDeque::new(), rx).await;
         }
         Err(_) => {
             tracing::debug!(%peer, "opening an envelope stream timed out");
-            return fail(Vec::new(), rx, tx).await;
+            return fail(VecDeque::new(), rx).await;
         }
     };
+    let (receipts, mut stream) = stream.split();
+    let (counts_tx, mut counts) = mpsc::channel(64);
+    tokio::spawn(read_receipts(receipts, counts_tx));
+    let mut unconfirmed: VecDeque<Queued> = VecDeque::new();
+    // Since when the oldest unconfirmed envelope has waited with no receipt at all.
+    let mut waiting_since = Instant::now();
+    let mut queue_open = true;
     let mut buf = Vec::with_capacity(64 << 10);
     let mut batch = Vec::with_capacity(WRITE_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
+    while queue_open || !unconfirmed.is_empty() {
+        let deadline = tokio::time::Instant::from_std(waiting_since + RECEIPT_TIMEOUT);
+        tokio::select! {
+            item = rx.recv(), if queue_open && unconfirmed.len() < MAX_UNCONFIRMED => {
+                let Some(first) = item else {
+                    queue_open = false; // the link was dropped: wait for the last receipts
+                    continue;
+                };
+                batch.push(first);
+                while batch.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(_) => break,
+                    }
+                }
+                buf.clear();
+                for (env, relay_to) in &batch {
+                    wire::encode(env, relay_to.as_deref(), &mut buf);
+                }
+                if unconfirmed.is_empty() {
+                    waiting_since = Instant::now();
+                }
+                // Only the headers are kept: an answer to the sender needs nothing else.
+                unconfirmed.extend(batch.drain(..).map(|(mut env, relay_to)| {
+                    env.payload = Payload::empty();
+                    (env, relay_to)
+                }));
+                let written = async {
+                    stream.write_all(&buf).await?;
+                    stream.flush().await
+                }
+                .await;
+                if let Err(e) = written {
+                    tracing::debug!(%peer, "envelope stream broke: {e}");
+                    return fail(unconfirmed, rx).await;
+                }
+            }
+            count = counts.recv() => {
+                let Some(count) = count else {
+                    tracing::debug!(%peer, "envelope stream closed by the peer");
+                    return fail(unconfirmed, rx).await;
+                };
+                let done = usize::try_from(count).unwrap_or(usize::MAX).min(unconfirmed.len());
+                unconfirmed.drain(..done);
+                waiting_since = Instant::now();
+            }
+            _ = tokio::time::sleep_until(deadline), if !unconfirmed.is_empty() => {
+                tracing::debug!(%peer, unconfirmed = unconfirmed.len(), "no receipt for {RECEIPT_TIMEOUT:?}; the envelope stream counts as broken");
+                return fail(unconfirmed, rx).await;
             }
         }
-        buf.clear();
-        for (env, relay_to) in &batch {
-            wire::encode(env, relay_to.as_deref(), &mut buf);
-        }
-        let written = async {
-            stream.write_all(&buf).await?;
-            stream.flush().await
-        }
-        .await;
-        if let Err(e) = written {
-            tracing::debug!(%peer, "envelope stream broke: {e}");
-            return fail(std::mem::take(&mut batch), rx, tx).await;
-        }
-        batch.clear();
     }
     let _ = stream.close().await;
+}
+
+/// Reads a peer's receipts (big-endian counts of frames read) off the envelope stream to it;
+/// ends, closing `counts`, when the stream does.
+async fn read_receipts(mut r: futures::io::ReadHalf<libp2p::Stream>, counts: mpsc::Sender<u32>) {
+    let mut count = [0u8; 4];
+    while r.read_exact(&mut count).await.is_ok() {
+        if counts.send(u32::from_be_bytes(count)).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The messaging view from the agent's member table and seat table.

@@ -1,9 +1,12 @@
-//! The body of one frame on the mesh stream `/dci/envelopes/2` (the frame itself is the
+//! The body of one frame on the mesh stream `/dci/envelopes/3` (the frame itself is the
 //! length-prefixed framing of `dci_proto::frame`): a tag byte, then
 //!
 //! - tag 0: the envelope's XML, for the receiving node;
 //! - tag 1: a 2-byte big-endian length, that many bytes of a node id, then the envelope's XML:
 //!   the receiving node is asked to relay the envelope to that node.
+//!
+//! In the other direction the receiver writes receipts: 4-byte big-endian counts of the frames it
+//! has read since its last receipt.
 //!
 //! The relay header sits outside the envelope because it is a property of one hop, not of the
 //! message: the envelope stays exactly what its sender wrote.
