@@ -96,6 +96,8 @@ fn route() {
         }],
         groups: Default::default(),
         seats: Default::default(),
+        helpers: Default::default(),
+        helping: None,
     });
     let limits = Limits::default();
     for kind in [Kind::Event, Kind::Request] {

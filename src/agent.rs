@@ -25,7 +25,8 @@ use crate::control::{self, Query};
 use crate::datadir::{DataDir, DataDirError};
 use crate::degradation::{Detector, Transition};
 use crate::events::{Event, EventHub, EventKind};
-use crate::failover::driver::{self as failover, Effect, Failover};
+use crate::failover::degraded::{Decision, Helpers, Helping, OnDegraded};
+use crate::failover::driver::{self as failover, Effect, Failover, Wire};
 use crate::membership::mesh::{self, MemberMeta, MeshPacket, MeshSwim, Signer};
 use crate::membership::swim::{Liveness, Output, Timer};
 use crate::membership::Role;
@@ -158,7 +159,19 @@ pub struct Agent {
     /// The blade whose own peerlets (from its data set's [`BLADE_PEERLETS`]) are registered
     /// here, and their app types.
     blade_peerlets: Option<(String, Vec<String>)>,
+    /// What this node does on its own sustained degradation (re-read on SIGHUP).
+    on_degraded: OnDegraded,
+    /// The helpers of the blade this node holds.
+    helpers: Helpers<PeerId>,
+    /// The blade this node helps, if any.
+    helping: Option<Helping<PeerId>>,
+    /// Helpers' restores that finished: blade, epoch, and the error if it failed.
+    help_restores: mpsc::Receiver<HelpRestore>,
+    help_restore_tx: mpsc::Sender<HelpRestore>,
 }
+
+/// A helper's restore, finished: the blade, the epoch it helps at, and why it failed.
+type HelpRestore = (String, u64, Result<(), String>);
 
 /// Where a blade's data set carries the external peerlets that belong to the blade: the node
 /// acting as the blade registers them, so they follow the blade through a takeover or a move
@@ -346,6 +359,7 @@ impl Agent {
             resources: sampler.sample(),
             degraded: false,
             blade: None,
+            helpers: Vec::new(),
         };
         let seed = rand::random();
         let swim = MeshSwim::new(
@@ -372,7 +386,13 @@ impl Agent {
         );
         let (takeover_tx, takeovers) = mpsc::channel(4);
         let (handover_tx, handovers) = mpsc::channel(4);
+        let (help_restore_tx, help_restores) = mpsc::channel(4);
         let mut agent = Agent {
+            on_degraded: config.on_degraded,
+            helpers: Helpers::default(),
+            helping: None,
+            help_restores,
+            help_restore_tx,
             no_spare_alerted: HashSet::new(),
             next_no_spare_check: Duration::ZERO,
             blade_peerlets: None,
@@ -449,6 +469,9 @@ impl Agent {
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sample = tokio::time::interval(self.config.degradation.sample_interval);
         sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| tracing::warn!("cannot watch for SIGHUP ({e}): [failover] and [degradation] are read at start only"))
+            .ok();
         tokio::pin!(shutdown);
         loop {
             let due = match (self.timers.next_due(), self.failover.due()) {
@@ -472,6 +495,10 @@ impl Agent {
                 Some(cmd) = self.replication.next_command() => self.on_replication(cmd),
                 Some(done) = self.takeovers.recv() => self.on_takeover_done(done),
                 Some((blade, to)) = self.handovers.recv() => self.release(blade, to),
+                Some(done) = self.help_restores.recv() => self.on_help_restored(done),
+                Some(()) = async { hangup.as_mut()?.recv().await }, if hangup.is_some() => {
+                    self.reload_live()
+                }
                 _ = tokio::time::sleep_until((self.view_synced + VIEW_MIN_GAP).into()),
                     if self.view_pending => self.sync_view(),
             }
@@ -608,6 +635,9 @@ impl Agent {
             Liveness::Alive | Liveness::UnreachableLink | Liveness::Suspect
         );
         let view = failover::member_view(up, m.meta.role, m.meta.blade.is_some());
+        if !up {
+            self.helper_gone(id);
+        }
         match self.failover.handle_member(id, view, self.now()) {
             Ok(effects) => self.apply_effects(effects),
             Err(e) => tracing::error!("{e}; member {id} not recorded for quorums"),
@@ -645,11 +675,18 @@ impl Agent {
                     tracing::warn!(%blade, from = %self.member_name(&from), to = %self.member_name(&to), "asked to hand the blade over");
                     self.hand_over(blade, to);
                 }
+                Effect::Help { from, what } => self.on_help(from, what),
                 Effect::Changed => {
                     let seats = self.failover.seats().iter();
                     let acting = self.failover.acting().map(|(b, _)| b.clone());
                     self.replication
                         .set_seats(seats.map(|(b, s)| (b.clone(), (s.holder, s.epoch))), acting);
+                    // Helpers serve one seat: a new one (or none) releases them.
+                    let old = self.helpers.ready().map(|((b, e), _)| (b.clone(), *e));
+                    let released = self.helpers.sync(self.failover.acting());
+                    if let Some((blade, epoch)) = old {
+                        self.unhelp(&blade, epoch, released, "the seat changed");
+                    }
                     self.publish_seat();
                     self.sync_blade_peerlets();
                 }
@@ -872,14 +909,26 @@ impl Agent {
             .data_set(&self.config.name, blade)
     }
 
-    /// Registers the peerlets of the blade this node acts as (once its data is restored) and
-    /// unregisters those of a blade it no longer acts as.
+    /// Registers the peerlets of the blade this node acts as, or helps (once its data is
+    /// restored), and unregisters those of a blade it no longer serves.
     fn sync_blade_peerlets(&mut self) {
-        let acting = self
+        let held = self
             .failover
             .acting()
             .map(|(b, _)| b.clone())
             .filter(|b| self.restoring.as_ref().is_none_or(|(r, _)| r != b));
+        let helped = self
+            .helping
+            .as_ref()
+            .filter(|h| h.ready)
+            .map(|h| h.blade.clone());
+        let root = match (&held, &helped) {
+            (Some(b), _) => self.blade_root(b),
+            (None, Some(b)) => Some(self.data_dir.blades_path().join(b)),
+            (None, None) => None,
+        };
+        let holds = held.is_some();
+        let acting = held.or(helped);
         if acting.as_ref() == self.blade_peerlets.as_ref().map(|(b, _)| b) {
             return;
         }
@@ -889,10 +938,12 @@ impl Agent {
             .map(|(_, apps)| apps)
             .unwrap_or_default();
         let mut found = Vec::new();
-        let home = acting.as_ref().and_then(|b| self.blade_root(b));
-        self.installer.set_blade_home(home.clone());
+        // What is installed here is kept with a blade this node holds, not one it only helps.
+        self.installer
+            .set_blade_home(root.clone().filter(|_| holds));
+        let home = root.clone();
         if let Some(blade) = &acting {
-            let dir = home.as_ref().map(|r| r.join(BLADE_PEERLETS));
+            let dir = root.map(|r| r.join(BLADE_PEERLETS));
             if let Some(dir) = dir.filter(|d| d.is_dir()) {
                 let (manifests, bad) = crate::peerlet_host::external::Manifest::scan(&dir);
                 for e in bad {
@@ -1028,18 +1079,355 @@ impl Agent {
         }
     }
 
-    /// Announces what this node acts as (blade, epoch, role) and republishes the routing view.
+    /// Announces what this node acts as (blade, epoch, role, helpers) and republishes the
+    /// routing view.
     fn publish_seat(&mut self) {
         let mut meta = self.swim.meta().clone();
         let blade = self.failover.acting().cloned();
         let role = self.failover.role();
-        if meta.blade != blade || meta.role != role {
+        let helpers: Vec<String> = match self.helpers.ready() {
+            Some((at, ids)) if Some(at) == blade.as_ref() => {
+                ids.iter().map(|id| id.to_string()).collect()
+            }
+            _ => Vec::new(),
+        };
+        if meta.blade != blade || meta.role != role || meta.helpers != helpers {
             meta.blade = blade;
             meta.role = role;
+            meta.helpers = helpers;
             self.swim.set_meta(meta);
             self.apply_outputs();
         }
         self.sync_view();
+    }
+
+    /// Condition (3): this node's own sustained degradation, by `[failover] on_degraded`.
+    fn on_own_degradation(&mut self) {
+        let acting = self.failover.acting().cloned();
+        let spares: Vec<PeerId> = match &acting {
+            Some((blade, _)) => {
+                // A spare that helps another blade already is not free.
+                let busy: HashSet<String> = self
+                    .helper_table()
+                    .into_values()
+                    .flat_map(|(_, ids)| ids)
+                    .collect();
+                self.failover
+                    .spares(blade)
+                    .into_iter()
+                    .filter(|id| *id != self.local_id && !busy.contains(&id.to_string()))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let policy = self.on_degraded;
+        match self.helpers.on_degraded(policy, acting.as_ref(), spares) {
+            Decision::Nothing | Decision::NotHolding => {}
+            Decision::Move(blade, to) => {
+                tracing::warn!(%blade, to = %self.member_name(&to), "degraded: handing the blade over (on_degraded = move)");
+                self.hand_over(blade, to);
+            }
+            Decision::AskHelper(blade, epoch, to) => {
+                tracing::warn!(%blade, epoch, helper = %self.member_name(&to), "degraded: asking a spare to help (on_degraded = helper)");
+                let bytes = failover::encode_wire(&Wire::Help { blade, epoch });
+                self.apply_effects(vec![Effect::Send(to, bytes)]);
+            }
+            Decision::NoSpare(blade) => {
+                let epoch = acting.map_or(0, |(_, e)| e);
+                let detail = format!(
+                    "{} is degraded and holds blade {blade}, but no free spare may {}: the blade stays as it is",
+                    self.config.name,
+                    if policy == OnDegraded::Move { "take it" } else { "help with it" }
+                );
+                tracing::warn!("{detail}");
+                self.broadcast_notice(FailureNotice {
+                    level: Level::Moderate,
+                    part: Part::Resource,
+                    id: format!("{blade}/degraded-no-spare/{epoch}"),
+                    name: Some(blade),
+                    address: self.swim.meta().addrs.first().cloned(),
+                    at_ms: unix_ms(),
+                    detail,
+                });
+            }
+        }
+    }
+
+    /// Releases every helper of the blade held here.
+    fn release_helpers(&mut self, why: &str) {
+        let at = self.helpers.ready().map(|((b, e), _)| (b.clone(), *e));
+        let released = self.helpers.on_recovered();
+        if let Some((blade, epoch)) = at {
+            self.unhelp(&blade, epoch, released, why);
+        }
+        self.publish_seat();
+    }
+
+    /// A helper of the blade held here (or the spare asked) is down: it serves no more.
+    fn helper_gone(&mut self, id: PeerId) {
+        let Some((blade, epoch)) = self.helpers.ready().map(|((b, e), _)| (b.clone(), *e)) else {
+            return;
+        };
+        if self.helpers.involves(id) {
+            self.helpers.remove(id);
+            self.unhelp(&blade, epoch, vec![id], "it is down");
+            self.publish_seat();
+        }
+    }
+
+    /// Tells each of `ids` that it no longer helps with `blade`, and says so.
+    fn unhelp(&mut self, blade: &str, epoch: u64, ids: Vec<PeerId>, why: &str) {
+        for id in ids {
+            let bytes = failover::encode_wire(&Wire::Unhelp {
+                blade: blade.to_owned(),
+            });
+            self.apply_effects(vec![Effect::Send(id, bytes)]);
+            let detail = format!(
+                "{} ({id}) no longer helps blade {blade} (epoch {epoch}): {why}",
+                self.member_name(&id)
+            );
+            tracing::warn!("{detail}");
+            self.broadcast_notice(FailureNotice {
+                level: Level::Moderate,
+                part: Part::Node,
+                id: format!("{blade}/helper/{epoch}/{id}/released"),
+                name: Some(blade.to_owned()),
+                address: None,
+                at_ms: unix_ms(),
+                detail,
+            });
+        }
+    }
+
+    /// A helper request or answer from `from`.
+    fn on_help(&mut self, from: PeerId, what: Wire) {
+        match what {
+            Wire::Help { blade, epoch } => self.asked_to_help(from, blade, epoch),
+            Wire::Helping {
+                blade,
+                epoch,
+                ready,
+            } => {
+                if self.helpers.on_answer(from, &blade, epoch, ready) {
+                    let detail = format!(
+                        "{} ({from}) helps blade {blade} (epoch {epoch}) with its read-only traffic: its holder {} is degraded",
+                        self.member_name(&from),
+                        self.config.name
+                    );
+                    tracing::warn!("{detail}");
+                    self.broadcast_notice(FailureNotice {
+                        level: Level::Moderate,
+                        part: Part::Node,
+                        id: format!("{blade}/helper/{epoch}/{from}/added"),
+                        name: Some(blade),
+                        address: None,
+                        at_ms: unix_ms(),
+                        detail,
+                    });
+                    self.publish_seat();
+                } else if ready && !self.helpers.involves(from) {
+                    // Ready for a request this node no longer stands by (another seat, or a later
+                    // window asked another spare): not listed, so released.
+                    let bytes = failover::encode_wire(&Wire::Unhelp { blade });
+                    self.apply_effects(vec![Effect::Send(from, bytes)]);
+                } else {
+                    tracing::warn!(%blade, spare = %self.member_name(&from), "the spare asked to help cannot; the next sustained window asks again");
+                }
+            }
+            Wire::Unhelp { blade } => {
+                let mine = self
+                    .helping
+                    .as_ref()
+                    .is_some_and(|h| h.blade == blade && h.seat.holder == from);
+                if mine {
+                    self.stop_helping("released by its holder");
+                    self.sync_view();
+                }
+            }
+            Wire::Election(_) | Wire::HandOver { .. } | Wire::Forget { .. } => {}
+        }
+    }
+
+    /// The holder of `blade` at `epoch` asks this node to help: a free spare takes the role and
+    /// restores the blade's latest archive, then answers.
+    fn asked_to_help(&mut self, from: PeerId, blade: String, epoch: u64) {
+        if let Some(h) = &self.helping {
+            if h.blade == blade && h.seat.holder == from && h.seat.epoch == epoch {
+                // Asked again (the answer was lost?): answer again once ready.
+                if h.ready {
+                    self.answer_help(from, blade, epoch, true);
+                }
+                return;
+            }
+        }
+        let free = self.helping.is_none() && self.failover.is_candidate(&self.local_id);
+        let seat = self.failover.seats().get(&blade).copied();
+        match Helping::grant(from, &blade, epoch, seat, free) {
+            Ok(h) => {
+                self.helping = Some(h);
+                self.restore_for_help(blade, epoch);
+            }
+            Err(why) => {
+                tracing::warn!(%blade, epoch, holder = %self.member_name(&from), "not helping: {why}");
+                self.answer_help(from, blade, epoch, false);
+            }
+        }
+    }
+
+    fn answer_help(&mut self, to: PeerId, blade: String, epoch: u64, ready: bool) {
+        let bytes = failover::encode_wire(&Wire::Helping {
+            blade,
+            epoch,
+            ready,
+        });
+        self.apply_effects(vec![Effect::Send(to, bytes)]);
+    }
+
+    /// Restores `blade`'s latest complete archive into `<data-dir>/blades/BLADE`, as a copy:
+    /// unlike a takeover, the archives are not adopted (the holder still makes them).
+    fn restore_for_help(&mut self, blade: String, epoch: u64) {
+        let dir = self.data_dir.blades_path().join(&blade);
+        tracing::warn!(%blade, epoch, dir = %dir.display(), "helping: restoring the blade's data");
+        let args = dci_proto::backup::RestoreArgs {
+            blade: blade.clone(),
+            archive: None,
+            paths: Vec::new(),
+            to: Some(dir.display().to_string()),
+            on: None,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let restore = dci_proto::backup::BackupRequest::Restore(args);
+        self.replication
+            .control((crate::replication::Operator::Backup(restore), tx));
+        let done = self.help_restore_tx.clone();
+        tokio::spawn(async move {
+            let result = match rx.await {
+                Ok(Ok(_)) => Ok(()),
+                // A blade never backed up has nothing to copy: the helper serves without data,
+                // as a takeover would.
+                Ok(Err((code, _))) if code == "no-archive" => Ok(()),
+                Ok(Err((code, msg))) => Err(format!("{code}: {msg}")),
+                Err(_) => Err("the backup service stopped".into()),
+            };
+            let _ = done.send((blade, epoch, result)).await;
+        });
+    }
+
+    /// A helper's restore finished: it serves from now on, and tells its holder.
+    fn on_help_restored(&mut self, (blade, epoch, result): HelpRestore) {
+        let Some(h) = self
+            .helping
+            .as_mut()
+            .filter(|h| h.blade == blade && h.seat.epoch == epoch && !h.ready)
+        else {
+            return;
+        };
+        let holder = h.seat.holder;
+        match result {
+            Ok(()) => {
+                h.ready = true;
+                tracing::warn!(%blade, epoch, "helping: the blade's data restored; serving its read-only traffic");
+                self.answer_help(holder, blade, epoch, true);
+                self.sync_blade_peerlets();
+                self.sync_view();
+            }
+            Err(e) => {
+                tracing::error!(%blade, epoch, "helping: the restore failed ({e}); not helping");
+                self.helping = None;
+                self.answer_help(holder, blade, epoch, false);
+            }
+        }
+    }
+
+    /// A helper keeps its role only while its holder's grant holds (see [`Helping::holds`]) and
+    /// it holds no blade itself.
+    fn check_helping(&mut self) {
+        let Some(h) = self.helping.as_mut() else {
+            return;
+        };
+        let seat = self.failover.seats().get(&h.blade).copied();
+        let holder = self.swim.member(&h.seat.holder);
+        let up = holder.is_some_and(|m| {
+            matches!(
+                m.liveness,
+                Liveness::Alive | Liveness::UnreachableLink | Liveness::Suspect
+            )
+        });
+        let me = self.local_id.to_string();
+        let listed = holder.is_some_and(|m| {
+            m.meta.blade.as_ref() == Some(&(h.blade.clone(), h.seat.epoch))
+                && m.meta.helpers.contains(&me)
+        });
+        let holds = h.holds(seat, up, listed) && self.failover.acting().is_none();
+        if !holds {
+            self.stop_helping("the grant is gone: the seat moved on, the holder is down or no longer lists this node, or this node holds a blade now");
+        }
+    }
+
+    fn stop_helping(&mut self, why: &str) {
+        let Some(h) = self.helping.take() else {
+            return;
+        };
+        let detail = format!(
+            "{} ({}) no longer helps blade {} (epoch {}): {why}",
+            self.config.name, self.local_id, h.blade, h.seat.epoch
+        );
+        tracing::warn!("{detail}");
+        self.broadcast_notice(FailureNotice {
+            level: Level::Moderate,
+            part: Part::Node,
+            id: format!(
+                "{}/helper/{}/{}/stopped",
+                h.blade, h.seat.epoch, self.local_id
+            ),
+            name: Some(h.blade),
+            address: None,
+            at_ms: unix_ms(),
+            detail,
+        });
+        self.sync_blade_peerlets();
+    }
+
+    /// Each blade's helpers as its holder announces them (this node's own from its state), for
+    /// the router: a holder grants them only while it acts as the blade at the seat's epoch.
+    fn helper_table(&self) -> HashMap<String, (u64, Vec<String>)> {
+        let mut table = HashMap::new();
+        if let Some(((blade, epoch), ids)) = self.helpers.ready() {
+            let acting = self.failover.acting() == Some(&(blade.clone(), *epoch));
+            if acting && !ids.is_empty() {
+                let ids = ids.iter().map(|i| i.to_string()).collect();
+                table.insert(blade.clone(), (*epoch, ids));
+            }
+        }
+        for (id, m) in self.swim.members() {
+            let Some((blade, epoch)) = &m.meta.blade else {
+                continue;
+            };
+            let seat = self.failover.seats().get(blade);
+            if !m.meta.helpers.is_empty()
+                && seat.is_some_and(|s| s.holder == id && s.epoch == *epoch)
+            {
+                table.insert(blade.clone(), (*epoch, m.meta.helpers.clone()));
+            }
+        }
+        table
+    }
+
+    /// SIGHUP: re-reads `[failover]` and `[degradation]` from the config file.
+    fn reload_live(&mut self) {
+        match self.config.reload_live() {
+            Ok(Some(live)) => {
+                tracing::warn!(
+                    on_degraded = live.on_degraded.as_str(),
+                    "SIGHUP: [failover] and [degradation] re-read"
+                );
+                self.detector.set_config(live.degradation.clone());
+                self.config.degradation = live.degradation;
+                self.on_degraded = live.on_degraded;
+            }
+            Ok(None) => tracing::warn!("SIGHUP: started without a config file, nothing to re-read"),
+            Err(e) => tracing::error!("SIGHUP: the running settings stay: {e}"),
+        }
     }
 
     /// Connections changed: republishes the view now, or, if it was rebuilt less than
@@ -1058,6 +1446,7 @@ impl Agent {
     fn sync_view(&mut self) {
         self.view_synced = Instant::now();
         self.view_pending = false;
+        self.check_helping();
         let acting = self.failover.acting().map(|(b, _)| b.clone());
         let local_blade = match acting {
             Some(b) => Some(b),
@@ -1085,7 +1474,7 @@ impl Agent {
             .and_then(|b| self.failover.seats().get(b))
             .filter(|s| s.holder == self.local_id)
             .map(|s| s.epoch);
-        let view = router::view_of(
+        let mut view = router::view_of(
             &self.local_id,
             (local_blade.as_deref(), local_epoch),
             self.swim.members().map(|(id, m)| {
@@ -1099,11 +1488,19 @@ impl Agent {
             &self.config.messaging.groups,
             seats,
         );
+        view.helpers = self.helper_table();
+        view.helping = self
+            .helping
+            .as_ref()
+            .filter(|h| h.ready)
+            .map(|h| (h.blade.clone(), h.seat.epoch));
         self.view.send_if_modified(|old| {
             let changed = old.peers != view.peers
                 || old.seats != view.seats
                 || old.local_blade != view.local_blade
-                || old.local_epoch != view.local_epoch;
+                || old.local_epoch != view.local_epoch
+                || old.helpers != view.helpers
+                || old.helping != view.helping;
             if changed {
                 *old = Arc::new(view);
             }
@@ -1253,6 +1650,16 @@ impl Agent {
                         cfg.raise_after.as_secs()
                     ),
                 ),
+                Transition::Sustained(m, v) => (
+                    EventKind::Degraded,
+                    m,
+                    format!(
+                        "{} still at {v}%, above {}% for another {} s",
+                        m.as_str(),
+                        cfg.high,
+                        cfg.raise_after.as_secs()
+                    ),
+                ),
                 Transition::Recovered(m, v) => (
                     EventKind::Recovered,
                     m,
@@ -1278,8 +1685,17 @@ impl Agent {
                 });
             }
         }
-        let mut meta = self.swim.meta().clone();
+        let worse = transitions
+            .iter()
+            .any(|t| matches!(t, Transition::Degraded(..) | Transition::Sustained(..)));
         let degraded = self.detector.degraded();
+        if worse {
+            self.on_own_degradation();
+        } else if !degraded && self.helpers.any() {
+            // Recovered (or no longer watching the figure that was high, after a SIGHUP).
+            self.release_helpers("the holder recovered");
+        }
+        let mut meta = self.swim.meta().clone();
         if degraded != meta.degraded || meta.resources.differs(&reading, RESOURCE_ANNOUNCE_POINTS) {
             meta.degraded = degraded;
             meta.resources = Resources {
@@ -1582,6 +1998,14 @@ impl Agent {
                     ("failover-takeovers", c.takeovers),
                     ("failover-restoring", u64::from(self.restoring.is_some())),
                     ("failover-handovers", c.handovers),
+                    (
+                        "failover-helpers",
+                        self.helpers.ready().map_or(0, |(_, ids)| ids.len() as u64),
+                    ),
+                    (
+                        "failover-helping",
+                        u64::from(self.helping.as_ref().is_some_and(|h| h.ready)),
+                    ),
                 ];
                 let mut rows: Vec<(String, u64)> =
                     rows.iter().map(|(n, v)| (n.to_string(), *v)).collect();
@@ -1633,6 +2057,7 @@ impl Agent {
     /// The seat table as this node sees it: the holder's name from membership, and whether it
     /// serves the blade (up, or here with a lease), is restoring it here, or is down.
     fn seat_infos(&self) -> Vec<dci_proto::control::SeatInfo> {
+        let helpers = self.helper_table();
         self.failover
             .seats()
             .iter()
@@ -1667,12 +2092,28 @@ impl Agent {
                 } else {
                     self.member_name(&seat.holder)
                 };
+                let helpers = helpers
+                    .get(blade)
+                    .filter(|(granted, _)| *granted == seat.epoch)
+                    .map(|(_, ids)| {
+                        ids.iter()
+                            .map(|id| dci_proto::control::HelperInfo {
+                                name: id
+                                    .parse::<PeerId>()
+                                    .map(|p| self.member_name(&p))
+                                    .unwrap_or_default(),
+                                node: id.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 dci_proto::control::SeatInfo {
                     blade: blade.clone(),
                     holder: seat.holder.to_string(),
                     holder_name,
                     epoch: seat.epoch,
                     state: state.into(),
+                    helpers,
                 }
             })
             .collect()

@@ -13,6 +13,7 @@ use libp2p::{multiaddr::Protocol, pnet::PreSharedKey, Multiaddr};
 use serde::Deserialize;
 
 use crate::degradation::DegradationConfig;
+use crate::failover::degraded::OnDegraded;
 use crate::membership::swim::SwimConfig;
 use crate::membership::Role;
 use crate::notice::PageConfig;
@@ -115,6 +116,14 @@ pub struct MovesFile {
     pub hook_timeout_ms: Option<u64>,
 }
 
+/// The `[failover]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverFile {
+    /// What a blade's holder does on its own sustained degradation: `none`, `move` or `helper`.
+    pub on_degraded: Option<OnDegraded>,
+}
+
 /// The `[degradation]` table: the sustained-degradation detector.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,6 +178,9 @@ pub struct FileConfig {
     /// Hand-over hooks.
     #[serde(default)]
     pub moves: MovesFile,
+    /// Fail-over policies.
+    #[serde(default)]
+    pub failover: FailoverFile,
     /// `[messaging]`: groups, message log, peerlets.
     #[serde(default)]
     pub messaging: crate::router::MessagingConfig,
@@ -444,6 +456,10 @@ pub struct Config {
     pub degradation: DegradationConfig,
     /// The commands run around a hand-over.
     pub moves: crate::hook::MoveHooks,
+    /// What a holder does on its own sustained degradation.
+    pub on_degraded: OnDegraded,
+    /// The config file, re-read for [`Config::reload_live`].
+    pub config_file: Option<PathBuf>,
     /// Envelope routing, peerlets and the message log.
     pub messaging: crate::router::MessagingConfig,
     /// Backup and replication.
@@ -464,6 +480,19 @@ impl Config {
             None => FileConfig::default(),
         };
         Config::merge(file, cli)
+    }
+
+    /// Re-reads what an agent applies while it runs (on SIGHUP): `[degradation]` and
+    /// `[failover]` from the config file; `None` when it was started without one.
+    pub fn reload_live(&self) -> Result<Option<Live>, ConfigError> {
+        let Some(path) = &self.config_file else {
+            return Ok(None);
+        };
+        let file = read_file(path)?;
+        Ok(Some(Live {
+            degradation: degradation_config(&file.degradation, &duration_ms)?,
+            on_degraded: file.failover.on_degraded.unwrap_or_default(),
+        }))
     }
 
     fn merge(file: FileConfig, cli: &Overrides) -> Result<Config, ConfigError> {
@@ -529,14 +558,7 @@ impl Config {
 
         let defaults = SwimConfig::default();
         let m = &file.membership;
-        let ms =
-            |field: &'static str, v: Option<u64>, d: Duration| -> Result<Duration, ConfigError> {
-                match v {
-                    None => Ok(d),
-                    Some(0) => Err(invalid(field, "0", "must be greater than zero")),
-                    Some(v) => Ok(Duration::from_millis(v)),
-                }
-            };
+        let ms = duration_ms;
         let positive = |field: &'static str, v: Option<u64>, d: u64| -> Result<u64, ConfigError> {
             match v {
                 Some(0) => Err(invalid(field, "0", "must be at least 1")),
@@ -691,12 +713,32 @@ impl Config {
             page,
             degradation,
             moves,
+            on_degraded: file.failover.on_degraded.unwrap_or_default(),
+            config_file: cli.config.clone(),
             messaging: file.messaging,
             backup,
             fs: fs_policy(file.fs)?,
             packages,
             console: console_config(file.console, cli.http.as_deref())?,
         })
+    }
+}
+
+/// The settings an agent re-reads on SIGHUP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Live {
+    /// The detector's marks and windows.
+    pub degradation: DegradationConfig,
+    /// The holder's policy on degradation.
+    pub on_degraded: OnDegraded,
+}
+
+/// A duration in milliseconds from the file, `d` when absent; 0 is refused.
+fn duration_ms(field: &'static str, v: Option<u64>, d: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(d),
+        Some(0) => Err(invalid(field, "0", "must be greater than zero")),
+        Some(v) => Ok(Duration::from_millis(v)),
     }
 }
 
@@ -1047,6 +1089,55 @@ mod tests {
                 .unwrap();
         let err = Config::merge(file, &cli()).unwrap_err().to_string();
         assert!(err.contains("probe_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn the_degradation_policy_defaults_to_none_and_is_re_read_from_the_file() {
+        let c = Config::merge(FileConfig::default(), &cli()).unwrap();
+        assert_eq!(c.on_degraded, OnDegraded::None);
+        assert_eq!(c.reload_live().unwrap(), None, "no file to re-read");
+        assert!(toml::from_str::<FileConfig>(
+            "[failover]
+on_degraded = 'spread'
+"
+        )
+        .is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dcid.toml");
+        std::fs::write(
+            &path,
+            "[failover]
+on_degraded = 'helper'
+",
+        )
+        .unwrap();
+        let mut o = cli();
+        o.config = Some(path.clone());
+        let c = Config::load(&o).unwrap();
+        assert_eq!(c.on_degraded, OnDegraded::Helper);
+        std::fs::write(
+            &path,
+            "[failover]
+on_degraded = 'move'
+[degradation]
+high_pct = 50
+",
+        )
+        .unwrap();
+        let live = c.reload_live().unwrap().unwrap();
+        assert_eq!(
+            (live.on_degraded, live.degradation.high),
+            (OnDegraded::Move, 50)
+        );
+        std::fs::write(
+            &path,
+            "[degradation]
+high_pct = 10
+low_pct = 20
+",
+        )
+        .unwrap();
+        assert!(c.reload_live().is_err(), "a bad file changes nothing");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Sustained degradation, after the seeds' fail-over on performance loss: a node raises
 //! `degraded` when a watched figure stays above its high mark for a whole window, and
 //! `recovered` when, afterwards, it stays below its low mark for another window. A spike shorter
-//! than the window raises nothing, and a figure between the marks keeps the current state.
+//! than the window raises nothing, and a figure between the marks keeps the current state. While
+//! degraded, each further whole window above the high mark raises `sustained` (seed `000`: "a
+//! further decrease in performance" adds another helper).
 //!
 //! Sans-IO: fed readings with their time, it answers with the transitions.
 
@@ -45,6 +47,8 @@ impl Default for DegradationConfig {
 pub enum Transition {
     /// The metric stayed above the high mark for the window; the reading that completed it.
     Degraded(Metric, u8),
+    /// Degraded already, it stayed above the high mark for another whole window.
+    Sustained(Metric, u8),
     /// The metric stayed below the low mark for the window; the reading that completed it.
     Recovered(Metric, u8),
 }
@@ -54,6 +58,8 @@ struct Watch {
     degraded: bool,
     /// Since when the figure has been on the far side of the mark that would change the state.
     run_since: Option<Duration>,
+    /// While degraded, since when it has stayed above the high mark (or the last `sustained`).
+    high_since: Option<Duration>,
 }
 
 /// The detector.
@@ -73,6 +79,15 @@ impl Detector {
         Detector { config, watches }
     }
 
+    /// Applies new marks and windows; the state of each metric still watched is kept.
+    pub fn set_config(&mut self, config: DegradationConfig) {
+        self.watches.retain(|m, _| config.metrics.contains(m));
+        for m in &config.metrics {
+            self.watches.entry(*m).or_default();
+        }
+        self.config = config;
+    }
+
     /// Whether any watched metric is degraded now.
     pub fn degraded(&self) -> bool {
         self.watches.values().any(|w| w.degraded)
@@ -87,8 +102,18 @@ impl Detector {
             };
             let Some(value) = reading.get(*metric) else {
                 w.run_since = None;
+                w.high_since = None;
                 continue;
             };
+            if w.degraded && value > self.config.high {
+                let since = *w.high_since.get_or_insert(now);
+                if now.saturating_sub(since) >= self.config.raise_after {
+                    w.high_since = Some(now);
+                    out.push(Transition::Sustained(*metric, value));
+                }
+            } else {
+                w.high_since = None;
+            }
             let (toward_change, window) = if w.degraded {
                 (value < self.config.low, self.config.clear_after)
             } else {
@@ -102,6 +127,7 @@ impl Detector {
             if now.saturating_sub(since) >= window {
                 w.degraded = !w.degraded;
                 w.run_since = None;
+                w.high_since = w.degraded.then_some(now);
                 out.push(if w.degraded {
                     Transition::Degraded(*metric, value)
                 } else {
@@ -168,6 +194,30 @@ mod tests {
             vec![(6555, Transition::Recovered(Metric::Cpu, 5))]
         );
         assert!(!d.degraded());
+    }
+
+    #[test]
+    fn each_further_window_above_the_high_mark_raises_sustained() {
+        let mut d = Detector::new(DegradationConfig {
+            raise_after: Duration::from_secs(10),
+            ..DegradationConfig::default()
+        });
+        let load: Vec<_> = (0..=35).step_by(5).map(|t| (t, 90)).collect();
+        let got: Vec<(u64, Transition)> = feed(&mut d, &load);
+        assert_eq!(
+            got,
+            vec![
+                (10, Transition::Degraded(Metric::Cpu, 90)),
+                (20, Transition::Sustained(Metric::Cpu, 90)),
+                (30, Transition::Sustained(Metric::Cpu, 90)),
+            ]
+        );
+        // A dip between the marks restarts the window.
+        assert!(feed(&mut d, &[(36, 50), (40, 90), (45, 90)]).is_empty());
+        assert_eq!(
+            feed(&mut d, &[(50, 90)]),
+            vec![(50, Transition::Sustained(Metric::Cpu, 90))]
+        );
     }
 
     #[test]

@@ -74,6 +74,7 @@ async fn a_lying_member_changes_nothing_and_is_counted() {
         resources: Default::default(),
         degraded: false,
         blade: None,
+        helpers: Vec::new(),
     };
 
     // The liar: a real libp2p node with the cluster key, but its own identity.

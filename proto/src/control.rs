@@ -231,6 +231,17 @@ pub struct SeatInfo {
     pub epoch: u64,
     /// One of [`SEAT_STATES`].
     pub state: String,
+    /// The helpers serving its read-only traffic, as its holder announces them.
+    pub helpers: Vec<HelperInfo>,
+}
+
+/// A helper of a loaded blade (`dcish seats`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelperInfo {
+    /// Its node id.
+    pub node: String,
+    /// Its member name (empty when unknown).
+    pub name: String,
 }
 
 /// The reply payload of [`ControlRequest::Seats`].
@@ -243,7 +254,14 @@ pub fn seats_to_payload(seats: &[SeatInfo]) -> Payload {
         push_attribute(&mut s, "holder-name", &seat.holder_name);
         push_attribute(&mut s, "epoch", &seat.epoch.to_string());
         push_attribute(&mut s, "state", &seat.state);
-        s.push_str("/>");
+        s.push('>');
+        for h in &seat.helpers {
+            s.push_str("<helper");
+            push_attribute(&mut s, "node", &h.node);
+            push_attribute(&mut s, "name", &h.name);
+            s.push_str("/>");
+        }
+        s.push_str("</seat>");
     }
     s.push_str("</seats>");
     Payload::trusted(s)
@@ -262,8 +280,19 @@ pub fn seats_from_payload(payload: &Payload) -> Result<Vec<SeatInfo>, ProtoError
                 "seat",
                 ["blade", "holder", "holder-name", "epoch", "state"],
             )?;
-            no_content(e, "seat")?;
+            let helpers = elements(e, "seat", &["helper"])?
+                .into_iter()
+                .map(|h| {
+                    let [node, name] = attributes(h, "helper", ["node", "name"])?;
+                    no_content(h, "helper")?;
+                    Ok(HelperInfo {
+                        node: required("helper/@node", node)?.to_owned(),
+                        name: name.unwrap_or_default().to_owned(),
+                    })
+                })
+                .collect::<Result<Vec<_>, ProtoError>>()?;
             Ok(SeatInfo {
+                helpers,
                 blade: required("seat/@blade", blade)?.to_owned(),
                 holder: required("seat/@holder", holder)?.to_owned(),
                 holder_name: required("seat/@holder-name", holder_name)?.to_owned(),
@@ -1002,6 +1031,10 @@ mod tests {
             holder_name: "spare & 1".into(),
             epoch: 2,
             state: "restoring".into(),
+            helpers: vec![HelperInfo {
+                node: "12D3KooWy".into(),
+                name: "spare-2".into(),
+            }],
         }];
         let payload = seats_to_payload(&seats);
         Payload::new(payload.as_str()).unwrap();

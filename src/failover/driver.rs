@@ -85,6 +85,28 @@ pub enum Wire {
         /// The member.
         node: PeerId,
     },
+    /// The holder of `blade` at `epoch`, degraded, asks a spare to help with its read-only
+    /// traffic.
+    Help {
+        /// The blade.
+        blade: Blade,
+        /// The holder's epoch.
+        epoch: u64,
+    },
+    /// A spare's answer to [`Wire::Help`]: ready (its copy restored), or not helping.
+    Helping {
+        /// The blade.
+        blade: Blade,
+        /// The epoch it was asked at.
+        epoch: u64,
+        /// Whether it serves now.
+        ready: bool,
+    },
+    /// The holder no longer needs this node's help with `blade` (it recovered).
+    Unhelp {
+        /// The blade.
+        blade: Blade,
+    },
 }
 
 /// Encodes a core message for the wire.
@@ -124,7 +146,10 @@ pub fn decode(bytes: &[u8]) -> Result<Wire, MessageError> {
             | Message::Release { blade, .. } => valid(blade),
             Message::Seats { seats } => seats.iter().all(|(b, _)| valid(b)),
         },
-        Wire::HandOver { blade, .. } => valid(blade),
+        Wire::HandOver { blade, .. }
+        | Wire::Help { blade, .. }
+        | Wire::Helping { blade, .. }
+        | Wire::Unhelp { blade } => valid(blade),
         Wire::Forget { .. } => true,
     };
     if !names_ok {
@@ -167,6 +192,13 @@ pub enum Effect {
         blade: Blade,
         /// The node that should take it.
         to: PeerId,
+    },
+    /// A member asks or answers about helping with a blade (see [`super::degraded`]).
+    Help {
+        /// The member.
+        from: PeerId,
+        /// What it said.
+        what: Wire,
     },
     /// The seat table, or what this node acts as, changed: republish the routing view and the
     /// member metadata.
@@ -357,6 +389,9 @@ impl Failover {
                 }
                 Ok(Vec::new())
             }
+            what @ (Wire::Help { .. } | Wire::Helping { .. } | Wire::Unhelp { .. }) => {
+                Ok(vec![Effect::Help { from: peer, what }])
+            }
         }
     }
 
@@ -398,6 +433,11 @@ impl Failover {
     /// The node that should take `blade` over: the first live spare holding no blade (this node
     /// included), in the rank order every node computes the same way.
     pub fn best_spare(&self, blade: &str) -> Option<PeerId> {
+        self.spares(blade).into_iter().next()
+    }
+
+    /// Every live spare holding no blade (this node included), in `blade`'s rank order.
+    pub fn spares(&self, blade: &str) -> Vec<PeerId> {
         let me = std::iter::once(self.settings.me).filter(|id| self.is_candidate(id));
         let spares = self
             .known
@@ -405,7 +445,7 @@ impl Failover {
             .copied()
             .filter(|id| self.is_candidate(id))
             .chain(me);
-        super::rank::ranked(blade, spares).into_iter().next()
+        super::rank::ranked(blade, spares)
     }
 
     /// Whether `id` (a member, or this node) may take a blade over: a live spare holding no
@@ -583,6 +623,15 @@ mod tests {
             },
         };
         assert_eq!(decode(&encode(&climbing)), Err(MessageError::Malformed));
+        let help = Wire::Help {
+            blade: "blade-1".into(),
+            epoch: 2,
+        };
+        assert_eq!(decode(&encode_wire(&help)).unwrap(), help);
+        let bad = Wire::Unhelp {
+            blade: "../x".into(),
+        };
+        assert_eq!(decode(&encode_wire(&bad)), Err(MessageError::Malformed));
         assert_eq!(
             decode(&vec![0; MAX_MESSAGE_BYTES + 1]),
             Err(MessageError::TooLarge)

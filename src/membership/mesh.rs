@@ -19,7 +19,7 @@ pub const MAX_PACKET_BYTES: usize = 4 << 20;
 pub const MAX_UPDATES: usize = 256;
 /// Most members in one push-pull table.
 pub const MAX_STATE: usize = 65_536;
-/// Most addresses in one member's metadata.
+/// Most addresses (and helpers) in one member's metadata.
 pub const MAX_ADDRS: usize = 16;
 /// Longest name, zone, version or address.
 pub const MAX_FIELD_BYTES: usize = 256;
@@ -45,17 +45,21 @@ pub struct MemberMeta {
     pub degraded: bool,
     /// The blade this node acts as now (from the seat table and its lease), and its epoch.
     pub blade: Option<(String, u64)>,
+    /// The node ids of the helpers serving that blade's read-only traffic, granted at that epoch.
+    pub helpers: Vec<String>,
 }
 
 impl MemberMeta {
     fn within_limits(&self) -> bool {
         self.addrs.len() <= MAX_ADDRS
             && self.data_addrs.len() <= MAX_ADDRS
+            && self.helpers.len() <= MAX_ADDRS
             && [&self.name, &self.zone, &self.version]
                 .into_iter()
                 .chain(self.blade.as_ref().map(|(b, _)| b))
                 .chain(&self.addrs)
                 .chain(&self.data_addrs)
+                .chain(&self.helpers)
                 .all(|f| f.len() <= MAX_FIELD_BYTES)
     }
 }
@@ -160,6 +164,7 @@ mod tests {
             resources: Resources::default(),
             degraded: false,
             blade: None,
+            helpers: Vec::new(),
         }
     }
 

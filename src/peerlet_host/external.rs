@@ -52,6 +52,10 @@ pub struct Manifest {
     /// `wrap`: bytes kept of each of stdout and stderr.
     #[serde(default = "default_max_output")]
     pub max_output: usize,
+    /// The message types it answers without changing anything (`*`: all), which a helper of a
+    /// loaded blade may serve (see [`dci_peerlet::PeerletType::read_only`]).
+    #[serde(default)]
+    pub read_only: Vec<String>,
     /// The directory the program runs in (the manifest's).
     #[serde(skip)]
     pub dir: PathBuf,

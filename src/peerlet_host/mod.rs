@@ -326,6 +326,22 @@ impl Host {
         Ok(id)
     }
 
+    /// Each app type's read-only message types, as its peerlet declares them.
+    pub fn read_only(&self) -> HashMap<String, Vec<String>> {
+        let builtins = self.builtins.iter().map(|(app, t)| {
+            let types = t.read_only().iter().map(|s| s.to_string()).collect();
+            (app.clone(), types)
+        });
+        let externals = self
+            .externals
+            .iter()
+            .map(|(app, m)| (app.clone(), m.read_only.clone()));
+        builtins
+            .chain(externals)
+            .filter(|(_, types): &(String, Vec<String>)| !types.is_empty())
+            .collect()
+    }
+
     /// Whether `app` is a type this host can start.
     pub fn knows(&self, app: &str) -> bool {
         self.builtins.contains_key(app) || self.externals.contains_key(app)
@@ -467,6 +483,7 @@ mod tests {
             mode: external::Mode::Envelopes,
             timeout_ms: 1000,
             max_output: 1024,
+            read_only: Vec::new(),
             dir: std::env::temp_dir(),
         })
         .unwrap();

@@ -17,6 +17,12 @@
 //! driver dials). Whatever cannot be delivered comes
 //! back to its sender as an error envelope; an undeliverable reply or error is only counted and
 //! logged, so that errors never bounce forever.
+//!
+//! Helpers (seed `000`'s load sharing): a blade under sustained load may have helpers, spares that
+//! restored a copy of its data. The origin spreads an envelope for the blade over the holder and
+//! its helpers (by envelope id) only when the target peerlet declares its message type read-only,
+//! and only to helpers granted at the seat's current epoch; a helper delivers such an envelope
+//! itself under the same two checks, and passes anything else on to the holder.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -87,6 +93,11 @@ pub struct View {
     /// The seat table: blade → (holder node, epoch); `None` when this node holds the seat but
     /// may not act as the blade now (no lease), so that nothing is delivered to it here.
     pub seats: HashMap<String, Option<(String, u64)>>,
+    /// Helpers as their holders announce them: blade → (the epoch they were granted at, their
+    /// nodes).
+    pub helpers: HashMap<String, (u64, Vec<String>)>,
+    /// The blade this node helps, with the epoch it was granted at.
+    pub helping: Option<(String, u64)>,
 }
 
 impl SeatLookup for View {
@@ -203,6 +214,8 @@ pub struct Router {
     dedup: Dedup,
     actions: Vec<Action>,
     stats: Stats,
+    /// App type → the message types its peerlet declares read-only (`*`: all).
+    read_only: HashMap<String, Vec<String>>,
 }
 
 /// Dedup memory: this many keys per generation (two generations at most; about 48 bytes each).
@@ -216,7 +229,13 @@ impl Router {
             dedup: Dedup::new(DEDUP_CAPACITY),
             actions: Vec::new(),
             stats: Stats::default(),
+            read_only: HashMap::new(),
         }
+    }
+
+    /// Replaces what the local peerlets declare read-only (app type → message types).
+    pub fn set_read_only(&mut self, read_only: HashMap<String, Vec<String>>) {
+        self.read_only = read_only;
     }
 
     /// Replaces what the router knows of the mesh.
@@ -357,9 +376,69 @@ impl Router {
         known.is_some_and(|k| env.epoch.unwrap_or(0) < k)
     }
 
+    /// Whether `env` is a request or event whose target peerlet declares its message type
+    /// read-only here.
+    fn read_only(&self, env: &Envelope) -> bool {
+        if !matches!(env.kind, Kind::Request | Kind::Event) {
+            return false;
+        }
+        let declared = env
+            .target
+            .app
+            .as_deref()
+            .and_then(|app| self.read_only.get(app));
+        match (declared, dci_peerlet::message_type(&env.payload)) {
+            (Some(types), Some(t)) => dci_peerlet::is_read_only(types, t),
+            _ => false,
+        }
+    }
+
+    /// The node that serves `env` for `blade`, held by `holder` at `epoch`: the holder, or, for a
+    /// read-only envelope, one of the holder and its helpers granted at this very epoch, chosen
+    /// by the envelope's id. A copy from a peer was spread by its origin already: it is served
+    /// here when this node helps the blade now, and goes to the holder otherwise.
+    fn server(
+        &self,
+        env: &Envelope,
+        blade: &str,
+        holder: String,
+        epoch: u64,
+        local: bool,
+    ) -> String {
+        if !self.read_only(env) {
+            return holder;
+        }
+        let helping_here = self.view.helping.as_ref() == Some(&(blade.to_owned(), epoch));
+        if !local {
+            return if helping_here {
+                self.view.local.clone()
+            } else {
+                holder
+            };
+        }
+        let mut nodes = vec![holder];
+        if let Some((granted, helpers)) = self.view.helpers.get(blade) {
+            if *granted == epoch {
+                let live = helpers.iter().filter(|h| {
+                    if **h == self.view.local {
+                        helping_here
+                    } else {
+                        self.view.peer(h).is_some_and(|p| p.up)
+                    }
+                });
+                nodes.extend(live.cloned());
+            }
+        }
+        let i = (env.id.as_u128() % nodes.len() as u128) as usize;
+        nodes.swap_remove(i)
+    }
+
     fn unicast_blade(&mut self, env: Envelope, blade: &str, from: Option<&str>) {
         match self.view.holder(blade) {
-            Some((node, _epoch)) => self.unicast(env, &node, from),
+            Some((node, epoch)) => {
+                let node = self.server(&env, blade, node, epoch, from.is_none());
+                self.unicast(env, &node, from)
+            }
             None => self.refuse(
                 &env,
                 DropReason::Unroutable,
@@ -542,6 +621,8 @@ mod tests {
                 vec!["blade-a".to_string(), "blade-c".to_string()],
             )]),
             seats: HashMap::new(),
+            helpers: HashMap::new(),
+            helping: None,
         }
     }
 
@@ -868,5 +949,85 @@ mod tests {
             );
         }
         assert_eq!(r.stats().dropped.get(&DropReason::StaleEpoch), Some(&2));
+    }
+    fn typed(from: &str, blade: &str, message: &str) -> Envelope {
+        let mut e = env(from, Destination::Blade(blade.into()), 9);
+        e.payload = Payload::new(format!("<{message} xmlns=\"urn:t\"/>")).unwrap();
+        e
+    }
+
+    fn helped_view(local: &str, granted_at: u64) -> View {
+        let mut v = view();
+        v.local = local.into();
+        v.seats.insert("blade-b".into(), Some(("b".into(), 4)));
+        v.helpers
+            .insert("blade-b".into(), (granted_at, vec!["c".into()]));
+        v
+    }
+
+    fn read_only_echo() -> HashMap<String, Vec<String>> {
+        HashMap::from([("echo".to_string(), vec!["whoami".to_string()])])
+    }
+
+    #[test]
+    fn only_read_only_envelopes_are_spread_to_helpers_and_only_at_the_seats_epoch() {
+        let mut r = Router::new(Arc::new(helped_view("a", 4)));
+        r.set_read_only(read_only_echo());
+        let mut reads = std::collections::BTreeMap::new();
+        for _ in 0..64 {
+            let a = run(&mut r, typed("a", "blade-b", "whoami"), Origin::Local);
+            for (peer, _, _) in sends(&a) {
+                *reads.entry(peer).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(reads.keys().collect::<Vec<_>>(), ["b", "c"], "{reads:?}");
+        for _ in 0..16 {
+            let a = run(&mut r, typed("a", "blade-b", "write"), Origin::Local);
+            assert_eq!(
+                sends(&a),
+                vec![("b".into(), None, 8)],
+                "a write stays with the holder"
+            );
+        }
+        // Helpers granted at an older epoch are not used: the seat moved on since.
+        let mut r = Router::new(Arc::new(helped_view("a", 3)));
+        r.set_read_only(read_only_echo());
+        for _ in 0..16 {
+            let a = run(&mut r, typed("a", "blade-b", "whoami"), Origin::Local);
+            assert_eq!(sends(&a), vec![("b".into(), None, 8)]);
+        }
+    }
+
+    #[test]
+    fn a_helper_serves_only_read_only_copies_for_its_blade_at_its_epoch_and_passes_the_rest_on() {
+        let helper = |helping_at: u64| {
+            let mut v = helped_view("c", 4);
+            v.peers[1].node = "a".into();
+            v.helping = Some(("blade-b".into(), helping_at));
+            let mut r = Router::new(Arc::new(v));
+            r.set_read_only(read_only_echo());
+            r
+        };
+        let mut r = helper(4);
+        let a = run(
+            &mut r,
+            typed("a", "blade-b", "whoami"),
+            Origin::Peer("a".into()),
+        );
+        assert!(matches!(&a[..], [Action::Deliver(_)]), "{a:?}");
+        let a = run(
+            &mut r,
+            typed("a", "blade-b", "write"),
+            Origin::Peer("a".into()),
+        );
+        assert_eq!(sends(&a), vec![("b".into(), None, 8)]);
+        // Granted at an epoch the seat has left: it is no helper any more.
+        let mut r = helper(3);
+        let a = run(
+            &mut r,
+            typed("a", "blade-b", "whoami"),
+            Origin::Peer("a".into()),
+        );
+        assert_eq!(sends(&a), vec![("b".into(), None, 8)]);
     }
 }

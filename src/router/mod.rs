@@ -523,8 +523,10 @@ impl Messenger {
             local,
             blade: setup.blade,
         };
+        let mut core = Router::new(view);
+        core.set_read_only(host.read_only());
         let messenger = Messenger {
-            core: Router::new(view),
+            core,
             host,
             links: HashMap::new(),
             waiters: HashMap::new(),
@@ -687,6 +689,7 @@ impl Messenger {
                         Ok(None)
                     }
                 };
+                self.core.set_read_only(self.host.read_only());
                 let _ = reply.send(answer);
             }
         }
@@ -1379,5 +1382,7 @@ pub fn view_of<'a>(
             })
             .collect(),
         groups: groups.clone(),
+        helpers: HashMap::new(),
+        helping: None,
     }
 }

@@ -715,7 +715,8 @@ async fn failover(
     })
 }
 
-/// `dcish --json seats`: an array of `{blade, holder, holder_name, epoch, state}`.
+/// `dcish --json seats`: an array of `{blade, holder, holder_name, epoch, state, helpers}`, each
+/// helper `{node, name}`.
 pub fn seats_json(seats: &[SeatInfo]) -> String {
     let rows: Vec<serde_json::Value> = seats
         .iter()
@@ -726,6 +727,10 @@ pub fn seats_json(seats: &[SeatInfo]) -> String {
                 "holder_name": s.holder_name,
                 "epoch": s.epoch,
                 "state": s.state,
+                "helpers": s.helpers.iter().map(|h| serde_json::json!({
+                    "node": h.node,
+                    "name": h.name,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -742,12 +747,18 @@ pub fn seats_table(seats: &[SeatInfo], color: bool) -> String {
                 s.holder_name.clone(),
                 s.epoch.to_string(),
                 s.state.clone(),
+                if s.helpers.is_empty() {
+                    "-".into()
+                } else {
+                    let names: Vec<&str> = s.helpers.iter().map(|h| h.name.as_str()).collect();
+                    names.join(",")
+                },
                 s.holder.clone(),
             ]
         })
         .collect();
     table(
-        &["BLADE", "HOLDER", "EPOCH", "STATE", "HOLDER ID"],
+        &["BLADE", "HOLDER", "EPOCH", "STATE", "HELPERS", "HOLDER ID"],
         &rows,
         Some(3),
         color,
@@ -1037,8 +1048,13 @@ mod tests {
             holder_name: "spare".into(),
             epoch: 2,
             state: "held".into(),
+            helpers: vec![dci_proto::control::HelperInfo {
+                node: "12D3KooWh".into(),
+                name: "spare-2".into(),
+            }],
         };
         let v: serde_json::Value = serde_json::from_str(&seats_json(&[seat])).unwrap();
+        assert_eq!(v[0]["helpers"][0]["name"], "spare-2");
         assert_eq!(v[0]["blade"], "b1");
         assert_eq!(v[0]["holder"], "12D3KooWs");
         assert_eq!(v[0]["holder_name"], "spare");

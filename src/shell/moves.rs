@@ -434,6 +434,7 @@ mod tests {
             holder_name: holder.into(),
             epoch: 1,
             state: state.into(),
+            helpers: Vec::new(),
         }
     }
 

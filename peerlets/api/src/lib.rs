@@ -46,6 +46,39 @@ pub trait PeerletType: Send + Sync + 'static {
     fn app(&self) -> &str;
     /// A new instance, with its GUID.
     fn create(&self, instance: Uuid) -> Box<dyn Peerlet>;
+    /// The message types (see [`message_type`]) this peerlet answers without changing anything,
+    /// `*` for all: only these may be served by a helper of a loaded blade, which holds a copy of
+    /// the blade's data but none of its writes. None by default.
+    fn read_only(&self) -> &[&str] {
+        &[]
+    }
+}
+
+/// The message type of a payload: its root element's local name (`read` for
+/// `<fs:read xmlns:fs="…"/>`), if it has one.
+pub fn message_type(payload: &Payload) -> Option<&str> {
+    let mut xml = payload.as_str();
+    loop {
+        let start = xml.find('<')?;
+        xml = &xml[start + 1..];
+        // Skip declarations, processing instructions and comments.
+        if !xml.starts_with(['?', '!']) {
+            break;
+        }
+    }
+    let end = xml
+        .find(|c: char| c.is_whitespace() || c == '>' || c == '/')
+        .unwrap_or(xml.len());
+    let name = &xml[..end];
+    let local = name.rsplit(':').next().unwrap_or(name);
+    (!local.is_empty()).then_some(local)
+}
+
+/// Whether `message_type` is among the `declared` read-only types (`*` declares all).
+pub fn is_read_only<S: AsRef<str>>(declared: &[S], message_type: &str) -> bool {
+    declared
+        .iter()
+        .any(|d| d.as_ref() == "*" || d.as_ref() == message_type)
 }
 
 /// Why a peerlet refused an envelope: a short code and a one-line message, sent back in an error
@@ -345,6 +378,24 @@ mod tests {
             error_from_payload(&p),
             Some(("bad".to_string(), "a <b> & \"c\"".to_string()))
         );
+    }
+
+    #[test]
+    fn the_message_type_is_the_root_elements_local_name() {
+        let p = |x: &str| Payload::new(x).unwrap();
+        assert_eq!(
+            message_type(&p("<read xmlns=\"urn:x\" offset=\"0\"/>")),
+            Some("read")
+        );
+        assert_eq!(
+            message_type(&p("<!-- c --><f:get xmlns:f=\"urn:x\"/>")),
+            Some("get")
+        );
+        assert_eq!(message_type(&Payload::empty()), None);
+        assert!(is_read_only(&["list", "read"], "read"));
+        assert!(!is_read_only(&["list", "read"], "write"));
+        assert!(is_read_only(&["*"], "anything"));
+        assert!(!is_read_only::<&str>(&[], "read"));
     }
 
     #[test]

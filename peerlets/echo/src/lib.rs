@@ -24,6 +24,11 @@ impl PeerletType for EchoType {
     fn create(&self, _instance: Uuid) -> Box<dyn Peerlet> {
         Box::new(Echo { received: 0 })
     }
+
+    /// Echo changes nothing but its instance's count: a helper may answer all of it.
+    fn read_only(&self) -> &[&str] {
+        &["*"]
+    }
 }
 
 /// One echo instance.

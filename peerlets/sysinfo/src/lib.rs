@@ -26,6 +26,10 @@ impl PeerletType for SysinfoType {
     fn create(&self, _instance: Uuid) -> Box<dyn Peerlet> {
         Box::new(Sysinfo)
     }
+
+    fn read_only(&self) -> &[&str] {
+        &["get"]
+    }
 }
 
 /// One sysinfo instance (it keeps no state).
