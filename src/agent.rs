@@ -135,6 +135,8 @@ pub struct Agent {
     view_pending: bool,
     /// Failure notices the router delivered here, with the peer that sent them.
     notices_in: mpsc::Receiver<(Envelope, PeerId)>,
+    /// Members the router could not open a stream to: dialled at their announced addresses.
+    dials_in: mpsc::Receiver<PeerId>,
     /// The replication service's requests in flight, and its channels.
     replication: crate::replication::Link,
     /// The backup settings in force (the config file's, with the operator's changes), which say
@@ -287,6 +289,7 @@ impl Agent {
             ..Default::default()
         }));
         let (notice_tx, notices_in) = mpsc::channel(256);
+        let (dial_tx, dials_in) = mpsc::channel(256);
         // Off by default: without the channel the router refuses an unknown app at once.
         let (retrieve_tx, retrieve_rx) = mpsc::channel(64);
         let on_demand = config.packages.on_demand;
@@ -296,6 +299,7 @@ impl Agent {
             control: swarm.behaviour().stream.new_control(),
             view: view_rx,
             notices: notice_tx,
+            dials: dial_tx,
             db: Some(db.clone()),
             config: config.messaging.clone(),
             fs: config.fs.clone(),
@@ -435,6 +439,7 @@ impl Agent {
             view_synced: Instant::now(),
             view_pending: false,
             notices_in,
+            dials_in,
         };
         agent.apply_outputs();
         agent.sync_view();
@@ -492,6 +497,7 @@ impl Agent {
                 Some(query) = self.queries.recv() => self.on_query(query),
                 Some(reason) = self.disk_faults.recv() => self.on_disk_fault(reason),
                 Some((env, peer)) = self.notices_in.recv() => self.on_notice(env, peer),
+                Some(peer) = self.dials_in.recv() => self.dial_member(peer),
                 Some(cmd) = self.replication.next_command() => self.on_replication(cmd),
                 Some(done) = self.takeovers.recv() => self.on_takeover_done(done),
                 Some((blade, to)) = self.handovers.recv() => self.release(blade, to),
@@ -1715,19 +1721,25 @@ impl Agent {
     /// Queues a message for `to`, dialling it at its announced addresses first when it is not
     /// connected (the stream waits for that connection).
     fn send_frame(&mut self, lane: Lane, to: PeerId, message: Vec<u8>) {
-        if !self.connected.contains(&to) {
-            let addrs: Vec<Multiaddr> = self
-                .swim
-                .member(&to)
-                .map(|m| m.meta.addrs.iter().filter_map(|a| a.parse().ok()).collect())
-                .unwrap_or_default();
-            let opts = DialOpts::peer_id(to)
-                .addresses(addrs)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build();
-            let _ = self.swarm.dial(opts);
-        }
+        self.dial_member(to);
         self.frames.send(lane, to, message);
+    }
+
+    /// Dials a member at its announced addresses, unless it is connected or being dialled.
+    fn dial_member(&mut self, to: PeerId) {
+        if self.connected.contains(&to) {
+            return;
+        }
+        let addrs: Vec<Multiaddr> = self
+            .swim
+            .member(&to)
+            .map(|m| m.meta.addrs.iter().filter_map(|a| a.parse().ok()).collect())
+            .unwrap_or_default();
+        let opts = DialOpts::peer_id(to)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        let _ = self.swarm.dial(opts);
     }
 
     /// Dials every seed not reached yet. Seeds are retried even while other peers are connected:

@@ -329,9 +329,9 @@ impl Router {
         );
     }
 
-    /// An envelope written towards `peer` whose receipt never came (the connection broke or
-    /// stalled): it may or may not have arrived, so it is not sent again but its sender is told,
-    /// in time to hear it before it stops waiting.
+    /// An envelope written towards `peer`, which then confirmed nothing for a while (cut off or
+    /// frozen): it may or may not have arrived, and another try would likely stall as long, so
+    /// it is not sent again but its sender is told, in time to hear it before it stops waiting.
     pub fn handle_unconfirmed(&mut self, env: Envelope, peer: &str, relay_to: Option<&str>) {
         let to = relay_to.unwrap_or(peer).to_owned();
         self.refuse(
@@ -339,7 +339,7 @@ impl Router {
             DropReason::Unconfirmed,
             "unreachable",
             &format!(
-                "node {peer} did not confirm receipt (its connection broke or stalled); the envelope to {to} may or may not have arrived"
+                "node {peer} stopped confirming receipt (cut off or frozen); the envelope to {to} may or may not have arrived"
             ),
         );
     }

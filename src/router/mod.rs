@@ -44,8 +44,9 @@ use crate::peerlet_host::Host;
 pub const MESH_PROTOCOL: StreamProtocol = StreamProtocol::new("/dci/envelopes/3");
 /// How long the routing task waits for room in a full peer queue before answering `busy`.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
-/// How long opening a stream to a peer may take.
+/// How long opening a stream to a peer may take, and how often a failed dial is tried again.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+const OPEN_RETRY: Duration = Duration::from_millis(100);
 /// Frames batched into one write at most.
 const WRITE_BATCH: usize = 512;
 /// The local app that answers log queries and replays.
@@ -196,8 +197,8 @@ enum Command {
         from_text: Arc<str>,
         items: Vec<(Option<String>, Envelope)>,
     },
-    /// A writer's stream to `peer` ended with these envelopes not sent, and these written but
-    /// never confirmed (their payloads dropped: only their headers are needed to answer).
+    /// A writer's stream to `peer` ended with these envelopes to send again (never written, or
+    /// written into a stream that broke), and these written to a peer that stalled.
     SendFailed {
         peer: String,
         unsent: Vec<Queued>,
@@ -443,6 +444,7 @@ pub struct Messenger {
     tx: mpsc::Sender<Command>,
     view: watch::Receiver<Arc<View>>,
     notices: mpsc::Sender<(Envelope, PeerId)>,
+    dials: mpsc::Sender<PeerId>,
     started: Instant,
     config: MessagingConfig,
     counters: Counters,
@@ -465,6 +467,9 @@ pub struct Setup {
     pub view: watch::Receiver<Arc<View>>,
     /// Where failure notices delivered here go (with the peer that sent them).
     pub notices: mpsc::Sender<(Envelope, PeerId)>,
+    /// Where to ask the agent to dial a member at its announced addresses (the swarm has none
+    /// for a member known only through gossip).
+    pub dials: mpsc::Sender<PeerId>,
     /// The database for the message log; none to log nothing.
     pub db: Option<sled::Db>,
     /// Settings.
@@ -537,6 +542,7 @@ impl Messenger {
             tx,
             view: setup.view,
             notices: setup.notices,
+            dials: setup.dials,
             started: Instant::now(),
             config: setup.config,
             counters: Counters::default(),
@@ -871,7 +877,12 @@ impl Messenger {
                     return;
                 };
                 let (tx, rx) = mpsc::channel(self.config.peer_queue.max(1));
-                tokio::spawn(write_stream(id, self.control.clone(), rx, self.tx.clone()));
+                tokio::spawn(write_stream(
+                    id,
+                    (self.control.clone(), self.dials.clone()),
+                    rx,
+                    self.tx.clone(),
+                ));
                 self.links.insert(
                     peer.clone(),
                     Link {
@@ -1238,65 +1249,153 @@ async fn read_stream(
 /// as broken: below the default answer wait, so that the sender of an envelope written into a
 /// dead connection hears `unreachable` before it stops waiting, instead of nothing.
 const RECEIPT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Envelopes written and not yet confirmed, at most: beyond, the writer takes no more from its
-/// queue, which fills, and senders get `busy`.
+/// Envelopes (and their bytes) written and not yet confirmed, at most: beyond, the writer takes
+/// no more from its queue, which fills, and senders get `busy`.
 const MAX_UNCONFIRMED: usize = 4096;
+const MAX_UNCONFIRMED_BYTES: usize = 8 << 20;
 
-/// Opens a stream to `peer` and writes what is queued for it, in batches, keeping what it wrote
-/// until the peer's receipts (a count of frames, each time it has read some) confirm it. When
-/// the stream ends, what was never written goes back to the router to be relayed or refused,
-/// and what was written but not confirmed is refused to its sender: it may have arrived.
+/// How a writer's stream ended, which says what becomes of what it wrote unconfirmed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum StreamEnd {
+    /// The link was dropped and everything written was confirmed.
+    Done,
+    /// The connection closed or the stream broke (a peer restarting, a duplicate connection
+    /// closed): what was not confirmed is written again on a new stream, once; after that it
+    /// is sent again like what was never written, through a relay (the receivers' duplicate
+    /// suppression drops a second copy).
+    Broken,
+    /// No receipt for [`RECEIPT_TIMEOUT`] (a partitioned or frozen peer): another try would
+    /// likely stall as long, so what was not confirmed is answered `unreachable` at once.
+    Stalled,
+}
+
+/// What a writer wrote and the peer has not yet confirmed, with each frame's size.
+type Unconfirmed = VecDeque<(Queued, usize)>;
+
+/// Writes what is queued for `peer`, in batches, keeping what it wrote until the peer's receipts
+/// (a count of frames, each time it has read some) confirm it. A stream that breaks is opened
+/// again once, with what it left unconfirmed written first. When the writer gives up, what was
+/// never written goes back to the router to be relayed or refused, and so does what was
+/// written but not confirmed, unless the peer stalled (see [`StreamEnd`]).
 async fn write_stream(
     peer: PeerId,
-    mut control: libp2p_stream::Control,
+    (mut control, dials): (libp2p_stream::Control, mpsc::Sender<PeerId>),
     mut rx: mpsc::Receiver<Queued>,
     tx: mpsc::Sender<Command>,
 ) {
-    let fail = |unconfirmed: VecDeque<Queued>, mut rx: mpsc::Receiver<Queued>| {
-        let tx = tx.clone();
-        async move {
-            rx.close();
-            let mut unsent = Vec::new();
-            while let Ok(item) = rx.try_recv() {
-                unsent.push(item);
+    let mut unconfirmed = Unconfirmed::new();
+    let mut end = StreamEnd::Broken;
+    for attempt in 0..2 {
+        let stream = match open_stream(&mut control, &dials, peer).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, "cannot open envelope stream: {e}");
+                break;
             }
-            if unsent.is_empty() && unconfirmed.is_empty() {
-                return;
+        };
+        if attempt > 0 {
+            tracing::debug!(%peer, again = unconfirmed.len(), "envelope stream opened again");
+        }
+        end = write_on(peer, stream, &mut rx, &mut unconfirmed).await;
+        if end != StreamEnd::Broken {
+            break;
+        }
+    }
+    if end == StreamEnd::Done {
+        return;
+    }
+    rx.close();
+    let written = unconfirmed.into_iter().map(|(item, _)| item);
+    let (mut unsent, unconfirmed): (Vec<Queued>, Vec<Queued>) = match end {
+        StreamEnd::Stalled => (Vec::new(), written.collect()),
+        _ => (written.collect(), Vec::new()),
+    };
+    while let Ok(item) = rx.try_recv() {
+        unsent.push(item);
+    }
+    if unsent.is_empty() && unconfirmed.is_empty() {
+        return;
+    }
+    let _ = tx
+        .send(Command::SendFailed {
+            peer: peer.to_string(),
+            unsent,
+            unconfirmed,
+        })
+        .await;
+}
+
+/// Opens an envelope stream to `peer`. When the dial fails (a member known only through gossip
+/// has no address in the swarm), the agent is asked to dial it at its announced addresses, and
+/// the stream is tried again every 100 ms for [`OPEN_TIMEOUT`].
+async fn open_stream(
+    control: &mut libp2p_stream::Control,
+    dials: &mpsc::Sender<PeerId>,
+    peer: PeerId,
+) -> Result<libp2p::Stream, String> {
+    let deadline = Instant::now() + OPEN_TIMEOUT;
+    let mut asked = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, control.open_stream(peer, MESH_PROTOCOL)).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(libp2p_stream::OpenStreamError::Io(e)))
+                if Instant::now() + OPEN_RETRY < deadline =>
+            {
+                tracing::trace!(%peer, "envelope stream not open yet: {e}");
+                if !asked {
+                    asked = dials.try_send(peer).is_ok();
+                }
+                tokio::time::sleep(OPEN_RETRY).await;
             }
-            let _ = tx
-                .send(Command::SendFailed {
-                    peer: peer.to_string(),
-                    unsent,
-                    unconfirmed: unconfirmed.into(),
-                })
-                .await;
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("not open after {OPEN_TIMEOUT:?}")),
         }
-    };
-    let opened = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, MESH_PROTOCOL)).await;
-    let stream = match opened {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, "cannot open envelope stream: {e}");
-            return fail(VecDeque::new(), rx).await;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "opening an envelope stream timed out");
-            return fail(VecDeque::new(), rx).await;
-        }
-    };
+    }
+}
+
+/// One stream of [`write_stream`]: writes what `unconfirmed` holds (left by a broken stream),
+/// then what the queue brings, until the queue closes and all is confirmed, or the stream
+/// breaks or stalls.
+async fn write_on(
+    peer: PeerId,
+    stream: libp2p::Stream,
+    rx: &mut mpsc::Receiver<Queued>,
+    unconfirmed: &mut Unconfirmed,
+) -> StreamEnd {
     let (receipts, mut stream) = stream.split();
     let (counts_tx, mut counts) = mpsc::channel(64);
     tokio::spawn(read_receipts(receipts, counts_tx));
-    let mut unconfirmed: VecDeque<Queued> = VecDeque::new();
+    let mut buf = Vec::with_capacity(64 << 10);
+    for ((env, relay_to), _) in unconfirmed.iter() {
+        wire::encode(env, relay_to.as_deref(), &mut buf);
+    }
+    let mut unconfirmed_bytes: usize = unconfirmed.iter().map(|(_, size)| size).sum();
     // Since when the oldest unconfirmed envelope has waited with no receipt at all.
     let mut waiting_since = Instant::now();
     let mut queue_open = true;
-    let mut buf = Vec::with_capacity(64 << 10);
     let mut batch = Vec::with_capacity(WRITE_BATCH);
-    while queue_open || !unconfirmed.is_empty() {
+    loop {
+        if !buf.is_empty() {
+            let written = async {
+                stream.write_all(&buf).await?;
+                stream.flush().await
+            }
+            .await;
+            if let Err(e) = written {
+                tracing::debug!(%peer, "envelope stream broke: {e}");
+                return StreamEnd::Broken;
+            }
+            buf.clear();
+        }
+        if !queue_open && unconfirmed.is_empty() {
+            let _ = stream.close().await;
+            return StreamEnd::Done;
+        }
         let deadline = tokio::time::Instant::from_std(waiting_since + RECEIPT_TIMEOUT);
+        let room = unconfirmed.len() < MAX_UNCONFIRMED && unconfirmed_bytes < MAX_UNCONFIRMED_BYTES;
         tokio::select! {
-            item = rx.recv(), if queue_open && unconfirmed.len() < MAX_UNCONFIRMED => {
+            item = rx.recv(), if queue_open && room => {
                 let Some(first) = item else {
                     queue_open = false; // the link was dropped: wait for the last receipts
                     continue;
@@ -1308,44 +1407,34 @@ async fn write_stream(
                         Err(_) => break,
                     }
                 }
-                buf.clear();
-                for (env, relay_to) in &batch {
-                    wire::encode(env, relay_to.as_deref(), &mut buf);
-                }
                 if unconfirmed.is_empty() {
                     waiting_since = Instant::now();
                 }
-                // Only the headers are kept: an answer to the sender needs nothing else.
-                unconfirmed.extend(batch.drain(..).map(|(mut env, relay_to)| {
-                    env.payload = Payload::empty();
-                    (env, relay_to)
-                }));
-                let written = async {
-                    stream.write_all(&buf).await?;
-                    stream.flush().await
-                }
-                .await;
-                if let Err(e) = written {
-                    tracing::debug!(%peer, "envelope stream broke: {e}");
-                    return fail(unconfirmed, rx).await;
+                for (env, relay_to) in batch.drain(..) {
+                    let before = buf.len();
+                    wire::encode(&env, relay_to.as_deref(), &mut buf);
+                    let size = buf.len() - before;
+                    unconfirmed_bytes += size;
+                    unconfirmed.push_back(((env, relay_to), size));
                 }
             }
             count = counts.recv() => {
                 let Some(count) = count else {
                     tracing::debug!(%peer, "envelope stream closed by the peer");
-                    return fail(unconfirmed, rx).await;
+                    return StreamEnd::Broken;
                 };
                 let done = usize::try_from(count).unwrap_or(usize::MAX).min(unconfirmed.len());
-                unconfirmed.drain(..done);
+                for (_, size) in unconfirmed.drain(..done) {
+                    unconfirmed_bytes -= size;
+                }
                 waiting_since = Instant::now();
             }
             _ = tokio::time::sleep_until(deadline), if !unconfirmed.is_empty() => {
-                tracing::debug!(%peer, unconfirmed = unconfirmed.len(), "no receipt for {RECEIPT_TIMEOUT:?}; the envelope stream counts as broken");
-                return fail(unconfirmed, rx).await;
+                tracing::debug!(%peer, unconfirmed = unconfirmed.len(), "no receipt for {RECEIPT_TIMEOUT:?}; the envelope stream counts as stalled");
+                return StreamEnd::Stalled;
             }
         }
     }
-    let _ = stream.close().await;
 }
 
 /// Reads a peer's receipts (big-endian counts of frames read) off the envelope stream to it;
