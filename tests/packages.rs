@@ -593,3 +593,99 @@ fn with_run_as_install_commands_run_as_that_user_without_roots_groups() {
     }
     assert!(!node.data_dir.join("packages").exists());
 }
+
+/// The node id that answered `upper` on `blade` from `node`, if it answered.
+fn upper_answered_by(node: &Node, blade: &str) -> Option<String> {
+    let out = node.dcish(&[
+        "--json",
+        "send",
+        blade,
+        "--app",
+        "upper",
+        r#"<text xmlns="urn:t:1">x</text>"#,
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let answer = &v["answers"][0];
+    (answer["kind"] == "reply").then(|| answer["node"].as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn a_package_deployed_to_a_blade_follows_it_to_the_node_that_takes_it_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let op = key(root, "op.key");
+    let pubkey = root.join("op.key.pub");
+    let trusted = ["--trusted-key", pubkey.to_str().unwrap()];
+    let (b1_root, spare_root) = (root.join("b1-data"), root.join("spare-data"));
+    std::fs::create_dir_all(b1_root.join("docs")).unwrap();
+    std::fs::write(b1_root.join("docs/a.txt"), b"the blade's own file\n").unwrap();
+    let first = free_port();
+    let b1 = Node::start(
+        root,
+        "b1",
+        first,
+        &[],
+        &[&trusted[..], &["--backup-root", b1_root.to_str().unwrap()]].concat(),
+    );
+    let b2 = Node::start(root, "b2", free_port(), &[first], &trusted);
+    let spare = Node::start(
+        root,
+        "spare",
+        free_port(),
+        &[first],
+        &[
+            &trusted[..],
+            &[
+                "--role",
+                "spare",
+                "--backup-root",
+                spare_root.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    let seat_of = |n: &Node| -> Option<(String, u64)> {
+        let v: Value = serde_json::from_slice(&n.dcish(&["--json", "seats"]).stdout).ok()?;
+        let s = v.as_array()?.iter().find(|s| s["blade"] == "b1")?.clone();
+        if s["state"] != "held" {
+            return None;
+        }
+        Some((s["holder"].as_str()?.to_string(), s["epoch"].as_u64()?))
+    };
+    let b1_id = b1.id();
+    assert!(
+        wait_until(Duration::from_secs(60), || [&b1, &b2, &spare]
+            .iter()
+            .all(|n| seat_of(n) == Some((b1_id.clone(), 1))))
+        .is_some(),
+        "b1 never seated"
+    );
+
+    // Deployed to b1 only: kept in b1's data set beside its files, and backed up with them.
+    let package = build(
+        &Path::new(REPO).join("peerlets/upper/package"),
+        Some(&op),
+        &root.join("upper.dcipkg"),
+    );
+    let (success, rows) = deploy(&b1, &package, "b1");
+    assert!(success, "{rows:?}");
+    assert!(b1_root.join(".dci/packages/upper.dcipkg").is_file());
+    assert_eq!(upper_answered_by(&b2, "b1"), Some(b1_id.clone()));
+    assert!(ok(b1.dcish(&["backup", "now"])).contains("complete"));
+
+    // The spare takes b1 over: it restores the data set, installs the package from it, and
+    // answers `upper` as b1.
+    ok(b2.dcish(&["failover", "b1"]));
+    let spare_id = spare.id();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            upper_answered_by(&b2, "b1").as_deref() == Some(spare_id.as_str())
+        })
+        .is_some(),
+        "the package did not follow b1 to the spare: {:?}\n{}",
+        seat_of(&b2),
+        spare.log_text()
+    );
+    assert_eq!(seat_of(&b2), Some((spare_id, 2)));
+    assert!(spare.data_dir.join("packages/upper/1.0.0").is_dir());
+}
