@@ -110,8 +110,8 @@ fn counter(node: &Node, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter {name}: {v}"))
 }
 
-/// Sends text to the `upper` peerlet on `blade`: its answer, or the error.
-fn upper(node: &Node, blade: &str, text: &str) -> Result<String, String> {
+/// Sends text to the `upper` peerlet on `blade`: its reply (the answer object), or the error.
+fn upper_reply(node: &Node, blade: &str, text: &str) -> Result<Value, String> {
     let out = node.dcish(&[
         "--json",
         "send",
@@ -123,9 +123,20 @@ fn upper(node: &Node, blade: &str, text: &str) -> Result<String, String> {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     let answer = &v["answers"][0];
     match answer["kind"].as_str() {
-        Some("reply") => Ok(answer["payload"].as_str().unwrap_or_default().to_string()),
+        Some("reply") => Ok(answer.clone()),
         _ => Err(format!("{v} {}", String::from_utf8_lossy(&out.stderr))),
     }
+}
+
+/// The `upper` peerlet's answer on `blade`, or the error.
+fn upper(node: &Node, blade: &str, text: &str) -> Result<String, String> {
+    upper_reply(node, blade, text).map(|a| a["payload"].as_str().unwrap_or_default().to_string())
+}
+
+/// The node id that answered `upper` on `blade`, if it answered.
+fn upper_answered_by(node: &Node, blade: &str) -> Option<String> {
+    let reply = upper_reply(node, blade, "x").ok()?;
+    reply["node"].as_str().map(str::to_owned)
 }
 
 /// A copy of the example package's source at `version`, in its own directory.
@@ -592,21 +603,6 @@ fn with_run_as_install_commands_run_as_that_user_without_roots_groups() {
         assert_eq!(std::fs::metadata(&path).unwrap().uid(), 65534, "{path:?}");
     }
     assert!(!node.data_dir.join("packages").exists());
-}
-
-/// The node id that answered `upper` on `blade` from `node`, if it answered.
-fn upper_answered_by(node: &Node, blade: &str) -> Option<String> {
-    let out = node.dcish(&[
-        "--json",
-        "send",
-        blade,
-        "--app",
-        "upper",
-        r#"<text xmlns="urn:t:1">x</text>"#,
-    ]);
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    let answer = &v["answers"][0];
-    (answer["kind"] == "reply").then(|| answer["node"].as_str().unwrap_or_default().to_string())
 }
 
 #[test]

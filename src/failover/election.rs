@@ -451,14 +451,14 @@ where
                 Err(_) => self.refuse(from, blade, epoch),
             },
             Message::WouldGrant { blade, epoch } => {
-                self.handle_would_grant(from, blade, epoch, now)
+                self.handle_vote(from, blade, epoch, false, now)
             }
             Message::Claim {
                 blade,
                 epoch,
                 reason,
             } => self.handle_claim(from, blade, epoch, reason, now),
-            Message::Grant { blade, epoch } => self.handle_grant(from, blade, epoch, now),
+            Message::Grant { blade, epoch } => self.handle_vote(from, blade, epoch, true, now),
             Message::Refuse {
                 blade,
                 epoch: _,
@@ -843,12 +843,20 @@ where
             .mul_f64(1.0 + self.rng.gen::<f64>())
     }
 
-    fn handle_would_grant(&mut self, from: Id, blade: Blade, epoch: u64, now: Duration) {
-        if let Some(c) = self.claims.get_mut(&blade) {
-            if c.epoch == epoch && !c.claimed {
-                c.grants.insert(from);
-                self.check_willing(&blade, now);
-            }
+    /// A voter's answer to this node's ask (`claimed` false: a `WouldGrant`) or to its claim (a
+    /// `Grant`): counted only for the claim in flight at that epoch, in that phase.
+    fn handle_vote(&mut self, from: Id, blade: Blade, epoch: u64, claimed: bool, now: Duration) {
+        let Some(c) = self.claims.get_mut(&blade) else {
+            return;
+        };
+        if c.epoch != epoch || c.claimed != claimed {
+            return;
+        }
+        c.grants.insert(from);
+        if claimed {
+            self.check_won(&blade, now);
+        } else {
+            self.check_willing(&blade, now);
         }
     }
 
@@ -972,15 +980,6 @@ where
                 promised,
             },
         ));
-    }
-
-    fn handle_grant(&mut self, from: Id, blade: Blade, epoch: u64, now: Duration) {
-        if let Some(c) = self.claims.get_mut(&blade) {
-            if c.epoch == epoch && c.claimed {
-                c.grants.insert(from);
-                self.check_won(&blade, now);
-            }
-        }
     }
 
     fn check_won(&mut self, blade: &str, now: Duration) {
