@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dci_proto::archive::ArchiveId;
 use dci_proto::control::{ChannelInfo, EventInfo, MemberInfo};
 use dci_proto::notice::{FailureNotice, Level, Part, NOTICE_APP};
 use dci_proto::Envelope;
@@ -170,10 +171,14 @@ pub struct Agent {
     /// Helpers' restores that finished: blade, epoch, and the error if it failed.
     help_restores: mpsc::Receiver<HelpRestore>,
     help_restore_tx: mpsc::Sender<HelpRestore>,
+    /// The archive a helper's copy holds, and whether a copy is being made or refreshed.
+    help_copy: (Option<ArchiveId>, bool),
 }
 
 /// A helper's restore, finished: the blade, the epoch it helps at, and why it failed.
-type HelpRestore = (String, u64, Result<(), String>);
+/// A helper's copy made or brought up to date: the blade, the epoch helped at, and the archive
+/// the copy now holds (none: the blade has no complete archive), or why it failed.
+type HelpRestore = (String, u64, Result<Option<ArchiveId>, String>);
 
 /// Where a blade's data set carries the external peerlets that belong to the blade: the node
 /// acting as the blade registers them, so they follow the blade through a takeover or a move
@@ -397,6 +402,7 @@ impl Agent {
             helping: None,
             help_restores,
             help_restore_tx,
+            help_copy: (None, false),
             no_spare_alerted: HashSet::new(),
             next_no_spare_check: Duration::ZERO,
             blade_peerlets: None,
@@ -1271,6 +1277,7 @@ impl Agent {
         match Helping::grant(from, &blade, epoch, seat, free) {
             Ok(h) => {
                 self.helping = Some(h);
+                self.help_copy = (None, false);
                 self.restore_for_help(blade, epoch);
             }
             Err(why) => {
@@ -1290,31 +1297,72 @@ impl Agent {
     }
 
     /// Restores `blade`'s latest complete archive into `<data-dir>/blades/BLADE`, as a copy:
-    /// unlike a takeover, the archives are not adopted (the holder still makes them).
+    /// unlike a takeover, the archives are not adopted (the holder still makes them). Also how
+    /// a ready helper keeps its copy in step: when the holder has made a newer archive since,
+    /// it is restored over the copy (files it changed or added; a file it deleted stays).
     fn restore_for_help(&mut self, blade: String, epoch: u64) {
+        if self.help_copy.1 {
+            return;
+        }
+        let copied = self.help_copy.0;
+        self.help_copy.1 = true;
         let dir = self.data_dir.blades_path().join(&blade);
-        tracing::warn!(%blade, epoch, dir = %dir.display(), "helping: restoring the blade's data");
-        let args = dci_proto::backup::RestoreArgs {
-            blade: blade.clone(),
-            archive: None,
-            paths: Vec::new(),
-            to: Some(dir.display().to_string()),
-            on: None,
+        let ask = |request| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (
+                (crate::replication::Operator::Backup(request), tx),
+                async move {
+                    match rx.await {
+                        Ok(Ok(payload)) => Ok(payload),
+                        Ok(Err((code, msg))) => Err((code, msg)),
+                        Err(_) => Err(("stopped".into(), "the backup service stopped".into())),
+                    }
+                },
+            )
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let restore = dci_proto::backup::BackupRequest::Restore(args);
-        self.replication
-            .control((crate::replication::Operator::Backup(restore), tx));
+        let (list_call, listed) = ask(dci_proto::backup::BackupRequest::Archives {
+            blade: blade.clone(),
+        });
+        self.replication.control(list_call);
+        let controller = self.replication.controller();
         let done = self.help_restore_tx.clone();
         tokio::spawn(async move {
-            let result = match rx.await {
-                Ok(Ok(_)) => Ok(()),
+            let result = async {
                 // A blade never backed up has nothing to copy: the helper serves without data,
                 // as a takeover would.
-                Ok(Err((code, _))) if code == "no-archive" => Ok(()),
-                Ok(Err((code, msg))) => Err(format!("{code}: {msg}")),
-                Err(_) => Err("the backup service stopped".into()),
-            };
+                let latest = match listed.await {
+                    Ok(p) => dci_proto::backup::archives_from_payload(&p)
+                        .map_err(|e| e.to_string())?
+                        .into_iter()
+                        .filter(|a| a.complete)
+                        .map(|a| a.id)
+                        .max(),
+                    Err((code, _)) if code == "no-archive" => None,
+                    Err((code, msg)) => return Err(format!("{code}: {msg}")),
+                };
+                let Some(latest) = latest.filter(|l| Some(*l) != copied) else {
+                    return Ok(copied);
+                };
+                tracing::info!(%blade, epoch, archive = %latest, dir = %dir.display(), "helping: copying the blade's data");
+                let (call, restored) = ask(dci_proto::backup::BackupRequest::Restore(
+                    dci_proto::backup::RestoreArgs {
+                        blade: blade.clone(),
+                        archive: Some(latest.into()),
+                        paths: Vec::new(),
+                        to: Some(dir.display().to_string()),
+                        on: None,
+                    },
+                ));
+                controller
+                    .send(call)
+                    .await
+                    .map_err(|_| "the backup service stopped".to_string())?;
+                restored
+                    .await
+                    .map(|_| Some(latest))
+                    .map_err(|(code, msg)| format!("{code}: {msg}"))
+            }
+            .await;
             let _ = done.send((blade, epoch, result)).await;
         });
     }
@@ -1324,13 +1372,23 @@ impl Agent {
         let Some(h) = self
             .helping
             .as_mut()
-            .filter(|h| h.blade == blade && h.seat.epoch == epoch && !h.ready)
+            .filter(|h| h.blade == blade && h.seat.epoch == epoch)
         else {
             return;
         };
+        self.help_copy.1 = false;
+        if h.ready {
+            // A refresh: a failed one leaves the last copy, tried again at the next sample.
+            match result {
+                Ok(archive) => self.help_copy.0 = archive,
+                Err(e) => tracing::warn!(%blade, epoch, "helping: the copy was not refreshed: {e}"),
+            }
+            return;
+        }
         let holder = h.seat.holder;
         match result {
-            Ok(()) => {
+            Ok(archive) => {
+                self.help_copy.0 = archive;
                 h.ready = true;
                 tracing::warn!(%blade, epoch, "helping: the blade's data restored; serving its read-only traffic");
                 self.answer_help(holder, blade, epoch, true);
@@ -1374,6 +1432,7 @@ impl Agent {
         let Some(h) = self.helping.take() else {
             return;
         };
+        self.help_copy = (None, false);
         let detail = format!(
             "{} ({}) no longer helps blade {} (epoch {}): {why}",
             self.config.name, self.local_id, h.blade, h.seat.epoch
@@ -1711,6 +1770,11 @@ impl Agent {
             };
             self.swim.set_meta(meta);
             self.apply_outputs();
+        }
+        // A ready helper brings its copy up to the holder's latest archive.
+        if let Some(h) = self.helping.as_ref().filter(|h| h.ready) {
+            let (blade, epoch) = (h.blade.clone(), h.seat.epoch);
+            self.restore_for_help(blade, epoch);
         }
     }
 

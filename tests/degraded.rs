@@ -100,7 +100,8 @@ fn counter(node: &Node, name: &str) -> Option<u64> {
     v["counters"][name].as_u64()
 }
 
-/// Also: the helper restores the blade's latest archive into its `blades/b1`.
+/// Also: the helper restores the blade's latest archive into its `blades/b1`, and the holder's
+/// next archive over it.
 #[test]
 fn a_degraded_holder_gets_a_helper_for_read_only_envelopes_and_releases_it_on_recovery() {
     let tmp = tempfile::tempdir().unwrap();
@@ -155,6 +156,23 @@ fn a_degraded_holder_gets_a_helper_for_read_only_envelopes_and_releases_it_on_re
             "{f}"
         );
     }
+
+    // The holder writes and backs up again: the helper's copy follows the new archive.
+    fs::write(data.join("docs/b.md"), b"written after the helper came\n").unwrap();
+    let out = b1.dcish(&["backup", "now"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("complete"),
+        "{out:?}"
+    );
+    let refreshed = wait_until(Duration::from_secs(30), || {
+        fs::read(copy.join("docs/b.md")).ok().as_deref()
+            == Some(&b"written after the helper came\n"[..])
+    });
+    assert!(
+        refreshed.is_some(),
+        "the copy stayed old:\n{}",
+        spare.log_text()
+    );
 
     // Read-only envelopes for b1 are spread over the holder and the helper...
     let mut seen = std::collections::BTreeSet::new();
