@@ -1196,6 +1196,22 @@ mod tests {
         }
     }
 
+    /// Every node sees blade-0 held by node 0 at epoch 1, and node 0 serves it.
+    fn first_seat_everywhere(nodes: &[Election<u32>], now: Duration) {
+        for n in nodes {
+            assert_eq!(
+                n.seats().get("blade-0"),
+                Some(&Seat {
+                    holder: 0,
+                    epoch: 1
+                }),
+                "node {}",
+                n.me
+            );
+        }
+        assert_eq!(nodes[0].serving("blade-0", now), Some(1));
+    }
+
     #[test]
     fn a_candidate_on_the_minority_side_raises_no_epoch_and_the_holder_keeps_its_seat() {
         let start = Duration::from_secs(5);
@@ -1243,16 +1259,7 @@ mod tests {
             now += tick;
             step_partitioned(&mut nodes, now, |_| true);
         }
-        for n in &nodes {
-            assert_eq!(
-                n.seats().get("blade-0"),
-                Some(&Seat {
-                    holder: 0,
-                    epoch: 1
-                })
-            );
-        }
-        assert_eq!(nodes[0].serving("blade-0", now), Some(1));
+        first_seat_everywhere(&nodes, now);
     }
 
     #[test]
@@ -1261,16 +1268,7 @@ mod tests {
         let mut nodes = mesh(3, now);
         nodes[0].claim_unseated("blade-0", now);
         pump(&mut nodes, now);
-        for n in &nodes {
-            assert_eq!(
-                n.seats().get("blade-0"),
-                Some(&Seat {
-                    holder: 0,
-                    epoch: 1
-                })
-            );
-        }
-        assert_eq!(nodes[0].serving("blade-0", now), Some(1));
+        first_seat_everywhere(&nodes, now);
     }
 
     /// The voters each of node 0's renewal rounds goes to, over `rounds` rounds; `answered`
