@@ -171,8 +171,6 @@ pub struct Agent {
     /// Helpers' restores that finished: blade, epoch, and the error if it failed.
     help_restores: mpsc::Receiver<HelpRestore>,
     help_restore_tx: mpsc::Sender<HelpRestore>,
-    /// The archive a helper's copy holds, and whether a copy is being made or refreshed.
-    help_copy: (Option<ArchiveId>, bool),
 }
 
 /// A helper's restore, finished: the blade, the epoch it helps at, and why it failed.
@@ -402,7 +400,6 @@ impl Agent {
             helping: None,
             help_restores,
             help_restore_tx,
-            help_copy: (None, false),
             no_spare_alerted: HashSet::new(),
             next_no_spare_check: Duration::ZERO,
             blade_peerlets: None,
@@ -936,7 +933,7 @@ impl Agent {
             .map(|h| h.blade.clone());
         let root = match (&held, &helped) {
             (Some(b), _) => self.blade_root(b),
-            (None, Some(b)) => Some(self.data_dir.blades_path().join(b)),
+            (None, Some(b)) => Some(self.help_dir(b)),
             (None, None) => None,
         };
         let holds = held.is_some();
@@ -953,9 +950,8 @@ impl Agent {
         // What is installed here is kept with a blade this node holds, not one it only helps.
         self.installer
             .set_blade_home(root.clone().filter(|_| holds));
-        let home = root.clone();
         if let Some(blade) = &acting {
-            let dir = root.map(|r| r.join(BLADE_PEERLETS));
+            let dir = root.as_ref().map(|r| r.join(BLADE_PEERLETS));
             if let Some(dir) = dir.filter(|d| d.is_dir()) {
                 let (manifests, bad) = crate::peerlet_host::external::Manifest::scan(&dir);
                 for e in bad {
@@ -972,7 +968,7 @@ impl Agent {
         tokio::spawn(async move {
             use crate::router::PeerletChange;
             // The packages installed for the blade, wherever it was held before.
-            let kept = match &home {
+            let kept = match &root {
                 Some(home) if !blade.is_empty() => installer.install_blade_packages(home).await,
                 _ => Vec::new(),
             };
@@ -1277,7 +1273,6 @@ impl Agent {
         match Helping::grant(from, &blade, epoch, seat, free) {
             Ok(h) => {
                 self.helping = Some(h);
-                self.help_copy = (None, false);
                 self.restore_for_help(blade, epoch);
             }
             Err(why) => {
@@ -1301,12 +1296,12 @@ impl Agent {
     /// a ready helper keeps its copy in step: when the holder has made a newer archive since,
     /// it is restored over the copy (files it changed or added; a file it deleted stays).
     fn restore_for_help(&mut self, blade: String, epoch: u64) {
-        if self.help_copy.1 {
+        let dir = self.help_dir(&blade);
+        let Some(h) = self.helping.as_mut().filter(|h| !h.copying) else {
             return;
-        }
-        let copied = self.help_copy.0;
-        self.help_copy.1 = true;
-        let dir = self.data_dir.blades_path().join(&blade);
+        };
+        let copied = h.copy;
+        h.copying = true;
         let ask = |request| {
             let (tx, rx) = tokio::sync::oneshot::channel();
             (
@@ -1367,6 +1362,11 @@ impl Agent {
         });
     }
 
+    /// Where a helper keeps its copy of `blade`'s data.
+    fn help_dir(&self, blade: &str) -> std::path::PathBuf {
+        self.data_dir.blades_path().join(blade)
+    }
+
     /// A helper's restore finished: it serves from now on, and tells its holder.
     fn on_help_restored(&mut self, (blade, epoch, result): HelpRestore) {
         let Some(h) = self
@@ -1376,11 +1376,11 @@ impl Agent {
         else {
             return;
         };
-        self.help_copy.1 = false;
+        h.copying = false;
         if h.ready {
             // A refresh: a failed one leaves the last copy, tried again at the next sample.
             match result {
-                Ok(archive) => self.help_copy.0 = archive,
+                Ok(archive) => h.copy = archive,
                 Err(e) => tracing::warn!(%blade, epoch, "helping: the copy was not refreshed: {e}"),
             }
             return;
@@ -1388,7 +1388,7 @@ impl Agent {
         let holder = h.seat.holder;
         match result {
             Ok(archive) => {
-                self.help_copy.0 = archive;
+                h.copy = archive;
                 h.ready = true;
                 tracing::warn!(%blade, epoch, "helping: the blade's data restored; serving its read-only traffic");
                 self.answer_help(holder, blade, epoch, true);
@@ -1432,7 +1432,6 @@ impl Agent {
         let Some(h) = self.helping.take() else {
             return;
         };
-        self.help_copy = (None, false);
         let detail = format!(
             "{} ({}) no longer helps blade {} (epoch {}): {why}",
             self.config.name, self.local_id, h.blade, h.seat.epoch

@@ -16,6 +16,7 @@
 //! leaves the epoch it was granted at, when its holder is down, or when the holder stops listing
 //! it.
 
+use dci_proto::archive::ArchiveId;
 use serde::Deserialize;
 
 use super::election::{Blade, Seat};
@@ -181,6 +182,10 @@ pub struct Helping<Id> {
     pub seat: Seat<Id>,
     /// Whether its copy of the blade's data is restored (it serves only then).
     pub ready: bool,
+    /// The archive its copy holds (none: none yet, or the blade has no complete archive).
+    pub copy: Option<ArchiveId>,
+    /// Whether the copy is being made or brought up to date.
+    pub copying: bool,
     /// Whether the holder's metadata was seen listing it.
     listed: bool,
 }
@@ -207,6 +212,8 @@ impl<Id: Copy + PartialEq> Helping<Id> {
             blade: blade.into(),
             seat: asked,
             ready: false,
+            copy: None,
+            copying: false,
             listed: false,
         })
     }
