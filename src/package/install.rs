@@ -281,7 +281,7 @@ impl Installer {
         let kept = std::fs::create_dir_all(&dir)
             .map_err(|e| e.to_string())
             .and_then(|()| {
-                crate::datadir::write_atomic(&dir.join(format!("{name}.dcipkg")), bytes, 0o600)
+                crate::datadir::write_atomic(&package_file(&dir.join(name)), bytes, 0o600)
                     .map_err(|e| e.to_string())
             });
         if let Err(e) = kept {
@@ -743,7 +743,7 @@ impl Installer {
         }
         let _ = std::fs::remove_file(package_file(&record.dir));
         if let Some(dir) = self.blade_packages() {
-            let _ = std::fs::remove_file(dir.join(format!("{name}.dcipkg")));
+            let _ = std::fs::remove_file(package_file(&dir.join(name)));
         }
         if let Some(parent) = record.dir.parent() {
             let _ = std::fs::remove_dir(parent);

@@ -841,7 +841,10 @@ mod tests {
         let e = env("a", Destination::Node("b".into()), 8);
         r.handle_unconfirmed(e, "b", None);
         let a: Vec<Action> = r.drain().collect();
-        assert!(sends(&a).is_empty(), "a second copy could act twice: {a:?}");
+        assert!(
+            sends(&a).is_empty(),
+            "a stalled peer's envelope is not tried again: {a:?}"
+        );
         assert_eq!(errors(&a), vec!["unreachable".to_string()]);
         assert_eq!(r.stats().dropped.get(&DropReason::Unconfirmed), Some(&1));
     }
