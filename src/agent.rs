@@ -629,27 +629,31 @@ impl Agent {
         if !touched.is_empty() {
             self.sync_view();
         }
-        for id in touched {
-            self.feed_member(id);
-        }
+        self.feed_members(&touched);
     }
 
-    /// Tells the election driver how membership sees `id` now.
-    fn feed_member(&mut self, id: PeerId) {
-        let Some(m) = self.swim.member(&id) else {
-            return;
-        };
-        let up = matches!(
-            m.liveness,
-            Liveness::Alive | Liveness::UnreachableLink | Liveness::Suspect
-        );
-        let view = failover::member_view(up, m.meta.role, m.meta.blade.is_some());
-        if !up {
-            self.helper_gone(id);
+    /// Tells the election driver how membership sees these members now, in one batch.
+    fn feed_members(&mut self, ids: &[PeerId]) {
+        let mut views = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(m) = self.swim.member(id) else {
+                continue;
+            };
+            let up = matches!(
+                m.liveness,
+                Liveness::Alive | Liveness::UnreachableLink | Liveness::Suspect
+            );
+            views.push((
+                *id,
+                failover::member_view(up, m.meta.role, m.meta.blade.is_some()),
+            ));
+            if !up {
+                self.helper_gone(*id);
+            }
         }
-        match self.failover.handle_member(id, view, self.now()) {
+        match self.failover.handle_members(&views, self.now()) {
             Ok(effects) => self.apply_effects(effects),
-            Err(e) => tracing::error!("{e}; member {id} not recorded for quorums"),
+            Err(e) => tracing::error!("{e}; {} members not recorded for quorums", views.len()),
         }
     }
 

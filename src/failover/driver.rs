@@ -349,15 +349,41 @@ impl Failover {
         view: MemberView,
         now: Duration,
     ) -> Result<Vec<Effect>, StoreError> {
-        if id == self.settings.me || self.known.get(&id) == Some(&view) {
+        self.handle_members(&[(id, view)], now)
+    }
+
+    /// Several members' views at once, as one membership step changed them: the new ones are
+    /// written down together, with one flush. A joiner learns the whole mesh in one step, and a
+    /// flush per member held a hundred-node agent's loop for seconds.
+    pub fn handle_members(
+        &mut self,
+        changes: &[(PeerId, MemberView)],
+        now: Duration,
+    ) -> Result<Vec<Effect>, StoreError> {
+        let changes: Vec<(PeerId, MemberView)> = changes
+            .iter()
+            .copied()
+            .filter(|(id, view)| *id != self.settings.me && self.known.get(id) != Some(view))
+            .collect();
+        if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let new = self.known.insert(id, view).is_none();
-        if new {
-            // It counts in quorums from now on, also after a restart.
-            self.save_members()?;
+        let before = self.known.clone();
+        let mut new = false;
+        for (id, view) in &changes {
+            new |= self.known.insert(*id, *view).is_none();
         }
-        self.core.handle_member(id, view, now);
+        if new {
+            // They count in quorums from now on, also after a restart: the core hears of them
+            // only once that is durable.
+            if let Err(e) = self.save_members() {
+                self.known = before;
+                return Err(e);
+            }
+        }
+        for (id, view) in changes {
+            self.core.handle_member(id, view, now);
+        }
         Ok(self.carry_out(now))
     }
 
@@ -478,6 +504,10 @@ impl Failover {
         let mut changed = false;
         // Set when a write failed: nothing after an unwritten promise may leave.
         let mut held = false;
+        // The durable state only grows (seats and promises to higher epochs), so writing it as it
+        // is now, at the first `Persist`, covers every later one: one flush for a whole seat
+        // table learned at once instead of one per seat.
+        let mut persisted = false;
         for output in outputs {
             match output {
                 Output::Send(_, _) if held => {}
@@ -485,7 +515,9 @@ impl Failover {
                 Output::SetTimer(at, _) => {
                     self.due = Some(self.due.map_or(at, |d| d.min(at)));
                 }
+                Output::Persist if persisted => {}
                 Output::Persist => {
+                    persisted = true;
                     if let Err(e) = self.persist() {
                         self.persist_failures += 1;
                         tracing::error!("{e}; election messages held back");
