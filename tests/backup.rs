@@ -326,17 +326,30 @@ fn a_blade_backed_up_twice_is_restored_exactly_on_another_node_after_its_data_di
     assert!(!out.status.success());
 }
 
+/// The blocks the owner's log says it sent `holder_id` for archive `number`: while scanning and
+/// in the sync rounds after.
 fn pushed_blocks(log: &str, holder_id: &str, number: u64) -> Option<u64> {
     let id_number = |l: &str| {
         let id = l.split("archive=").nth(1)?.split_whitespace().next()?;
         id.split_once('.')?.1.parse::<u64>().ok()
     };
-    log.lines()
-        .filter(|l| l.contains("archive pushed") && l.contains(holder_id))
-        .find(|l| id_number(l) == Some(number))
-        .and_then(|l| l.split("blocks=").nth(1))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+    let pushes: Vec<u64> = log
+        .lines()
+        .filter(|l| {
+            (l.contains("archive pushed") || l.contains("blocks pushed while scanning"))
+                && l.contains(holder_id)
+        })
+        .filter(|l| id_number(l) == Some(number))
+        .filter_map(|l| {
+            l.split("blocks=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    (!pushes.is_empty()).then(|| pushes.iter().sum())
 }
 
 /// A holder killed during a backup makes the waited backup fail with the reason; when it comes

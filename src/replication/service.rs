@@ -6,7 +6,9 @@
 //! from the live member table ([`placement::holders`]), tells each holder which archives exist
 //! (`Sync`), and pushes each archive a holder lacks: `Have` to learn which blocks are missing there,
 //! `Put` for those only, then `Commit`. A holder commits an archive only when every block it names
-//! is durable there, so a committed archive is restorable from that holder alone. A holder that
+//! is durable there, so a committed archive is restorable from that holder alone. A backup's scan
+//! already sends its new blocks to the reachable holders as it writes them, so the round after it
+//! mostly finds them there and sends little more than the manifest. A holder that
 //! was away is simply behind at the next round, and gets only what it lacks. A holder dead past the
 //! repair grace drops out of the candidates, so the next node in placement order takes its place.
 
@@ -35,7 +37,7 @@ use crate::backup::scan::ScanSettings;
 use crate::backup::{archive_blocks, chain, load_manifest, make_archive, LocalSource};
 use crate::events::{Event, EventKind};
 use crate::store::catalog::{ArchiveRecord, Catalog};
-use crate::store::{decode_verified, BlockId, BlockStore};
+use crate::store::{decode_verified, BlockId, BlockStore, StoreError};
 
 /// How long one block-protocol request may take before it is given up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -984,25 +986,7 @@ impl Service {
                         .collect::<Result<Vec<_>, String>>()
                 })
                 .await??;
-                let (n, size) = (
-                    blocks.len() as u64,
-                    blocks.iter().map(|(_, b)| b.0.len() as u64).sum::<u64>(),
-                );
-                super::Stats::add(&self.stats.pushed_blocks, n);
-                super::Stats::add(&self.stats.pushed_bytes, size);
-                match self
-                    .call(
-                        holder,
-                        &Request::Put {
-                            blade: record.blade.clone(),
-                            blocks,
-                        },
-                    )
-                    .await?
-                {
-                    Response::Done => Ok(()),
-                    other => Err(format!("unexpected answer {other:?}")),
-                }
+                self.put_blocks(holder, &record.blade, blocks).await
             })
             .buffer_unordered(PUSH_PARALLEL)
             .try_collect::<Vec<()>>()
@@ -1022,6 +1006,94 @@ impl Service {
             }
             other => Err(format!("unexpected answer {other:?}")),
         }
+    }
+
+    /// Sends one `Put` of at most [`MAX_PUT_BLOCKS`] blocks to a holder.
+    async fn put_blocks(
+        &self,
+        holder: PeerId,
+        blade: &str,
+        blocks: Vec<(BlockId, protocol::Bytes)>,
+    ) -> Result<(), String> {
+        let (n, size) = (
+            blocks.len() as u64,
+            blocks.iter().map(|(_, b)| b.0.len() as u64).sum::<u64>(),
+        );
+        super::Stats::add(&self.stats.pushed_blocks, n);
+        super::Stats::add(&self.stats.pushed_bytes, size);
+        let request = Request::Put {
+            blade: blade.to_owned(),
+            blocks,
+        };
+        match self.call(holder, &request).await? {
+            Response::Done => Ok(()),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    /// Pushes the batches of new blocks a backup's scan writes, as it writes them, to the holders
+    /// reachable now: the network and the holders work while the scan reads on. Only a head
+    /// start: the sync round after the scan still asks each holder what it lacks (`Have`) before
+    /// the archive is committed there, so a batch lost here is simply sent again then.
+    async fn push_early(
+        &self,
+        blade: &str,
+        holders: &[PeerId],
+        batches: mpsc::Receiver<Vec<(BlockId, Vec<u8>)>>,
+    ) -> HashMap<PeerId, u64> {
+        let failed: std::sync::Mutex<HashSet<PeerId>> = Default::default();
+        let pushed: std::sync::Mutex<HashMap<PeerId, u64>> = Default::default();
+        let (failed, pushed_ref) = (&failed, &pushed);
+        futures::stream::unfold(
+            batches,
+            |mut rx| async move { rx.recv().await.map(|b| (b, rx)) },
+        )
+        .flat_map(|batch| {
+            let puts: Vec<(PeerId, Vec<(BlockId, protocol::Bytes)>)> = batch
+                .chunks(MAX_PUT_BLOCKS)
+                .flat_map(|chunk| {
+                    holders.iter().map(move |h| {
+                        let blocks = chunk
+                            .iter()
+                            .map(|(id, b)| (*id, protocol::Bytes(b.clone())))
+                            .collect();
+                        (*h, blocks)
+                    })
+                })
+                .collect();
+            futures::stream::iter(puts)
+        })
+        .map(|(holder, blocks)| async move {
+            if failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&holder)
+            {
+                return;
+            }
+            let n = blocks.len() as u64;
+            match self.put_blocks(holder, blade, blocks).await {
+                Ok(()) => {
+                    *pushed_ref
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(holder)
+                        .or_default() += n
+                }
+                Err(e) => {
+                    // The sync round sends it again, or reports the holder.
+                    tracing::debug!(%holder, "early push stopped: {e}");
+                    failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(holder);
+                }
+            }
+        })
+        .buffer_unordered(PUSH_PARALLEL * holders.len().max(1))
+        .collect::<()>()
+        .await;
+        pushed.into_inner().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Removes this blade's archives past the aging period, but never one a kept archive needs
@@ -1198,16 +1270,28 @@ impl Service {
             exclude_exts: self.cfg().exclude_exts.clone(),
             compress: self.cfg().compress,
         };
+        let members = self.members().await;
+        let (holders, reachable) = self.holders(&blade, &members);
+        let early: Vec<PeerId> = holders
+            .iter()
+            .filter(|h| reachable.contains(*h))
+            .filter_map(|h| h.parse().ok())
+            .collect();
         let record = {
             let _guard = self.store_lock.lock().await;
+            // Two batches queued at most: a scan faster than the network waits for it.
+            let (batches, queued) = mpsc::channel(2);
             let (store, catalog, method, name, epoch) = (
-                self.store.clone(),
+                Arc::new(Tee {
+                    inner: self.store.clone(),
+                    batches,
+                }),
                 self.catalog.clone(),
                 self.cfg().method,
                 blade.clone(),
                 self.own_epoch(),
             );
-            let (record, stats) = blocking(move || {
+            let scanning = blocking(move || {
                 make_archive(
                     &settings,
                     method,
@@ -1217,10 +1301,11 @@ impl Service {
                     epoch,
                     now_ms(),
                 )
-            })
-            .await
-            .map_err(|e| fail("backup-failed", e))?
-            .map_err(|e| fail("backup-failed", e))?;
+            });
+            let (made, early) = tokio::join!(scanning, self.push_early(&blade, &early, queued));
+            let (record, stats) = made
+                .map_err(|e| fail("backup-failed", e))?
+                .map_err(|e| fail("backup-failed", e))?;
             // Completeness is judged against the factor of the owner, wherever it is read.
             let mut record = record;
             record.factor = self.cfg().factor as u64;
@@ -1237,6 +1322,9 @@ impl Service {
                 skipped = stats.skipped,
                 "archive made"
             );
+            for (holder, blocks) in early {
+                tracing::info!(%holder, archive = %record.id, blocks, "blocks pushed while scanning");
+            }
             record
         };
         if !wait {
@@ -1967,6 +2055,37 @@ impl Service {
                 )
             }
         }
+    }
+}
+
+/// The block store as a backup's scan sees it: every batch of new blocks it writes is also
+/// queued for [`Service::push_early`].
+struct Tee {
+    inner: Arc<dyn BlockStore>,
+    batches: mpsc::Sender<Vec<(BlockId, Vec<u8>)>>,
+}
+
+impl BlockStore for Tee {
+    fn put(&self, id: &BlockId, encoded: &[u8]) -> Result<(), StoreError> {
+        self.inner.put(id, encoded)
+    }
+    fn put_many(&self, blocks: &[(BlockId, Vec<u8>)]) -> Result<(), StoreError> {
+        self.inner.put_many(blocks)?;
+        // Gone only when the pusher stopped; the sync round pushes these blocks then.
+        let _ = self.batches.blocking_send(blocks.to_vec());
+        Ok(())
+    }
+    fn get(&self, id: &BlockId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(id)
+    }
+    fn touch(&self, id: &BlockId) -> Result<bool, StoreError> {
+        self.inner.touch(id)
+    }
+    fn remove(&self, id: &BlockId) -> Result<(), StoreError> {
+        self.inner.remove(id)
+    }
+    fn list(&self) -> Result<Vec<(BlockId, SystemTime)>, StoreError> {
+        self.inner.list()
     }
 }
 
