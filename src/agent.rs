@@ -200,6 +200,9 @@ struct Counters {
     envelopes_refused: u64,
     notices_sent: u64,
     notices_received: u64,
+    /// Copies of this node's notices that a member never got (it died or its connection
+    /// dropped meanwhile): the router's answers to them.
+    notices_undelivered: u64,
     /// Blades this node won from another node (each restored from the holders).
     takeovers: u64,
     /// Blades this node handed over on an operator's `dcish failover`.
@@ -2009,6 +2012,15 @@ impl Agent {
                 self.counters.envelopes_refused += 1;
                 tracing::warn!(%peer, "refused failure notice: {e}");
             }
+            // A copy of a notice of ours that did not arrive: expected while members die,
+            // and each member's own detection covers them. Counted, not logged per copy (a
+            // flapping hundred-node mesh made thousands).
+            None if env.kind == dci_proto::Kind::Error => {
+                self.counters.notices_undelivered += 1;
+                let (code, why) = dci_proto::control::error_from_payload(&env.payload)
+                    .unwrap_or_else(|| ("unknown".into(), env.payload.as_str().to_owned()));
+                tracing::debug!(%peer, %code, "a failure notice was not delivered: {why}");
+            }
             None => {
                 tracing::warn!(%peer, kind = %env.kind, "dropped a failure-notice envelope that is not an event")
             }
@@ -2072,6 +2084,7 @@ impl Agent {
                     ("envelopes-refused", c.envelopes_refused),
                     ("notices-sent", c.notices_sent),
                     ("notices-received", c.notices_received),
+                    ("notices-undelivered", c.notices_undelivered),
                     ("election-refused", self.failover.refused),
                     ("election-persist-failures", self.failover.persist_failures),
                     ("failover-takeovers", c.takeovers),
