@@ -15,7 +15,6 @@ use dci_proto::notice::{FailureNotice, Level, Part, NOTICE_APP};
 use dci_proto::Envelope;
 use futures::StreamExt;
 use libp2p::identity::Keypair;
-use libp2p::request_response;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{identify, mdns, ping, Multiaddr, PeerId, Swarm};
@@ -232,7 +231,7 @@ impl Agent {
         };
         let local_id = key.public().to_peer_id();
         let mut swarm = net::build_swarm(key.clone(), config.cluster_key, config.mdns)?;
-        let mut data_swarm = net::build_data_swarm(key.clone(), config.cluster_key)?;
+        let mut data_swarm = net::build_data_swarm(key.clone())?;
         let listen_err = |addr: &Multiaddr, e| StartError::Listen {
             addr: addr.clone(),
             reason: listen_reason(&e),
@@ -1515,6 +1514,11 @@ impl Agent {
 
     /// Tells the router who is in the mesh, when that changed.
     fn sync_view(&mut self) {
+        // Block transfers are accepted from members only (see `net`): the mesh admitted them.
+        let admitted = &mut self.data_swarm.behaviour_mut().members;
+        for (id, _) in self.swim.members() {
+            admitted.allow_peer(id);
+        }
         self.view_synced = Instant::now();
         self.view_pending = false;
         self.check_helping();
@@ -1927,7 +1931,7 @@ impl Agent {
         }
     }
 
-    fn on_data_event(&mut self, event: SwarmEvent<request_response::Event<Vec<u8>, Vec<u8>>>) {
+    fn on_data_event(&mut self, event: SwarmEvent<net::DataBehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening for block transfers");
@@ -1943,7 +1947,8 @@ impl Agent {
                 "refused block connection: {}",
                 one_line(&error.to_string())
             ),
-            SwarmEvent::Behaviour(event) => {
+            SwarmEvent::Behaviour(net::DataBehaviourEvent::Members(never)) => match never {},
+            SwarmEvent::Behaviour(net::DataBehaviourEvent::Blocks(event)) => {
                 let swim = &self.swim;
                 self.replication
                     .on_event(event, |p| swim.member(p).map(|m| m.meta.name.clone()));
@@ -2043,11 +2048,11 @@ impl Agent {
                             .collect()
                     })
                     .unwrap_or_default();
-                let blocks = self.data_swarm.behaviour_mut();
+                let blocks = &mut self.data_swarm.behaviour_mut().blocks;
                 self.replication.send(blocks, to, request, addrs, reply);
             }
             NetCommand::Respond { token, response } => {
-                let blocks = self.data_swarm.behaviour_mut();
+                let blocks = &mut self.data_swarm.behaviour_mut().blocks;
                 self.replication.respond(blocks, token, response);
             }
             NetCommand::Members(reply) => {

@@ -179,3 +179,89 @@ async fn a_lying_member_changes_nothing_and_is_counted() {
     );
     assert!(members.iter().all(|m| m["name"] != "evil"));
 }
+
+/// The data port carries no cluster-key layer (see `dci::net`): a stranger completes the noise
+/// handshake there, but is not a member of the mesh, so it is disconnected before its request
+/// is read. Members, meanwhile, back up through the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_on_the_data_port_is_disconnected_and_members_still_back_up() {
+    use dci::replication::protocol::{self, Request};
+    use libp2p::request_response::Event;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let key = keygen(tmp.path(), "k");
+    let root = tmp.path().join("tree");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("a.txt"), b"kept on the holder\n").unwrap();
+    let (p1, p2, data_port) = (free_port(), free_port(), free_port());
+    let data_listen = format!("/ip4/127.0.0.1/tcp/{data_port}");
+    let owner = Node::start(
+        tmp.path(),
+        "owner",
+        p1,
+        &[],
+        &[
+            "--cluster-key",
+            key.to_str().unwrap(),
+            "--backup-root",
+            root.to_str().unwrap(),
+            "--replication-factor",
+            "1",
+            "--data-listen",
+            &data_listen,
+        ],
+    );
+    let holder = Node::start(
+        tmp.path(),
+        "holder",
+        p2,
+        &[p1],
+        &["--cluster-key", key.to_str().unwrap()],
+    );
+    let both_alive = || {
+        owner
+            .members()
+            .is_some_and(|m| m.iter().filter(|r| r["state"] == "alive").count() == 2)
+    };
+    assert!(wait_until(Duration::from_secs(20), both_alive).is_some());
+    let backed_up = wait_until(Duration::from_secs(30), || {
+        owner.dcish(&["backup", "now"]).status.success()
+    });
+    assert!(backed_up.is_some(), "{}", owner.log_text());
+
+    // The stranger: its own identity, no key needed at this port; it allows the owner on its side.
+    let owner_id: PeerId = owner.id().parse().unwrap();
+    let mut stranger = dci::net::build_data_swarm(Keypair::generate_ed25519()).unwrap();
+    stranger.behaviour_mut().members.allow_peer(owner_id);
+    let request = protocol::encode(&(
+        0u64,
+        Request::Catalog {
+            blade: "owner".into(),
+        },
+    ));
+    stranger.behaviour_mut().blocks.send_request_with_addresses(
+        &owner_id,
+        request,
+        vec![data_listen.parse().unwrap()],
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let SwarmEvent::Behaviour(dci::net::DataBehaviourEvent::Blocks(e)) =
+                stranger.select_next_some().await
+            {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("the stranger's request neither failed nor was answered");
+    assert!(
+        matches!(outcome, Event::OutboundFailure { .. }),
+        "a stranger got an answer: {outcome:?}"
+    );
+    let refused = wait_until(Duration::from_secs(10), || {
+        owner.log_text().contains("refused block connection")
+    });
+    assert!(refused.is_some(), "{}", owner.log_text());
+    drop(holder);
+}
