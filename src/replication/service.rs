@@ -1049,21 +1049,16 @@ impl Service {
             |mut rx| async move { rx.recv().await.map(|b| (b, rx)) },
         )
         .flat_map(|batch| {
-            let puts: Vec<(PeerId, Vec<(BlockId, protocol::Bytes)>)> = batch
-                .chunks(MAX_PUT_BLOCKS)
-                .flat_map(|chunk| {
-                    holders.iter().map(move |h| {
-                        let blocks = chunk
-                            .iter()
-                            .map(|(id, b)| (*id, protocol::Bytes(b.clone())))
-                            .collect();
-                        (*h, blocks)
-                    })
-                })
+            // Each `Put` copies its blocks only when it starts, so that no more than the puts in
+            // flight hold copies beside the batch.
+            let batch = Arc::new(batch);
+            let puts: Vec<(PeerId, Arc<_>, usize)> = (0..batch.len().div_ceil(MAX_PUT_BLOCKS))
+                .flat_map(|i| holders.iter().map(move |h| (*h, i)))
+                .map(|(h, i)| (h, batch.clone(), i))
                 .collect();
             futures::stream::iter(puts)
         })
-        .map(|(holder, blocks)| async move {
+        .map(|(holder, batch, i)| async move {
             if failed
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -1071,6 +1066,14 @@ impl Service {
             {
                 return;
             }
+            let blocks: Vec<(BlockId, protocol::Bytes)> = batch
+                .chunks(MAX_PUT_BLOCKS)
+                .nth(i)
+                .unwrap_or_default()
+                .iter()
+                .map(|(id, b)| (*id, protocol::Bytes(b.clone())))
+                .collect();
+            drop(batch);
             let n = blocks.len() as u64;
             match self.put_blocks(holder, blade, blocks).await {
                 Ok(()) => {
@@ -1279,8 +1282,8 @@ impl Service {
             .collect();
         let record = {
             let _guard = self.store_lock.lock().await;
-            // Two batches queued at most: a scan faster than the network waits for it.
-            let (batches, queued) = mpsc::channel(2);
+            // One batch queued at most: a scan faster than the network waits for it.
+            let (batches, queued) = mpsc::channel(1);
             let (store, catalog, method, name, epoch) = (
                 Arc::new(Tee {
                     inner: self.store.clone(),
