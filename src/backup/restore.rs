@@ -22,8 +22,11 @@ use crate::store::BlockId;
 /// bound on memory.
 pub const FETCH_WINDOW: usize = 64;
 
-/// Where a restore gets plain, verified blocks from.
-pub trait BlockSource {
+/// Windows of blocks fetched ahead of the file being written.
+const PREFETCH_WINDOWS: usize = 4;
+
+/// Where a restore gets plain, verified blocks from. Shared with the thread that fetches ahead.
+pub trait BlockSource: Sync {
     /// The blocks, in the order asked; each checked against its id.
     fn fetch(&self, ids: &[BlockId]) -> Result<Vec<Vec<u8>>, String>;
 }
@@ -83,6 +86,27 @@ pub struct Restorer<'a> {
     pub stats: RestoreStats,
 }
 
+/// The windows of blocks the fetching thread has ready, in the order of the files.
+struct Ahead(std::sync::mpsc::Receiver<Result<Vec<Vec<u8>>, String>>);
+
+impl Ahead {
+    fn next(&self) -> Result<Vec<Vec<u8>>, RestoreError> {
+        match self.0.recv() {
+            Ok(window) => window.map_err(RestoreError::Fetch),
+            Err(_) => Err(RestoreError::Fetch("the fetching thread stopped".into())),
+        }
+    }
+
+    /// Drops a refused file's windows, fetched or not.
+    fn skip(&self, entry: &Entry) {
+        if entry.kind == EntryKind::File {
+            for _ in entry.blocks.chunks(FETCH_WINDOW) {
+                let _ = self.0.recv();
+            }
+        }
+    }
+}
+
 fn mtime(e: &Entry) -> SystemTime {
     if e.mtime_s >= 0 {
         UNIX_EPOCH + Duration::new(e.mtime_s as u64, e.mtime_ns.min(999_999_999))
@@ -108,24 +132,47 @@ impl<'a> Restorer<'a> {
         })
     }
 
-    /// Applies one archive's manifest.
+    /// Applies one archive's manifest. The blocks of the files ahead are fetched on a thread of
+    /// their own while this one writes and syncs, so the holders' latency overlaps the disk's.
     pub fn apply(&mut self, manifest: &Manifest) -> Result<(), RestoreError> {
-        for entry in &manifest.entries {
-            if !selected(self.globs, &entry.path) {
-                continue;
+        let (source, globs) = (self.source, self.globs);
+        // Every file that passes the path checks, in order: the writer takes their windows in
+        // the same order, and drains those of a file it then refuses.
+        let fetched = |e: &&Entry| {
+            e.kind == EntryKind::File
+                && selected(globs, &e.path)
+                && safe_components(&e.path).is_some()
+        };
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH_WINDOWS);
+            let files = manifest.entries.iter().filter(fetched);
+            scope.spawn(move || {
+                for window in files.flat_map(|e| e.blocks.chunks(FETCH_WINDOW)) {
+                    // A failure goes to the writer, who fails the restore if it needs the window.
+                    if tx.send(source.fetch(window)).is_err() {
+                        return;
+                    }
+                }
+            });
+            let ahead = Ahead(rx);
+            for entry in &manifest.entries {
+                if !selected(self.globs, &entry.path) {
+                    continue;
+                }
+                let Some(parts) = safe_components(&entry.path) else {
+                    tracing::warn!(path = %String::from_utf8_lossy(&entry.path), "restore refuses a path that leaves the target");
+                    self.stats.refused += 1;
+                    continue;
+                };
+                let Some(path) = self.prepare_parents(&parts)? else {
+                    self.stats.refused += 1;
+                    ahead.skip(entry);
+                    continue;
+                };
+                self.entry(entry, &path, &ahead)?;
             }
-            let Some(parts) = safe_components(&entry.path) else {
-                tracing::warn!(path = %String::from_utf8_lossy(&entry.path), "restore refuses a path that leaves the target");
-                self.stats.refused += 1;
-                continue;
-            };
-            let Some(path) = self.prepare_parents(&parts)? else {
-                self.stats.refused += 1;
-                continue;
-            };
-            self.entry(entry, &path)?;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Creates the parents of an entry, refusing to go through a symlink or a file.
@@ -145,7 +192,7 @@ impl<'a> Restorer<'a> {
         Ok(Some(dir.join(parts[parts.len() - 1])))
     }
 
-    fn entry(&mut self, entry: &Entry, path: &Path) -> Result<(), RestoreError> {
+    fn entry(&mut self, entry: &Entry, path: &Path, ahead: &Ahead) -> Result<(), RestoreError> {
         let io = |e| RestoreError::Io(path.into(), e);
         let existing = fs::symlink_metadata(path).ok();
         match entry.kind {
@@ -174,9 +221,10 @@ impl<'a> Restorer<'a> {
             EntryKind::File => {
                 if existing.as_ref().is_some_and(|m| m.is_dir()) {
                     self.stats.refused += 1;
+                    ahead.skip(entry);
                     return Ok(());
                 }
-                self.file(entry, path)?;
+                self.file(entry, path, ahead)?;
             }
         }
         self.stats.entries += 1;
@@ -185,7 +233,7 @@ impl<'a> Restorer<'a> {
 
     /// Writes a file beside its final name, then renames it over whatever was there (a symlink
     /// at that name is replaced, never followed).
-    fn file(&mut self, entry: &Entry, path: &Path) -> Result<(), RestoreError> {
+    fn file(&mut self, entry: &Entry, path: &Path, ahead: &Ahead) -> Result<(), RestoreError> {
         let name = path.file_name().unwrap_or_default().as_bytes();
         let tmp = path.with_file_name(OsStr::from_bytes(
             &[b".dci-restore.", name, b".tmp"].concat(),
@@ -198,9 +246,8 @@ impl<'a> Restorer<'a> {
             .open(&tmp)
             .map_err(io)?;
         let written = (|| {
-            for window in entry.blocks.chunks(FETCH_WINDOW) {
-                let blocks = self.source.fetch(window).map_err(RestoreError::Fetch)?;
-                for b in blocks {
+            for _ in entry.blocks.chunks(FETCH_WINDOW) {
+                for b in ahead.next()? {
                     f.write_all(&b).map_err(io)?;
                     self.stats.bytes += b.len() as u64;
                 }

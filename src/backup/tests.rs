@@ -191,16 +191,26 @@ fn a_restore_refuses_paths_that_escape_the_target_or_go_through_a_symlink() {
     let out = dir.path().join("out");
     fs::create_dir_all(&out).unwrap();
     symlink(&outside, out.join("trap")).unwrap();
+    fs::create_dir_all(out.join("taken")).unwrap();
     let store = MemBlockStore::default();
-    let file = |path: &[u8]| Entry {
-        path: path.to_vec(),
-        kind: EntryKind::File,
-        mode: 0o644,
-        mtime_s: 0,
-        mtime_ns: 0,
-        size: 0,
-        target: None,
-        blocks: Vec::new(),
+    // Each file has bytes of its own: a refused file's blocks, fetched ahead, must not end up
+    // in the next one.
+    let file = |path: &[u8]| {
+        let bytes = [b"the bytes of ".as_slice(), path].concat();
+        let id = BlockId::of(&bytes);
+        store
+            .put(&id, &crate::store::encode(&bytes, false))
+            .unwrap();
+        Entry {
+            path: path.to_vec(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            mtime_s: 0,
+            mtime_ns: 0,
+            size: bytes.len() as u64,
+            target: None,
+            blocks: vec![id],
+        }
     };
     let evil = Manifest {
         entries: vec![
@@ -208,6 +218,7 @@ fn a_restore_refuses_paths_that_escape_the_target_or_go_through_a_symlink() {
             file(b"/abs"),
             file(b"a/../../escape2"),
             file(b"trap/inside"),
+            file(b"taken"),
             file(b"fine"),
         ],
         deleted: Vec::new(),
@@ -216,8 +227,10 @@ fn a_restore_refuses_paths_that_escape_the_target_or_go_through_a_symlink() {
     let mut r = Restorer::new(&out, None, &src).unwrap();
     r.apply(&evil).unwrap();
     let stats = r.finish().unwrap();
-    assert_eq!(stats.refused, 4);
+    assert_eq!(stats.refused, 5);
     assert_eq!(stats.entries, 1);
+    assert_eq!(fs::read(out.join("fine")).unwrap(), b"the bytes of fine");
+    assert!(out.join("taken").is_dir());
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     assert!(!dir.path().join("escape").exists());
 }
