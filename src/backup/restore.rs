@@ -147,10 +147,38 @@ impl<'a> Restorer<'a> {
             let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH_WINDOWS);
             let files = manifest.entries.iter().filter(fetched);
             scope.spawn(move || {
-                for window in files.flat_map(|e| e.blocks.chunks(FETCH_WINDOW)) {
-                    // A failure goes to the writer, who fails the restore if it needs the window.
-                    if tx.send(source.fetch(window)).is_err() {
+                let mut windows = files.flat_map(|e| e.blocks.chunks(FETCH_WINDOW)).peekable();
+                loop {
+                    // Small files' windows are asked for together, up to a window's worth of
+                    // blocks: one round trip for many files instead of one each.
+                    let mut group: Vec<&[BlockId]> = Vec::new();
+                    let mut blocks = 0;
+                    while let Some(w) =
+                        windows.next_if(|w| group.is_empty() || blocks + w.len() <= FETCH_WINDOW)
+                    {
+                        blocks += w.len();
+                        group.push(w);
+                    }
+                    if group.is_empty() {
                         return;
+                    }
+                    let fetched: Vec<Result<Vec<Vec<u8>>, String>> =
+                        match source.fetch(&group.concat()) {
+                            Ok(mut all) => group
+                                .iter()
+                                .map(|w| {
+                                    let rest = all.split_off(w.len());
+                                    Ok(std::mem::replace(&mut all, rest))
+                                })
+                                .collect(),
+                            // Each window alone, so that one the writer skips fails nothing else.
+                            Err(_) => group.iter().map(|w| source.fetch(w)).collect(),
+                        };
+                    for window in fetched {
+                        // A failure goes to the writer, who fails the restore if it needs it.
+                        if tx.send(window).is_err() {
+                            return;
+                        }
                     }
                 }
             });

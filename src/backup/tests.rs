@@ -235,6 +235,53 @@ fn a_restore_refuses_paths_that_escape_the_target_or_go_through_a_symlink() {
     assert!(!dir.path().join("escape").exists());
 }
 
+/// Small files' blocks are fetched together; a refused file whose blocks are on no holder fails
+/// nothing around it.
+#[test]
+fn a_refused_file_whose_blocks_are_missing_fails_nothing_around_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    fs::create_dir_all(out.join("taken")).unwrap();
+    let store = MemBlockStore::default();
+    let file = |path: &[u8], stored: bool| {
+        let bytes = [b"the bytes of ".as_slice(), path].concat();
+        let id = BlockId::of(&bytes);
+        if stored {
+            store
+                .put(&id, &crate::store::encode(&bytes, false))
+                .unwrap();
+        }
+        Entry {
+            path: path.to_vec(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            mtime_s: 0,
+            mtime_ns: 0,
+            size: bytes.len() as u64,
+            target: None,
+            blocks: vec![id],
+        }
+    };
+    let manifest = Manifest {
+        entries: vec![
+            file(b"before", true),
+            file(b"taken", false),
+            file(b"after", true),
+        ],
+        deleted: Vec::new(),
+    };
+    let src = LocalSource(&store);
+    let mut r = Restorer::new(&out, None, &src).unwrap();
+    r.apply(&manifest).unwrap();
+    let stats = r.finish().unwrap();
+    assert_eq!((stats.entries, stats.refused), (2, 1));
+    assert_eq!(
+        fs::read(out.join("before")).unwrap(),
+        b"the bytes of before"
+    );
+    assert_eq!(fs::read(out.join("after")).unwrap(), b"the bytes of after");
+}
+
 #[test]
 fn special_and_unreadable_files_are_skipped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
