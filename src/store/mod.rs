@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod chunk;
 mod fs;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
@@ -82,10 +83,37 @@ pub enum StoreError {
 const RAW: u8 = 0;
 const ZSTD: u8 = 1;
 
+thread_local! {
+    // zstd contexts kept per thread: making a fresh one for every block (twice when compressing)
+    // was 3% of a backup's CPU.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// `data` compressed at level 1, with this thread's context.
+fn zstd_compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with_borrow_mut(|c| match c {
+        Some(c) => c.compress(data),
+        None => c.insert(zstd::bulk::Compressor::new(1)?).compress(data),
+    })
+}
+
+/// `data` decompressed into at most `limit` bytes, with this thread's context.
+fn zstd_decompress(data: &[u8], limit: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with_borrow_mut(|d| match d {
+        Some(d) => d.decompress(data, limit),
+        None => d
+            .insert(zstd::bulk::Decompressor::new()?)
+            .decompress(data, limit),
+    })
+}
+
 /// Encodes `plain` for storage and transfer: compressed when `compress` and it pays.
 pub fn encode(plain: &[u8], compress: bool) -> Vec<u8> {
     if compress && compressible(plain) {
-        if let Ok(z) = zstd::bulk::compress(plain, 1) {
+        if let Ok(z) = zstd_compress(plain) {
             // Keep the compressed form only when it saves at least an eighth.
             if z.len() + z.len() / 7 < plain.len() {
                 let mut out = Vec::with_capacity(z.len() + 1);
@@ -111,7 +139,7 @@ fn compressible(plain: &[u8]) -> bool {
     }
     let mid = plain.len() / 2;
     let sample = &plain[mid - SAMPLE / 2..mid + SAMPLE / 2];
-    zstd::bulk::compress(sample, 1).is_ok_and(|z| z.len() < SAMPLE * 7 / 8)
+    zstd_compress(sample).is_ok_and(|z| z.len() < SAMPLE * 7 / 8)
 }
 
 /// Decodes an encoded block and checks it against `id`; never expands past [`MAX_BLOCK_BYTES`].
@@ -120,7 +148,7 @@ pub fn decode_verified(id: &BlockId, encoded: &[u8]) -> Result<Vec<u8>, StoreErr
     let plain = match encoded.split_first() {
         Some((&RAW, body)) if body.len() <= MAX_BLOCK_BYTES => body.to_vec(),
         Some((&RAW, _)) => return Err(corrupt("larger than the block limit")),
-        Some((&ZSTD, body)) => zstd::bulk::decompress(body, MAX_BLOCK_BYTES)
+        Some((&ZSTD, body)) => zstd_decompress(body, MAX_BLOCK_BYTES)
             .map_err(|e| corrupt(&format!("bad zstd data: {e}")))?,
         Some((tag, _)) => return Err(corrupt(&format!("unknown encoding {tag}"))),
         None => return Err(corrupt("empty")),
