@@ -183,6 +183,27 @@ fn a_partial_restore_writes_only_the_selected_paths() {
     assert!(!out.join("b.bin").exists());
 }
 
+/// A file entry whose one block holds "the bytes of PATH", put in `store` when `stored`.
+fn file_of_one_block(store: &MemBlockStore, path: &[u8], stored: bool) -> Entry {
+    let bytes = [b"the bytes of ".as_slice(), path].concat();
+    let id = BlockId::of(&bytes);
+    if stored {
+        store
+            .put(&id, &crate::store::encode(&bytes, false))
+            .unwrap();
+    }
+    Entry {
+        path: path.to_vec(),
+        kind: EntryKind::File,
+        mode: 0o644,
+        mtime_s: 0,
+        mtime_ns: 0,
+        size: bytes.len() as u64,
+        target: None,
+        blocks: vec![id],
+    }
+}
+
 #[test]
 fn a_restore_refuses_paths_that_escape_the_target_or_go_through_a_symlink() {
     let dir = tempfile::tempdir().unwrap();
@@ -195,23 +216,7 @@ fn a_restore_refuses_paths_that_escape_the_target_or_go_through_a_symlink() {
     let store = MemBlockStore::default();
     // Each file has bytes of its own: a refused file's blocks, fetched ahead, must not end up
     // in the next one.
-    let file = |path: &[u8]| {
-        let bytes = [b"the bytes of ".as_slice(), path].concat();
-        let id = BlockId::of(&bytes);
-        store
-            .put(&id, &crate::store::encode(&bytes, false))
-            .unwrap();
-        Entry {
-            path: path.to_vec(),
-            kind: EntryKind::File,
-            mode: 0o644,
-            mtime_s: 0,
-            mtime_ns: 0,
-            size: bytes.len() as u64,
-            target: None,
-            blocks: vec![id],
-        }
-    };
+    let file = |path: &[u8]| file_of_one_block(&store, path, true);
     let evil = Manifest {
         entries: vec![
             file(b"../escape"),
@@ -243,25 +248,7 @@ fn a_refused_file_whose_blocks_are_missing_fails_nothing_around_it() {
     let out = dir.path().join("out");
     fs::create_dir_all(out.join("taken")).unwrap();
     let store = MemBlockStore::default();
-    let file = |path: &[u8], stored: bool| {
-        let bytes = [b"the bytes of ".as_slice(), path].concat();
-        let id = BlockId::of(&bytes);
-        if stored {
-            store
-                .put(&id, &crate::store::encode(&bytes, false))
-                .unwrap();
-        }
-        Entry {
-            path: path.to_vec(),
-            kind: EntryKind::File,
-            mode: 0o644,
-            mtime_s: 0,
-            mtime_ns: 0,
-            size: bytes.len() as u64,
-            target: None,
-            blocks: vec![id],
-        }
-    };
+    let file = |path: &[u8], stored: bool| file_of_one_block(&store, path, stored);
     let manifest = Manifest {
         entries: vec![
             file(b"before", true),
