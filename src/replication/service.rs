@@ -1041,6 +1041,10 @@ impl Service {
         holders: &[PeerId],
         batches: mpsc::Receiver<Vec<(BlockId, Vec<u8>)>>,
     ) -> HashMap<PeerId, u64> {
+        if holders.is_empty() {
+            // The receiver goes, and the scan queues nothing.
+            return HashMap::new();
+        }
         let failed: std::sync::Mutex<HashSet<PeerId>> = Default::default();
         let pushed: std::sync::Mutex<HashMap<PeerId, u64>> = Default::default();
         let (failed, pushed_ref) = (&failed, &pushed);
@@ -2074,8 +2078,10 @@ impl BlockStore for Tee {
     }
     fn put_many(&self, blocks: &[(BlockId, Vec<u8>)]) -> Result<(), StoreError> {
         self.inner.put_many(blocks)?;
-        // Gone only when the pusher stopped; the sync round pushes these blocks then.
-        let _ = self.batches.blocking_send(blocks.to_vec());
+        // Closed when no holder is reachable; the sync round pushes these blocks then.
+        if !self.batches.is_closed() {
+            let _ = self.batches.blocking_send(blocks.to_vec());
+        }
         Ok(())
     }
     fn get(&self, id: &BlockId) -> Result<Option<Vec<u8>>, StoreError> {
