@@ -269,7 +269,8 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
         spare.log_text()
     );
 
-    // The new holder backs the blade up under its name: the chain goes on, and the archive
+    // The new holder backs the blade up under its name: the first archive of its epoch is a
+    // snapshot of the data set it restored (its blocks are on the holders already), and it
     // reaches the factor (2) on live holders, b2 and b3, the dead b1 replaced.
     fs::write(
         spare_root.join("docs/after.md"),
@@ -291,7 +292,7 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
             .unwrap_or_default();
         holders.sort();
         archive_id(latest) > Some(first_id)
-            && latest["kind"] == "delta"
+            && latest["kind"] == "snapshot"
             && latest["complete"] == true
             && holders == ["b2", "b3"]
     });

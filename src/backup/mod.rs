@@ -115,7 +115,8 @@ pub fn archive_blocks(
 
 /// Makes the next archive of `blade` in the local store and catalog, numbered under `epoch` (the
 /// blade's seat epoch here), and returns its record (with no holders yet) and the scan's figures.
-/// A delta records the changes since the latest archive this node knows.
+/// A delta records the changes since the latest archive made under the same epoch; the first under
+/// a new epoch is a snapshot.
 pub fn make_archive(
     settings: &ScanSettings,
     method: Method,
@@ -128,7 +129,12 @@ pub fn make_archive(
     let records = catalog.list(blade)?;
     let last = records.last();
     let (parent_id, parent) = match (method, last) {
-        (Method::Delta, Some(last)) => (
+        // A delta goes on from this epoch's own line. The first archive under a new epoch (a
+        // takeover) is a snapshot: the data set came from whichever archive the takeover
+        // restored, and the catalog may since have taken in one it missed; a delta on that one
+        // would record its extra files as deleted, which restores never delete. Its blocks are
+        // on the holders already, so the snapshot costs a manifest.
+        (Method::Delta, Some(last)) if last.id.epoch == epoch => (
             Some(last.id),
             Some(tree_at(&records, last.id, &LocalSource(store))?),
         ),

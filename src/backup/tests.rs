@@ -148,7 +148,8 @@ fn a_takeover_that_missed_the_latest_archive_numbers_its_own_apart_and_each_rest
         (id(1, 2), id(2, 2)),
         "same number, distinct ids"
     );
-    assert_eq!(own.parent, Some(first.id));
+    // The first archive of a new epoch is a snapshot of the data set the takeover restored.
+    assert_eq!((own.kind, own.parent), (ArchiveKind::Snapshot, None));
 
     // Once both lines meet in one catalog, each archive still restores its own tree.
     let mut all = old.list("b").unwrap();
@@ -162,6 +163,31 @@ fn a_takeover_that_missed_the_latest_archive_numbers_its_own_apart_and_each_rest
     restore_line(&store, &all, missed.id, &out, None);
     assert_eq!(fs::read(out.join("x")).unwrap(), b"v2");
     assert!(out.join("y").exists() && !out.join("z").exists());
+}
+
+/// An archive the new holder takes in (its holder came back) before it makes its own first one
+/// is not that archive's parent: the data set came from the archive restored at the takeover, and
+/// a delta on the other would record its files as deleted, which restores never delete.
+#[test]
+fn an_archive_taken_in_before_the_first_of_a_new_epoch_does_not_leak_into_its_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_root, new_root) = (dir.path().join("old"), dir.path().join("new"));
+    fs::create_dir_all(&old_root).unwrap();
+    let store = MemBlockStore::default();
+    let (old, new) = (MemCatalog::default(), MemCatalog::default());
+    fs::write(old_root.join("x"), b"v1").unwrap();
+    let (first, _) = make(&old_root, Method::Delta, &store, &old, 1, 1).unwrap();
+    fs::write(old_root.join("y"), b"only in 1.2").unwrap();
+    let (missed, _) = make(&old_root, Method::Delta, &store, &old, 1, 2).unwrap();
+    new.put(&first).unwrap();
+    restore_line(&store, &new.list("b").unwrap(), first.id, &new_root, None);
+    new.put(&missed).unwrap();
+    fs::write(new_root.join("z"), b"after the takeover").unwrap();
+    let (own, _) = make(&new_root, Method::Delta, &store, &new, 2, 3).unwrap();
+    let out = dir.path().join("out");
+    restore_line(&store, &new.list("b").unwrap(), own.id, &out, None);
+    assert!(out.join("x").exists() && out.join("z").exists());
+    assert!(!out.join("y").exists(), "{own:?}");
 }
 
 #[test]

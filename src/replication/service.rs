@@ -1403,8 +1403,8 @@ impl Service {
     }
 
     /// Makes `blade`'s archives, as the live nodes hold them, this node's own, each with every
-    /// block it needs fetched into the local store: the next archive here is a delta on the
-    /// blade's latest under the next number, and the sync rounds push every archive to the
+    /// block it needs fetched into the local store: the next archive here (a snapshot, the first
+    /// of this node's epoch) takes the next number, and the sync rounds push every archive to the
     /// holders placement now chooses for the blade. Stops at the first archive it cannot fetch;
     /// answers how many it adopted.
     async fn adopt(self: &Arc<Self>, blade: &str) -> Result<usize, String> {
