@@ -171,18 +171,18 @@ print(a["id"], a["kind"], "complete" if a["complete"] else "incomplete")' 2>/dev
 }
 
 # After healing the data is reconciled: blade-1's archive made during the cut is complete on
-# its holders, X's latest (made by spare-1) continues X's chain and is complete, and X restored
-# on blade-2 holds what spare-1 wrote.
+# its holders, X's latest (made by spare-1: the first of its epoch, so a snapshot of what it
+# restored) is complete, and X restored on blade-2 holds what spare-1 wrote.
 split_data_reconciled() {
   local deadline=$((SECONDS+60)) b1 x
   while [ $SECONDS -lt $deadline ]; do
     b1=$(split_latest dcisplit_blade-3_1 blade-1)
     x=$(split_latest dcisplit_blade-4_1 "$split_x")
-    [[ "$b1" = *".2 "*" complete" ]] && [[ "$x" = *".2 delta complete" ]] && break
+    [[ "$b1" = *".2 "*" complete" ]] && [[ "$x" = *".2 snapshot complete" ]] && break
     sleep 1
   done
   echo "blade-1's latest archive: $b1; $split_x's: $x"
-  [[ "$b1" = *".2 "*" complete" ]] && [[ "$x" = *".2 delta complete" ]] || {
+  [[ "$b1" = *".2 "*" complete" ]] && [[ "$x" = *".2 snapshot complete" ]] || {
     docker exec dcisplit_blade-1_1 dcish archives blade-1; docker exec dcisplit_blade-1_1 dcish archives "$split_x"; return 1; }
   docker exec dcisplit_blade-2_1 dcish restore "$split_x" --to "/var/lib/dci/restores/$split_x" || return 1
   rm -rf "$split_data/again" && docker cp "dcisplit_blade-2_1:/var/lib/dci/restores/$split_x" "$split_data/again" || return 1
