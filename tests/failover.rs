@@ -206,9 +206,11 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
     });
     assert!(
         taken.is_some(),
-        "the spare did not take b1 over: {:?}\n{}",
+        "the spare did not take b1 over: {:?}\nspare:\n{}\nb2:\n{}\nb3:\n{}",
         live.iter().map(|n| seat(n, "b1")).collect::<Vec<_>>(),
-        spare.log_text()
+        spare.log_text(),
+        b2.log_text(),
+        b3.log_text()
     );
     // A figure, not a check: from kill -9 to every live node showing the new holder (polled
     // every 100 ms through dcish, so it overstates).

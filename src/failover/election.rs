@@ -448,7 +448,12 @@ where
                 Ok(()) => self
                     .out
                     .push(Output::Send(from, Message::WouldGrant { blade, epoch })),
-                Err(_) => self.refuse(from, blade, epoch),
+                Err(why) => {
+                    // Claims are retried every claim timeout or two, so this stays a few lines
+                    // per outage, and it says why a blade stays down.
+                    tracing::info!(%blade, epoch, claimant = %from, "would not grant the blade: {why}");
+                    self.refuse(from, blade, epoch)
+                }
             },
             Message::WouldGrant { blade, epoch } => {
                 self.handle_vote(from, blade, epoch, false, now)
@@ -814,9 +819,11 @@ where
         let seen = self.promised_seen.get(&blade).copied().unwrap_or(0);
         let epoch = seat_epoch.max(promised).max(seen) + 1;
         // This node votes too, by the same rules as any voter.
-        if self.may_grant(&blade, epoch, self.me, now).is_err() {
+        if let Err(why) = self.may_grant(&blade, epoch, self.me, now) {
+            tracing::debug!(%blade, epoch, "not claiming the blade: {why}");
             return;
         }
+        tracing::info!(%blade, epoch, ?reason, "asking the voters for the blade");
         let retry_at = self.retry_time(now);
         self.claims.insert(
             blade.clone(),
@@ -871,10 +878,12 @@ where
         }
         let (epoch, reason) = (c.epoch, c.reason);
         // Things may have changed while the voters answered (a promise to a rival, a seat).
-        if self.may_grant(blade, epoch, self.me, now).is_err() {
+        if let Err(why) = self.may_grant(blade, epoch, self.me, now) {
+            tracing::info!(%blade, epoch, "a majority would grant the blade, but not claiming it: {why}");
             self.claims.remove(blade);
             return;
         }
+        tracing::info!(%blade, epoch, willing = c.grants.len(), "claiming the blade: a majority would grant it");
         self.promise(blade, epoch, self.me, now);
         let retry_at = self.retry_time(now);
         if let Some(c) = self.claims.get_mut(blade) {
@@ -964,7 +973,10 @@ where
                 self.out
                     .push(Output::Send(from, Message::Grant { blade, epoch }));
             }
-            Err(_) => self.refuse(from, blade, epoch),
+            Err(why) => {
+                tracing::info!(%blade, epoch, claimant = %from, "refused a claim of the blade: {why}");
+                self.refuse(from, blade, epoch)
+            }
         }
     }
 
