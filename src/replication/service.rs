@@ -128,8 +128,9 @@ pub struct Service {
     unrestored: std::sync::Mutex<HashSet<String>>,
     /// When each member was last seen to die or leave, for the repair grace.
     gone_since: std::sync::Mutex<HashMap<PeerId, Instant>>,
-    /// Members seen alive again since the last sync round: they may keep archives of this
-    /// node's blade that it has not seen (made by an earlier node acting as it).
+    /// Members to ask for archives of this node's blade that it has not seen (made by an earlier
+    /// node acting as it): those seen alive again since the last sync round, and those a
+    /// takeover could not ask. Each stays here until it answers or is no longer up.
     returned: std::sync::Mutex<HashSet<PeerId>>,
     started: Instant,
     stats: Arc<super::Stats>,
@@ -368,7 +369,7 @@ impl Service {
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                _ = sync.tick() => self.clone().spawn_sync(),
+                _ = sync.tick() => self.clone().spawn_sync(false),
                 Some(()) = async { changes.as_mut()?.recv().await }, if changes.is_some() => {
                     change_due.get_or_insert_with(|| tokio::time::Instant::now() + CHANGE_SETTLE);
                 }
@@ -426,7 +427,7 @@ impl Service {
                         .insert(e.id);
                 }
                 // A returning holder is synced at once rather than at the next round.
-                self.clone().spawn_sync();
+                self.clone().spawn_sync(true);
             }
             EventKind::Suspect
             | EventKind::MetaChanged
@@ -436,14 +437,25 @@ impl Service {
         }
     }
 
-    fn spawn_sync(self: Arc<Self>) {
+    /// Starts a peersync round unless one is running; `again` (a new archive, a holder back)
+    /// asks a running round for another right after it.
+    fn spawn_sync(self: Arc<Self>, again: bool) {
         use std::sync::atomic::Ordering;
-        self.resync.store(true, Ordering::SeqCst);
+        if again {
+            self.resync.store(true, Ordering::SeqCst);
+        }
         tokio::spawn(async move {
             if let Ok(_guard) = self.sync_lock.try_lock() {
-                // A new archive made during a round is pushed by the next one, at once.
-                while self.resync.swap(false, Ordering::SeqCst) {
+                // A new archive made during a round is pushed by the next one, at once. A
+                // periodic tick asks for no such round: when a holder is alive but out of reach,
+                // each round waits out its timeout, longer than the interval, and rounds would
+                // follow one another without ever letting `dcish backup now` have the lock.
+                loop {
+                    self.resync.store(false, Ordering::SeqCst);
                     self.sync_round().await;
+                    if !self.resync.load(Ordering::SeqCst) {
+                        break;
+                    }
                 }
             }
         });
@@ -719,12 +731,22 @@ impl Service {
         let members = self.members().await;
         let (holders, reachable) = self.holders(&blade, &members);
         let since = self.aged_before();
-        // Holders are synced below; other members back from away are asked here.
-        for peer in returned
+        // Holders are synced below; other members back from away are asked here, side by side
+        // (one out of reach costs the round one timeout, not one each).
+        let asks = returned
             .into_iter()
             .filter(|p| !holders.contains(&p.to_string()))
-        {
-            self.take_in(&blade, peer, &holders, since).await;
+            .map(|peer| {
+                let (blade, holders) = (&blade, &holders);
+                async move { (peer, self.take_in(blade, peer, holders, since).await) }
+            });
+        for (peer, taken) in futures::future::join_all(asks).await {
+            if taken != Some(0) && reachable.contains(&peer.to_string()) {
+                self.returned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(peer);
+            }
         }
         let Ok(records) = self.catalog.list(&blade) else {
             return;
@@ -1335,7 +1357,7 @@ impl Service {
             record
         };
         if !wait {
-            self.clone().spawn_sync();
+            self.clone().spawn_sync(true);
             return Ok(record);
         }
         {
@@ -1408,7 +1430,13 @@ impl Service {
     /// holders placement now chooses for the blade. Stops at the first archive it cannot fetch;
     /// answers how many it adopted.
     async fn adopt(self: &Arc<Self>, blade: &str) -> Result<usize, String> {
-        let (_, merged) = self.gather(blade).await;
+        let (_, merged, unanswered) = self.gather(blade).await;
+        // A node out of reach now (a one-way cut, a busy link) may keep an archive that no
+        // other node has: it is asked at every sync round until it answers.
+        self.returned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(unanswered);
         let me = self.me.to_string();
         let mut adopted = 0;
         for (mut record, have) in merged.into_values() {
@@ -1505,7 +1533,7 @@ impl Service {
                 )]))
             }
             BackupRequest::Archives { blade } => {
-                let (records, _) = self.gather(&blade).await;
+                let (records, _, _) = self.gather(&blade).await;
                 Ok(archives_to_payload(&records))
             }
             BackupRequest::GetSettings { .. } => Ok(settings_to_payload(&self.settings())),
@@ -1586,14 +1614,15 @@ impl Service {
         }
     }
 
-    /// Every live node's records of `blade`, merged by archive: the listing, and for each archive
-    /// the record and the nodes that hold it.
+    /// Every live node's records of `blade`, merged by archive: the listing, for each archive
+    /// the record and the nodes that hold it, and the live nodes that did not answer.
     async fn gather(
         &self,
         blade: &str,
     ) -> (
         Vec<ArchiveInfo>,
         BTreeMap<ArchiveId, (ArchiveRecord, Vec<PeerId>)>,
+        Vec<PeerId>,
     ) {
         let members = self.members().await;
         let me = self.me.to_string();
@@ -1622,9 +1651,11 @@ impl Service {
             }
         };
         add(self.me, self.catalog.list(blade).unwrap_or_default());
+        let mut unanswered = Vec::new();
         for (p, a) in peers.iter().zip(answers) {
-            if let Ok(Response::Records(rs)) = a {
-                add(*p, rs);
+            match a {
+                Ok(Response::Records(rs)) => add(*p, rs),
+                _ => unanswered.push(*p),
             }
         }
         let infos = merged
@@ -1644,7 +1675,7 @@ impl Service {
                 info
             })
             .collect();
-        (infos, merged)
+        (infos, merged, unanswered)
     }
 
     /// The latest archived tree of `blade`, read from whichever live nodes hold it: the seeds'
@@ -1654,7 +1685,7 @@ impl Service {
         blade: &str,
         archive: Option<ArchiveRef>,
     ) -> Result<(BTreeMap<Vec<u8>, crate::backup::manifest::Entry>, NetSource), Failure> {
-        let (_, merged) = self.gather(blade).await;
+        let (_, merged, _) = self.gather(blade).await;
         let last = pick(blade, archive, merged.keys().copied())?;
         let records: Vec<ArchiveRecord> = merged.values().map(|(r, _)| r.clone()).collect();
         let source = self.net_source(merged.values().map(|(_, have)| have));
@@ -1815,7 +1846,7 @@ impl Service {
             }
             Some(b.build().map_err(|e| fail("bad-path", e))?)
         };
-        let (_, merged) = self.gather(&args.blade).await;
+        let (_, merged, _) = self.gather(&args.blade).await;
         let upto = pick(&args.blade, args.archive, merged.keys().copied())?;
         let records: Vec<ArchiveRecord> = merged.values().map(|(r, _)| r.clone()).collect();
         let chain: Vec<ArchiveRecord> = chain(&records, upto).into_iter().cloned().collect();
