@@ -176,13 +176,24 @@ async fn wait_count(c: &Client, css: &str, n: usize) -> Vec<fantoccini::elements
     }
 }
 
+/// Clicks the element `css` matches. The console redraws its tables every few seconds, so an
+/// element found may be replaced before the click lands: it is then found again.
 async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    use fantoccini::error::{CmdError, ErrorStatus};
+    for _ in 0..20 {
+        let clicked = match c.find(Locator::Css(css)).await {
+            Ok(e) => e.click().await,
+            Err(e) => Err(e),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(CmdError::Standard(e)) if e.error == ErrorStatus::StaleElementReference => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot click {css}: {e}"),
+        }
+    }
+    panic!("{css} was redrawn under every one of 20 clicks");
 }
 
 async fn set_field(c: &Client, css: &str, value: &str) {
