@@ -741,7 +741,7 @@ impl Service {
                 async move { (peer, self.take_in(blade, peer, holders, since).await) }
             });
         for (peer, taken) in futures::future::join_all(asks).await {
-            if taken != Some(0) && reachable.contains(&peer.to_string()) {
+            if taken.is_none() && reachable.contains(&peer.to_string()) {
                 self.returned
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
