@@ -1,6 +1,6 @@
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::manifest::{Entry, EntryKind, Manifest};
 use super::restore::Restorer;
@@ -125,14 +125,23 @@ fn sequential_restore_to_an_earlier_archive_overwrites_clashes_and_deletes_nothi
     assert_eq!(fs::read(out.join("w")).unwrap(), b"untouched");
 }
 
-#[test]
-fn a_takeover_that_missed_the_latest_archive_numbers_its_own_apart_and_each_restores_its_line() {
+/// A takeover that missed an archive: the old holder, at epoch 1, made two (`x` v1; then `x` v2
+/// and `y`); the node that took the blade over at epoch 2 reached only a holder of the first,
+/// restored it into `new_root`, and wrote `z` there.
+struct MissedTakeover {
+    dir: tempfile::TempDir,
+    new_root: PathBuf,
+    store: MemBlockStore,
+    old: MemCatalog,
+    new: MemCatalog,
+    missed: ArchiveRecord,
+}
+
+fn missed_takeover() -> MissedTakeover {
     let dir = tempfile::tempdir().unwrap();
     let (old_root, new_root) = (dir.path().join("old"), dir.path().join("new"));
     fs::create_dir_all(&old_root).unwrap();
     let store = MemBlockStore::default();
-    // The old holder, at epoch 1, makes two archives; the node that takes the blade over at
-    // epoch 2 could reach only a holder of the first.
     let (old, new) = (MemCatalog::default(), MemCatalog::default());
     fs::write(old_root.join("x"), b"v1").unwrap();
     let (first, _) = make(&old_root, Method::Delta, &store, &old, 1, 1).unwrap();
@@ -142,9 +151,22 @@ fn a_takeover_that_missed_the_latest_archive_numbers_its_own_apart_and_each_rest
     new.put(&first).unwrap();
     restore_line(&store, &new.list("b").unwrap(), first.id, &new_root, None);
     fs::write(new_root.join("z"), b"after the takeover").unwrap();
-    let (own, _) = make(&new_root, Method::Delta, &store, &new, 2, 3).unwrap();
+    MissedTakeover {
+        dir,
+        new_root,
+        store,
+        old,
+        new,
+        missed,
+    }
+}
+
+#[test]
+fn a_takeover_that_missed_the_latest_archive_numbers_its_own_apart_and_each_restores_its_line() {
+    let t = missed_takeover();
+    let (own, _) = make(&t.new_root, Method::Delta, &t.store, &t.new, 2, 3).unwrap();
     assert_eq!(
-        (missed.id, own.id),
+        (t.missed.id, own.id),
         (id(1, 2), id(2, 2)),
         "same number, distinct ids"
     );
@@ -152,15 +174,15 @@ fn a_takeover_that_missed_the_latest_archive_numbers_its_own_apart_and_each_rest
     assert_eq!((own.kind, own.parent), (ArchiveKind::Snapshot, None));
 
     // Once both lines meet in one catalog, each archive still restores its own tree.
-    let mut all = old.list("b").unwrap();
+    let mut all = t.old.list("b").unwrap();
     all.push(own.clone());
     all.sort_by_key(|r| r.id);
-    let out = dir.path().join("out-own");
-    restore_line(&store, &all, own.id, &out, None);
+    let out = t.dir.path().join("out-own");
+    restore_line(&t.store, &all, own.id, &out, None);
     assert_eq!(fs::read(out.join("x")).unwrap(), b"v1");
     assert!(out.join("z").exists() && !out.join("y").exists());
-    let out = dir.path().join("out-missed");
-    restore_line(&store, &all, missed.id, &out, None);
+    let out = t.dir.path().join("out-missed");
+    restore_line(&t.store, &all, t.missed.id, &out, None);
     assert_eq!(fs::read(out.join("x")).unwrap(), b"v2");
     assert!(out.join("y").exists() && !out.join("z").exists());
 }
@@ -170,22 +192,11 @@ fn a_takeover_that_missed_the_latest_archive_numbers_its_own_apart_and_each_rest
 /// a delta on the other would record its files as deleted, which restores never delete.
 #[test]
 fn an_archive_taken_in_before_the_first_of_a_new_epoch_does_not_leak_into_its_tree() {
-    let dir = tempfile::tempdir().unwrap();
-    let (old_root, new_root) = (dir.path().join("old"), dir.path().join("new"));
-    fs::create_dir_all(&old_root).unwrap();
-    let store = MemBlockStore::default();
-    let (old, new) = (MemCatalog::default(), MemCatalog::default());
-    fs::write(old_root.join("x"), b"v1").unwrap();
-    let (first, _) = make(&old_root, Method::Delta, &store, &old, 1, 1).unwrap();
-    fs::write(old_root.join("y"), b"only in 1.2").unwrap();
-    let (missed, _) = make(&old_root, Method::Delta, &store, &old, 1, 2).unwrap();
-    new.put(&first).unwrap();
-    restore_line(&store, &new.list("b").unwrap(), first.id, &new_root, None);
-    new.put(&missed).unwrap();
-    fs::write(new_root.join("z"), b"after the takeover").unwrap();
-    let (own, _) = make(&new_root, Method::Delta, &store, &new, 2, 3).unwrap();
-    let out = dir.path().join("out");
-    restore_line(&store, &new.list("b").unwrap(), own.id, &out, None);
+    let t = missed_takeover();
+    t.new.put(&t.missed).unwrap();
+    let (own, _) = make(&t.new_root, Method::Delta, &t.store, &t.new, 2, 3).unwrap();
+    let out = t.dir.path().join("out");
+    restore_line(&t.store, &t.new.list("b").unwrap(), own.id, &out, None);
     assert!(out.join("x").exists() && out.join("z").exists());
     assert!(!out.join("y").exists(), "{own:?}");
 }
