@@ -117,6 +117,24 @@ fn role_of(seen_by: &Node, name: &str) -> Option<String> {
         .and_then(|m| m["role"].as_str().map(String::from))
 }
 
+/// How each node sees the mesh (members and their liveness) and its own counters (messages
+/// dropped, election persist failures, ...): what a failure message needs to say why an
+/// election did not finish.
+fn views(nodes: &[&Node]) -> String {
+    let mut out = String::new();
+    for n in nodes {
+        let members = n.dcish(&["nodes"]);
+        let status = n.dcish(&["status"]);
+        out += &format!(
+            "{} sees:\n{}{}\n",
+            n.name,
+            String::from_utf8_lossy(&members.stdout),
+            String::from_utf8_lossy(&status.stdout)
+        );
+    }
+    out
+}
+
 /// Also: the blade's own peerlet (carried in its data set) answers to its name on its node, then
 /// on the spare that took it over, and never on the old node come back; and the new holder's
 /// backups continue the blade's chain of archives, on as many live holders as the factor asks
@@ -206,8 +224,9 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
     });
     assert!(
         taken.is_some(),
-        "the spare did not take b1 over: {:?}\nspare:\n{}\nb2:\n{}\nb3:\n{}",
+        "the spare did not take b1 over: {:?}\n{}\nspare:\n{}\nb2:\n{}\nb3:\n{}",
         live.iter().map(|n| seat(n, "b1")).collect::<Vec<_>>(),
+        views(&live),
         spare.log_text(),
         b2.log_text(),
         b3.log_text()

@@ -22,6 +22,10 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// An outgoing stream with nothing to send for this long is closed, so that a connection to a
 /// member this node no longer talks to can idle out.
 const WRITER_IDLE: Duration = Duration::from_secs(30);
+/// A write that does not finish in this long gives its stream up: the peer is not reading (or the
+/// connection is wedged), and everything queued behind it would otherwise wait, or be dropped as
+/// the queue fills, until the connection itself is closed.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages waiting for one peer's stream; more are dropped (the peer is not keeping up).
 const QUEUE: usize = 256;
 /// Inbound messages waiting for the agent's event loop, from all peers.
@@ -182,15 +186,27 @@ async fn write(
     lane: Lane,
     peer: PeerId,
     mut control: libp2p_stream::Control,
-    mut rx: mpsc::Receiver<Out>,
+    rx: mpsc::Receiver<Out>,
 ) {
     let opened =
         tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, lane.protocol())).await;
-    let mut stream = match opened {
+    let stream = match opened {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return tracing::debug!(%peer, "cannot open a {lane:?} stream: {e}"),
         Err(_) => return tracing::debug!(%peer, "opening a {lane:?} stream timed out"),
     };
+    if let Err(e) = pump(stream, rx).await {
+        tracing::debug!(%peer, "{lane:?} stream broke: {e}");
+    }
+}
+
+/// Writes what is queued onto `stream` until it idles out, breaks, or stalls for longer than
+/// [`WRITE_TIMEOUT`]. Returning drops the receiver, so the next message starts a new writer
+/// instead of queueing behind a stream that no longer moves.
+async fn pump<S: futures::AsyncWrite + Unpin>(
+    mut stream: S,
+    mut rx: mpsc::Receiver<Out>,
+) -> io::Result<()> {
     let mut buf = Vec::with_capacity(16 << 10);
     let mut flushed = Vec::new();
     loop {
@@ -214,19 +230,19 @@ async fn write(
                 None
             };
         }
-        let written: io::Result<()> = async {
+        let written = tokio::time::timeout(WRITE_TIMEOUT, async {
             stream.write_all(&buf).await?;
             stream.flush().await
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled")));
         for done in flushed.drain(..) {
             let _ = done.send(());
         }
-        if let Err(e) = written {
-            return tracing::debug!(%peer, "{lane:?} stream broke: {e}");
-        }
+        written?;
     }
     let _ = stream.close().await;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -287,5 +303,60 @@ mod tests {
         bytes.extend_from_slice(b"half");
         let got = read_all(Lane::Membership, bytes).await;
         assert_eq!(got.len(), 1, "{got:?}");
+    }
+
+    /// A writer that never takes a byte: a peer that stopped reading.
+    struct Stalled;
+
+    impl futures::AsyncWrite for Stalled {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Pending
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Pending
+        }
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_stops_taking_writes_is_given_up_and_its_waiters_answered() {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (done, flushed) = oneshot::channel();
+        tx.try_send(Out::Message(b"probe".to_vec())).unwrap();
+        tx.try_send(Out::Flushed(done)).unwrap();
+        let started = tokio::time::Instant::now();
+        let err = tokio::time::timeout(WRITE_TIMEOUT * 3, pump(Stalled, rx))
+            .await
+            .expect("the pump waits on a stalled stream")
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), WRITE_TIMEOUT);
+        flushed.await.expect("the flush waiter is answered");
+        // The receiver is gone with the pump: the next send finds the queue closed and starts
+        // a new writer (see `Frames::send`).
+        assert!(tx.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_pump_writes_the_queue_framed_and_ends_when_its_senders_are_gone() {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tx.try_send(Out::Message(b"one".to_vec())).unwrap();
+        tx.try_send(Out::Message(b"two".to_vec())).unwrap();
+        drop(tx);
+        let mut out = futures::io::Cursor::new(Vec::new());
+        pump(&mut out, rx).await.unwrap();
+        assert_eq!(out.into_inner(), framed(&[b"one", b"two"]));
     }
 }
