@@ -269,6 +269,7 @@ impl Agent {
                 me: local_id,
                 name: config.name.clone(),
                 role: config.role,
+                zone: config.zone.clone(),
                 has_seeds: !config.join.is_empty(),
                 election: crate::failover::election::ElectionConfig::default(),
             },
@@ -446,6 +447,8 @@ impl Agent {
             notices_in,
             dials_in,
         };
+        let own = agent.swim.meta().clone();
+        agent.failover.set_own(&own);
         agent.apply_outputs();
         agent.sync_view();
         service(agent.events.subscribe(), retrieve);
@@ -645,10 +648,7 @@ impl Agent {
                 m.liveness,
                 Liveness::Alive | Liveness::UnreachableLink | Liveness::Suspect
             );
-            views.push((
-                *id,
-                failover::member_view(up, m.meta.role, m.meta.blade.is_some()),
-            ));
+            views.push((*id, failover::member_view(up, &m.meta)));
             if !up {
                 self.helper_gone(*id);
             }
@@ -1778,6 +1778,7 @@ impl Agent {
                 cpu: reading.cpu.or(meta.resources.cpu),
                 ..reading
             };
+            self.failover.set_own(&meta);
             self.swim.set_meta(meta);
             self.apply_outputs();
         }

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{archive_id, archives, free_port, ok, wait_until, Node};
+use dci::failover::rank::{ranked, Fit};
 use serde_json::Value;
 
 /// A small data set: nested directories, a file larger than one chunk.
@@ -560,6 +561,67 @@ fn two_failures_at_once_take_two_spares() {
         s1.log_text(),
         s2.log_text()
     );
+}
+
+/// A dead blade goes to the spare in its zone, even when the other spare (in another zone) is
+/// the one the rendezvous score alone would pick: the blade's zone is chosen after the spares'
+/// ids are known, to be the zone of the spare the score ranks second.
+#[test]
+fn a_dead_blade_goes_to_the_spare_in_its_zone_before_a_better_scored_one_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let s1 = Node::start(
+        tmp.path(),
+        "s1",
+        ports[0],
+        &[],
+        &["--role", "spare", "--zone", "z1"],
+    );
+    let s2 = Node::start(
+        tmp.path(),
+        "s2",
+        ports[1],
+        &[ports[0]],
+        &["--role", "spare", "--zone", "z2"],
+    );
+    let (s1_id, s2_id) = (s1.id(), s2.id());
+    let plain = [s1_id.as_str(), s2_id.as_str()].map(|id| (id, Fit::default()));
+    let by_score = ranked("b1", plain);
+    let (zoned, zone) = if by_score[0] == s1_id {
+        (s2_id.as_str(), "z2")
+    } else {
+        (s1_id.as_str(), "z1")
+    };
+    let b1 = Node::start(tmp.path(), "b1", ports[2], &[ports[0]], &["--zone", zone]);
+    let b2 = Node::start(tmp.path(), "b2", ports[3], &[ports[0]], &[]);
+    let b3 = Node::start(tmp.path(), "b3", ports[4], &[ports[0]], &[]);
+    let b1_id = b1.id();
+    let live = [&s1, &s2, &b2, &b3];
+    let seated = wait_until(Duration::from_secs(60), || {
+        live.iter().all(|n| {
+            held_by(n, "b1", &b1_id, 1)
+                && n.members()
+                    .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 5)
+        })
+    });
+    assert!(seated.is_some(), "{:?}", seats(&b2));
+    b1.signal(libc::SIGKILL);
+    drop(b1);
+    let taken = wait_until(Duration::from_secs(60), || {
+        live.iter().all(|n| {
+            seat(n, "b1").is_some_and(|s| s["epoch"].as_u64() >= Some(2) && s["state"] == "held")
+        })
+    });
+    assert!(taken.is_some(), "{:?}\n{}", seat(&b2, "b1"), views(&live));
+    for n in live {
+        let s = seat(n, "b1").unwrap();
+        assert_eq!(
+            s["holder"], zoned,
+            "{} sees {s}, not the spare in zone {zone}",
+            n.name
+        );
+        assert_eq!(s["epoch"], 2, "{s}");
+    }
 }
 
 /// Whether every file under `src` is in `dst` with the same bytes (a restore adds to what is

@@ -32,6 +32,8 @@ use serde::{Deserialize, Serialize};
 use super::election::{
     Blade, Durable, Election, ElectionConfig, MemberView, Message, Output, Seat,
 };
+use super::rank;
+use crate::membership::mesh::MemberMeta;
 use crate::membership::Role;
 
 /// Largest election message accepted, checked before decoding.
@@ -214,6 +216,8 @@ pub struct Settings {
     pub name: String,
     /// Its configured role.
     pub role: Role,
+    /// Its zone: spares in a blade's zone are ranked first for it.
+    pub zone: String,
     /// Whether it was given seeds to join (then it waits to meet one before claiming alone).
     pub has_seeds: bool,
     /// The core's timings.
@@ -227,6 +231,8 @@ pub struct Failover {
     settings: Settings,
     /// Members that count in quorums (persisted), with the view last given to the core.
     known: BTreeMap<PeerId, MemberView>,
+    /// This node as its members see it (strained, zone), from its own metadata.
+    own: MemberView,
     /// The blade this node acts as now, and under which epoch.
     acting: Option<(Blade, u64)>,
     /// Each blade's holder as of the last step, to tell a takeover from a renewed seat.
@@ -266,11 +272,16 @@ impl Failover {
             seed,
             now,
         );
-        let mut known = BTreeMap::new();
-        let gone = MemberView {
-            alive: false,
-            candidate: false,
+        // Not strained until its first resource reading says otherwise (`set_own`).
+        let own = MemberView {
+            alive: true,
+            candidate: settings.role == Role::Spare,
+            strained: false,
+            zone: rank::zone_key(&settings.zone),
         };
+        core.set_standing(own.strained, own.zone);
+        let mut known = BTreeMap::new();
+        let gone = MemberView::default();
         for id in members.into_iter().filter(|id| *id != settings.me) {
             core.handle_member(id, gone, now);
             known.insert(id, gone);
@@ -292,6 +303,7 @@ impl Failover {
             tree,
             settings,
             known,
+            own,
             acting: None,
             due,
             refused: 0,
@@ -464,14 +476,34 @@ impl Failover {
 
     /// Every live spare holding no blade (this node included), in `blade`'s rank order.
     pub fn spares(&self, blade: &str) -> Vec<PeerId> {
-        let me = std::iter::once(self.settings.me).filter(|id| self.is_candidate(id));
+        let view = |id: &PeerId| {
+            if *id == self.settings.me {
+                Some(self.own)
+            } else {
+                self.known.get(id).copied()
+            }
+        };
+        let blade_zone = self
+            .core
+            .seats()
+            .get(blade)
+            .and_then(|s| view(&s.holder))
+            .map(|v| v.zone);
         let spares = self
             .known
             .keys()
-            .copied()
+            .chain([&self.settings.me])
             .filter(|id| self.is_candidate(id))
-            .chain(me);
-        super::rank::ranked(blade, spares)
+            .filter_map(|id| Some((*id, view(id)?)))
+            .map(|(id, v)| (id, rank::Fit::new(v.strained, v.zone, blade_zone)));
+        rank::ranked(blade, spares)
+    }
+
+    /// This node's own metadata changed (its load, its disk): it ranks itself among a blade's
+    /// candidates as its members rank it from that metadata.
+    pub fn set_own(&mut self, meta: &MemberMeta) {
+        self.own = member_view(true, meta);
+        self.core.set_standing(self.own.strained, self.own.zone);
     }
 
     /// Whether `id` (a member, or this node) may take a blade over: a live spare holding no
@@ -612,23 +644,51 @@ impl Failover {
     }
 }
 
+/// A member whose disk is at least this full is strained: ranked after every spare with room,
+/// as a blade's restore would likely not fit.
+pub const DISK_FULL_PCT: u8 = 90;
+
 /// The view the core needs of a member, from its liveness and metadata.
-pub fn member_view(up: bool, role: Role, holds_blade: bool) -> MemberView {
+pub fn member_view(up: bool, meta: &MemberMeta) -> MemberView {
     MemberView {
         alive: up,
-        candidate: up && role == Role::Spare && !holds_blade,
+        candidate: up && meta.role == Role::Spare && meta.blade.is_none(),
+        strained: strained(meta),
+        zone: rank::zone_key(&meta.zone),
     }
+}
+
+/// Degraded, or its disk nearly full.
+fn strained(meta: &MemberMeta) -> bool {
+    meta.degraded || meta.resources.disk.is_some_and(|d| d >= DISK_FULL_PCT)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A member's metadata with this role, holding a blade or not, in the default zone.
+    fn meta(role: Role, holds: bool) -> MemberMeta {
+        MemberMeta {
+            name: "node".into(),
+            role,
+            zone: "default".into(),
+            addrs: Vec::new(),
+            data_addrs: Vec::new(),
+            version: "test".into(),
+            resources: Default::default(),
+            degraded: false,
+            blade: holds.then(|| ("blade".into(), 1)),
+            helpers: Vec::new(),
+        }
+    }
+
     fn settings(me: PeerId, name: &str, role: Role) -> Settings {
         Settings {
             me,
             name: name.into(),
             role,
+            zone: "default".into(),
             has_seeds: true,
             election: ElectionConfig::default(),
         }
@@ -755,8 +815,12 @@ mod tests {
         for (i, f) in nodes.iter_mut().enumerate() {
             for (j, n) in names.iter().enumerate() {
                 if i != j {
-                    f.handle_member(ids[j], member_view(true, role(n), false), Duration::ZERO)
-                        .unwrap();
+                    f.handle_member(
+                        ids[j],
+                        member_view(true, &meta(role(n), false)),
+                        Duration::ZERO,
+                    )
+                    .unwrap();
                 }
             }
         }
@@ -809,7 +873,7 @@ mod tests {
         assert_eq!(nodes[2].seats().len(), 2, "{:?}", nodes[2].seats());
         // blade-a's node crashes; the survivors' membership says so.
         for f in &mut nodes[1..] {
-            f.handle_member(ids[0], member_view(false, Role::Active, true), now)
+            f.handle_member(ids[0], member_view(false, &meta(Role::Active, true)), now)
                 .unwrap();
         }
         let (now, takeovers) = run(&mut nodes, &ids[..1], now, 100);
@@ -821,7 +885,7 @@ mod tests {
         assert_eq!(nodes[2].role(), Role::Active);
         // It comes back: the others' refusals teach it the higher epoch, and it is a spare.
         for f in &mut nodes[1..] {
-            f.handle_member(ids[0], member_view(true, Role::Active, false), now)
+            f.handle_member(ids[0], member_view(true, &meta(Role::Active, false)), now)
                 .unwrap();
         }
         let (_, takeovers) = run(&mut nodes, &[], now, 60);
@@ -850,5 +914,39 @@ mod tests {
             f.handle_tick(at);
         }
         assert_eq!(f.acting(), Some(&("b".to_string(), 1)));
+    }
+
+    #[test]
+    fn spares_are_offered_healthy_ones_with_disk_room_first() {
+        let (mut nodes, ids, _dbs) = mesh(&["blade-a", "spare-b", "spare-c"]);
+        let (now, _) = run(&mut nodes, &[], Duration::ZERO, 80);
+        let order = nodes[0].spares("blade-a");
+        assert_eq!(order.len(), 2);
+        let (first, second) = (order[0], order[1]);
+        let degraded = MemberMeta {
+            degraded: true,
+            ..meta(Role::Spare, false)
+        };
+        nodes[0]
+            .handle_member(first, member_view(true, &degraded), now)
+            .unwrap();
+        assert_eq!(nodes[0].spares("blade-a"), [second, first]);
+        assert_eq!(nodes[0].best_spare("blade-a"), Some(second));
+        // Recovered, but its disk is nearly full.
+        let mut full = meta(Role::Spare, false);
+        full.resources.disk = Some(DISK_FULL_PCT);
+        nodes[0]
+            .handle_member(first, member_view(true, &full), now)
+            .unwrap();
+        assert_eq!(nodes[0].spares("blade-a"), [second, first]);
+        full.resources.disk = Some(DISK_FULL_PCT - 1);
+        nodes[0]
+            .handle_member(first, member_view(true, &full), now)
+            .unwrap();
+        assert_eq!(nodes[0].spares("blade-a"), [first, second]);
+        // A spare ranks itself the same way from its own metadata.
+        let me = ids[1..].iter().position(|id| *id == first).unwrap() + 1;
+        nodes[me].set_own(&degraded);
+        assert_eq!(nodes[me].spares("blade-a"), [second, first]);
     }
 }

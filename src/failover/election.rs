@@ -41,7 +41,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::rank;
+use super::rank::{self, Fit};
 
 /// A blade's name.
 pub type Blade = String;
@@ -238,12 +238,16 @@ impl Default for ElectionConfig {
 }
 
 /// A member as the membership layer sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MemberView {
     /// Alive on some liveness channel (not confirmed dead, not left).
     pub alive: bool,
     /// May take a blade over (a spare, or a node that holds none and is allowed to).
     pub candidate: bool,
+    /// Degraded, or its disk nearly full: a candidate ranked after those that are not.
+    pub strained: bool,
+    /// Its zone ([`rank::zone_key`]): candidates in a blade's zone are ranked first.
+    pub zone: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -288,7 +292,8 @@ struct Member {
 /// One node's election state.
 pub struct Election<Id> {
     me: Id,
-    candidate: bool,
+    /// This node as its members see it: whether it is a candidate, strained, its zone.
+    own: MemberView,
     config: ElectionConfig,
     started: Duration,
     durable: Durable<Id>,
@@ -328,7 +333,11 @@ where
         let mut e = Election {
             round: rng.gen::<u64>() | 1,
             me,
-            candidate,
+            own: MemberView {
+                alive: true,
+                candidate,
+                ..MemberView::default()
+            },
             started: now,
             durable,
             members: BTreeMap::new(),
@@ -397,7 +406,14 @@ where
     /// Whether this node may take a blade over. A node changes its mind when it loses its own
     /// blade to a higher epoch (it is a spare from then on) or starts acting as one.
     pub fn set_candidate(&mut self, candidate: bool) {
-        self.candidate = candidate;
+        self.own.candidate = candidate;
+    }
+
+    /// Whether this node is strained, and its zone, for ranking it among a blade's candidates
+    /// as its members rank it.
+    pub fn set_standing(&mut self, strained: bool, zone: u64) {
+        self.own.strained = strained;
+        self.own.zone = zone;
     }
 
     /// Claims `blade`, which no seat names yet, for this node: how a blade gets its first holder,
@@ -531,6 +547,14 @@ where
                 self.out.push(Output::Send(*peer, Message::Seats { seats }));
             }
         }
+    }
+
+    /// How `id` (a member, or this node) is seen.
+    fn view(&self, id: Id) -> Option<MemberView> {
+        if id == self.me {
+            return Some(self.own);
+        }
+        self.members.get(&id).map(|m| m.view)
     }
 
     fn alive(&self, id: Id) -> bool {
@@ -731,7 +755,7 @@ where
                 self.start_claim(blade.clone(), *epoch, Reason::Failure, now);
             }
         }
-        if !self.candidate || !mine.is_empty() {
+        if !self.own.candidate || !mine.is_empty() {
             return;
         }
         // One blade at a time, counting claims in flight: a second claim made while the first
@@ -763,14 +787,16 @@ where
                     _ => continue,
                 },
             };
-            let eligible: Vec<Id> = std::iter::once(self.me)
+            let blade_zone = self.view(seat.holder).map(|v| v.zone);
+            let eligible: Vec<(Id, Fit)> = std::iter::once((self.me, self.own))
                 .chain(
                     self.members
                         .iter()
                         .filter(|(_, m)| m.view.alive && m.view.candidate)
-                        .map(|(id, _)| *id),
+                        .map(|(id, m)| (*id, m.view)),
                 )
-                .filter(|id| !self.durable.seats.values().any(|s| s.holder == *id))
+                .filter(|(id, _)| !self.durable.seats.values().any(|s| s.holder == *id))
+                .map(|(id, v)| (id, Fit::new(v.strained, v.zone, blade_zone)))
                 .collect();
             let mut order = rank::ranked(&blade, eligible);
             if let Some(to) = first {
@@ -1174,6 +1200,7 @@ mod tests {
                     let view = MemberView {
                         alive: true,
                         candidate: false,
+                        ..MemberView::default()
                     };
                     node.handle_member(j, view, now);
                 }
@@ -1232,7 +1259,11 @@ mod tests {
         pump(&mut nodes, start);
         // Node 4 is a spare, seen as a candidate by all.
         nodes[4].set_candidate(true);
-        let view = |alive, candidate| MemberView { alive, candidate };
+        let view = |alive, candidate| MemberView {
+            alive,
+            candidate,
+            ..MemberView::default()
+        };
         for n in nodes.iter_mut().take(4) {
             n.handle_member(4, view(true, true), start);
         }
@@ -1272,6 +1303,72 @@ mod tests {
             step_partitioned(&mut nodes, now, |_| true);
         }
         first_seat_everywhere(&nodes, now);
+    }
+
+    /// Node 0 holds blade-0 and dies; spares 4 and 5 are candidates, and `standing(spare, first)`
+    /// says how every node sees each spare (and so how it sees itself), given the spare the
+    /// rendezvous score alone ranks first. Returns the node that won blade-0.
+    fn takeover_with(standing: impl Fn(u32, u32) -> MemberView) -> Option<u32> {
+        let start = Duration::from_secs(5);
+        let mut nodes = mesh(6, start);
+        nodes[0].claim_unseated("blade-0", start);
+        pump(&mut nodes, start);
+        let died = start + ElectionConfig::default().lease * 2;
+        let plain = [(4u32, Fit::default()), (5, Fit::default())];
+        let first = rank::ranked("blade-0", plain)[0];
+        let west = rank::zone_key("west");
+        for (i, n) in nodes.iter_mut().enumerate() {
+            let i = i as u32;
+            for spare in [4u32, 5] {
+                let view = standing(spare, first);
+                if spare == i {
+                    n.set_candidate(true);
+                    n.set_standing(view.strained, view.zone);
+                } else {
+                    n.handle_member(spare, view, start);
+                }
+            }
+            // The holder is in the west; everyone sees it die once its lease is over, so the
+            // second spare's turn comes a claim timeout after the first's.
+            let dead = MemberView {
+                zone: west,
+                ..MemberView::default()
+            };
+            if i == 0 {
+                n.set_standing(false, west);
+            } else {
+                n.handle_member(0, dead, died);
+            }
+        }
+        let tick = ElectionConfig::default().tick;
+        let mut now = died;
+        for _ in 0..40 {
+            now += tick; // 2 s: the first claim is won before the second candidate's turn
+            step_partitioned(&mut nodes, now, |i| i != 0);
+        }
+        let seat = nodes[1].seats().get("blade-0").copied()?;
+        (seat.epoch == 2).then_some(seat.holder)
+    }
+
+    #[test]
+    fn a_strained_spare_or_one_outside_the_blades_zone_is_passed_over_for_a_fitting_one() {
+        let (west, east) = (rank::zone_key("west"), rank::zone_key("east"));
+        let spare = |strained, zone| MemberView {
+            alive: true,
+            candidate: true,
+            strained,
+            zone,
+        };
+        let other = |first: u32| if first == 4 { 5 } else { 4 };
+        let first = rank::ranked("blade-0", [(4u32, Fit::default()), (5, Fit::default())])[0];
+        // Alike, the score's first spare takes the blade...
+        assert_eq!(takeover_with(|_, _| spare(false, west)), Some(first));
+        // ...but not when it is strained (degraded, or its disk nearly full)...
+        let won = takeover_with(|s, first| spare(s == first, west));
+        assert_eq!(won, Some(other(first)));
+        // ...nor when it is in another zone than the blade's holder and the other spare is not.
+        let won = takeover_with(|s, first| spare(false, if s == first { east } else { west }));
+        assert_eq!(won, Some(other(first)));
     }
 
     #[test]
@@ -1355,7 +1452,7 @@ mod tests {
     fn a_spare_whose_claim_is_slow_does_not_claim_a_second_blade_meanwhile() {
         // Two blades whose first candidate is the same spare (3, beside spare 4).
         let names: Vec<String> = (0..100).map(|i| format!("blade-{i}")).collect();
-        let first = |b: &str| rank::ranked(b, [3u32, 4])[0];
+        let first = |b: &str| rank::ranked(b, [(3u32, Fit::default()), (4, Fit::default())])[0];
         let (a, b) = names
             .iter()
             .flat_map(|x| names.iter().map(move |y| (x, y)))
@@ -1391,13 +1488,22 @@ mod tests {
             (2, true, false),
             (4, true, true),
         ] {
-            spare.handle_member(id, MemberView { alive, candidate }, Duration::ZERO);
+            spare.handle_member(
+                id,
+                MemberView {
+                    alive,
+                    candidate,
+                    ..MemberView::default()
+                },
+                Duration::ZERO,
+            );
         }
         // Both holders die; the grants for the first claim are slow to come.
         for id in [0, 1] {
             let view = MemberView {
                 alive: false,
                 candidate: false,
+                ..MemberView::default()
             };
             spare.handle_member(id, view, t);
         }
@@ -1434,6 +1540,7 @@ mod tests {
             let view = MemberView {
                 alive: true,
                 candidate: false,
+                ..MemberView::default()
             };
             nodes[2].handle_member(j, view, now);
         }

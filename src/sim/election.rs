@@ -435,6 +435,7 @@ impl World {
                     MemberView {
                         alive,
                         candidate: true,
+                        ..MemberView::default()
                     },
                     now,
                 );
@@ -560,6 +561,7 @@ fn live_view() -> MemberView {
     MemberView {
         alive: true,
         candidate: true,
+        ..MemberView::default()
     }
 }
 
