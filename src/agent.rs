@@ -27,6 +27,7 @@ use crate::degradation::{Detector, Transition};
 use crate::events::{Event, EventHub, EventKind};
 use crate::failover::degraded::{Decision, Helpers, Helping, OnDegraded};
 use crate::failover::driver::{self as failover, Effect, Failover, Wire};
+use crate::failover::steps::Kind as StepKind;
 use crate::membership::mesh::{self, MemberMeta, MeshPacket, MeshSwim, Signer};
 use crate::membership::swim::{Liveness, Output, Timer};
 use crate::membership::Role;
@@ -896,6 +897,11 @@ impl Agent {
     fn take_over(&mut self, blade: String, epoch: u64) {
         tracing::warn!(%blade, epoch, "taking the blade over: restoring its data from its holders");
         self.counters.takeovers += 1;
+        self.replication.takeover_steps().begin(
+            &blade,
+            epoch,
+            format!("won at epoch {epoch} by a majority of the members"),
+        );
         self.restoring = Some((blade.clone(), epoch));
         let args = dci_proto::backup::RestoreArgs {
             blade: blade.clone(),
@@ -1013,6 +1019,12 @@ impl Agent {
             self.restoring = None;
         }
         self.sync_blade_peerlets();
+        let steps = self.replication.takeover_steps().clone();
+        let apps = match &self.blade_peerlets {
+            Some((b, apps)) if *b == blade && !apps.is_empty() => apps.join(", "),
+            _ => "none in the blade's data set".into(),
+        };
+        steps.set(&blade, StepKind::Peerlets, format!("registered: {apps}"));
         let me = format!("{} ({})", self.config.name, self.local_id);
         let detail = match &answer {
             Ok(p) => match dci_proto::backup::restored_from_payload(p) {
@@ -1054,11 +1066,16 @@ impl Agent {
             level: Level::Serious,
             part: Part::Node,
             id: format!("{blade}/takeover/{epoch}"),
-            name: Some(blade),
+            name: Some(blade.clone()),
             address: self.swim.meta().addrs.first().cloned(),
             at_ms: unix_ms(),
             detail,
         });
+        steps.set(
+            &blade,
+            StepKind::Notice,
+            "a serious failure notice sent to every live member",
+        );
     }
 
     /// This node stopped acting as `blade`: to a higher epoch (a notice says so), or because
@@ -2205,6 +2222,11 @@ impl Agent {
                             .collect()
                     })
                     .unwrap_or_default();
+                let steps = if here {
+                    self.replication.takeover_steps().of(blade, seat.epoch)
+                } else {
+                    Vec::new()
+                };
                 dci_proto::control::SeatInfo {
                     blade: blade.clone(),
                     holder: seat.holder.to_string(),
@@ -2212,6 +2234,14 @@ impl Agent {
                     epoch: seat.epoch,
                     state: state.into(),
                     helpers,
+                    steps: steps
+                        .into_iter()
+                        .map(|s| dci_proto::control::StepInfo {
+                            step: s.kind.as_str().into(),
+                            what: s.what,
+                            after_ms: s.after.as_millis() as u64,
+                        })
+                        .collect(),
                 }
             })
             .collect()
@@ -2401,7 +2431,7 @@ fn start_replication(
         backup,
         (local_id, config.name.clone(), config.zone.clone()),
         ch.net,
-        (ch.stats, ch.seats),
+        (ch.stats, ch.seats, ch.steps),
         Some(installer),
     );
     service

@@ -279,6 +279,30 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
     let status: Value = serde_json::from_str(&ok(spare.dcish(&["--json", "status"]))).unwrap();
     assert_eq!(status["counters"]["failover-takeovers"], 1, "{status}");
     assert_eq!(status["counters"]["failover-restoring"], 0, "{status}");
+    // `dcish status` on the spare shows each step of the takeover, one line each, in order.
+    let takeover = &status["takeovers"][0];
+    assert_eq!(
+        (&takeover["blade"], &takeover["epoch"]),
+        (&Value::from("b1"), &Value::from(2)),
+        "{status}"
+    );
+    let steps: Vec<(&str, &str)> = takeover["steps"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| Some((t["step"].as_str()?, t["what"].as_str()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let names: Vec<&str> = steps.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        names[..5],
+        ["seat", "adopt", "restore", "peerlets", "notice"],
+        "{status}"
+    );
+    assert!(steps[1].1.contains("archives adopted: 1"), "{status}");
+    assert!(steps[2].1.contains("restored into"), "{status}");
+    assert!(steps[3].1.contains("shout"), "{status}");
     // The blade's peerlet came with its data, and answers to its name on the spare.
     let spoke = wait_until(Duration::from_secs(30), || {
         let answers = shout(&b3, "b1");
@@ -323,6 +347,16 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
         "{text}\n{:?}\n{}",
         archives(&b2, "b1"),
         spare.log_text()
+    );
+    // Its replicas step says when every archive of the blade is back on the factor's holders.
+    let back = wait_until(Duration::from_secs(30), || {
+        let out = spare.dcish(&["status"]);
+        String::from_utf8_lossy(&out.stdout).contains("back to the factor")
+    });
+    assert!(
+        back.is_some(),
+        "{}",
+        String::from_utf8_lossy(&spare.dcish(&["status"]).stdout)
     );
     let after = archives(&b3, "b1");
     assert!(

@@ -233,6 +233,20 @@ pub struct SeatInfo {
     pub state: String,
     /// The helpers serving its read-only traffic, as its holder announces them.
     pub helpers: Vec<HelperInfo>,
+    /// The steps of the takeover that seated it, when the answering agent is its holder and
+    /// took it over (empty otherwise).
+    pub steps: Vec<StepInfo>,
+}
+
+/// One step of a takeover (`dcish status`, `dcish seats`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepInfo {
+    /// Which step: `seat`, `adopt`, `restore`, `peerlets`, `notice` or `replicas`.
+    pub step: String,
+    /// How it stands, in words.
+    pub what: String,
+    /// When it last changed, in milliseconds after the seat was won.
+    pub after_ms: u64,
 }
 
 /// A helper of a loaded blade (`dcish seats`).
@@ -261,6 +275,13 @@ pub fn seats_to_payload(seats: &[SeatInfo]) -> Payload {
             push_attribute(&mut s, "name", &h.name);
             s.push_str("/>");
         }
+        for step in &seat.steps {
+            s.push_str("<step");
+            push_attribute(&mut s, "name", &step.step);
+            push_attribute(&mut s, "what", &step.what);
+            push_attribute(&mut s, "after-ms", &step.after_ms.to_string());
+            s.push_str("/>");
+        }
         s.push_str("</seat>");
     }
     s.push_str("</seats>");
@@ -280,7 +301,22 @@ pub fn seats_from_payload(payload: &Payload) -> Result<Vec<SeatInfo>, ProtoError
                 "seat",
                 ["blade", "holder", "holder-name", "epoch", "state"],
             )?;
-            let helpers = elements(e, "seat", &["helper"])?
+            let children = elements(e, "seat", &["helper", "step"])?;
+            let (helpers, steps): (Vec<&Node>, Vec<&Node>) =
+                children.into_iter().partition(|c| c.local == "helper");
+            let steps = steps
+                .into_iter()
+                .map(|t| {
+                    let [name, what, after] = attributes(t, "step", ["name", "what", "after-ms"])?;
+                    no_content(t, "step")?;
+                    Ok(StepInfo {
+                        step: required("step/@name", name)?.to_owned(),
+                        what: required("step/@what", what)?.to_owned(),
+                        after_ms: number("step/@after-ms", after)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, ProtoError>>()?;
+            let helpers = helpers
                 .into_iter()
                 .map(|h| {
                     let [node, name] = attributes(h, "helper", ["node", "name"])?;
@@ -293,6 +329,7 @@ pub fn seats_from_payload(payload: &Payload) -> Result<Vec<SeatInfo>, ProtoError
                 .collect::<Result<Vec<_>, ProtoError>>()?;
             Ok(SeatInfo {
                 helpers,
+                steps,
                 blade: required("seat/@blade", blade)?.to_owned(),
                 holder: required("seat/@holder", holder)?.to_owned(),
                 holder_name: required("seat/@holder-name", holder_name)?.to_owned(),
@@ -1035,6 +1072,18 @@ mod tests {
                 node: "12D3KooWy".into(),
                 name: "spare-2".into(),
             }],
+            steps: vec![
+                StepInfo {
+                    step: "seat".into(),
+                    what: "won at epoch 2 <from b1>".into(),
+                    after_ms: 0,
+                },
+                StepInfo {
+                    step: "adopt".into(),
+                    what: "fetching archive 1.2 (2 of 3) & more".into(),
+                    after_ms: 1_250,
+                },
+            ],
         }];
         let payload = seats_to_payload(&seats);
         Payload::new(payload.as_str()).unwrap();
@@ -1046,6 +1095,18 @@ mod tests {
         let ns = CONTROL_NAMESPACE;
         let extra = format!("<seats xmlns=\"{ns}\"><seat blade=\"b\" holder=\"h\" holder-name=\"\" epoch=\"1\" state=\"held\" x=\"1\"/></seats>");
         assert!(seats_from_payload(&Payload::new(extra).unwrap()).is_err());
+        let seat = "<seat blade=\"b\" holder=\"h\" holder-name=\"\" epoch=\"1\" state=\"held\">";
+        for step in [
+            "<step name=\"seat\" what=\"w\" after-ms=\"-1\"/>",
+            "<step name=\"seat\" after-ms=\"1\"/>",
+            "<step name=\"seat\" what=\"w\" after-ms=\"1\">text</step>",
+        ] {
+            let bad = format!("<seats xmlns=\"{ns}\">{seat}{step}</seat></seats>");
+            assert!(
+                seats_from_payload(&Payload::new(bad).unwrap()).is_err(),
+                "{step}"
+            );
+        }
         assert_eq!(
             ControlRequest::from_payload(&ControlRequest::Seats.to_payload()).unwrap(),
             ControlRequest::Seats

@@ -9,3 +9,4 @@ pub mod degraded;
 pub mod driver;
 pub mod election;
 pub mod rank;
+pub mod steps;

@@ -23,6 +23,7 @@ use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::{PeerId, StreamProtocol};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::failover::steps::TakeoverSteps;
 use crate::net::codec::FrameCodec;
 
 /// The block protocol.
@@ -180,12 +181,19 @@ pub struct Link {
     next_token: u64,
     stats: Arc<Stats>,
     seats: Arc<SeatEpochs>,
+    steps: TakeoverSteps,
 }
 
 impl Link {
     /// The service's counters, for `dcish status`.
     pub fn counter_rows(&self) -> Vec<(String, u64)> {
         self.stats.rows()
+    }
+
+    /// The steps of this node's latest takeover, which the service writes as it adopts,
+    /// restores and replicates the blade.
+    pub fn takeover_steps(&self) -> &TakeoverSteps {
+        &self.steps
     }
 
     /// The seat table changed: the service stamps and checks pushes with it from now on.
@@ -313,6 +321,7 @@ pub fn channels() -> (Link, service::Channels) {
     let (control, control_rx) = mpsc::channel(32);
     let stats = Arc::new(Stats::default());
     let seats = Arc::new(SeatEpochs::default());
+    let steps = TakeoverSteps::default();
     (
         Link {
             commands,
@@ -323,10 +332,12 @@ pub fn channels() -> (Link, service::Channels) {
             next_token: 0,
             stats: stats.clone(),
             seats: seats.clone(),
+            steps: steps.clone(),
         },
         service::Channels {
             stats,
             seats,
+            steps,
             net: cmd_tx,
             inbound: inbound_rx,
             control: control_rx,

@@ -36,6 +36,7 @@ use crate::backup::restore::{BlockSource, Restorer};
 use crate::backup::scan::ScanSettings;
 use crate::backup::{archive_blocks, chain, load_manifest, make_archive, LocalSource};
 use crate::events::{Event, EventKind};
+use crate::failover::steps::{Kind, TakeoverSteps};
 use crate::store::catalog::{ArchiveRecord, Catalog};
 use crate::store::{decode_verified, BlockId, BlockStore, StoreError};
 
@@ -62,6 +63,8 @@ pub struct Channels {
     pub stats: Arc<super::Stats>,
     /// The seat table, kept by the event loop.
     pub seats: Arc<super::SeatEpochs>,
+    /// The steps of this node's latest takeover, written by the event loop and the service.
+    pub steps: TakeoverSteps,
 }
 
 /// An error for the operator: a code and one line.
@@ -135,6 +138,8 @@ pub struct Service {
     started: Instant,
     stats: Arc<super::Stats>,
     seats: Arc<super::SeatEpochs>,
+    /// The steps of this node's latest takeover (`dcish status`).
+    steps: TakeoverSteps,
     /// The package installer, for deploys from and to this node.
     packages: Option<Arc<crate::package::install::Installer>>,
 }
@@ -160,7 +165,7 @@ impl Service {
         cfg: BackupConfig,
         (me, name, zone): (PeerId, String, String),
         net: mpsc::Sender<NetCommand>,
-        (stats, seats): (Arc<super::Stats>, Arc<super::SeatEpochs>),
+        (stats, seats, steps): (Arc<super::Stats>, Arc<super::SeatEpochs>, TakeoverSteps),
         packages: Option<Arc<crate::package::install::Installer>>,
     ) -> Arc<Service> {
         Arc::new(Service {
@@ -182,6 +187,7 @@ impl Service {
             started: Instant::now(),
             stats,
             seats,
+            steps,
             packages,
         })
     }
@@ -792,8 +798,34 @@ impl Service {
             }
         }
         count_incomplete(self);
+        self.report_replicas(&blade, &holders);
         self.release_former_holders(&blade, &holders, &reachable)
             .await;
+    }
+
+    /// After a takeover of `blade`, the replicas step: how many of its archives are back on as
+    /// many holders as the factor asks.
+    fn report_replicas(&self, blade: &str, holders: &[String]) {
+        if !self.steps.has(blade, Kind::Restore) {
+            return;
+        }
+        let Ok(records) = self.catalog.list(blade) else {
+            return;
+        };
+        let complete = records.iter().filter(|r| r.complete()).count();
+        let what = if complete == records.len() {
+            format!(
+                "every archive ({complete}) on {} holders: back to the factor",
+                holders.len()
+            )
+        } else {
+            format!(
+                "{complete} of {} archives on their {} holders; the next sync rounds push the rest",
+                records.len(),
+                holders.len()
+            )
+        };
+        self.steps.set(blade, Kind::Replicas, what);
     }
 
     /// Once every archive is complete on the current holders, nodes that held it before (a
@@ -1407,15 +1439,48 @@ impl Service {
             args.to = self.root_of(&blade).map(|r| r.display().to_string());
         }
         let _guard = self.store_lock.lock().await;
+        let steps = &self.steps;
+        steps.set(
+            &blade,
+            Kind::Adopt,
+            "asking the live nodes for the blade's archives",
+        );
         match self.adopt(&blade).await {
             Ok(n) => {
+                steps.set(
+                    &blade,
+                    Kind::Adopt,
+                    format!("archives adopted: {n}, every block fetched from the holders"),
+                );
                 tracing::info!(%blade, archives = n, "the blade's archives adopted: its chain goes on here")
             }
             Err(e) => {
+                steps.set(
+                    &blade,
+                    Kind::Adopt,
+                    format!("not every archive adopted: {e}"),
+                );
                 tracing::error!(%blade, "the blade's archives not all adopted (the next archive here starts after the last adopted one): {e}")
             }
         }
+        let into = args.to.clone().unwrap_or_default();
+        steps.set(
+            &blade,
+            Kind::Restore,
+            format!("restoring the latest archive into {into}"),
+        );
         let restored = self.restore(args, false).await;
+        steps.set(
+            &blade,
+            Kind::Restore,
+            match &restored {
+                Ok(r) => format!(
+                    "restored into {}: {} entries, {} bytes (archives applied: {})",
+                    r.target, r.entries, r.bytes, r.archives
+                ),
+                Err((code, why)) => format!("not restored ({code}): {why}"),
+            },
+        );
         let mut unrestored = self.unrestored.lock().unwrap_or_else(|p| p.into_inner());
         match &restored {
             Err((code, _)) if code != "no-archive" => unrestored.insert(blade),
@@ -1439,7 +1504,18 @@ impl Service {
             .extend(unanswered);
         let me = self.me.to_string();
         let mut adopted = 0;
-        for (mut record, have) in merged.into_values() {
+        let total = merged.len();
+        for (i, (mut record, have)) in merged.into_values().enumerate() {
+            self.steps.set(
+                blade,
+                Kind::Adopt,
+                format!(
+                    "fetching the blocks of archive {} ({} of {total}) from {} nodes",
+                    record.id,
+                    i + 1,
+                    have.len()
+                ),
+            );
             let source = self.net_source(std::iter::once(&have));
             let r = record.clone();
             blocking(move || source.fill(&r))
@@ -2327,7 +2403,7 @@ mod tests {
             BackupConfig::default(),
             (PeerId::random(), "holder".into(), "z".into()),
             net,
-            (Arc::default(), Arc::default()),
+            (Arc::default(), Arc::default(), TakeoverSteps::default()),
             None,
         );
         (s, store, catalog)
@@ -2505,7 +2581,7 @@ mod tests {
             cfg,
             (PeerId::random(), "b1".into(), "z".into()),
             net,
-            (Arc::default(), Arc::default()),
+            (Arc::default(), Arc::default(), TakeoverSteps::default()),
             None,
         );
         s.seats.set([("b1".to_string(), (PeerId::random(), 2))]);

@@ -241,10 +241,11 @@ async fn with_agent(
                 .request(ControlRequest::Counters.to_payload())
                 .await?;
             let counters = counters_from_payload(&payload).map_err(protocol)?;
+            let seats = fetch_seats(&mut client).await?;
             if cli.json {
-                status_json(&members, &counters)
+                status_json(&members, &counters, &seats)
             } else {
-                status_text(&members, &counters, color)
+                status_text(&members, &counters, &seats, color)
             }
         }
         Command::Nodes { .. } => {
@@ -560,9 +561,26 @@ fn count_states(members: &[MemberInfo]) -> Vec<(&'static str, usize)> {
         .collect()
 }
 
-/// `status --json`: this agent, the counts by state, the heartbeat status table and the
-/// agent's counters.
-pub fn status_json(members: &[MemberInfo], counters: &[(String, u64)]) -> String {
+/// The takeovers this agent made of the blades it holds, each with its steps (see
+/// [`crate::failover::steps`]).
+fn takeovers(seats: &[SeatInfo]) -> impl Iterator<Item = &SeatInfo> {
+    seats.iter().filter(|s| !s.steps.is_empty())
+}
+
+fn steps_json(seat: &SeatInfo) -> Vec<serde_json::Value> {
+    seat.steps
+        .iter()
+        .map(|t| serde_json::json!({ "step": t.step, "what": t.what, "after_ms": t.after_ms }))
+        .collect()
+}
+
+/// `status --json`: this agent, the counts by state, the heartbeat status table, the agent's
+/// counters and its takeovers' steps.
+pub fn status_json(
+    members: &[MemberInfo],
+    counters: &[(String, u64)],
+    seats: &[SeatInfo],
+) -> String {
     let me = members.iter().find(|m| m.channels.is_empty());
     let counts: serde_json::Map<String, serde_json::Value> = count_states(members)
         .into_iter()
@@ -581,12 +599,20 @@ pub fn status_json(members: &[MemberInfo], counters: &[(String, u64)]) -> String
         "members": counts,
         "heartbeats": heartbeats,
         "counters": counters.iter().map(|(n, v)| (n.clone(), serde_json::Value::from(*v))).collect::<serde_json::Map<String, serde_json::Value>>(),
+        "takeovers": takeovers(seats)
+            .map(|s| serde_json::json!({ "blade": s.blade, "epoch": s.epoch, "state": s.state, "steps": steps_json(s) }))
+            .collect::<Vec<_>>(),
     });
     serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into())
 }
 
 /// `status` for people.
-pub fn status_text(members: &[MemberInfo], counters: &[(String, u64)], color: bool) -> String {
+pub fn status_text(
+    members: &[MemberInfo],
+    counters: &[(String, u64)],
+    seats: &[SeatInfo],
+    color: bool,
+) -> String {
     let mut out = String::new();
     if let Some(me) = members.iter().find(|m| m.channels.is_empty()) {
         let [cpu, mem, disk, load] = me.resources.map(percent);
@@ -605,7 +631,18 @@ pub fn status_text(members: &[MemberInfo], counters: &[(String, u64)], color: bo
         .collect();
     out.push_str(&format!("members: {}\n", counts.join(", ")));
     let counted: Vec<String> = counters.iter().map(|(n, v)| format!("{n} {v}")).collect();
-    out.push_str(&format!("counters: {}\n\n", counted.join(", ")));
+    out.push_str(&format!("counters: {}\n", counted.join(", ")));
+    for seat in takeovers(seats) {
+        out.push_str(&format!(
+            "takeover of blade {} (epoch {}, {}):\n",
+            seat.blade, seat.epoch, seat.state
+        ));
+        for t in &seat.steps {
+            let after = t.after_ms as f64 / 1000.0;
+            out.push_str(&format!("  {:<9}{after:>8.1} s  {}\n", t.step, t.what));
+        }
+    }
+    out.push('\n');
     out.push_str(&channels_table(members, color));
     out
 }
@@ -715,8 +752,9 @@ async fn failover(
     })
 }
 
-/// `dcish --json seats`: an array of `{blade, holder, holder_name, epoch, state, helpers}`, each
-/// helper `{node, name}`.
+/// `dcish --json seats`: an array of `{blade, holder, holder_name, epoch, state, helpers, steps}`,
+/// each helper `{node, name}`, each step of this agent's takeover of the blade
+/// `{step, what, after_ms}` (none for a blade it did not take over).
 pub fn seats_json(seats: &[SeatInfo]) -> String {
     let rows: Vec<serde_json::Value> = seats
         .iter()
@@ -731,6 +769,7 @@ pub fn seats_json(seats: &[SeatInfo]) -> String {
                     "node": h.node,
                     "name": h.name,
                 })).collect::<Vec<_>>(),
+                "steps": steps_json(s),
             })
         })
         .collect();
@@ -1052,8 +1091,29 @@ mod tests {
                 node: "12D3KooWh".into(),
                 name: "spare-2".into(),
             }],
+            steps: vec![dci_proto::control::StepInfo {
+                step: "restore".into(),
+                what: "restoring the latest archive into /srv/b1".into(),
+                after_ms: 1_500,
+            }],
         };
-        let v: serde_json::Value = serde_json::from_str(&seats_json(&[seat])).unwrap();
+        let seats = std::slice::from_ref(&seat);
+        let v: serde_json::Value = serde_json::from_str(&seats_json(seats)).unwrap();
+        assert_eq!(v[0]["steps"][0]["step"], "restore");
+        assert_eq!(v[0]["steps"][0]["after_ms"], 1_500);
+        // `status` shows the takeover's steps, one line each.
+        let text = status_text(&[], &[], seats, false);
+        assert!(
+            text.contains("takeover of blade b1 (epoch 2, held):\n  restore       1.5 s  restoring the latest archive into /srv/b1\n"),
+            "{text}"
+        );
+        let status: serde_json::Value =
+            serde_json::from_str(&status_json(&[], &[], seats)).unwrap();
+        assert_eq!(status["takeovers"][0]["blade"], "b1");
+        assert_eq!(
+            status["takeovers"][0]["steps"][0]["what"],
+            seat.steps[0].what
+        );
         assert_eq!(v[0]["helpers"][0]["name"], "spare-2");
         assert_eq!(v[0]["blade"], "b1");
         assert_eq!(v[0]["holder"], "12D3KooWs");

@@ -435,6 +435,7 @@ mod tests {
             epoch: 1,
             state: state.into(),
             helpers: Vec::new(),
+            steps: Vec::new(),
         }
     }
 
