@@ -297,11 +297,11 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
     let names: Vec<&str> = steps.iter().map(|(n, _)| *n).collect();
     assert_eq!(
         names[..5],
-        ["seat", "adopt", "restore", "peerlets", "notice"],
+        ["seat", "restore", "adopt", "peerlets", "notice"],
         "{status}"
     );
-    assert!(steps[1].1.contains("archives adopted: 1"), "{status}");
-    assert!(steps[2].1.contains("restored into"), "{status}");
+    assert!(steps[1].1.contains("restored into"), "{status}");
+    assert!(steps[2].1.contains("archives adopted: 1"), "{status}");
     assert!(steps[3].1.contains("shout"), "{status}");
     // The blade's peerlet came with its data, and answers to its name on the spare.
     let spoke = wait_until(Duration::from_secs(30), || {

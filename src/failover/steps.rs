@@ -1,5 +1,5 @@
 //! The steps of this node's latest takeover, for `dcish status` and `dcish seats`: each step
-//! (the seat won, the archives adopted, the restore, the peerlets, the notice, the replicas) is
+//! (the seat won, the restore, the archives adopted, the peerlets, the notice, the replicas) is
 //! one line that is updated in place while it runs, so an operator sees where a takeover is and
 //! how far it got. The agent and the backup service (which adopts and restores) share one log.
 
@@ -22,10 +22,10 @@ pub struct Step {
 pub enum Kind {
     /// The election won.
     Seat,
-    /// The blade's archives made this node's own, their blocks fetched from the holders.
-    Adopt,
-    /// The latest archive restored into the blade's data set here.
+    /// The latest archive restored into the blade's data set here, from the holders.
     Restore,
+    /// The blade's archives made this node's own, with every block in its store.
+    Adopt,
     /// The blade's peerlets started.
     Peerlets,
     /// The failure notice sent.
@@ -127,8 +127,8 @@ mod tests {
         steps.set("b1", Kind::Adopt, "before any takeover: ignored");
         assert!(steps.of("b1", 2).is_empty());
         steps.begin("b1", 2, "won at epoch 2");
-        steps.set("b1", Kind::Restore, "restoring archive 1.3");
         steps.set("b1", Kind::Adopt, "fetching archive 1.1 (1 of 3)");
+        steps.set("b1", Kind::Restore, "restoring archive 1.3");
         steps.set("b1", Kind::Adopt, "fetching archive 1.2 (2 of 3)");
         steps.set("b9", Kind::Notice, "another blade: ignored");
         let got: Vec<(Kind, String)> = steps
@@ -140,8 +140,8 @@ mod tests {
             got,
             [
                 (Kind::Seat, "won at epoch 2".to_string()),
-                (Kind::Adopt, "fetching archive 1.2 (2 of 3)".to_string()),
                 (Kind::Restore, "restoring archive 1.3".to_string()),
+                (Kind::Adopt, "fetching archive 1.2 (2 of 3)".to_string()),
             ]
         );
         assert!(steps.has("b1", Kind::Restore) && !steps.has("b1", Kind::Notice));

@@ -806,12 +806,16 @@ impl Service {
     /// After a takeover of `blade`, the replicas step: how many of its archives are back on as
     /// many holders as the factor asks.
     fn report_replicas(&self, blade: &str, holders: &[String]) {
-        if !self.steps.has(blade, Kind::Restore) {
+        // Once the takeover is through (its peerlets step comes last), with archives adopted.
+        if !self.steps.has(blade, Kind::Peerlets) {
             return;
         }
         let Ok(records) = self.catalog.list(blade) else {
             return;
         };
+        if records.is_empty() {
+            return;
+        }
         let complete = records.iter().filter(|r| r.complete()).count();
         let what = if complete == records.len() {
             format!(
@@ -1289,6 +1293,7 @@ impl Service {
                 service: self.clone(),
                 runtime: tokio::runtime::Handle::current(),
                 peers: r.acked.iter().filter_map(|p| p.parse().ok()).collect(),
+                kept: None,
             };
             let id = r.id;
             let repaired = blocking(move || source.fill(&r)).await.and_then(|x| x);
@@ -1440,6 +1445,26 @@ impl Service {
         }
         let _guard = self.store_lock.lock().await;
         let steps = &self.steps;
+        // The restore first, from the holders, keeping each block it fetches: the adoption
+        // after it then fetches only the blocks the latest tree no longer uses.
+        let into = args.to.clone().unwrap_or_default();
+        steps.set(
+            &blade,
+            Kind::Restore,
+            format!("restoring the latest archive into {into}"),
+        );
+        let restored = self.restore_with(args, false, true).await;
+        steps.set(
+            &blade,
+            Kind::Restore,
+            match &restored {
+                Ok(r) => format!(
+                    "restored into {}: {} entries, {} bytes (archives applied: {})",
+                    r.target, r.entries, r.bytes, r.archives
+                ),
+                Err((code, why)) => format!("not restored ({code}): {why}"),
+            },
+        );
         steps.set(
             &blade,
             Kind::Adopt,
@@ -1450,7 +1475,7 @@ impl Service {
                 steps.set(
                     &blade,
                     Kind::Adopt,
-                    format!("archives adopted: {n}, every block fetched from the holders"),
+                    format!("archives adopted: {n}, every block in the local store"),
                 );
                 tracing::info!(%blade, archives = n, "the blade's archives adopted: its chain goes on here")
             }
@@ -1463,24 +1488,6 @@ impl Service {
                 tracing::error!(%blade, "the blade's archives not all adopted (the next archive here starts after the last adopted one): {e}")
             }
         }
-        let into = args.to.clone().unwrap_or_default();
-        steps.set(
-            &blade,
-            Kind::Restore,
-            format!("restoring the latest archive into {into}"),
-        );
-        let restored = self.restore(args, false).await;
-        steps.set(
-            &blade,
-            Kind::Restore,
-            match &restored {
-                Ok(r) => format!(
-                    "restored into {}: {} entries, {} bytes (archives applied: {})",
-                    r.target, r.entries, r.bytes, r.archives
-                ),
-                Err((code, why)) => format!("not restored ({code}): {why}"),
-            },
-        );
         let mut unrestored = self.unrestored.lock().unwrap_or_else(|p| p.into_inner());
         match &restored {
             Err((code, _)) if code != "no-archive" => unrestored.insert(blade),
@@ -1875,6 +1882,17 @@ impl Service {
         args: RestoreArgs,
         from_peer: bool,
     ) -> Result<RestoreSummary, Failure> {
+        self.restore_with(args, from_peer, false).await
+    }
+
+    /// [`Service::restore`]; with `keep`, every block fetched from a holder is also written into
+    /// the local store (a takeover's, which adopts the archives next).
+    async fn restore_with(
+        self: &Arc<Self>,
+        args: RestoreArgs,
+        from_peer: bool,
+        keep: bool,
+    ) -> Result<RestoreSummary, Failure> {
         let target: PathBuf = match (&args.to, &self.cfg().root) {
             (Some(to), _) => to.into(),
             (None, Some(root)) => root.clone(),
@@ -1926,20 +1944,24 @@ impl Service {
         let upto = pick(&args.blade, args.archive, merged.keys().copied())?;
         let records: Vec<ArchiveRecord> = merged.values().map(|(r, _)| r.clone()).collect();
         let chain: Vec<ArchiveRecord> = chain(&records, upto).into_iter().cloned().collect();
-        let source = self.net_source(chain.iter().map(|r| &merged[&r.id].1));
+        let mut source = self.net_source(chain.iter().map(|r| &merged[&r.id].1));
+        if keep {
+            source = source.keeping();
+        }
         let node = self.name.clone();
         let stats = blocking(
             move || -> Result<(u64, crate::backup::restore::RestoreStats), String> {
-                let mut restorer =
-                    Restorer::new(&target, globs.as_ref(), &source).map_err(|e| e.to_string())?;
-                for r in &chain {
-                    let m = load_manifest(r, &source).map_err(|e| e.to_string())?;
-                    restorer.apply(&m).map_err(|e| e.to_string())?;
-                }
-                Ok((
-                    chain.len() as u64,
-                    restorer.finish().map_err(|e| e.to_string())?,
-                ))
+                let restored = (|| {
+                    let mut restorer = Restorer::new(&target, globs.as_ref(), &source)
+                        .map_err(|e| e.to_string())?;
+                    for r in &chain {
+                        let m = load_manifest(r, &source).map_err(|e| e.to_string())?;
+                        restorer.apply(&m).map_err(|e| e.to_string())?;
+                    }
+                    restorer.finish().map_err(|e| e.to_string())
+                })();
+                source.keep(None, true);
+                Ok((chain.len() as u64, restored?))
             },
         )
         .await
@@ -2259,9 +2281,14 @@ impl Service {
             service: self.clone(),
             runtime: tokio::runtime::Handle::current(),
             peers,
+            kept: None,
         }
     }
 }
+
+/// Blocks a keeping [`NetSource`] holds before writing them into the local store in one batch
+/// (two `syncfs`, see [`BlockStore::put_many`]).
+const KEEP_BATCH_BYTES: usize = 32 << 20;
 
 /// Blocks for a restore: the local store first, then the holders, spread over them in parallel,
 /// each block checked against its id; a missing or corrupt block is asked of the next holder.
@@ -2269,9 +2296,76 @@ struct NetSource {
     service: Arc<Service>,
     runtime: tokio::runtime::Handle,
     peers: Vec<PeerId>,
+    /// When keeping: the blocks fetched from the holders on their way into the local store.
+    kept: Option<std::sync::Mutex<Keeper>>,
 }
 
+/// The blocks a keeping [`NetSource`] fetched, as the holders sent them (store-encoded,
+/// checked), and the thread that writes them.
+struct Keeper {
+    batch: Batch,
+    bytes: usize,
+    tx: Option<std::sync::mpsc::SyncSender<Batch>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Blocks for [`BlockStore::put_many`].
+type Batch = Vec<(BlockId, Vec<u8>)>;
+
 impl NetSource {
+    /// Also writes every block it fetches from a holder into the local store: a takeover's
+    /// restore so fetches each block once, for the restore and for the blade's own store. The
+    /// writes (and their `syncfs`) run on a thread of their own, beside the restore.
+    fn keeping(mut self) -> NetSource {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
+        let store = self.service.store.clone();
+        let writer = std::thread::spawn(move || {
+            for batch in rx {
+                // Only a copy for later: a block not written is fetched again when the archive
+                // is adopted.
+                if let Err(e) = store.put_many(&batch) {
+                    tracing::warn!(
+                        "{} fetched blocks not kept in the local store: {e}",
+                        batch.len()
+                    );
+                }
+            }
+        });
+        self.kept = Some(std::sync::Mutex::new(Keeper {
+            batch: Vec::new(),
+            bytes: 0,
+            tx: Some(tx),
+            writer: Some(writer),
+        }));
+        self
+    }
+
+    /// Keeps `block`, handing the batch to the writer once it is large enough; `all` hands over
+    /// whatever is held and waits until everything is written.
+    fn keep(&self, block: Option<(BlockId, Vec<u8>)>, all: bool) {
+        let Some(kept) = &self.kept else {
+            return;
+        };
+        let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((id, enc)) = block {
+            kept.bytes += enc.len();
+            kept.batch.push((id, enc));
+        }
+        if !kept.batch.is_empty() && (all || kept.bytes >= KEEP_BATCH_BYTES) {
+            kept.bytes = 0;
+            let batch = std::mem::take(&mut kept.batch);
+            if let Some(tx) = &kept.tx {
+                let _ = tx.send(batch);
+            }
+        }
+        if all {
+            kept.tx = None;
+            if let Some(writer) = kept.writer.take() {
+                let _ = writer.join();
+            }
+        }
+    }
+
     /// Fetches into the local store every block of `record` that is not there yet: its
     /// manifest's, then its files'.
     fn fill(&self, record: &ArchiveRecord) -> Result<(), String> {
@@ -2349,13 +2443,16 @@ impl BlockSource for NetSource {
                     Ok(_) | Err(_) => continue,
                 };
                 for (i, enc) in idx.into_iter().zip(blocks) {
-                    match enc.map(|e| decode_verified(&ids[i], &e.0)) {
-                        Some(Ok(plain)) => out[i] = Some(plain),
-                        Some(Err(e)) => {
+                    let Some(enc) = enc else { continue };
+                    match decode_verified(&ids[i], &enc.0) {
+                        Ok(plain) => {
+                            out[i] = Some(plain);
+                            self.keep(Some((ids[i], enc.0)), false);
+                        }
+                        Err(e) => {
                             super::Stats::add(&self.service.stats.corrupt, 1);
                             tracing::warn!(%peer, "{e}; asking another holder")
                         }
-                        None => {}
                     }
                 }
             }
