@@ -231,8 +231,6 @@ pub struct Failover {
     settings: Settings,
     /// Members that count in quorums (persisted), with the view last given to the core.
     known: BTreeMap<PeerId, MemberView>,
-    /// This node as its members see it (strained, zone), from its own metadata.
-    own: MemberView,
     /// The blade this node acts as now, and under which epoch.
     acting: Option<(Blade, u64)>,
     /// Each blade's holder as of the last step, to tell a takeover from a renewed seat.
@@ -273,13 +271,7 @@ impl Failover {
             now,
         );
         // Not strained until its first resource reading says otherwise (`set_own`).
-        let own = MemberView {
-            alive: true,
-            candidate: settings.role == Role::Spare,
-            strained: false,
-            zone: rank::zone_key(&settings.zone),
-        };
-        core.set_standing(own.strained, own.zone);
+        core.set_standing(false, rank::zone_key(&settings.zone));
         let mut known = BTreeMap::new();
         let gone = MemberView::default();
         for id in members.into_iter().filter(|id| *id != settings.me) {
@@ -303,7 +295,6 @@ impl Failover {
             tree,
             settings,
             known,
-            own,
             acting: None,
             due,
             refused: 0,
@@ -476,34 +467,20 @@ impl Failover {
 
     /// Every live spare holding no blade (this node included), in `blade`'s rank order.
     pub fn spares(&self, blade: &str) -> Vec<PeerId> {
-        let view = |id: &PeerId| {
-            if *id == self.settings.me {
-                Some(self.own)
-            } else {
-                self.known.get(id).copied()
-            }
-        };
-        let blade_zone = self
-            .core
-            .seats()
-            .get(blade)
-            .and_then(|s| view(&s.holder))
-            .map(|v| v.zone);
         let spares = self
             .known
             .keys()
             .chain([&self.settings.me])
             .filter(|id| self.is_candidate(id))
-            .filter_map(|id| Some((*id, view(id)?)))
-            .map(|(id, v)| (id, rank::Fit::new(v.strained, v.zone, blade_zone)));
-        rank::ranked(blade, spares)
+            .copied();
+        self.core.rank(blade, spares)
     }
 
     /// This node's own metadata changed (its load, its disk): it ranks itself among a blade's
     /// candidates as its members rank it from that metadata.
     pub fn set_own(&mut self, meta: &MemberMeta) {
-        self.own = member_view(true, meta);
-        self.core.set_standing(self.own.strained, self.own.zone);
+        let own = member_view(true, meta);
+        self.core.set_standing(own.strained, own.zone);
     }
 
     /// Whether `id` (a member, or this node) may take a blade over: a live spare holding no

@@ -557,6 +557,23 @@ where
         self.members.get(&id).map(|m| m.view)
     }
 
+    /// `candidates` in `blade`'s rank order ([`rank`]): each one's fit, from how it is seen,
+    /// against the zone of the blade's holder, then the rendezvous score. Every node ranks the
+    /// same candidates the same way, given the same views.
+    pub fn rank(&self, blade: &str, candidates: impl IntoIterator<Item = Id>) -> Vec<Id> {
+        let blade_zone = self
+            .durable
+            .seats
+            .get(blade)
+            .and_then(|s| self.view(s.holder))
+            .map(|v| v.zone);
+        let fits = candidates.into_iter().map(|id| {
+            let v = self.view(id).unwrap_or_default();
+            (id, Fit::new(v.strained, v.zone, blade_zone))
+        });
+        rank::ranked(blade, fits)
+    }
+
     fn alive(&self, id: Id) -> bool {
         id == self.me || self.members.get(&id).is_some_and(|m| m.view.alive)
     }
@@ -787,18 +804,16 @@ where
                     _ => continue,
                 },
             };
-            let blade_zone = self.view(seat.holder).map(|v| v.zone);
-            let eligible: Vec<(Id, Fit)> = std::iter::once((self.me, self.own))
+            let eligible: Vec<Id> = std::iter::once(self.me)
                 .chain(
                     self.members
                         .iter()
                         .filter(|(_, m)| m.view.alive && m.view.candidate)
-                        .map(|(id, m)| (*id, m.view)),
+                        .map(|(id, _)| *id),
                 )
-                .filter(|(id, _)| !self.durable.seats.values().any(|s| s.holder == *id))
-                .map(|(id, v)| (id, Fit::new(v.strained, v.zone, blade_zone)))
+                .filter(|id| !self.durable.seats.values().any(|s| s.holder == *id))
                 .collect();
-            let mut order = rank::ranked(&blade, eligible);
+            let mut order = self.rank(&blade, eligible);
             if let Some(to) = first {
                 if let Some(i) = order.iter().position(|id| *id == to) {
                     let t = order.remove(i);
