@@ -891,9 +891,10 @@ impl Agent {
         self.apply_effects(effects);
     }
 
-    /// This node won `blade` from another node: the backup service adopts the blade's archives
-    /// and restores the latest from its holders into this node's backup root (or
-    /// `<data-dir>/blades/BLADE` without one), the same path as `dcish restore`.
+    /// This node won `blade` from another node: the backup service restores the blade's latest
+    /// archive from its holders into this node's backup root (or `<data-dir>/blades/BLADE`
+    /// without one), the same path as `dcish restore`, and answers; it adopts the blade's
+    /// archives after, while this node serves the blade.
     fn take_over(&mut self, blade: String, epoch: u64) {
         tracing::warn!(%blade, epoch, "taking the blade over: restoring its data from its holders");
         self.counters.takeovers += 1;
@@ -1024,7 +1025,7 @@ impl Agent {
             Some((b, apps)) if *b == blade && !apps.is_empty() => apps.join(", "),
             _ => "none in the blade's data set".into(),
         };
-        steps.set(&blade, StepKind::Peerlets, format!("registered: {apps}"));
+        steps.finish(&blade, StepKind::Peerlets, format!("registered: {apps}"));
         let me = format!("{} ({})", self.config.name, self.local_id);
         let detail = match &answer {
             Ok(p) => match dci_proto::backup::restored_from_payload(p) {
@@ -1071,7 +1072,7 @@ impl Agent {
             at_ms: unix_ms(),
             detail,
         });
-        steps.set(
+        steps.finish(
             &blade,
             StepKind::Notice,
             "a serious failure notice sent to every live member",

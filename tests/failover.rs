@@ -276,33 +276,53 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
         "blade:b1 answered by {:?}",
         answered_by(&b2, "b1")
     );
-    let status: Value = serde_json::from_str(&ok(spare.dcish(&["--json", "status"]))).unwrap();
+    // `dcish status` on the spare shows each step of the takeover, one line each, in order:
+    // the blade is served once restored, and its archives are adopted after.
+    let step_lines = |status: &Value| -> Vec<(String, String, bool)> {
+        status["takeovers"][0]["steps"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| {
+                        let what = t["what"].as_str()?.to_string();
+                        let adopted = what.contains("archives adopted:");
+                        Some((t["step"].as_str()?.to_string(), what, adopted))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut seen = None;
+    wait_until(Duration::from_secs(60), || {
+        let out = spare.dcish(&["--json", "status"]);
+        seen = serde_json::from_slice::<Value>(&out.stdout).ok();
+        seen.as_ref()
+            .is_some_and(|s| step_lines(s).iter().any(|(_, _, adopted)| *adopted))
+    });
+    let status = seen.unwrap_or_default();
+    assert!(
+        step_lines(&status).iter().any(|(_, _, adopted)| *adopted),
+        "the archives never adopted:\n{status}\n{}",
+        spare.log_text()
+    );
     assert_eq!(status["counters"]["failover-takeovers"], 1, "{status}");
     assert_eq!(status["counters"]["failover-restoring"], 0, "{status}");
-    // `dcish status` on the spare shows each step of the takeover, one line each, in order.
     let takeover = &status["takeovers"][0];
     assert_eq!(
         (&takeover["blade"], &takeover["epoch"]),
         (&Value::from("b1"), &Value::from(2)),
         "{status}"
     );
-    let steps: Vec<(&str, &str)> = takeover["steps"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|t| Some((t["step"].as_str()?, t["what"].as_str()?)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let names: Vec<&str> = steps.iter().map(|(n, _)| *n).collect();
+    let steps = step_lines(&status);
+    let names: Vec<&str> = steps.iter().map(|(n, _, _)| n.as_str()).collect();
     assert_eq!(
         names[..5],
-        ["seat", "restore", "adopt", "peerlets", "notice"],
+        ["seat", "restore", "peerlets", "notice", "adopt"],
         "{status}"
     );
     assert!(steps[1].1.contains("restored into"), "{status}");
-    assert!(steps[2].1.contains("archives adopted: 1"), "{status}");
-    assert!(steps[3].1.contains("shout"), "{status}");
+    assert!(steps[2].1.contains("shout"), "{status}");
+    assert!(steps[4].1.contains("archives adopted: 1"), "{status}");
     // The blade's peerlet came with its data, and answers to its name on the spare.
     let spoke = wait_until(Duration::from_secs(30), || {
         let answers = shout(&b3, "b1");

@@ -1,5 +1,5 @@
 //! The steps of this node's latest takeover, for `dcish status` and `dcish seats`: each step
-//! (the seat won, the restore, the archives adopted, the peerlets, the notice, the replicas) is
+//! (the seat won, the restore, the peerlets, the notice, the archives adopted, the replicas) is
 //! one line that is updated in place while it runs, so an operator sees where a takeover is and
 //! how far it got. The agent and the backup service (which adopts and restores) share one log.
 
@@ -15,21 +15,24 @@ pub struct Step {
     pub what: String,
     /// When it last changed, counted from the won seat.
     pub after: Duration,
+    /// Whether it is over (not only begun).
+    pub finished: bool,
 }
 
-/// The steps of a takeover, in the order they run.
+/// The steps of a takeover, in the order they run. The blade is served from the end of its
+/// restore on; adopting its archives (for its backups here) comes after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     /// The election won.
     Seat,
     /// The latest archive restored into the blade's data set here, from the holders.
     Restore,
-    /// The blade's archives made this node's own, with every block in its store.
-    Adopt,
     /// The blade's peerlets started.
     Peerlets,
     /// The failure notice sent.
     Notice,
+    /// The blade's archives made this node's own, with every block in its store.
+    Adopt,
     /// The blade's archives back on `replication_factor` holders.
     Replicas,
 }
@@ -39,10 +42,10 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Seat => "seat",
-            Kind::Adopt => "adopt",
             Kind::Restore => "restore",
             Kind::Peerlets => "peerlets",
             Kind::Notice => "notice",
+            Kind::Adopt => "adopt",
             Kind::Replicas => "replicas",
         }
     }
@@ -75,21 +78,32 @@ impl TakeoverSteps {
                 kind: Kind::Seat,
                 what: what.into(),
                 after: Duration::ZERO,
+                finished: true,
             }],
         });
     }
 
-    /// How step `kind` of `blade`'s takeover stands now (replacing what it said before). Does
-    /// nothing unless the latest takeover is of `blade`.
+    /// How step `kind` of `blade`'s takeover stands now, while it runs (replacing what it said
+    /// before). Does nothing unless the latest takeover is of `blade`.
     pub fn set(&self, blade: &str, kind: Kind, what: impl Into<String>) {
+        self.put(blade, kind, what.into(), false);
+    }
+
+    /// How step `kind` of `blade`'s takeover ended.
+    pub fn finish(&self, blade: &str, kind: Kind, what: impl Into<String>) {
+        self.put(blade, kind, what.into(), true);
+    }
+
+    fn put(&self, blade: &str, kind: Kind, what: String, finished: bool) {
         let mut log = self.lock();
         let Some(log) = log.as_mut().filter(|l| l.blade == blade) else {
             return;
         };
         let step = Step {
             kind,
-            what: what.into(),
+            what,
             after: log.started.elapsed(),
+            finished,
         };
         match log.steps.iter_mut().find(|s| s.kind == kind) {
             Some(s) => *s = step,
@@ -100,11 +114,11 @@ impl TakeoverSteps {
         }
     }
 
-    /// Whether step `kind` of `blade`'s latest takeover said anything yet.
-    pub fn has(&self, blade: &str, kind: Kind) -> bool {
-        self.lock()
-            .as_ref()
-            .is_some_and(|l| l.blade == blade && l.steps.iter().any(|s| s.kind == kind))
+    /// Whether step `kind` of `blade`'s latest takeover is over.
+    pub fn finished(&self, blade: &str, kind: Kind) -> bool {
+        self.lock().as_ref().is_some_and(|l| {
+            l.blade == blade && l.steps.iter().any(|s| s.kind == kind && s.finished)
+        })
     }
 
     /// The steps of the takeover of `blade` at `epoch`, if that is the latest one here.
@@ -131,6 +145,8 @@ mod tests {
         steps.set("b1", Kind::Restore, "restoring archive 1.3");
         steps.set("b1", Kind::Adopt, "fetching archive 1.2 (2 of 3)");
         steps.set("b9", Kind::Notice, "another blade: ignored");
+        assert!(!steps.finished("b1", Kind::Restore), "still running");
+        steps.finish("b1", Kind::Restore, "restored archive 1.3");
         let got: Vec<(Kind, String)> = steps
             .of("b1", 2)
             .into_iter()
@@ -140,11 +156,12 @@ mod tests {
             got,
             [
                 (Kind::Seat, "won at epoch 2".to_string()),
-                (Kind::Restore, "restoring archive 1.3".to_string()),
+                (Kind::Restore, "restored archive 1.3".to_string()),
                 (Kind::Adopt, "fetching archive 1.2 (2 of 3)".to_string()),
             ]
         );
-        assert!(steps.has("b1", Kind::Restore) && !steps.has("b1", Kind::Notice));
+        assert!(steps.finished("b1", Kind::Restore) && !steps.finished("b1", Kind::Adopt));
+        assert!(!steps.finished("b1", Kind::Notice));
         assert!(steps.of("b1", 3).is_empty(), "another epoch's takeover");
         // A later takeover starts a new log.
         steps.begin("b2", 5, "won at epoch 5");

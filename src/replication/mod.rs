@@ -72,8 +72,8 @@ pub enum Operator {
     Backup(BackupRequest),
     /// `dcish deploy`, `undeploy`, `packages`.
     Package(dci_proto::package::PackageRequest),
-    /// Not an operator's: this node won the blade from another node; adopt its archives and
-    /// restore it (`to`, or the backup root).
+    /// Not an operator's: this node won the blade from another node; restore it (`to`, or the
+    /// backup root), answering then, and adopt its archives after.
     TakeOver(dci_proto::backup::RestoreArgs),
 }
 

@@ -359,7 +359,7 @@ impl Service {
                         let answer = match request {
                             super::Operator::Backup(r) => me.control(r, true).await,
                             super::Operator::Package(r) => crate::package::deploy::control(&me, r).await,
-                            super::Operator::TakeOver(args) => me.take_over(args).await,
+                            super::Operator::TakeOver(args) => return me.take_over(args, reply).await,
                         };
                         let _ = reply.send(answer);
                     });
@@ -806,8 +806,8 @@ impl Service {
     /// After a takeover of `blade`, the replicas step: how many of its archives are back on as
     /// many holders as the factor asks.
     fn report_replicas(&self, blade: &str, holders: &[String]) {
-        // Once the takeover is through (its peerlets step comes last), with archives adopted.
-        if !self.steps.has(blade, Kind::Peerlets) {
+        // Once the takeover is through: its archives adopted, the last of its own steps.
+        if !self.steps.finished(blade, Kind::Adopt) {
             return;
         }
         let Ok(records) = self.catalog.list(blade) else {
@@ -1293,7 +1293,6 @@ impl Service {
                 service: self.clone(),
                 runtime: tokio::runtime::Handle::current(),
                 peers: r.acked.iter().filter_map(|p| p.parse().ok()).collect(),
-                kept: None,
             };
             let id = r.id;
             let repaired = blocking(move || source.fill(&r)).await.and_then(|x| x);
@@ -1433,28 +1432,35 @@ impl Service {
         ))
     }
 
-    /// This node won `args.blade` from another node: it adopts the blade's archives
-    /// ([`Service::adopt`]), then restores the latest into the blade's data set. Backups,
-    /// collection and scrubs wait meanwhile, so that no archive is made of a half-restored
-    /// tree; if the restore fails, none is made until an operator's restore of the blade
-    /// succeeds (an archive of what is there would become the blade's latest).
-    async fn take_over(self: &Arc<Self>, mut args: RestoreArgs) -> Result<Payload, Failure> {
+    /// This node won `args.blade` from another node: it restores the blade's latest archive from
+    /// the holders into the blade's data set and answers `reply` (the blade is served from
+    /// then on), then adopts the blade's archives ([`Service::adopt`]) for its backups here.
+    /// Backups, collection and scrubs wait until both are done, so that no archive is made of a
+    /// half-restored tree nor numbered before the adopted ones; if the restore fails, none is
+    /// made until an operator's restore of the blade succeeds (an archive of what is there
+    /// would become the blade's latest).
+    async fn take_over(
+        self: &Arc<Self>,
+        mut args: RestoreArgs,
+        reply: oneshot::Sender<Result<Payload, Failure>>,
+    ) {
         let blade = args.blade.clone();
         if args.to.is_none() {
             args.to = self.root_of(&blade).map(|r| r.display().to_string());
         }
         let _guard = self.store_lock.lock().await;
         let steps = &self.steps;
-        // The restore first, from the holders, keeping each block it fetches: the adoption
-        // after it then fetches only the blocks the latest tree no longer uses.
+        // The restore first, from the holders, as fast as `dcish restore`: the blade is served
+        // once it is done. Keeping each fetched block in the local store on the way (for the
+        // adoption) slowed it by a third on 2 cores; the adoption fetches them again instead.
         let into = args.to.clone().unwrap_or_default();
         steps.set(
             &blade,
             Kind::Restore,
             format!("restoring the latest archive into {into}"),
         );
-        let restored = self.restore_with(args, false, true).await;
-        steps.set(
+        let restored = self.restore(args, false).await;
+        steps.finish(
             &blade,
             Kind::Restore,
             match &restored {
@@ -1465,6 +1471,14 @@ impl Service {
                 Err((code, why)) => format!("not restored ({code}): {why}"),
             },
         );
+        {
+            let mut unrestored = self.unrestored.lock().unwrap_or_else(|p| p.into_inner());
+            match &restored {
+                Err((code, _)) if code != "no-archive" => unrestored.insert(blade.clone()),
+                Ok(_) | Err(_) => unrestored.remove(&blade),
+            };
+        }
+        let _ = reply.send(restored.map(|summary| restored_to_payload(&summary)));
         steps.set(
             &blade,
             Kind::Adopt,
@@ -1472,7 +1486,7 @@ impl Service {
         );
         match self.adopt(&blade).await {
             Ok(n) => {
-                steps.set(
+                steps.finish(
                     &blade,
                     Kind::Adopt,
                     format!("archives adopted: {n}, every block in the local store"),
@@ -1480,7 +1494,7 @@ impl Service {
                 tracing::info!(%blade, archives = n, "the blade's archives adopted: its chain goes on here")
             }
             Err(e) => {
-                steps.set(
+                steps.finish(
                     &blade,
                     Kind::Adopt,
                     format!("not every archive adopted: {e}"),
@@ -1488,12 +1502,6 @@ impl Service {
                 tracing::error!(%blade, "the blade's archives not all adopted (the next archive here starts after the last adopted one): {e}")
             }
         }
-        let mut unrestored = self.unrestored.lock().unwrap_or_else(|p| p.into_inner());
-        match &restored {
-            Err((code, _)) if code != "no-archive" => unrestored.insert(blade),
-            Ok(_) | Err(_) => unrestored.remove(&blade),
-        };
-        restored.map(|summary| restored_to_payload(&summary))
     }
 
     /// Makes `blade`'s archives, as the live nodes hold them, this node's own, each with every
@@ -1882,17 +1890,6 @@ impl Service {
         args: RestoreArgs,
         from_peer: bool,
     ) -> Result<RestoreSummary, Failure> {
-        self.restore_with(args, from_peer, false).await
-    }
-
-    /// [`Service::restore`]; with `keep`, every block fetched from a holder is also written into
-    /// the local store (a takeover's, which adopts the archives next).
-    async fn restore_with(
-        self: &Arc<Self>,
-        args: RestoreArgs,
-        from_peer: bool,
-        keep: bool,
-    ) -> Result<RestoreSummary, Failure> {
         let target: PathBuf = match (&args.to, &self.cfg().root) {
             (Some(to), _) => to.into(),
             (None, Some(root)) => root.clone(),
@@ -1944,10 +1941,7 @@ impl Service {
         let upto = pick(&args.blade, args.archive, merged.keys().copied())?;
         let records: Vec<ArchiveRecord> = merged.values().map(|(r, _)| r.clone()).collect();
         let chain: Vec<ArchiveRecord> = chain(&records, upto).into_iter().cloned().collect();
-        let mut source = self.net_source(chain.iter().map(|r| &merged[&r.id].1));
-        if keep {
-            source = source.keeping();
-        }
+        let source = self.net_source(chain.iter().map(|r| &merged[&r.id].1));
         let node = self.name.clone();
         let stats = blocking(
             move || -> Result<(u64, crate::backup::restore::RestoreStats), String> {
@@ -1960,7 +1954,6 @@ impl Service {
                     }
                     restorer.finish().map_err(|e| e.to_string())
                 })();
-                source.keep(None, true);
                 Ok((chain.len() as u64, restored?))
             },
         )
@@ -2281,14 +2274,9 @@ impl Service {
             service: self.clone(),
             runtime: tokio::runtime::Handle::current(),
             peers,
-            kept: None,
         }
     }
 }
-
-/// Blocks a keeping [`NetSource`] holds before writing them into the local store in one batch
-/// (two `syncfs`, see [`BlockStore::put_many`]).
-const KEEP_BATCH_BYTES: usize = 32 << 20;
 
 /// Blocks for a restore: the local store first, then the holders, spread over them in parallel,
 /// each block checked against its id; a missing or corrupt block is asked of the next holder.
@@ -2296,76 +2284,9 @@ struct NetSource {
     service: Arc<Service>,
     runtime: tokio::runtime::Handle,
     peers: Vec<PeerId>,
-    /// When keeping: the blocks fetched from the holders on their way into the local store.
-    kept: Option<std::sync::Mutex<Keeper>>,
 }
-
-/// The blocks a keeping [`NetSource`] fetched, as the holders sent them (store-encoded,
-/// checked), and the thread that writes them.
-struct Keeper {
-    batch: Batch,
-    bytes: usize,
-    tx: Option<std::sync::mpsc::SyncSender<Batch>>,
-    writer: Option<std::thread::JoinHandle<()>>,
-}
-
-/// Blocks for [`BlockStore::put_many`].
-type Batch = Vec<(BlockId, Vec<u8>)>;
 
 impl NetSource {
-    /// Also writes every block it fetches from a holder into the local store: a takeover's
-    /// restore so fetches each block once, for the restore and for the blade's own store. The
-    /// writes (and their `syncfs`) run on a thread of their own, beside the restore.
-    fn keeping(mut self) -> NetSource {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
-        let store = self.service.store.clone();
-        let writer = std::thread::spawn(move || {
-            for batch in rx {
-                // Only a copy for later: a block not written is fetched again when the archive
-                // is adopted.
-                if let Err(e) = store.put_many(&batch) {
-                    tracing::warn!(
-                        "{} fetched blocks not kept in the local store: {e}",
-                        batch.len()
-                    );
-                }
-            }
-        });
-        self.kept = Some(std::sync::Mutex::new(Keeper {
-            batch: Vec::new(),
-            bytes: 0,
-            tx: Some(tx),
-            writer: Some(writer),
-        }));
-        self
-    }
-
-    /// Keeps `block`, handing the batch to the writer once it is large enough; `all` hands over
-    /// whatever is held and waits until everything is written.
-    fn keep(&self, block: Option<(BlockId, Vec<u8>)>, all: bool) {
-        let Some(kept) = &self.kept else {
-            return;
-        };
-        let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((id, enc)) = block {
-            kept.bytes += enc.len();
-            kept.batch.push((id, enc));
-        }
-        if !kept.batch.is_empty() && (all || kept.bytes >= KEEP_BATCH_BYTES) {
-            kept.bytes = 0;
-            let batch = std::mem::take(&mut kept.batch);
-            if let Some(tx) = &kept.tx {
-                let _ = tx.send(batch);
-            }
-        }
-        if all {
-            kept.tx = None;
-            if let Some(writer) = kept.writer.take() {
-                let _ = writer.join();
-            }
-        }
-    }
-
     /// Fetches into the local store every block of `record` that is not there yet: its
     /// manifest's, then its files'.
     fn fill(&self, record: &ArchiveRecord) -> Result<(), String> {
@@ -2447,7 +2368,6 @@ impl BlockSource for NetSource {
                     match decode_verified(&ids[i], &enc.0) {
                         Ok(plain) => {
                             out[i] = Some(plain);
-                            self.keep(Some((ids[i], enc.0)), false);
                         }
                         Err(e) => {
                             super::Stats::add(&self.service.stats.corrupt, 1);
