@@ -72,21 +72,25 @@ takein_two_archives_one_out_of_reach() {
   [ "$ids" = "1.1+ 1.2" ]
 }
 
-# spare-1, cut from blade-1, takes blade-3 over once it is killed: it restores the first archive.
+# spare-1, cut from blade-1, takes blade-3 over once it is killed: it restores the first archive
+# and, still cut, adopts it alone (the adoption comes after the blade is served, and the cut must
+# outlast it).
 takein_taken_over_without_the_second() {
   cut_apart dcitakein_spare-1_1 dcitakein_blade-1_1 || return 1
   docker kill dcitakein_blade-3_1 >/dev/null || return 1
   local deadline=$((SECONDS+60)) start=$SECONDS
   while [ $SECONDS -lt $deadline ]; do
-    if [ "$(seat_of dcitakein_spare-1_1 blade-3)" = "spare-1 held" ]; then
+    if [ "$(seat_of dcitakein_spare-1_1 blade-3)" = "spare-1 held" ] &&
+      docker exec dcitakein_spare-1_1 dcish status 2>/dev/null | grep -q "archives adopted: 1,"; then
       rm -rf "$takein_data/got" &&
         docker cp dcitakein_spare-1_1:/var/lib/dci/blades/blade-3 "$takein_data/got" >/dev/null 2>&1 &&
         diff -r "$takein_data/root" "$takein_data/got" >/dev/null && {
-          echo "spare-1 holds blade-3 within $((SECONDS-start))s, with the first archive's files"; return 0; }
+          echo "spare-1 holds blade-3 within $((SECONDS-start))s, with the first archive's files, and adopted it alone"; return 0; }
     fi
     sleep 1
   done
   docker exec dcitakein_spare-1_1 dcish seats
+  docker exec dcitakein_spare-1_1 dcish status | sed -n '/^takeover of/,/^$/p'
   [ -d "$takein_data/got" ] && diff -r "$takein_data/root" "$takein_data/got"
   return 1
 }
