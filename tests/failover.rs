@@ -278,30 +278,30 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
     );
     // `dcish status` on the spare shows each step of the takeover, one line each, in order:
     // the blade is served once restored, and its archives are adopted after.
-    let step_lines = |status: &Value| -> Vec<(String, String, bool)> {
+    let step_lines = |status: &Value| -> Vec<(String, String)> {
         status["takeovers"][0]["steps"]
             .as_array()
             .map(|a| {
                 a.iter()
-                    .filter_map(|t| {
-                        let what = t["what"].as_str()?.to_string();
-                        let adopted = what.contains("archives adopted:");
-                        Some((t["step"].as_str()?.to_string(), what, adopted))
-                    })
+                    .filter_map(|t| Some((t["step"].as_str()?.into(), t["what"].as_str()?.into())))
                     .collect()
             })
             .unwrap_or_default()
+    };
+    let adopted = |status: &Value| {
+        step_lines(status)
+            .iter()
+            .any(|(_, what)| what.contains("archives adopted:"))
     };
     let mut seen = None;
     wait_until(Duration::from_secs(60), || {
         let out = spare.dcish(&["--json", "status"]);
         seen = serde_json::from_slice::<Value>(&out.stdout).ok();
-        seen.as_ref()
-            .is_some_and(|s| step_lines(s).iter().any(|(_, _, adopted)| *adopted))
+        seen.as_ref().is_some_and(adopted)
     });
     let status = seen.unwrap_or_default();
     assert!(
-        step_lines(&status).iter().any(|(_, _, adopted)| *adopted),
+        adopted(&status),
         "the archives never adopted:\n{status}\n{}",
         spare.log_text()
     );
@@ -314,7 +314,7 @@ fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_b
         "{status}"
     );
     let steps = step_lines(&status);
-    let names: Vec<&str> = steps.iter().map(|(n, _, _)| n.as_str()).collect();
+    let names: Vec<&str> = steps.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names[..5],
         ["seat", "restore", "peerlets", "notice", "adopt"],
