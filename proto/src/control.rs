@@ -241,7 +241,7 @@ pub struct SeatInfo {
 /// One step of a takeover (`dcish status`, `dcish seats`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepInfo {
-    /// Which step: `seat`, `adopt`, `restore`, `peerlets`, `notice` or `replicas`.
+    /// Which step: `seat`, `restore`, `peerlets`, `notice`, `adopt` or `replicas`.
     pub step: String,
     /// How it stands, in words.
     pub what: String,

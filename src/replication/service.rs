@@ -1945,16 +1945,16 @@ impl Service {
         let node = self.name.clone();
         let stats = blocking(
             move || -> Result<(u64, crate::backup::restore::RestoreStats), String> {
-                let restored = (|| {
-                    let mut restorer = Restorer::new(&target, globs.as_ref(), &source)
-                        .map_err(|e| e.to_string())?;
-                    for r in &chain {
-                        let m = load_manifest(r, &source).map_err(|e| e.to_string())?;
-                        restorer.apply(&m).map_err(|e| e.to_string())?;
-                    }
-                    restorer.finish().map_err(|e| e.to_string())
-                })();
-                Ok((chain.len() as u64, restored?))
+                let mut restorer =
+                    Restorer::new(&target, globs.as_ref(), &source).map_err(|e| e.to_string())?;
+                for r in &chain {
+                    let m = load_manifest(r, &source).map_err(|e| e.to_string())?;
+                    restorer.apply(&m).map_err(|e| e.to_string())?;
+                }
+                Ok((
+                    chain.len() as u64,
+                    restorer.finish().map_err(|e| e.to_string())?,
+                ))
             },
         )
         .await
@@ -2364,15 +2364,13 @@ impl BlockSource for NetSource {
                     Ok(_) | Err(_) => continue,
                 };
                 for (i, enc) in idx.into_iter().zip(blocks) {
-                    let Some(enc) = enc else { continue };
-                    match decode_verified(&ids[i], &enc.0) {
-                        Ok(plain) => {
-                            out[i] = Some(plain);
-                        }
-                        Err(e) => {
+                    match enc.map(|e| decode_verified(&ids[i], &e.0)) {
+                        Some(Ok(plain)) => out[i] = Some(plain),
+                        Some(Err(e)) => {
                             super::Stats::add(&self.service.stats.corrupt, 1);
                             tracing::warn!(%peer, "{e}; asking another holder")
                         }
+                        None => {}
                     }
                 }
             }
