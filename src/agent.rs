@@ -4,7 +4,7 @@
 //! Start-up is ordered so that a refusal writes nothing: every check that can fail on operator input
 //! (config, cluster key, data dir lock, listen ports) runs before the first byte goes to the data dir.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -147,8 +147,8 @@ pub struct Agent {
     installer: Arc<crate::package::install::Installer>,
     /// The election driver: seat table, claims, leases.
     failover: Failover,
-    /// The blade this node is restoring after winning it, with the epoch won.
-    restoring: Option<(String, u64)>,
+    /// The blades this node is restoring after winning them, with the epoch won.
+    restoring: BTreeMap<String, u64>,
     /// Takeover restores that finished: blade, epoch, and the restore's answer.
     takeovers: mpsc::Receiver<Takeover>,
     takeover_tx: mpsc::Sender<Takeover>,
@@ -159,9 +159,9 @@ pub struct Agent {
     no_spare_alerted: HashSet<(String, u64)>,
     /// When to look for down blades with no spare next.
     next_no_spare_check: Duration,
-    /// The blade whose own peerlets (from its data set's [`BLADE_PEERLETS`]) are registered
-    /// here, and their app types.
-    blade_peerlets: Option<(String, Vec<String>)>,
+    /// The blades whose own peerlets (from their data sets' [`BLADE_PEERLETS`]) are registered
+    /// here, and for each, the app types registered for it.
+    blade_peerlets: BTreeMap<String, Vec<String>>,
     /// What this node does on its own sustained degradation (re-read on SIGHUP).
     on_degraded: OnDegraded,
     /// The helpers of the blade this node holds.
@@ -273,6 +273,7 @@ impl Agent {
                 zone: config.zone.clone(),
                 has_seeds: !config.join.is_empty(),
                 election: crate::failover::election::ElectionConfig::default(),
+                extra_blades: config.extra_blades,
             },
             rand::random(),
             Duration::ZERO,
@@ -371,6 +372,7 @@ impl Agent {
             degraded: false,
             blade: None,
             helpers: Vec::new(),
+            extra: failover.extra_blades(),
         };
         let seed = rand::random();
         let swim = MeshSwim::new(
@@ -406,11 +408,11 @@ impl Agent {
             help_restore_tx,
             no_spare_alerted: HashSet::new(),
             next_no_spare_check: Duration::ZERO,
-            blade_peerlets: None,
+            blade_peerlets: BTreeMap::new(),
             handovers,
             handover_tx,
             failover,
-            restoring: None,
+            restoring: BTreeMap::new(),
             takeovers,
             takeover_tx,
             events: EventHub::default(),
@@ -553,13 +555,13 @@ impl Agent {
             .map(|(b, s)| (b.clone(), s.epoch, s.holder))
             .collect();
         for (blade, epoch, holder) in down {
-            if self.failover.best_spare(&blade).is_some()
+            if self.failover.best_candidate(&blade).is_some()
                 || !self.no_spare_alerted.insert((blade.clone(), epoch))
             {
                 continue;
             }
             let detail = format!(
-                "blade {blade} is down: its holder {} ({holder}) is gone since epoch {epoch} and no live spare may take it; add a spare or bring the node back",
+                "blade {blade} is down: its holder {} ({holder}) is gone since epoch {epoch} and no live spare may take it; add a spare, allow an active node to take it ([failover] extra_blades), or bring the node back",
                 self.member_name(&holder)
             );
             tracing::error!("{detail}");
@@ -695,8 +697,12 @@ impl Agent {
                 Effect::Changed => {
                     let seats = self.failover.seats().iter();
                     let acting = self.failover.acting().map(|(b, _)| b.clone());
-                    self.replication
-                        .set_seats(seats.map(|(b, s)| (b.clone(), (s.holder, s.epoch))), acting);
+                    let hosted = self.failover.hosted().keys().cloned().collect();
+                    self.replication.set_seats(
+                        seats.map(|(b, s)| (b.clone(), (s.holder, s.epoch))),
+                        acting,
+                        hosted,
+                    );
                     // Helpers serve one seat: a new one (or none) releases them.
                     let old = self.helpers.ready().map(|((b, e), _)| (b.clone(), *e));
                     let released = self.helpers.sync(self.failover.acting());
@@ -741,7 +747,7 @@ impl Agent {
                     None => return Err(("no-such-node".into(), format!("no member named {name}"))),
                 }
             }
-            None => self.failover.best_spare(&blade).ok_or_else(|| {
+            None => self.failover.best_candidate(&blade).ok_or_else(|| {
                 (
                     "no-spare".into(),
                     format!("no live spare may take blade {blade}"),
@@ -863,7 +869,7 @@ impl Agent {
             if backup {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let now = dci_proto::backup::BackupRequest::Now {
-                    blade: None,
+                    blade: Some(blade.clone()),
                     wait: true,
                 };
                 let _ = backups
@@ -903,7 +909,7 @@ impl Agent {
             epoch,
             format!("won at epoch {epoch} by a majority of the members"),
         );
-        self.restoring = Some((blade.clone(), epoch));
+        self.restoring.insert(blade.clone(), epoch);
         let args = dci_proto::backup::RestoreArgs {
             blade: blade.clone(),
             archive: None,
@@ -931,82 +937,112 @@ impl Agent {
             .data_set(&self.config.name, blade)
     }
 
-    /// Registers the peerlets of the blade this node acts as, or helps (once its data is
-    /// restored), and unregisters those of a blade it no longer serves.
+    /// Registers the peerlets of the blades this node serves (the one it acts as, those it
+    /// hosts) or helps (once its data is restored), and unregisters those of a blade it no
+    /// longer serves. Peerlets are found by app type: a hosted blade's app that a blade served
+    /// here already has is not registered for it (one app type, one peerlet on a node).
     fn sync_blade_peerlets(&mut self) {
+        let restored = |b: &String| !self.restoring.contains_key(b);
         let held = self
             .failover
             .acting()
             .map(|(b, _)| b.clone())
-            .filter(|b| self.restoring.as_ref().is_none_or(|(r, _)| r != b));
+            .filter(restored);
         let helped = self
             .helping
             .as_ref()
             .filter(|h| h.ready)
             .map(|h| h.blade.clone());
-        let root = match (&held, &helped) {
-            (Some(b), _) => self.blade_root(b),
-            (None, Some(b)) => Some(self.help_dir(b)),
-            (None, None) => None,
+        // The blade this node acts as (or helps) first: its apps go before a hosted blade's.
+        let mut wanted: Vec<(String, Option<std::path::PathBuf>)> = match (&held, &helped) {
+            (Some(b), _) => vec![(b.clone(), self.blade_root(b))],
+            (None, Some(b)) => vec![(b.clone(), Some(self.help_dir(b)))],
+            (None, None) => Vec::new(),
         };
-        let holds = held.is_some();
-        let acting = held.or(helped);
-        if acting.as_ref() == self.blade_peerlets.as_ref().map(|(b, _)| b) {
-            return;
+        for b in self.failover.hosted().keys().filter(|b| restored(b)) {
+            wanted.push((b.clone(), self.blade_root(b)));
         }
-        let old = self
+        // What is installed here is kept with the blade this node acts as, not one it only helps.
+        let home = held.as_ref().and_then(|b| self.blade_root(b));
+        self.installer.set_blade_home(home);
+        let gone: Vec<String> = self
             .blade_peerlets
-            .take()
-            .map(|(_, apps)| apps)
-            .unwrap_or_default();
-        let mut found = Vec::new();
-        // What is installed here is kept with a blade this node holds, not one it only helps.
-        self.installer
-            .set_blade_home(root.clone().filter(|_| holds));
-        if let Some(blade) = &acting {
-            let dir = root.as_ref().map(|r| r.join(BLADE_PEERLETS));
-            if let Some(dir) = dir.filter(|d| d.is_dir()) {
+            .keys()
+            .filter(|b| !wanted.iter().any(|(w, _)| w == *b))
+            .cloned()
+            .collect();
+        let mut old = Vec::new();
+        for blade in gone {
+            old.extend(self.blade_peerlets.remove(&blade).unwrap_or_default());
+        }
+        let mut new = Vec::new();
+        for (blade, root) in wanted {
+            if self.blade_peerlets.contains_key(&blade) {
+                continue;
+            }
+            let mut found = Vec::new();
+            if let Some(dir) = root
+                .as_ref()
+                .map(|r| r.join(BLADE_PEERLETS))
+                .filter(|d| d.is_dir())
+            {
                 let (manifests, bad) = crate::peerlet_host::external::Manifest::scan(&dir);
                 for e in bad {
                     tracing::warn!(%blade, "{e}; that peerlet of the blade is not available");
                 }
-                found = manifests;
-            }
-            let apps: Vec<String> = found.iter().map(|m| m.app.clone()).collect();
-            self.blade_peerlets = Some((blade.clone(), apps));
-        }
-        let messenger = self.messenger.clone();
-        let installer = self.installer.clone();
-        let blade = acting.unwrap_or_default();
-        tokio::spawn(async move {
-            use crate::router::PeerletChange;
-            // The packages installed for the blade, wherever it was held before.
-            let kept = match &root {
-                Some(home) if !blade.is_empty() => installer.install_blade_packages(home).await,
-                _ => Vec::new(),
-            };
-            for (file, outcome) in kept {
-                match outcome {
-                    Ok(o) => {
-                        tracing::info!(%blade, file = %file.display(), "the blade's package: {}", o.status())
-                    }
-                    Err(e) => {
-                        tracing::warn!(%blade, file = %file.display(), "the blade's package not installed: {}", e.output)
+                for m in manifests {
+                    let taken = self
+                        .blade_peerlets
+                        .iter()
+                        .find(|(_, apps)| apps.contains(&m.app));
+                    match taken {
+                        Some((other, _)) => {
+                            tracing::warn!(%blade, app = %m.app, %other, "the blade's peerlet not registered: blade {other}, served here too, has a peerlet of that type")
+                        }
+                        None => found.push(m),
                     }
                 }
             }
+            let apps = found.iter().map(|m| m.app.clone()).collect();
+            self.blade_peerlets.insert(blade.clone(), apps);
+            new.push((blade, root, found));
+        }
+        if old.is_empty() && new.is_empty() {
+            return;
+        }
+        let messenger = self.messenger.clone();
+        let installer = self.installer.clone();
+        tokio::spawn(async move {
+            use crate::router::PeerletChange;
             for app in old {
                 let _ = messenger
                     .peerlets(PeerletChange::Unregister(app.clone()))
                     .await;
-                tracing::info!(%app, "the blade's peerlet unregistered: this node no longer acts as its blade");
+                tracing::info!(%app, "the blade's peerlet unregistered: this node no longer serves its blade");
             }
-            for m in found {
-                let app = m.app.clone();
-                match messenger.peerlets(PeerletChange::Register(m)).await {
-                    Ok(_) => tracing::info!(%blade, %app, "the blade's peerlet registered"),
-                    Err(e) => {
-                        tracing::warn!(%blade, %app, "the blade's peerlet not registered: {e}")
+            for (blade, root, found) in new {
+                // The packages installed for the blade, wherever it was held before.
+                let kept = match &root {
+                    Some(home) => installer.install_blade_packages(home).await,
+                    None => Vec::new(),
+                };
+                for (file, outcome) in kept {
+                    match outcome {
+                        Ok(o) => {
+                            tracing::info!(%blade, file = %file.display(), "the blade's package: {}", o.status())
+                        }
+                        Err(e) => {
+                            tracing::warn!(%blade, file = %file.display(), "the blade's package not installed: {}", e.output)
+                        }
+                    }
+                }
+                for m in found {
+                    let app = m.app.clone();
+                    match messenger.peerlets(PeerletChange::Register(m)).await {
+                        Ok(_) => tracing::info!(%blade, %app, "the blade's peerlet registered"),
+                        Err(e) => {
+                            tracing::warn!(%blade, %app, "the blade's peerlet not registered: {e}")
+                        }
                     }
                 }
             }
@@ -1016,13 +1052,13 @@ impl Agent {
     /// A takeover's restore finished: start the blade's peerlets, and say what happened to
     /// every member.
     fn on_takeover_done(&mut self, (blade, epoch, answer): Takeover) {
-        if self.restoring.as_ref() == Some(&(blade.clone(), epoch)) {
-            self.restoring = None;
+        if self.restoring.get(&blade) == Some(&epoch) {
+            self.restoring.remove(&blade);
         }
         self.sync_blade_peerlets();
         let steps = self.replication.takeover_steps().clone();
-        let apps = match &self.blade_peerlets {
-            Some((b, apps)) if *b == blade && !apps.is_empty() => apps.join(", "),
+        let apps = match self.blade_peerlets.get(&blade) {
+            Some(apps) if !apps.is_empty() => apps.join(", "),
             _ => "none in the blade's data set".into(),
         };
         steps.finish(&blade, StepKind::Peerlets, format!("registered: {apps}"));
@@ -1123,10 +1159,16 @@ impl Agent {
             }
             _ => Vec::new(),
         };
-        if meta.blade != blade || meta.role != role || meta.helpers != helpers {
+        let extra = self.failover.extra_blades();
+        if meta.blade != blade
+            || meta.role != role
+            || meta.helpers != helpers
+            || meta.extra != extra
+        {
             meta.blade = blade;
             meta.role = role;
             meta.helpers = helpers;
+            meta.extra = extra;
             self.swim.set_meta(meta);
             self.apply_outputs();
         }
@@ -1292,7 +1334,7 @@ impl Agent {
                 return;
             }
         }
-        let free = self.helping.is_none() && self.failover.is_candidate(&self.local_id);
+        let free = self.helping.is_none() && self.failover.is_spare(&self.local_id);
         let seat = self.failover.seats().get(&blade).copied();
         match Helping::grant(from, &blade, epoch, seat, free) {
             Ok(h) => {
@@ -1555,9 +1597,8 @@ impl Agent {
                     Some((seat.holder.to_string(), seat.epoch))
                 } else {
                     self.failover
-                        .acting()
-                        .filter(|(b, _)| b == blade)
-                        .map(|(_, e)| (self.local_id.to_string(), *e))
+                        .serves(blade)
+                        .map(|e| (self.local_id.to_string(), e))
                 };
                 (blade.clone(), entry)
             })
@@ -2112,7 +2153,7 @@ impl Agent {
                     ("election-refused", self.failover.refused),
                     ("election-persist-failures", self.failover.persist_failures),
                     ("failover-takeovers", c.takeovers),
-                    ("failover-restoring", u64::from(self.restoring.is_some())),
+                    ("failover-restoring", self.restoring.len() as u64),
                     ("failover-handovers", c.handovers),
                     (
                         "failover-helpers",
@@ -2180,11 +2221,8 @@ impl Agent {
             .map(|(blade, seat)| {
                 let here = seat.holder == self.local_id;
                 let state = if here {
-                    let acting = self.failover.acting().is_some_and(|(b, _)| b == blade);
-                    let restoring = self
-                        .restoring
-                        .as_ref()
-                        .is_some_and(|(b, e)| b == blade && *e == seat.epoch);
+                    let acting = self.failover.serves(blade).is_some();
+                    let restoring = self.restoring.get(blade) == Some(&seat.epoch);
                     match (acting, restoring) {
                         (_, true) => "restoring",
                         (true, false) => "held",

@@ -116,12 +116,18 @@ pub struct MovesFile {
     pub hook_timeout_ms: Option<u64>,
 }
 
+/// Most blades an active node may be allowed beyond its own: each is a restore, a data set and
+/// peerlets on one node.
+pub const MAX_EXTRA_BLADES: u8 = 8;
+
 /// The `[failover]` table.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailoverFile {
     /// What a blade's holder does on its own sustained degradation: `none`, `move` or `helper`.
     pub on_degraded: Option<OnDegraded>,
+    /// Blades an active node may take beyond its own when no spare can (default 0).
+    pub extra_blades: Option<u8>,
 }
 
 /// The `[degradation]` table: the sustained-degradation detector.
@@ -458,6 +464,8 @@ pub struct Config {
     pub moves: crate::hook::MoveHooks,
     /// What a holder does on its own sustained degradation.
     pub on_degraded: OnDegraded,
+    /// Blades this node may take beyond its own when no spare can (active nodes only).
+    pub extra_blades: u8,
     /// The config file, re-read for [`Config::reload_live`].
     pub config_file: Option<PathBuf>,
     /// Envelope routing, peerlets and the message log.
@@ -511,6 +519,14 @@ impl Config {
             .or(file.zone)
             .unwrap_or_else(|| "default".into());
         validate_name("zone", &zone)?;
+        let extra_blades = file.failover.extra_blades.unwrap_or(0);
+        if extra_blades > MAX_EXTRA_BLADES {
+            return Err(invalid(
+                "failover.extra_blades",
+                &extra_blades.to_string(),
+                &format!("at most {MAX_EXTRA_BLADES}"),
+            ));
+        }
 
         let listen_src = if cli.listen.is_empty() {
             file.listen
@@ -714,6 +730,7 @@ impl Config {
             degradation,
             moves,
             on_degraded: file.failover.on_degraded.unwrap_or_default(),
+            extra_blades,
             config_file: cli.config.clone(),
             messaging: file.messaging,
             backup,
@@ -1089,6 +1106,18 @@ mod tests {
                 .unwrap();
         let err = Config::merge(file, &cli()).unwrap_err().to_string();
         assert!(err.contains("probe_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn extra_blades_default_to_none_and_are_bounded() {
+        let c = Config::merge(FileConfig::default(), &cli()).unwrap();
+        assert_eq!(c.extra_blades, 0);
+        let file: FileConfig = toml::from_str("[failover]\nextra_blades = 2\n").unwrap();
+        assert_eq!(Config::merge(file, &cli()).unwrap().extra_blades, 2);
+        let file: FileConfig = toml::from_str("[failover]\nextra_blades = 9\n").unwrap();
+        let err = Config::merge(file, &cli()).unwrap_err().to_string();
+        assert_eq!(err, "invalid failover.extra_blades '9': at most 8");
+        assert!(toml::from_str::<FileConfig>("[failover]\nextra_blades = -1\n").is_err());
     }
 
     #[test]

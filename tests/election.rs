@@ -20,6 +20,7 @@ fn scripted(nodes: u32, blades: u32, script: Vec<(Duration, u32, Fault)>) -> Sch
     c.jitter = Duration::ZERO;
     c.duration = s(40.0);
     c.script = Some(script);
+    c.extra = 0;
     c
 }
 

@@ -558,6 +558,128 @@ fn with_no_spare_a_dead_blade_stays_down_and_an_alert_names_it() {
     }
 }
 
+/// With no spare, an active node whose operator allowed it another blade (`[failover]
+/// extra_blades = 1`) takes a dead one over beside its own: the blade's files are restored into a
+/// data set of their own (its own untouched), the blade's peerlet answers to the blade's name
+/// there, its own blade is still served, and it backs the hosted blade up under the blade's name.
+#[test]
+fn with_no_spare_an_active_node_allowed_another_blade_takes_the_dead_one_beside_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("b1-data");
+    make_tree(&root);
+    let peerlet = root.join(".dci/peerlets/shout");
+    fs::create_dir_all(&peerlet).unwrap();
+    fs::write(
+        peerlet.join("peerlet.toml"),
+        "app = \"shout\"\nmode = \"wrap\"\ncommand = [\"echo\", \"blade-b1-speaking\"]\n",
+    )
+    .unwrap();
+    let b3_root = tmp.path().join("b3-data");
+    fs::create_dir_all(&b3_root).unwrap();
+    fs::write(b3_root.join("own.txt"), b"b3's own data\n").unwrap();
+    let b3_before = tmp.path().join("b3-before");
+    fs::create_dir_all(&b3_before).unwrap();
+    fs::copy(b3_root.join("own.txt"), b3_before.join("own.txt")).unwrap();
+    let backup = "[backup]\nrepair_grace = \"2s\"\nsync_interval = \"500ms\"\n";
+    let cfg = tmp.path().join("backup.toml");
+    fs::write(&cfg, backup).unwrap();
+    let roomy = tmp.path().join("roomy.toml");
+    fs::write(&roomy, format!("{backup}[failover]\nextra_blades = 1\n")).unwrap();
+    let (cfg, roomy) = (cfg.to_str().unwrap(), roomy.to_str().unwrap());
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let b1_args = ["--backup-root", root.to_str().unwrap(), "--config", cfg];
+    let b1 = Node::start(tmp.path(), "b1", ports[0], &[], &b1_args);
+    let b2 = Node::start(tmp.path(), "b2", ports[1], &[ports[0]], &["--config", cfg]);
+    let b3_args = [
+        "--backup-root",
+        b3_root.to_str().unwrap(),
+        "--config",
+        roomy,
+    ];
+    let b3 = Node::start(tmp.path(), "b3", ports[2], &[ports[0]], &b3_args);
+    let b4 = Node::start(tmp.path(), "b4", ports[3], &[ports[0]], &["--config", cfg]);
+    let (b1_id, b3_id) = (b1.id(), b3.id());
+    let live = [&b2, &b3, &b4];
+    let seated = wait_until(Duration::from_secs(60), || {
+        live.iter().all(|n| {
+            held_by(n, "b1", &b1_id, 1)
+                && held_by(n, "b3", &b3_id, 1)
+                && n.members()
+                    .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 4)
+        })
+    });
+    assert!(seated.is_some(), "{:?}", seats(&b2));
+    let out = ok(b1.dcish(&["backup", "now"]));
+    assert!(out.contains("complete"), "{out}");
+    let first_id = archive_id(&archives(&b2, "b1")[0]).unwrap();
+
+    b1.signal(libc::SIGKILL);
+    drop(b1);
+    // b3 takes b1 at a higher epoch, and still holds its own blade.
+    let taken = wait_until(Duration::from_secs(60), || {
+        live.iter()
+            .all(|n| held_by(n, "b1", &b3_id, 2) && held_by(n, "b3", &b3_id, 1))
+    });
+    assert!(
+        taken.is_some(),
+        "{:?}\n{}\nb3:\n{}",
+        live.iter().map(|n| seats(n)).collect::<Vec<_>>(),
+        views(&live),
+        b3.log_text()
+    );
+    // b1's files in a data set of their own; b3's own data untouched.
+    let hosted = b3.data_dir.join("blades/b1");
+    let restored = wait_until(Duration::from_secs(60), || same_tree(&root, &hosted));
+    assert!(restored.is_some(), "{}", b3.log_text());
+    assert!(same_tree(&b3_before, &b3_root), "{}", b3.log_text());
+    // Both blades answer to their names on b3; b1's peerlet came with its data.
+    assert_answered_only_by(&b2, "b3", &b3_id);
+    assert_answered_only_by(&b4, "b1", &b3_id);
+    let spoke = wait_until(Duration::from_secs(30), || {
+        let answers = shout(&b2, "b1");
+        answers.len() == 1 && answers[0].0 == b3_id && answers[0].1.contains("blade-b1-speaking")
+    });
+    assert!(spoke.is_some(), "{:?}\n{}", shout(&b2, "b1"), b3.log_text());
+    // b3 backs b1 up under b1's name, from the hosted data set, onto the live holders.
+    let adopted = wait_until(Duration::from_secs(60), || {
+        let out = b3.dcish(&["status"]);
+        String::from_utf8_lossy(&out.stdout).contains("archives adopted: 1,")
+    });
+    assert!(adopted.is_some(), "{}", b3.log_text());
+    fs::write(hosted.join("docs/after.md"), b"written on the host\n").unwrap();
+    // The dead b1 is replaced as a holder a moment after its death: the archive reaches the
+    // factor then, on b2 and b4.
+    let made = b3.dcish(&["backup", "now", "b1"]);
+    let complete_after = |blade: &str, after: Option<(u64, u64)>| {
+        wait_until(Duration::from_secs(60), || {
+            archives(&b2, blade)
+                .last()
+                .is_some_and(|a| archive_id(a) > after && a["complete"] == true)
+        })
+    };
+    assert!(
+        complete_after("b1", Some(first_id)).is_some(),
+        "{made:?}\n{:?}\n{}",
+        archives(&b2, "b1"),
+        b3.log_text()
+    );
+    let latest = archives(&b2, "b1").last().and_then(archive_id).unwrap();
+    assert!(latest.0 >= 2, "made under b1's new epoch: {latest:?}");
+    let again = b2.data_dir.join("restores/b1");
+    ok(b2.dcish(&["restore", "b1", "--to", again.to_str().unwrap()]));
+    assert!(same_tree(&hosted, &again), "{}", b2.log_text());
+    // Its own blade's backups still come from its own root.
+    let made = b3.dcish(&["backup", "now"]);
+    assert!(
+        complete_after("b3", None).is_some(),
+        "{made:?}\n{:?}",
+        archives(&b2, "b3")
+    );
+    let own = b2.data_dir.join("restores/b3");
+    ok(b2.dcish(&["restore", "b3", "--to", own.to_str().unwrap()]));
+    assert!(same_tree(&b3_root, &own), "{}", b2.log_text());
+}
+
 /// Two blades' nodes killed at once: the two spares take one each, and every survivor agrees.
 #[test]
 fn two_failures_at_once_take_two_spares() {

@@ -75,6 +75,7 @@ async fn a_lying_member_changes_nothing_and_is_counted() {
         degraded: false,
         blade: None,
         helpers: Vec::new(),
+        extra: 0,
     };
 
     // The liar: a real libp2p node with the cluster key, but its own identity.

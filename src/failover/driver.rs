@@ -220,6 +220,10 @@ pub struct Settings {
     pub zone: String,
     /// Whether it was given seeds to join (then it waits to meet one before claiming alone).
     pub has_seeds: bool,
+    /// Blades it may take beyond its own, when no spare can (`[failover] extra_blades`): an
+    /// operator's allowance for an active node with spare capacity. A spare, or an active node
+    /// whose blade is held elsewhere, holds one blade at most.
+    pub extra_blades: u8,
     /// The core's timings.
     pub election: ElectionConfig,
 }
@@ -231,8 +235,12 @@ pub struct Failover {
     settings: Settings,
     /// Members that count in quorums (persisted), with the view last given to the core.
     known: BTreeMap<PeerId, MemberView>,
-    /// The blade this node acts as now, and under which epoch.
+    /// The blade this node acts as now, and under which epoch: its own while it serves it (a
+    /// spare: the one it took over), whose data set is its backup root.
     acting: Option<(Blade, u64)>,
+    /// The other blades it serves now, beside its own (see [`Settings::extra_blades`]), each in
+    /// a data set of its own.
+    hosted: BTreeMap<Blade, u64>,
     /// Each blade's holder as of the last step, to tell a takeover from a renewed seat.
     holders: BTreeMap<Blade, PeerId>,
     /// When the core wants its next tick.
@@ -296,6 +304,7 @@ impl Failover {
             settings,
             known,
             acting: None,
+            hosted: BTreeMap::new(),
             due,
             refused: 0,
             persist_failures: 0,
@@ -317,6 +326,29 @@ impl Failover {
     /// The blade this node acts as now, with its epoch.
     pub fn acting(&self) -> Option<&(Blade, u64)> {
         self.acting.as_ref()
+    }
+
+    /// The blades this node serves beside the one it acts as, with their epochs.
+    pub fn hosted(&self) -> &BTreeMap<Blade, u64> {
+        &self.hosted
+    }
+
+    /// The epoch this node serves `blade` under, as the blade it acts as or one it hosts.
+    pub fn serves(&self, blade: &str) -> Option<u64> {
+        match &self.acting {
+            Some((b, e)) if b == blade => Some(*e),
+            _ => self.hosted.get(blade).copied(),
+        }
+    }
+
+    /// How many blades this node may take beyond its own now, as its metadata says: its
+    /// allowance while it is active and its own blade is not held elsewhere, else none.
+    pub fn extra_blades(&self) -> u8 {
+        if self.settings.role == Role::Active && !self.displaced() {
+            self.settings.extra_blades
+        } else {
+            0
+        }
     }
 
     /// Whether this node's own blade is held by another node: it is then a spare.
@@ -460,20 +492,43 @@ impl Failover {
     }
 
     /// The node that should take `blade` over: the first live spare holding no blade (this node
-    /// included), in the rank order every node computes the same way.
-    pub fn best_spare(&self, blade: &str) -> Option<PeerId> {
-        self.spares(blade).into_iter().next()
+    /// included), else the first active node allowed another, in the rank order every node
+    /// computes the same way.
+    pub fn best_candidate(&self, blade: &str) -> Option<PeerId> {
+        self.candidates(blade).into_iter().next()
     }
 
-    /// Every live spare holding no blade (this node included), in `blade`'s rank order.
-    pub fn spares(&self, blade: &str) -> Vec<PeerId> {
-        let spares = self
+    /// Every node that may take `blade` over (this node included), in its rank order: live
+    /// spares holding no blade, then active nodes allowed another.
+    pub fn candidates(&self, blade: &str) -> Vec<PeerId> {
+        let all = self
             .known
             .keys()
             .chain([&self.settings.me])
             .filter(|id| self.is_candidate(id))
             .copied();
-        self.core.rank(blade, spares)
+        self.core.rank(blade, all)
+    }
+
+    /// The live spares holding no blade (this node included), in `blade`'s rank order: the nodes
+    /// that may help with a blade's traffic or take it for a degraded holder.
+    pub fn spares(&self, blade: &str) -> Vec<PeerId> {
+        let mut all = self.candidates(blade);
+        all.retain(|id| self.is_spare(id));
+        all
+    }
+
+    /// Whether `id` is a live spare that holds no blade.
+    pub fn is_spare(&self, id: &PeerId) -> bool {
+        let free = !self.core.seats().values().any(|s| s.holder == *id);
+        let spare = if *id == self.settings.me {
+            self.role() == Role::Spare
+        } else {
+            self.known
+                .get(id)
+                .is_some_and(|v| v.alive && v.candidate && v.extra == 0)
+        };
+        free && spare
     }
 
     /// This node's own metadata changed (its load, its disk): it ranks itself among a blade's
@@ -484,13 +539,23 @@ impl Failover {
     }
 
     /// Whether `id` (a member, or this node) may take a blade over: a live spare holding no
-    /// blade.
+    /// blade, or a live active node holding fewer blades than it is allowed.
     pub fn is_candidate(&self, id: &PeerId) -> bool {
-        let free = !self.core.seats().values().any(|s| s.holder == *id);
-        if *id == self.settings.me {
-            return free && self.role() == Role::Spare;
-        }
-        free && self.known.get(id).is_some_and(|v| v.alive && v.candidate)
+        let held = self
+            .core
+            .seats()
+            .values()
+            .filter(|s| s.holder == *id)
+            .count();
+        let (spare, extra) = if *id == self.settings.me {
+            (self.role() == Role::Spare, self.extra_blades())
+        } else {
+            match self.known.get(id) {
+                Some(v) if v.alive && v.candidate => (v.extra == 0, v.extra),
+                _ => return false,
+            }
+        };
+        (spare && held == 0) || (extra > 0 && held <= usize::from(extra))
     }
 
     /// The tick: renewals, claims, gossip, and this node's own blade's first claim.
@@ -550,6 +615,7 @@ impl Failover {
                     if self.acting.as_ref().is_some_and(|(b, _)| *b == blade) {
                         self.acting = None;
                     }
+                    self.hosted.remove(&blade);
                     let holder = self.core.seats().get(&blade).copied();
                     effects.push(Effect::Stopped {
                         blade,
@@ -564,16 +630,32 @@ impl Failover {
                 }
             }
         }
-        // Self-fencing: acting needs a live lease, checked at every step.
-        let serving = self
+        // Self-fencing: serving needs a live lease, checked at every step.
+        let mut hosted: BTreeMap<Blade, u64> = self
             .core
             .seats()
             .iter()
             .filter(|(_, s)| s.holder == self.settings.me)
-            .find_map(|(b, _)| self.core.serving(b, now).map(|e| (b.clone(), e)));
-        if serving != self.acting {
-            if let Some((blade, epoch)) = self.acting.take() {
-                if serving.as_ref().is_none_or(|(b, _)| *b != blade) {
+            .filter_map(|(b, _)| Some((b.clone(), self.core.serving(b, now)?)))
+            .collect();
+        // The blade it acts as: its own; for a node without one of its own (a spare, or displaced),
+        // the one it took over.
+        let own = match hosted.remove_entry(&self.settings.name) {
+            Some(own) => Some(own),
+            None if self.role_before_hosting() == Role::Spare => hosted.pop_first(),
+            None => None,
+        };
+        if own != self.acting || hosted != self.hosted {
+            let was: Vec<(Blade, u64)> = self
+                .acting
+                .take()
+                .into_iter()
+                .chain(std::mem::take(&mut self.hosted))
+                .collect();
+            for (blade, epoch) in was {
+                let still =
+                    own.as_ref().is_some_and(|(b, _)| *b == blade) || hosted.contains_key(&blade);
+                if !still {
                     let holder = self.core.seats().get(&blade).copied();
                     effects.push(Effect::Stopped {
                         blade,
@@ -582,7 +664,8 @@ impl Failover {
                     });
                 }
             }
-            self.acting = serving;
+            self.acting = own;
+            self.hosted = hosted;
             changed = true;
         }
         self.update_candidacy();
@@ -608,16 +691,32 @@ impl Failover {
             .map_err(|e| StoreError(crate::config::one_line(&e.to_string())))
     }
 
+    /// Whether this node has no blade of its own to act as: a spare, or an active node whose
+    /// blade is held elsewhere.
+    fn role_before_hosting(&self) -> Role {
+        if self.settings.role == Role::Spare || self.displaced() {
+            Role::Spare
+        } else {
+            Role::Active
+        }
+    }
+
     /// A spare, or an active node whose blade went elsewhere, may take a blade over while it
-    /// holds none.
+    /// holds none; an active node allowed extra blades, once its own is seated here, while it
+    /// holds fewer than it may (the core counts them).
     fn update_candidacy(&mut self) {
-        let holds = self
+        let me = self.settings.me;
+        let holds = self.core.seats().values().any(|s| s.holder == me);
+        let extra = self.extra_blades();
+        let own_here = self
             .core
             .seats()
-            .values()
-            .any(|s| s.holder == self.settings.me);
-        let spare = self.settings.role == Role::Spare || self.displaced();
-        self.core.set_candidate(spare && !holds);
+            .get(&self.settings.name)
+            .is_some_and(|s| s.holder == me);
+        let spare = self.role_before_hosting() == Role::Spare;
+        self.core.set_extra(extra);
+        self.core
+            .set_candidate((spare && !holds) || (extra > 0 && own_here));
     }
 }
 
@@ -629,7 +728,8 @@ pub const DISK_FULL_PCT: u8 = 90;
 pub fn member_view(up: bool, meta: &MemberMeta) -> MemberView {
     MemberView {
         alive: up,
-        candidate: up && meta.role == Role::Spare && meta.blade.is_none(),
+        candidate: up && ((meta.role == Role::Spare && meta.blade.is_none()) || meta.extra > 0),
+        extra: meta.extra,
         strained: strained(meta),
         zone: rank::zone_key(&meta.zone),
     }
@@ -657,6 +757,7 @@ mod tests {
             degraded: false,
             blade: holds.then(|| ("blade".into(), 1)),
             helpers: Vec::new(),
+            extra: 0,
         }
     }
 
@@ -668,6 +769,7 @@ mod tests {
             zone: "default".into(),
             has_seeds: true,
             election: ElectionConfig::default(),
+            extra_blades: 0,
         }
     }
 
@@ -908,7 +1010,7 @@ mod tests {
             .handle_member(first, member_view(true, &degraded), now)
             .unwrap();
         assert_eq!(nodes[0].spares("blade-a"), [second, first]);
-        assert_eq!(nodes[0].best_spare("blade-a"), Some(second));
+        assert_eq!(nodes[0].best_candidate("blade-a"), Some(second));
         // Recovered, but its disk is nearly full.
         let mut full = meta(Role::Spare, false);
         full.resources.disk = Some(DISK_FULL_PCT);

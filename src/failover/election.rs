@@ -242,8 +242,12 @@ impl Default for ElectionConfig {
 pub struct MemberView {
     /// Alive on some liveness channel (not confirmed dead, not left).
     pub alive: bool,
-    /// May take a blade over (a spare, or a node that holds none and is allowed to).
+    /// May take a blade over (a spare, or a node that holds none and is allowed to, or an active
+    /// node an operator allowed to take more).
     pub candidate: bool,
+    /// Blades it may hold beyond one: an active node with spare capacity, allowed by an operator
+    /// to take a blade when no spare can. It is ranked after every spare.
+    pub extra: u8,
     /// Degraded, or its disk nearly full: a candidate ranked after those that are not.
     pub strained: bool,
     /// Its zone ([`rank::zone_key`]): candidates in a blade's zone are ranked first.
@@ -416,6 +420,12 @@ where
         self.own.zone = zone;
     }
 
+    /// How many blades this node may hold beyond one (an operator's allowance for an active node
+    /// with spare capacity), as its members see it in its metadata.
+    pub fn set_extra(&mut self, extra: u8) {
+        self.own.extra = extra;
+    }
+
     /// Claims `blade`, which no seat names yet, for this node: how a blade gets its first holder,
     /// through the same majority as any later claim (at epoch 1, or above any promise seen).
     /// Does nothing while the blade has a seat, while an earlier claim of it has not timed out,
@@ -569,9 +579,25 @@ where
             .map(|v| v.zone);
         let fits = candidates.into_iter().map(|id| {
             let v = self.view(id).unwrap_or_default();
-            (id, Fit::new(v.strained, v.zone, blade_zone))
+            let busy = self.held_by(id, Some(blade)) > 0;
+            (id, Fit::new(busy, v.strained, v.zone, blade_zone))
         });
         rank::ranked(blade, fits)
+    }
+
+    /// How many blades (other than `except`) the seat table says `id` holds.
+    fn held_by(&self, id: Id, except: Option<&str>) -> usize {
+        self.durable
+            .seats
+            .iter()
+            .filter(|(b, s)| s.holder == id && Some(b.as_str()) != except)
+            .count()
+    }
+
+    /// Whether `id` (a member, or this node) may hold one blade more than it does.
+    fn has_room(&self, id: Id) -> bool {
+        let extra = self.view(id).map_or(0, |v| usize::from(v.extra));
+        self.held_by(id, None) <= extra
     }
 
     fn alive(&self, id: Id) -> bool {
@@ -772,11 +798,11 @@ where
                 self.start_claim(blade.clone(), *epoch, Reason::Failure, now);
             }
         }
-        if !self.own.candidate || !mine.is_empty() {
+        if !self.own.candidate || !self.has_room(self.me) {
             return;
         }
         // One blade at a time, counting claims in flight: a second claim made while the first
-        // waits for its grants could win too, and one node would hold two blades.
+        // waits for its grants could win too, and one node would hold more blades than it may.
         if self.claims.values().any(|c| now < c.retry_at) {
             return;
         }
@@ -811,7 +837,7 @@ where
                         .filter(|(_, m)| m.view.alive && m.view.candidate)
                         .map(|(id, _)| *id),
                 )
-                .filter(|id| !self.durable.seats.values().any(|s| s.holder == *id))
+                .filter(|id| self.has_room(*id))
                 .collect();
             let mut order = self.rank(&blade, eligible);
             if let Some(to) = first {
@@ -832,7 +858,7 @@ where
                 Reason::Failure
             };
             self.start_claim(blade, seat.epoch, reason, now);
-            // One blade at a time: a node holds at most one.
+            // One claim at a time.
             return;
         }
     }
@@ -985,13 +1011,9 @@ where
         if !self.alive(claimant) {
             return Err("the claimant is not alive");
         }
-        if self
-            .durable
-            .seats
-            .iter()
-            .any(|(b, s)| s.holder == claimant && b != blade)
-        {
-            return Err("the claimant holds another blade");
+        let extra = self.view(claimant).map_or(0, |v| usize::from(v.extra));
+        if self.held_by(claimant, Some(blade)) > extra {
+            return Err("the claimant holds as many blades as it may");
         }
         Ok(())
     }
@@ -1045,14 +1067,9 @@ where
         }
         let epoch = c.epoch;
         self.claims.remove(blade);
-        // A node holds at most one blade: a claim that completes after another was won is
-        // dropped (the seat stays vacant for the next candidate, above this promise).
-        if self
-            .durable
-            .seats
-            .iter()
-            .any(|(b, s)| s.holder == self.me && b != blade)
-        {
+        // A node holds no more blades than it may: a claim that completes after another was won
+        // is dropped then (the seat stays vacant for the next candidate, above this promise).
+        if self.held_by(self.me, Some(blade)) > usize::from(self.own.extra) {
             return;
         }
         let seat = Seat {
@@ -1373,6 +1390,7 @@ mod tests {
             candidate: true,
             strained,
             zone,
+            extra: 0,
         };
         let other = |first: u32| if first == 4 { 5 } else { 4 };
         let first = rank::ranked("blade-0", [(4u32, Fit::default()), (5, Fit::default())])[0];
@@ -1384,6 +1402,68 @@ mod tests {
         // ...nor when it is in another zone than the blade's holder and the other spare is not.
         let won = takeover_with(|s, first| spare(false, if s == first { east } else { west }));
         assert_eq!(won, Some(other(first)));
+    }
+
+    /// Nodes 0 to 3 hold blade-0 to blade-3; node 4 is a spare when `spare`, else it holds
+    /// blade-4. `extra(i)` is how many blades node i may hold beyond one, as every node sees it.
+    /// Node 0 dies; returns who holds blade-0 at epoch 2 some seconds later, if anyone.
+    fn takeover_of_blade_0(extra: impl Fn(u32) -> u8, spare: bool) -> Option<u32> {
+        let start = Duration::from_secs(5);
+        let mut nodes = mesh(5, start);
+        for i in 0..5u32 {
+            if i < 4 || !spare {
+                nodes[i as usize].claim_unseated(&format!("blade-{i}"), start);
+                pump(&mut nodes, start);
+            }
+        }
+        let view = |i: u32, alive: bool| MemberView {
+            alive,
+            candidate: (i == 4 && spare) || extra(i) > 0,
+            extra: extra(i),
+            ..MemberView::default()
+        };
+        let died = start + ElectionConfig::default().lease * 2;
+        for (i, n) in nodes.iter_mut().enumerate() {
+            let i = i as u32;
+            n.set_candidate(view(i, true).candidate);
+            n.set_extra(extra(i));
+            for j in (0..5u32).filter(|j| *j != i) {
+                n.handle_member(j, view(j, j != 0), died);
+            }
+        }
+        let tick = ElectionConfig::default().tick;
+        let mut now = died;
+        for _ in 0..200 {
+            now += tick; // 10 s: several claim timeouts
+            step_partitioned(&mut nodes, now, |i| i != 0);
+        }
+        for (i, n) in nodes.iter().enumerate().skip(1) {
+            let holds = n.serving(&format!("blade-{i}"), now).is_some() || (spare && i == 4);
+            assert!(holds, "node {i} still serves its own blade");
+        }
+        let seat = nodes[1].seats().get("blade-0").copied()?;
+        let servers: Vec<u32> = (1..5u32)
+            .filter(|i| nodes[*i as usize].serving("blade-0", now).is_some())
+            .collect();
+        let live_holder: Vec<u32> = [seat.holder].into_iter().filter(|h| *h != 0).collect();
+        assert_eq!(
+            servers, live_holder,
+            "the seat's live holder alone serves blade-0"
+        );
+        (seat.epoch == 2).then_some(seat.holder)
+    }
+
+    #[test]
+    fn an_active_node_allowed_more_blades_takes_one_only_when_no_spare_can() {
+        // No spare, and no node allowed more than its own blade: blade-0 stays down.
+        assert_eq!(takeover_of_blade_0(|_| 0, false), None);
+        // Node 2 may hold one more: it takes blade-0 and keeps serving its own.
+        assert_eq!(takeover_of_blade_0(|i| u8::from(i == 2), false), Some(2));
+        // Several may: one of them takes it, once.
+        let won = takeover_of_blade_0(|i| u8::from(i >= 2), false);
+        assert!(matches!(won, Some(2..=4)), "{won:?}");
+        // With a spare, the spare takes it, however many blades the active nodes may hold.
+        assert_eq!(takeover_of_blade_0(|i| u8::from(i < 4), true), Some(4));
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! candidate leaves the others' order intact. The score is placement's
 //! ([`crate::replication::placement::score`]), over the id's text.
 //!
-//! Before the score comes the candidate's [`Fit`]: one that is strained (degraded, or its disk
-//! nearly full) goes after every one that is not, and one outside the blade's zone after those
-//! in it. A strained spare or one in another zone is still a candidate, last: a blade is better
-//! held there than down.
+//! Before the score comes the candidate's [`Fit`]: an active node that already holds a blade (one
+//! an operator allowed to take more) goes after every spare, one that is strained (degraded, or
+//! its disk nearly full) after every one that is not, and one outside the blade's zone after
+//! those in it. A busy, strained or distant candidate is still a candidate, last: a blade is
+//! better held there than down.
 
 use std::cmp::Reverse;
 use std::fmt::Display;
@@ -17,6 +18,8 @@ use crate::replication::placement::score;
 /// How well a candidate suits a blade, compared before the rendezvous score (lower is better).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Fit {
+    /// Already holds a blade: it takes another only when no spare can.
+    pub busy: bool,
     /// Degraded, or its disk nearly full.
     pub strained: bool,
     /// In another zone than the blade's holder.
@@ -25,8 +28,9 @@ pub struct Fit {
 
 impl Fit {
     /// A candidate's fit for a blade whose holder is in `blade_zone` (unknown: every zone fits).
-    pub fn new(strained: bool, zone: u64, blade_zone: Option<u64>) -> Fit {
+    pub fn new(busy: bool, strained: bool, zone: u64, blade_zone: Option<u64>) -> Fit {
         Fit {
+            busy,
             strained,
             elsewhere: blade_zone.is_some_and(|z| z != zone),
         }
@@ -79,14 +83,14 @@ mod tests {
     }
 
     #[test]
-    fn a_strained_candidate_goes_last_and_one_in_the_blades_zone_first() {
+    fn a_busy_or_strained_candidate_goes_last_and_one_in_the_blades_zone_first() {
         let (east, west) = (zone_key("east"), zone_key("west"));
         assert_ne!(east, west);
         for b in 0..50 {
             let blade = format!("blade-{b}");
             let order = ranked(&blade, plain(0u32..6));
             // The score's favourite, strained, falls behind every other candidate...
-            let fits = (0u32..6).map(|c| (c, Fit::new(c == order[0], east, Some(east))));
+            let fits = (0u32..6).map(|c| (c, Fit::new(false, c == order[0], east, Some(east))));
             let strained = ranked(&blade, fits);
             assert_eq!(strained[5], order[0], "{blade}");
             assert_eq!(
@@ -99,16 +103,27 @@ mod tests {
             let zoned = (0u32..6).map(|c| {
                 (
                     c,
-                    Fit::new(false, if c == last { west } else { east }, Some(west)),
+                    Fit::new(
+                        false,
+                        false,
+                        if c == last { west } else { east },
+                        Some(west),
+                    ),
                 )
             });
             assert_eq!(ranked(&blade, zoned)[0], last, "{blade}");
             // A healthy candidate elsewhere still goes before a strained one at home.
             let mixed = [
-                (1u32, Fit::new(true, west, Some(west))),
-                (2, Fit::new(false, east, Some(west))),
+                (1u32, Fit::new(false, true, west, Some(west))),
+                (2, Fit::new(false, false, east, Some(west))),
             ];
             assert_eq!(ranked(&blade, mixed), [2, 1], "{blade}");
+            // A spare, however strained and distant, goes before an active node with room.
+            let spare_first = [
+                (1u32, Fit::new(true, false, west, Some(west))),
+                (2, Fit::new(false, true, east, Some(west))),
+            ];
+            assert_eq!(ranked(&blade, spare_first), [2, 1], "{blade}");
         }
     }
 }

@@ -47,6 +47,9 @@ pub struct MemberMeta {
     pub blade: Option<(String, u64)>,
     /// The node ids of the helpers serving that blade's read-only traffic, granted at that epoch.
     pub helpers: Vec<String>,
+    /// Blades it may take beyond its own when no spare can (an operator's allowance for an
+    /// active node with spare capacity; 0 for a spare).
+    pub extra: u8,
 }
 
 impl MemberMeta {
@@ -165,6 +168,7 @@ mod tests {
             degraded: false,
             blade: None,
             helpers: Vec::new(),
+            extra: 0,
         }
     }
 

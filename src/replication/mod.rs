@@ -80,12 +80,13 @@ pub enum Operator {
 /// An operator's command from the control socket, and where its answer goes.
 pub type ControlCall = (Operator, oneshot::Sender<Result<Payload, (String, String)>>);
 
-/// Each seated blade's holder and epoch, as the election last said, and the blade this node acts
-/// as now (it holds the seat and a lease renewed by a majority). An owner stamps its pushes with
-/// its blade's epoch, and a holder refuses an owner's push stamped below the seat's: a replaced
-/// owner (paused, partitioned, restarted) writes nothing more as that blade.
+/// Each seated blade's holder and epoch, as the election last said, the blade this node acts as
+/// now (it holds the seat and a lease renewed by a majority), and the blades it hosts beside it
+/// (an active node allowed extra blades). An owner stamps its pushes with its blade's epoch, and
+/// a holder refuses an owner's push stamped below the seat's: a replaced owner (paused,
+/// partitioned, restarted) writes nothing more as that blade.
 #[derive(Debug, Default)]
-pub struct SeatEpochs(std::sync::RwLock<(SeatHolders, Option<String>)>);
+pub struct SeatEpochs(std::sync::RwLock<(SeatHolders, Option<String>, Vec<String>)>);
 
 /// Blade → (holder, epoch).
 type SeatHolders = HashMap<String, (PeerId, u64)>;
@@ -113,6 +114,18 @@ impl SeatEpochs {
     pub fn acting(&self) -> Option<String> {
         let t = self.0.read().unwrap_or_else(|e| e.into_inner());
         t.1.clone()
+    }
+
+    /// Says which blades this node hosts beside the one it acts as.
+    pub fn set_hosted(&self, blades: Vec<String>) {
+        let mut t = self.0.write().unwrap_or_else(|e| e.into_inner());
+        t.2 = blades;
+    }
+
+    /// The blades this node hosts beside the one it acts as.
+    pub fn hosted(&self) -> Vec<String> {
+        let t = self.0.read().unwrap_or_else(|e| e.into_inner());
+        t.2.clone()
     }
 }
 
@@ -201,9 +214,11 @@ impl Link {
         &self,
         seats: impl IntoIterator<Item = (String, (PeerId, u64))>,
         acting: Option<String>,
+        hosted: Vec<String>,
     ) {
         self.seats.set(seats);
         self.seats.set_acting(acting);
+        self.seats.set_hosted(hosted);
     }
 
     /// The next command from the service (for the event loop's `select!`).

@@ -405,11 +405,7 @@ impl Service {
                 }
                 _ = tokio::time::sleep(due), if !self.cfg().schedule.is_empty() => {
                     let me = self.clone();
-                    tokio::spawn(async move {
-                        if let Err((_, e)) = me.backup(false).await {
-                            tracing::error!("scheduled backup failed: {e}");
-                        }
-                    });
+                    tokio::spawn(async move { me.backup_all().await });
                     // Past the due second, so the same rule does not fire twice.
                     tokio::time::sleep(Duration::from_millis(1100)).await;
                 }
@@ -499,7 +495,7 @@ impl Service {
         self.net
             .send(NetCommand::Send {
                 to,
-                request: protocol::encode(&(self.own_epoch(), request)),
+                request: protocol::encode(&(self.stamp(request), request)),
                 reply: tx,
             })
             .await
@@ -524,12 +520,31 @@ impl Service {
         }
     }
 
-    /// The epoch this node's pushes carry: its blade's seat epoch while it holds that seat, else
-    /// 0 (a node whose blade went elsewhere pushes nothing a holder of it accepts).
-    fn own_epoch(&self) -> u64 {
-        match self.blade().and_then(|b| self.seats.get(&b)) {
+    /// The epoch this node's pushes of `blade` carry: the blade's seat epoch while this node
+    /// holds that seat, else 0 (a node whose blade went elsewhere pushes nothing a holder of it
+    /// accepts).
+    fn epoch_of(&self, blade: &str) -> u64 {
+        match self.seats.get(blade) {
             Some((holder, epoch)) if holder == self.me => epoch,
             _ => 0,
+        }
+    }
+
+    /// The epoch a request carries: that of the blade it is about when this node serves it (a
+    /// hosted blade's pushes are checked against that blade's seat), else that of the blade this
+    /// node acts as.
+    fn stamp(&self, request: &Request) -> u64 {
+        let about = match request {
+            Request::Have { blade, .. }
+            | Request::Put { blade, .. }
+            | Request::Sync { blade, .. }
+            | Request::Catalog { blade } => Some(blade.as_str()),
+            Request::Commit { record } => Some(record.blade.as_str()),
+            Request::Get { .. } | Request::Control(_) | Request::Package(_) => None,
+        };
+        match about.filter(|b| self.serves(b)) {
+            Some(blade) => self.epoch_of(blade),
+            None => self.blade().map_or(0, |b| self.epoch_of(&b)),
         }
     }
 
@@ -544,6 +559,20 @@ impl Service {
             (None, Some(_)) => None,
             (None, None) => Some(self.name.clone()),
         }
+    }
+
+    /// Every blade whose data set this node backs up now: [`Service::blade`], then the blades it
+    /// hosts beside it (each in a data set of its own, see [`BackupConfig::data_set`]).
+    pub(crate) fn blades(&self) -> Vec<String> {
+        self.blade()
+            .into_iter()
+            .chain(self.seats.hosted())
+            .collect()
+    }
+
+    /// Whether this node backs `blade` up: it is one of [`Service::blades`].
+    pub(crate) fn serves(&self, blade: &str) -> bool {
+        self.blade().as_deref() == Some(blade) || self.seats.hosted().iter().any(|b| b == blade)
     }
 
     /// Where `blade`'s data set lives on this node (see [`BackupConfig::data_set`]).
@@ -658,10 +687,9 @@ impl Service {
         let Ok(all) = self.catalog.all() else {
             return;
         };
-        let own = self.blade();
         let blades: std::collections::BTreeSet<String> = all
             .iter()
-            .filter(|r| Some(&r.blade) != own.as_ref())
+            .filter(|r| !self.serves(&r.blade))
             .map(|r| r.blade.clone())
             .collect();
         if blades.is_empty() {
@@ -723,14 +751,37 @@ impl Service {
         }
     }
 
-    /// One peersync round for this blade: age, place, and bring every reachable holder up to date.
+    /// One peersync round: the deputies' repairs, then each blade this node backs up.
     async fn sync_round(self: &Arc<Self>) {
         self.deputy_round().await;
         let returned =
             std::mem::take(&mut *self.returned.lock().unwrap_or_else(|p| p.into_inner()));
-        let Some(blade) = self.blade().filter(|b| self.root_of(b).is_some()) else {
-            return;
-        };
+        let blades: Vec<String> = self
+            .blades()
+            .into_iter()
+            .filter(|b| self.root_of(b).is_some())
+            .collect();
+        for blade in &blades {
+            self.sync_blade(blade, &returned).await;
+        }
+        let incomplete: usize = blades
+            .iter()
+            .map(|b| {
+                self.catalog
+                    .list(b)
+                    .map(|rs| rs.iter().filter(|r| !r.complete()).count())
+                    .unwrap_or(0)
+            })
+            .sum();
+        self.stats
+            .under_replicated
+            .store(incomplete as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Peersync for one blade: age, place, and bring every reachable holder up to date; members
+    /// back from away (`returned`) are asked for archives made out of this node's sight.
+    async fn sync_blade(self: &Arc<Self>, blade: &str, returned: &HashSet<PeerId>) {
+        let blade = blade.to_string();
         if let Err(e) = self.age(&blade).await {
             tracing::warn!("aging failed: {e}");
         }
@@ -740,7 +791,8 @@ impl Service {
         // Holders are synced below; other members back from away are asked here, side by side
         // (one out of reach costs the round one timeout, not one each).
         let asks = returned
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|p| !holders.contains(&p.to_string()))
             .map(|peer| {
                 let (blade, holders) = (&blade, &holders);
@@ -769,16 +821,6 @@ impl Service {
             }
         }
         let keep: Vec<ArchiveId> = records.iter().map(|r| r.id).collect();
-        let count_incomplete = |me: &Self| {
-            let n = me
-                .catalog
-                .list(&blade)
-                .map(|rs| rs.iter().filter(|r| !r.complete()).count())
-                .unwrap_or(0);
-            me.stats
-                .under_replicated
-                .store(n as u64, std::sync::atomic::Ordering::Relaxed);
-        };
         let jobs = holders
             .iter()
             .filter(|h| reachable.contains(*h))
@@ -797,7 +839,6 @@ impl Service {
                 self.mark_acked(&blade, id, &peer.to_string());
             }
         }
-        count_incomplete(self);
         self.report_replicas(&blade, &holders);
         self.release_former_holders(&blade, &holders, &reachable)
             .await;
@@ -968,7 +1009,7 @@ impl Service {
         let peers = vec![from];
         let mut left = 0;
         // No archive can come from an epoch after this node's own seat: such a record is bogus.
-        let epoch = self.own_epoch();
+        let epoch = self.epoch_of(blade);
         for mut record in records.into_iter().filter(|r| {
             r.blade == blade
                 && !known.contains(&r.id)
@@ -1222,11 +1263,10 @@ impl Service {
                 if n > 0 {
                     tracing::info!(blocks = n, "garbage collection removed unreferenced blocks");
                 }
-                let own = self.blade();
                 let held = self
                     .catalog
                     .all()
-                    .map(|rs| rs.iter().filter(|r| Some(&r.blade) != own.as_ref()).count())
+                    .map(|rs| rs.iter().filter(|r| !self.serves(&r.blade)).count())
                     .unwrap_or(0);
                 self.stats
                     .held_archives
@@ -1270,7 +1310,6 @@ impl Service {
         if bad == 0 {
             return;
         }
-        let own = self.blade();
         for r in self.catalog.all().unwrap_or_default() {
             let store = self.store.clone();
             let rec = r.clone();
@@ -1284,7 +1323,7 @@ impl Service {
             if whole {
                 continue;
             }
-            if Some(&r.blade) != own.as_ref() {
+            if !self.serves(&r.blade) {
                 tracing::warn!(blade = %r.blade, archive = %r.id, "held archive damaged; forgotten until its owner pushes it again");
                 let _ = self.catalog.remove(&r.blade, r.id);
                 continue;
@@ -1305,13 +1344,39 @@ impl Service {
         }
     }
 
-    /// Makes an archive now and pushes it; with `wait`, answers once it is complete.
+    /// Makes an archive of the blade this node acts as now and pushes it; with `wait`, answers
+    /// once it is complete.
     async fn backup(self: &Arc<Self>, wait: bool) -> Result<ArchiveRecord, Failure> {
         // Once another node holds this node's blade, what is here is a stale copy: an archive
         // of it would be the blade's latest and restore wrong.
         let Some(blade) = self.blade() else {
             return Err(self.not_holder());
         };
+        self.backup_of(blade, wait).await
+    }
+
+    /// A scheduled backup: an archive of every blade this node backs up, one after another.
+    async fn backup_all(self: &Arc<Self>) {
+        let blades = self.blades();
+        if blades.is_empty() {
+            if let Err((_, e)) = self.backup(false).await {
+                tracing::error!("scheduled backup failed: {e}");
+            }
+        }
+        for blade in blades {
+            if let Err((_, e)) = self.backup_of(blade.clone(), false).await {
+                tracing::error!(%blade, "scheduled backup failed: {e}");
+            }
+        }
+    }
+
+    /// Makes an archive of `blade`, served here, and pushes it; with `wait`, answers once it is
+    /// complete.
+    async fn backup_of(
+        self: &Arc<Self>,
+        blade: String,
+        wait: bool,
+    ) -> Result<ArchiveRecord, Failure> {
         if self
             .unrestored
             .lock()
@@ -1354,7 +1419,7 @@ impl Service {
                 self.catalog.clone(),
                 self.cfg().method,
                 blade.clone(),
-                self.own_epoch(),
+                self.epoch_of(&blade),
             );
             let scanning = blocking(move || {
                 make_archive(
@@ -1589,13 +1654,12 @@ impl Service {
         }
         match request {
             BackupRequest::Now { blade, wait } => {
-                let own = self.blade();
-                let blade = match (blade, &own) {
+                let blade = match (blade, self.blade()) {
                     (Some(blade), _) => blade,
-                    (None, Some(own)) => own.clone(),
+                    (None, Some(own)) => own,
                     (None, None) => return Err(self.not_holder()),
                 };
-                if Some(&blade) != own.as_ref() {
+                if !self.serves(&blade) {
                     if !forward {
                         return Err(fail(
                             "not-here",
@@ -1615,7 +1679,7 @@ impl Service {
                         )
                         .await;
                 }
-                let record = self.backup(wait).await?;
+                let record = self.backup_of(blade, wait).await?;
                 let members = self.members().await;
                 Ok(archives_to_payload(&[self.info(
                     &record,
@@ -1969,7 +2033,7 @@ impl Service {
         let into_data_set = self
             .root_of(&args.blade)
             .is_some_and(|r| r.display().to_string() == target);
-        if into_data_set && self.blade().as_deref() == Some(args.blade.as_str()) {
+        if into_data_set && self.serves(&args.blade) {
             self.unrestored
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

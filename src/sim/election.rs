@@ -81,6 +81,9 @@ pub struct ScheduleConfig {
     pub detect_after: Duration,
     /// Election settings.
     pub election: ElectionConfig,
+    /// Blades every node may hold beyond one: with 1, a node holding a blade may take another
+    /// when no node holding none can (an operator's allowance for active nodes with room).
+    pub extra: u8,
 }
 
 impl ScheduleConfig {
@@ -103,6 +106,8 @@ impl ScheduleConfig {
             heartbeat: Duration::from_millis(200),
             detect_after: Duration::from_millis(1000),
             election: ElectionConfig::default(),
+            // Drawn last, so that the fields above stay what they were for each seed.
+            extra: rng.gen_range(0..=1),
         }
     }
 }
@@ -212,8 +217,9 @@ impl World {
                     rng.gen(),
                     Duration::ZERO,
                 );
+                core.set_extra(cfg.extra);
                 for j in 0..cfg.nodes {
-                    core.handle_member(j, live_view(), Duration::ZERO);
+                    core.handle_member(j, live_view(cfg.extra), Duration::ZERO);
                 }
                 Node {
                     core,
@@ -352,10 +358,11 @@ impl World {
                     seed,
                     now,
                 );
+                node.core.set_extra(self.cfg.extra);
                 node.crashed = false;
                 node.paused_until = Duration::ZERO;
                 for j in 0..self.cfg.nodes {
-                    node.core.handle_member(j, live_view(), now);
+                    node.core.handle_member(j, live_view(self.cfg.extra), now);
                     node.last_heard[j as usize] = now;
                     node.alive_view[j as usize] = true;
                 }
@@ -435,6 +442,7 @@ impl World {
                     MemberView {
                         alive,
                         candidate: true,
+                        extra: self.cfg.extra,
                         ..MemberView::default()
                     },
                     now,
@@ -557,10 +565,11 @@ impl World {
     }
 }
 
-fn live_view() -> MemberView {
+fn live_view(extra: u8) -> MemberView {
     MemberView {
         alive: true,
         candidate: true,
+        extra,
         ..MemberView::default()
     }
 }
