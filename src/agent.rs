@@ -741,7 +741,7 @@ impl Agent {
                     Some(_) => {
                         return Err((
                             "not-a-spare".into(),
-                            format!("{name} is not a live spare holding no blade"),
+                            format!("{name} is not a live spare holding no blade, nor an active node allowed another ([failover] extra_blades)"),
                         ))
                     }
                     None => return Err(("no-such-node".into(), format!("no member named {name}"))),
@@ -2154,6 +2154,7 @@ impl Agent {
                     ("election-persist-failures", self.failover.persist_failures),
                     ("failover-takeovers", c.takeovers),
                     ("failover-restoring", self.restoring.len() as u64),
+                    ("failover-hosted", self.failover.hosted().len() as u64),
                     ("failover-handovers", c.handovers),
                     (
                         "failover-helpers",

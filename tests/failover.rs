@@ -646,6 +646,8 @@ fn with_no_spare_an_active_node_allowed_another_blade_takes_the_dead_one_beside_
         String::from_utf8_lossy(&out.stdout).contains("archives adopted: 1,")
     });
     assert!(adopted.is_some(), "{}", b3.log_text());
+    let status: Value = serde_json::from_slice(&b3.dcish(&["--json", "status"]).stdout).unwrap();
+    assert_eq!(status["counters"]["failover-hosted"], 1, "{status}");
     fs::write(hosted.join("docs/after.md"), b"written on the host\n").unwrap();
     // The dead b1 is replaced as a holder a moment after its death: the archive reaches the
     // factor then, on b2 and b4.

@@ -863,8 +863,8 @@ mod tests {
         (now, takeovers)
     }
 
-    /// Drivers named `names` (a name starting with "spare" is a spare), each knowing the others
-    /// alive.
+    /// Drivers named `names` (a name starting with "spare" is a spare, one starting with "roomy"
+    /// an active node allowed one extra blade), each knowing the others alive.
     fn mesh(names: &[&str]) -> (Vec<Failover>, Vec<PeerId>, Vec<sled::Db>) {
         let ids: Vec<PeerId> = names.iter().map(|_| PeerId::random()).collect();
         let dbs: Vec<sled::Db> = names
@@ -878,28 +878,27 @@ mod tests {
                 Role::Active
             }
         };
+        let extra = |n: &str| u8::from(n.starts_with("roomy"));
         let mut nodes: Vec<Failover> = names
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                Failover::open(
-                    &dbs[i],
-                    settings(ids[i], n, role(n)),
-                    i as u64,
-                    Duration::ZERO,
-                )
-                .unwrap()
+                let settings = Settings {
+                    extra_blades: extra(n),
+                    ..settings(ids[i], n, role(n))
+                };
+                Failover::open(&dbs[i], settings, i as u64, Duration::ZERO).unwrap()
             })
             .collect();
         for (i, f) in nodes.iter_mut().enumerate() {
             for (j, n) in names.iter().enumerate() {
                 if i != j {
-                    f.handle_member(
-                        ids[j],
-                        member_view(true, &meta(role(n), false)),
-                        Duration::ZERO,
-                    )
-                    .unwrap();
+                    let meta = MemberMeta {
+                        extra: extra(n),
+                        ..meta(role(n), false)
+                    };
+                    f.handle_member(ids[j], member_view(true, &meta), Duration::ZERO)
+                        .unwrap();
                 }
             }
         }
@@ -943,6 +942,38 @@ mod tests {
         let a =
             Failover::open(&dbs[0], settings(ids[0], "blade-a", Role::Active), 4, later).unwrap();
         assert_eq!(a.members().count(), 0, "the forgetting is durable");
+    }
+
+    #[test]
+    fn an_active_node_allowed_an_extra_blade_hosts_a_dead_one_beside_its_own() {
+        let (mut nodes, ids, _dbs) = mesh(&["blade-a", "blade-b", "roomy-c"]);
+        let (now, _) = run(&mut nodes, &[], Duration::ZERO, 80);
+        assert_eq!(nodes[2].extra_blades(), 1);
+        assert_eq!(nodes[0].extra_blades(), 0);
+        assert_eq!(nodes[1].best_candidate("blade-a"), Some(ids[2]));
+        assert!(
+            nodes[1].spares("blade-a").is_empty(),
+            "an active node is no spare"
+        );
+        for f in &mut nodes[1..] {
+            f.handle_member(ids[0], member_view(false, &meta(Role::Active, true)), now)
+                .unwrap();
+        }
+        let (_, takeovers) = run(&mut nodes, &ids[..1], now, 100);
+        assert_eq!(takeovers, [(ids[2], "blade-a".to_string(), true)]);
+        let c = &nodes[2];
+        // It acts as its own blade still, and hosts the other beside it.
+        assert_eq!(c.acting(), Some(&("roomy-c".to_string(), 1)));
+        assert_eq!(c.serves("blade-a"), Some(2));
+        assert_eq!(c.hosted().keys().collect::<Vec<_>>(), ["blade-a"]);
+        assert_eq!(c.role(), Role::Active);
+        // Full now: nobody may take another blade.
+        assert_eq!(nodes[1].best_candidate("blade-b"), None);
+        assert_eq!(
+            nodes[1].seats().get("blade-a").map(|s| s.holder),
+            Some(ids[2])
+        );
+        assert_eq!(nodes[1].serves("blade-b"), Some(1));
     }
 
     #[test]
