@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dci::sim::election::{run_many, run_schedule, ElectionSummary, Fault, ScheduleConfig};
+use dci::sim::election::{run_many, run_schedule, ElectionSummary, Fault, Mesh, ScheduleConfig};
 
 fn s(secs: f64) -> Duration {
     Duration::from_secs_f64(secs)
@@ -44,11 +44,31 @@ fn no_random_fault_schedule_lets_two_nodes_act_as_one_blade() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    let summary = run_many(first, 300);
+    let summary = run_many(first, 300, Mesh::Random);
     assert_safe(&summary);
     assert!(
         summary.takeovers > 50,
         "the schedules exercise takeovers: {summary:?}"
+    );
+    assert!(
+        summary.won_beside_another > 0,
+        "and nodes allowed an extra blade taking one beside their own: {summary:?}"
+    );
+}
+
+/// No spare at all, every node allowed one extra blade: every takeover is by a node that holds a
+/// blade already, under the same faults, and still no two nodes act as one blade.
+#[test]
+fn with_no_spare_nodes_allowed_an_extra_blade_take_them_without_split_brain() {
+    let first = std::env::var("DCI_SIM_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let summary = run_many(first, 200, Mesh::NoSpare);
+    assert_safe(&summary);
+    assert!(
+        summary.won_beside_another > 50,
+        "the schedules exercise takeovers by nodes holding a blade: {summary:?}"
     );
 }
 
@@ -147,8 +167,8 @@ fn a_move_hands_the_blade_to_the_chosen_node() {
 
 #[test]
 fn a_seed_replays_identically() {
-    let a = run_many(77, 5);
-    let b = run_many(77, 5);
+    let a = run_many(77, 5, Mesh::Random);
+    let b = run_many(77, 5, Mesh::Random);
     assert_eq!(
         (a.events, a.elections, a.takeovers, a.unserved_at_end),
         (b.events, b.elections, b.takeovers, b.unserved_at_end)

@@ -98,6 +98,10 @@ enum Command {
         /// Seed of the first schedule (replay a failing one with `--schedules 1`).
         #[arg(long, env = "DCI_SIM_SEED", default_value_t = 1)]
         seed: u64,
+        /// Every node holds a blade and may take one more: no spare, so every takeover is by a
+        /// node that holds a blade already.
+        #[arg(long)]
+        no_spare: bool,
     },
 }
 
@@ -116,9 +120,19 @@ fn print_json(summary: &impl serde::Serialize) -> ExitCode {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Election { schedules, seed } => {
+        Command::Election {
+            schedules,
+            seed,
+            no_spare,
+        } => {
             eprintln!("dci-sim: replay with DCI_SIM_SEED={seed}");
-            let summary = dci::sim::election::run_many(seed, schedules);
+            use dci::sim::election::{run_many, Mesh};
+            let mesh = if no_spare {
+                Mesh::NoSpare
+            } else {
+                Mesh::Random
+            };
+            let summary = run_many(seed, schedules, mesh);
             let broken = summary.first_violation.is_some();
             let code = print_json(&summary);
             if broken {

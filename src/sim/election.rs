@@ -125,6 +125,8 @@ pub struct ElectionSummary {
     pub epoch_won_twice: u64,
     /// Claims won.
     pub elections: u64,
+    /// Claims won by a node that held another blade already (allowed an extra one).
+    pub won_beside_another: u64,
     /// Holders crashed while serving, and the blade served again later.
     pub takeovers: u64,
     /// From a serving holder's crash until another node served its blade: median, milliseconds.
@@ -477,6 +479,10 @@ impl World {
                 }
                 Output::Acquired { blade, epoch } => {
                     self.summary.elections += 1;
+                    let seats = self.nodes[i as usize].core.seats();
+                    if seats.iter().any(|(b, s)| s.holder == i && *b != blade) {
+                        self.summary.won_beside_another += 1;
+                    }
                     let b = self.blade_index(&blade);
                     if let Some(other) = self.won.insert((b, epoch), i) {
                         if other != i {
@@ -579,18 +585,34 @@ pub fn run_schedule(cfg: ScheduleConfig) -> (ElectionSummary, Vec<f64>) {
     World::new(cfg).run()
 }
 
-/// Runs `count` random schedules, seeds `first_seed..`, and adds their figures up.
-pub fn run_many(first_seed: u64, count: u64) -> ElectionSummary {
+/// Which random schedules [`run_many`] draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mesh {
+    /// [`ScheduleConfig::random`]'s.
+    Random,
+    /// The same, but every node holds a blade and may take one more: no spare at all, so every
+    /// takeover is by a node that holds a blade already.
+    NoSpare,
+}
+
+/// Runs `count` random schedules of `mesh`, seeds `first_seed..`, and adds their figures up.
+pub fn run_many(first_seed: u64, count: u64, mesh: Mesh) -> ElectionSummary {
     let started = std::time::Instant::now();
     let mut total = ElectionSummary::default();
     let mut takeovers = Vec::new();
     for seed in first_seed..first_seed + count {
-        let (s, t) = run_schedule(ScheduleConfig::random(seed));
+        let mut cfg = ScheduleConfig::random(seed);
+        if mesh == Mesh::NoSpare {
+            cfg.blades = cfg.nodes;
+            cfg.extra = 1;
+        }
+        let (s, t) = run_schedule(cfg);
         total.schedules += 1;
         total.split_brain += s.split_brain;
         total.stale_epoch += s.stale_epoch;
         total.epoch_won_twice += s.epoch_won_twice;
         total.elections += s.elections;
+        total.won_beside_another += s.won_beside_another;
         total.unserved_at_end += s.unserved_at_end;
         total.events += s.events;
         if total.first_violation.is_none() && s.first_violation.is_some() {
