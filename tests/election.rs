@@ -24,6 +24,14 @@ fn scripted(nodes: u32, blades: u32, script: Vec<(Duration, u32, Fault)>) -> Sch
     c
 }
 
+/// The first seed of the random schedules: `DCI_SIM_SEED`, else 1.
+fn first_seed() -> u64 {
+    std::env::var("DCI_SIM_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
 fn assert_safe(summary: &ElectionSummary) {
     assert_eq!(
         (
@@ -40,10 +48,7 @@ fn assert_safe(summary: &ElectionSummary) {
 
 #[test]
 fn no_random_fault_schedule_lets_two_nodes_act_as_one_blade() {
-    let first = std::env::var("DCI_SIM_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let first = first_seed();
     let summary = run_many(first, 300, Mesh::Random);
     assert_safe(&summary);
     assert!(
@@ -60,10 +65,7 @@ fn no_random_fault_schedule_lets_two_nodes_act_as_one_blade() {
 /// blade already, under the same faults, and still no two nodes act as one blade.
 #[test]
 fn with_no_spare_nodes_allowed_an_extra_blade_take_them_without_split_brain() {
-    let first = std::env::var("DCI_SIM_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let first = first_seed();
     let summary = run_many(first, 200, Mesh::NoSpare);
     assert_safe(&summary);
     assert!(

@@ -24,6 +24,19 @@ fn make_tree(root: &Path) {
     fs::write(root.join("docs/deep/b.md"), b"beta\n").unwrap();
 }
 
+/// [`make_tree`], with the blade's own peerlet, which travels with its data set: `shout`, a
+/// wrapped `echo` of "blade-b1-speaking".
+fn make_tree_with_shout(root: &Path) {
+    make_tree(root);
+    let peerlet = root.join(".dci/peerlets/shout");
+    fs::create_dir_all(&peerlet).unwrap();
+    fs::write(
+        peerlet.join("peerlet.toml"),
+        "app = \"shout\"\nmode = \"wrap\"\ncommand = [\"echo\", \"blade-b1-speaking\"]\n",
+    )
+    .unwrap();
+}
+
 /// `dcish --json seats` on `node`; empty if it failed.
 fn seats(node: &Node) -> Vec<Value> {
     let out = node.dcish(&["--json", "seats"]);
@@ -144,15 +157,7 @@ fn views(nodes: &[&Node]) -> String {
 fn a_killed_blade_is_taken_over_by_the_spare_with_its_files_and_name_and_comes_back_a_spare() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("b1-data");
-    make_tree(&root);
-    // The blade's peerlet, which travels with its data set.
-    let peerlet = root.join(".dci/peerlets/shout");
-    fs::create_dir_all(&peerlet).unwrap();
-    fs::write(
-        peerlet.join("peerlet.toml"),
-        "app = \"shout\"\nmode = \"wrap\"\ncommand = [\"echo\", \"blade-b1-speaking\"]\n",
-    )
-    .unwrap();
+    make_tree_with_shout(&root);
     let spare_root = tmp.path().join("spare-data");
     // A dead node is replaced as a holder 2 s after its death.
     let cfg = tmp.path().join("backup.toml");
@@ -566,14 +571,7 @@ fn with_no_spare_a_dead_blade_stays_down_and_an_alert_names_it() {
 fn with_no_spare_an_active_node_allowed_another_blade_takes_the_dead_one_beside_its_own() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("b1-data");
-    make_tree(&root);
-    let peerlet = root.join(".dci/peerlets/shout");
-    fs::create_dir_all(&peerlet).unwrap();
-    fs::write(
-        peerlet.join("peerlet.toml"),
-        "app = \"shout\"\nmode = \"wrap\"\ncommand = [\"echo\", \"blade-b1-speaking\"]\n",
-    )
-    .unwrap();
+    make_tree_with_shout(&root);
     let b3_root = tmp.path().join("b3-data");
     fs::create_dir_all(&b3_root).unwrap();
     fs::write(b3_root.join("own.txt"), b"b3's own data\n").unwrap();
