@@ -750,7 +750,9 @@ impl Agent {
             None => self.failover.best_candidate(&blade).ok_or_else(|| {
                 (
                     "no-spare".into(),
-                    format!("no live spare may take blade {blade}"),
+                    format!(
+                        "no live spare, nor an active node allowed another, may take blade {blade}"
+                    ),
                 )
             })?,
         };

@@ -344,11 +344,17 @@ impl Failover {
     /// How many blades this node may take beyond its own now, as its metadata says: its
     /// allowance while it is active and its own blade is not held elsewhere, else none.
     pub fn extra_blades(&self) -> u8 {
-        if self.settings.role == Role::Active && !self.displaced() {
+        if self.has_own_blade() {
             self.settings.extra_blades
         } else {
             0
         }
+    }
+
+    /// Whether this node has a blade of its own to act as: it is active, and its blade is not
+    /// held elsewhere.
+    fn has_own_blade(&self) -> bool {
+        self.settings.role == Role::Active && !self.displaced()
     }
 
     /// Whether this node's own blade is held by another node: it is then a spare.
@@ -642,7 +648,7 @@ impl Failover {
         // the one it took over.
         let own = match hosted.remove_entry(&self.settings.name) {
             Some(own) => Some(own),
-            None if self.role_before_hosting() == Role::Spare => hosted.pop_first(),
+            None if !self.has_own_blade() => hosted.pop_first(),
             None => None,
         };
         if own != self.acting || hosted != self.hosted {
@@ -691,16 +697,6 @@ impl Failover {
             .map_err(|e| StoreError(crate::config::one_line(&e.to_string())))
     }
 
-    /// Whether this node has no blade of its own to act as: a spare, or an active node whose
-    /// blade is held elsewhere.
-    fn role_before_hosting(&self) -> Role {
-        if self.settings.role == Role::Spare || self.displaced() {
-            Role::Spare
-        } else {
-            Role::Active
-        }
-    }
-
     /// A spare, or an active node whose blade went elsewhere, may take a blade over while it
     /// holds none; an active node allowed extra blades, once its own is seated here, while it
     /// holds fewer than it may (the core counts them).
@@ -713,7 +709,7 @@ impl Failover {
             .seats()
             .get(&self.settings.name)
             .is_some_and(|s| s.holder == me);
-        let spare = self.role_before_hosting() == Role::Spare;
+        let spare = !self.has_own_blade();
         self.core.set_extra(extra);
         self.core
             .set_candidate((spare && !holds) || (extra > 0 && own_here));
