@@ -101,10 +101,7 @@ fn start_owner(dir: &Path, port: u16, root: &Path, factor: Option<u32>, cfg: &st
 
 fn all_alive(nodes: &[&Node], n: usize) {
     let converged = wait_until(Duration::from_secs(30), || {
-        nodes.iter().all(|node| {
-            node.members()
-                .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == n)
-        })
+        nodes.iter().all(|node| node.sees_alive(n))
     });
     assert!(converged.is_some(), "the mesh did not converge");
 }

@@ -44,9 +44,7 @@ fn mesh(root: &Path, config: &Path) -> (Node, Node, Node, u64) {
     let b1_id = b1.id();
     let seated = wait_until(Duration::from_secs(60), || {
         [&b1, &b2, &spare].iter().all(|n| {
-            seat(n, "b1").is_some_and(|s| s["holder"] == b1_id.as_str())
-                && n.members()
-                    .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 3)
+            seat(n, "b1").is_some_and(|s| s["holder"] == b1_id.as_str()) && n.sees_alive(3)
         })
     });
     assert!(seated.is_some(), "b1 was not seated: {:?}", seat(&b2, "b1"));

@@ -488,11 +488,9 @@ fn a_declared_failover_moves_a_live_blade_with_its_latest_files_to_the_spare() {
     );
     let (b1_id, spare_id) = (b1.id(), spare.id());
     let seated = wait_until(Duration::from_secs(60), || {
-        [&b1, &b2, &spare].iter().all(|n| {
-            held_by(n, "b1", &b1_id, 1)
-                && n.members()
-                    .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 3)
-        })
+        [&b1, &b2, &spare]
+            .iter()
+            .all(|n| held_by(n, "b1", &b1_id, 1) && n.sees_alive(3))
     });
     assert!(seated.is_some(), "b1 was not seated: {:?}", seats(&b2));
     let out = ok(b1.dcish(&["backup", "now"]));
@@ -599,12 +597,8 @@ fn with_no_spare_an_active_node_allowed_another_blade_takes_the_dead_one_beside_
     let (b1_id, b3_id) = (b1.id(), b3.id());
     let live = [&b2, &b3, &b4];
     let seated = wait_until(Duration::from_secs(60), || {
-        live.iter().all(|n| {
-            held_by(n, "b1", &b1_id, 1)
-                && held_by(n, "b3", &b3_id, 1)
-                && n.members()
-                    .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 4)
-        })
+        live.iter()
+            .all(|n| held_by(n, "b1", &b1_id, 1) && held_by(n, "b3", &b3_id, 1) && n.sees_alive(4))
     });
     assert!(seated.is_some(), "{:?}", seats(&b2));
     let out = ok(b1.dcish(&["backup", "now"]));
@@ -705,12 +699,9 @@ fn two_failures_at_once_take_two_spares() {
     let (b1_id, b2_id, s1_id, s2_id) = (b1.id(), b2.id(), s1.id(), s2.id());
     let survivors = [&b3, &s1, &s2];
     let seated = wait_until(Duration::from_secs(60), || {
-        survivors.iter().all(|n| {
-            held_by(n, "b1", &b1_id, 1)
-                && held_by(n, "b2", &b2_id, 1)
-                && n.members()
-                    .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 5)
-        })
+        survivors
+            .iter()
+            .all(|n| held_by(n, "b1", &b1_id, 1) && held_by(n, "b2", &b2_id, 1) && n.sees_alive(5))
     });
     assert!(seated.is_some(), "{:?}", seats(&b3));
     b1.signal(libc::SIGKILL);
@@ -774,11 +765,8 @@ fn a_dead_blade_goes_to_the_spare_in_its_zone_before_a_better_scored_one_elsewhe
     let b1_id = b1.id();
     let live = [&s1, &s2, &b2, &b3];
     let seated = wait_until(Duration::from_secs(60), || {
-        live.iter().all(|n| {
-            held_by(n, "b1", &b1_id, 1)
-                && n.members()
-                    .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 5)
-        })
+        live.iter()
+            .all(|n| held_by(n, "b1", &b1_id, 1) && n.sees_alive(5))
     });
     assert!(seated.is_some(), "{:?}", seats(&b2));
     b1.signal(libc::SIGKILL);
@@ -904,10 +892,7 @@ fn move_cascade_and_swap_finish_with_every_blade_held_once_and_its_files_on_its_
     let blades = ["a", "b", "c"];
     let seated = wait_until(Duration::from_secs(60), || {
         held_once(&all, &blades, &[("a", "a"), ("b", "b"), ("c", "c")]).is_some()
-            && all.iter().all(|n| {
-                n.members()
-                    .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 5)
-            })
+            && all.iter().all(|n| n.sees_alive(5))
     });
     assert!(seated.is_some(), "{:?}", seats(node("s")));
     let asker = node("t");

@@ -219,11 +219,7 @@ async fn a_stranger_on_the_data_port_is_disconnected_and_members_still_back_up()
         &[p1],
         &["--cluster-key", key.to_str().unwrap()],
     );
-    let both_alive = || {
-        owner
-            .members()
-            .is_some_and(|m| m.iter().filter(|r| r["state"] == "alive").count() == 2)
-    };
+    let both_alive = || owner.sees_alive(2);
     assert!(wait_until(Duration::from_secs(20), both_alive).is_some());
     let backed_up = wait_until(Duration::from_secs(30), || {
         owner.dcish(&["backup", "now"]).status.success()

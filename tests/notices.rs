@@ -55,10 +55,7 @@ fn a_crash_and_a_degradation_reach_every_survivor_as_notices_and_events() {
     let v4 = start(3, &[]);
     let survivors = [&v1, &v2, &v3];
     let converged = wait_until(Duration::from_secs(30), || {
-        [&v1, &v2, &v3, &v4].iter().all(|n| {
-            n.members()
-                .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 4)
-        })
+        [&v1, &v2, &v3, &v4].iter().all(|n| n.sees_alive(4))
     });
     assert!(converged.is_some(), "no convergence: {:?}", v1.members());
 

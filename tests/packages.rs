@@ -52,11 +52,8 @@ fn mesh(root: &Path, n: usize, trusted: &Path) -> Vec<Node> {
         ));
     }
     for node in &nodes {
-        wait_until(Duration::from_secs(20), || {
-            node.members()
-                .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == n)
-        })
-        .unwrap_or_else(|| panic!("{} never saw {n} alive members", node.name));
+        wait_until(Duration::from_secs(20), || node.sees_alive(n))
+            .unwrap_or_else(|| panic!("{} never saw {n} alive members", node.name));
     }
     nodes
 }
@@ -480,11 +477,8 @@ fn an_envelope_for_a_missing_peerlet_makes_its_blade_retrieve_it_from_a_peer_whe
         Node::start(root, "b3", free_port(), &[first], &trusted),
     ];
     for node in &nodes {
-        wait_until(Duration::from_secs(20), || {
-            node.members()
-                .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 3)
-        })
-        .unwrap_or_else(|| panic!("{} never saw 3 alive members", node.name));
+        wait_until(Duration::from_secs(20), || node.sees_alive(3))
+            .unwrap_or_else(|| panic!("{} never saw 3 alive members", node.name));
     }
     let b2 = &nodes[1];
     let package = build(

@@ -32,11 +32,8 @@ fn mesh(root: &Path) -> Vec<Node> {
         ));
     }
     for n in &nodes {
-        wait_until(Duration::from_secs(20), || {
-            n.members()
-                .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == 4)
-        })
-        .unwrap_or_else(|| panic!("{} never saw 4 alive members:\n{}", n.name, n.log_text()));
+        wait_until(Duration::from_secs(20), || n.sees_alive(4))
+            .unwrap_or_else(|| panic!("{} never saw 4 alive members:\n{}", n.name, n.log_text()));
     }
     nodes
 }

@@ -135,6 +135,12 @@ impl Node {
         serde_json::from_slice::<Vec<Value>>(&out.stdout).ok()
     }
 
+    /// Whether this node sees exactly `n` members alive (itself included).
+    pub fn sees_alive(&self, n: usize) -> bool {
+        self.members()
+            .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == n)
+    }
+
     /// The state this node reports for the member named `name`.
     pub fn state_of(&self, name: &str) -> Option<String> {
         self.members()?
@@ -203,11 +209,7 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Dur
 /// first that does not.
 pub fn all_see_alive(nodes: &[Node], n: usize) {
     for node in nodes {
-        wait_until(Duration::from_secs(20), || {
-            node.members()
-                .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == n)
-        })
-        .unwrap_or_else(|| {
+        wait_until(Duration::from_secs(20), || node.sees_alive(n)).unwrap_or_else(|| {
             panic!(
                 "{} never saw {n} alive members:\n{}",
                 node.name,
