@@ -955,7 +955,8 @@ impl Agent {
             .as_ref()
             .filter(|h| h.ready)
             .map(|h| h.blade.clone());
-        // The blade this node acts as (or helps) first: its apps go before a hosted blade's.
+        // The blade this node acts as (or helps) first: among blades registered in one call, its
+        // apps go before a hosted blade's (one registered earlier keeps its apps).
         let mut wanted: Vec<(String, Option<std::path::PathBuf>)> = match (&held, &helped) {
             (Some(b), _) => vec![(b.clone(), self.blade_root(b))],
             (None, Some(b)) => vec![(b.clone(), Some(self.help_dir(b)))],

@@ -507,21 +507,24 @@ impl Failover {
     /// Every node that may take `blade` over (this node included), in its rank order: live
     /// spares holding no blade, then active nodes allowed another.
     pub fn candidates(&self, blade: &str) -> Vec<PeerId> {
-        let all = self
-            .known
-            .keys()
-            .chain([&self.settings.me])
-            .filter(|id| self.is_candidate(id))
-            .copied();
-        self.core.rank(blade, all)
+        self.ranked(blade, |id| self.is_candidate(id))
     }
 
     /// The live spares holding no blade (this node included), in `blade`'s rank order: the nodes
     /// that may help with a blade's traffic or take it for a degraded holder.
     pub fn spares(&self, blade: &str) -> Vec<PeerId> {
-        let mut all = self.candidates(blade);
-        all.retain(|id| self.is_spare(id));
-        all
+        self.ranked(blade, |id| self.is_spare(id))
+    }
+
+    /// The members (this node included) that `keep` keeps, in `blade`'s rank order.
+    fn ranked(&self, blade: &str, keep: impl Fn(&PeerId) -> bool) -> Vec<PeerId> {
+        let kept = self
+            .known
+            .keys()
+            .chain([&self.settings.me])
+            .filter(|id| keep(id))
+            .copied();
+        self.core.rank(blade, kept)
     }
 
     /// Whether `id` is a live spare that holds no blade.

@@ -594,10 +594,14 @@ where
             .count()
     }
 
+    /// How many blades `id` (a member, or this node) may hold beyond one.
+    fn extra_of(&self, id: Id) -> usize {
+        self.view(id).map_or(0, |v| usize::from(v.extra))
+    }
+
     /// Whether `id` (a member, or this node) may hold one blade more than it does.
     fn has_room(&self, id: Id) -> bool {
-        let extra = self.view(id).map_or(0, |v| usize::from(v.extra));
-        self.held_by(id, None) <= extra
+        self.held_by(id, None) <= self.extra_of(id)
     }
 
     fn alive(&self, id: Id) -> bool {
@@ -1011,8 +1015,7 @@ where
         if !self.alive(claimant) {
             return Err("the claimant is not alive");
         }
-        let extra = self.view(claimant).map_or(0, |v| usize::from(v.extra));
-        if self.held_by(claimant, Some(blade)) > extra {
+        if self.held_by(claimant, Some(blade)) > self.extra_of(claimant) {
             return Err("the claimant holds as many blades as it may");
         }
         Ok(())
@@ -1069,7 +1072,7 @@ where
         self.claims.remove(blade);
         // A node holds no more blades than it may: a claim that completes after another was won
         // is dropped then (the seat stays vacant for the next candidate, above this promise).
-        if self.held_by(self.me, Some(blade)) > usize::from(self.own.extra) {
+        if self.held_by(self.me, Some(blade)) > self.extra_of(self.me) {
             return;
         }
         let seat = Seat {

@@ -572,7 +572,7 @@ impl Service {
 
     /// Whether this node backs `blade` up: it is one of [`Service::blades`].
     pub(crate) fn serves(&self, blade: &str) -> bool {
-        self.blade().as_deref() == Some(blade) || self.seats.hosted().iter().any(|b| b == blade)
+        self.blades().iter().any(|b| b == blade)
     }
 
     /// Where `blade`'s data set lives on this node (see [`BackupConfig::data_set`]).
@@ -687,9 +687,10 @@ impl Service {
         let Ok(all) = self.catalog.all() else {
             return;
         };
+        let served = self.blades();
         let blades: std::collections::BTreeSet<String> = all
             .iter()
-            .filter(|r| !self.serves(&r.blade))
+            .filter(|r| !served.contains(&r.blade))
             .map(|r| r.blade.clone())
             .collect();
         if blades.is_empty() {
@@ -1263,10 +1264,11 @@ impl Service {
                 if n > 0 {
                     tracing::info!(blocks = n, "garbage collection removed unreferenced blocks");
                 }
+                let served = self.blades();
                 let held = self
                     .catalog
                     .all()
-                    .map(|rs| rs.iter().filter(|r| !self.serves(&r.blade)).count())
+                    .map(|rs| rs.iter().filter(|r| !served.contains(&r.blade)).count())
                     .unwrap_or(0);
                 self.stats
                     .held_archives
@@ -1310,6 +1312,7 @@ impl Service {
         if bad == 0 {
             return;
         }
+        let served = self.blades();
         for r in self.catalog.all().unwrap_or_default() {
             let store = self.store.clone();
             let rec = r.clone();
@@ -1323,7 +1326,7 @@ impl Service {
             if whole {
                 continue;
             }
-            if !self.serves(&r.blade) {
+            if !served.contains(&r.blade) {
                 tracing::warn!(blade = %r.blade, archive = %r.id, "held archive damaged; forgotten until its owner pushes it again");
                 let _ = self.catalog.remove(&r.blade, r.id);
                 continue;
